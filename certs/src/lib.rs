@@ -1,0 +1,2 @@
+//! certs
+#![forbid(unsafe_code)]

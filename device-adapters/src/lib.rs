@@ -1,0 +1,2 @@
+//! device-adapters
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! medledger
+#![forbid(unsafe_code)]
+fn main() {}

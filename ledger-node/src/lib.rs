@@ -1,0 +1,2 @@
+//! ledger-node
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! test utilities
+#![forbid(unsafe_code)]
