@@ -1,0 +1,250 @@
+//! A single-node ledger: prepares and signs events, then appends them through the store's apply
+//! path with group commit (one flush shared by every event that arrived while the previous flush
+//! was running).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::entry::{commitment, CommittedComponent, EntryBody, EventInput, Opening};
+use crate::error::LedgerError;
+use crate::sth::SignedTreeHead;
+use crate::store::{AppendCommand, ApplyOutcome, Command, Store};
+
+/// Tunables of the group-commit writer.
+#[derive(Debug, Clone)]
+pub struct LedgerOptions {
+    /// This node's id, written into every entry and tree head.
+    pub node_id: u64,
+    /// Most commands applied under one flush. 1 gives one flush per entry (the benchmark's
+    /// baseline).
+    pub max_batch: usize,
+    /// Capacity of the queue in front of the writer; callers wait when it is full.
+    pub queue: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            max_batch: 4096,
+            queue: 8192,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<ApplyOutcome, Arc<LedgerError>>>;
+
+/// The single-node ledger.
+pub struct Ledger {
+    store: Arc<Store>,
+    key: SigningKey,
+    node_id: u64,
+    tx: mpsc::Sender<(Command, Reply)>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+/// Builds the signed command for an event: the node's clock, salts and signature are fixed here,
+/// before apply.
+pub fn prepare(
+    event: EventInput,
+    author: &str,
+    node_id: u64,
+    key: &SigningKey,
+    recorded_at_ms: i64,
+) -> Result<AppendCommand, LedgerError> {
+    let event = event.validate()?;
+    if author.is_empty() || author.len() > crate::entry::MAX_FIELD {
+        return Err(LedgerError::InvalidEvent(
+            crate::entry::InvalidEvent::TooLong { field: "author" },
+        ));
+    }
+    let mut rng = rand::rngs::OsRng;
+    let mut openings = Vec::with_capacity(event.components.len());
+    let mut components = Vec::with_capacity(event.components.len());
+    for c in event.components {
+        let mut salt = [0u8; 32];
+        rng.fill_bytes(&mut salt);
+        components.push(CommittedComponent {
+            commitment: commitment(&salt, &c.name, c.class, &c.value),
+            name: c.name,
+            class: c.class,
+        });
+        openings.push(Opening {
+            value: c.value,
+            salt,
+        });
+    }
+    let body = EntryBody {
+        recorded_at_ms,
+        node_id,
+        author: author.to_owned(),
+        kind: event.kind,
+        device_id: event.device_id,
+        occurred_at: event.occurred_at,
+        corrects: event.corrects,
+        event_id: event.event_id,
+        components,
+    };
+    let signature = body.sign(key);
+    let mut bytes = Vec::with_capacity(256);
+    body.encode(&mut bytes);
+    Ok(AppendCommand {
+        body: bytes,
+        signature,
+        openings,
+    })
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Ledger {
+    /// Opens the ledger in `dir` (store in `dir/ledger`, key in `dir/node.key`) and starts the
+    /// writer task. Must be called inside a tokio runtime.
+    pub async fn open(dir: &Path, options: LedgerOptions) -> Result<Self, LedgerError> {
+        std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let key = crate::keys::load_or_create(&dir.join("node.key"))?;
+        let store_dir = dir.join("ledger");
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+            .await
+            .map_err(|e| LedgerError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(e),
+            })??;
+        let store = Arc::new(store);
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let writer = tokio::spawn(writer_loop(store.clone(), rx, options.max_batch.max(1)));
+        let ledger = Ledger {
+            store,
+            key,
+            node_id: options.node_id,
+            tx,
+            writer,
+        };
+        let public_key = ledger.key.verifying_key().to_bytes();
+        match ledger
+            .submit(Command::RegisterNode {
+                node_id: options.node_id,
+                public_key,
+            })
+            .await?
+        {
+            ApplyOutcome::NodeRegistered { .. } => Ok(ledger),
+            ApplyOutcome::Refused { reason } => Err(LedgerError::Refused(reason)),
+            other => Err(LedgerError::Refused(format!(
+                "unexpected outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// This node's signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Appends an event and answers once it is on disk.
+    pub async fn append(
+        &self,
+        event: EventInput,
+        author: &str,
+    ) -> Result<ApplyOutcome, LedgerError> {
+        let cmd = prepare(event, author, self.node_id, &self.key, now_ms())?;
+        self.submit(Command::Append(cmd)).await
+    }
+
+    /// Sends a prepared command to the writer and waits for its durable outcome.
+    pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((cmd, reply))
+            .await
+            .map_err(|_| LedgerError::ShuttingDown)?;
+        match rx.await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(e)) => Err(LedgerError::Refused(format!("write failed: {e}"))),
+            Err(_) => Err(LedgerError::ShuttingDown),
+        }
+    }
+
+    /// Signs a tree head over everything on disk now.
+    pub fn tree_head(&self) -> Result<SignedTreeHead, LedgerError> {
+        let size = self.store.size();
+        let root = self.store.root(size)?;
+        Ok(SignedTreeHead::sign(
+            size,
+            root,
+            now_ms(),
+            self.node_id,
+            &self.key,
+        ))
+    }
+}
+
+async fn writer_loop(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<(Command, Reply)>,
+    max_batch: usize,
+) {
+    let mut cmds = Vec::with_capacity(max_batch);
+    let mut replies = Vec::with_capacity(max_batch);
+    while let Some((cmd, reply)) = rx.recv().await {
+        cmds.push(cmd);
+        replies.push(reply);
+        while cmds.len() < max_batch {
+            match rx.try_recv() {
+                Ok((cmd, reply)) => {
+                    cmds.push(cmd);
+                    replies.push(reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = match store.apply(&cmds, &[]) {
+            Ok(outcomes) => store.flush().await.map(|()| outcomes),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(outcomes) => {
+                for (reply, o) in replies.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(o));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ledger write failed; refusing the batch");
+                let e = Arc::new(e);
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        cmds.clear();
+    }
+}
