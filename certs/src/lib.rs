@@ -1,2 +1,58 @@
-//! certs
+//! `certs`: MedLedger's identity layer.
+//!
+//! It does: the site root CA and per-gateway issuing CAs (ECDSA P-256, files under a directory
+//! the caller names, keys created 0600); certificate profiles for devices (with UDI validation
+//! and the Modbus/TCP Security role), staff, gateways and services; reading a verified peer
+//! certificate back into an [`Identity`]; device enrollment with one-time tokens and CSRs;
+//! CRLs built from a revocation list the caller supplies; every rustls client and server
+//! config the workspace uses (ring provider, TLS 1.2/1.3, mandatory client certificates,
+//! reloadable CRLs); and the Mosquitto listener/ACL configuration.
+//!
+//! It does not: decide who is revoked (the ledger is the source of truth: the gateway passes the
+//! revoked serials in), store anything in the ledger, know the CLI, HTTP routes or config file,
+//! or install a process-wide crypto provider.
+//!
+//! # API summary
+//!
+//! ```text
+//! // CA (ca.rs)
+//! init_site_ca(dir, &CaInit::new(site_name, node_id)) -> Result<IssuingCa>      // `ca init`
+//! request_issuing_ca(dir, node_id) -> Result<String /*CSR PEM*/>                  // `ca init --issuing-only`
+//! RootCa::load(dir)?.sign_issuing_csr(csr_pem, days) -> Result<String /*cert PEM*/> // offline root
+//! install_issuing_ca(dir, issuing_cert_pem, root_cert_pem) -> Result<IssuingCa>
+//! IssuingCa::load(dir) -> Result<IssuingCa>
+//! ca.issue(&CertSpec::device("pump-0042"), Validity::days(365)?) -> Result<IssuedCert>
+//!     CertSpec::{device(id), staff(id, name, StaffRole), gateway(node_id), service(name)}
+//!     or CertSpec::Device(DeviceSpec { id, modbus_role, modbus_server }) / Gateway(ServerSpec{..})
+//! issued.write_files(cert_path, key_path)   // chain PEM (leaf+issuing+root), key 0600
+//! // Identity (identity.rs)
+//! parse_identity(der) -> Result<Identity { profile, id, role, name, fingerprint, serial, .. }>
+//! identity.require(&[Profile::Gateway]) -> Result<()>   // wrong profile -> Error::WrongProfile
+//! // UDI (udi.rs)
+//! validate_device_id(id) -> Result<DeviceIdKind>
+//! ```
 #![forbid(unsafe_code)]
+// unwrap is fine in unit tests (CONVENTIONS: no unwrap outside tests)
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod ca;
+pub mod error;
+mod fsutil;
+pub mod identity;
+pub mod pem;
+pub mod profile;
+pub mod udi;
+
+pub use ca::{
+    init_site_ca, install_issuing_ca, request_issuing_ca, CaInit, IssuedRecord, IssuingCa, RootCa,
+    Validity,
+};
+pub use error::{Error, Result};
+pub use identity::{parse_identity, Identity, Profile, StaffRole};
+pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
+pub use udi::{validate_device_id, DeviceIdKind};
+
+/// File helpers that create private keys 0600 and replace files atomically.
+pub mod files {
+    pub use crate::fsutil::{atomic_write, write_private};
+}
