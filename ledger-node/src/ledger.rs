@@ -182,16 +182,29 @@ impl Ledger {
 
     /// Sends a prepared command to the writer and waits for its durable outcome.
     pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, LedgerError> {
+        self.enqueue(cmd).await?.await
+    }
+
+    /// Queues a command (waiting while the queue is full) and returns a future of its durable
+    /// outcome. Commands are applied in the order they were queued, so a caller can keep many in
+    /// flight and still know their order.
+    pub async fn enqueue(
+        &self,
+        cmd: Command,
+    ) -> Result<impl std::future::Future<Output = Result<ApplyOutcome, LedgerError>>, LedgerError>
+    {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((cmd, reply))
             .await
             .map_err(|_| LedgerError::ShuttingDown)?;
-        match rx.await {
-            Ok(Ok(o)) => Ok(o),
-            Ok(Err(e)) => Err(LedgerError::Refused(format!("write failed: {e}"))),
-            Err(_) => Err(LedgerError::ShuttingDown),
-        }
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(o)) => Ok(o),
+                Ok(Err(e)) => Err(LedgerError::Refused(format!("write failed: {e}"))),
+                Err(_) => Err(LedgerError::ShuttingDown),
+            }
+        })
     }
 
     /// Signs a tree head over everything on disk now.
