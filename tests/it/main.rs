@@ -1,2 +1,6 @@
 //! end-to-end tests
+mod format;
+mod ledger;
 mod modbus;
+mod mqtt;
+mod mtls;
