@@ -36,20 +36,28 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod ca;
+pub mod crl;
 pub mod error;
 mod fsutil;
 pub mod identity;
 pub mod pem;
 pub mod profile;
+pub mod tls;
 pub mod udi;
 
 pub use ca::{
     init_site_ca, install_issuing_ca, request_issuing_ca, CaInit, IssuedRecord, IssuingCa, RootCa,
     Validity,
 };
+pub use crl::{Crl, RevocationReason, Revoked};
 pub use error::{Error, Result};
 pub use identity::{parse_identity, Identity, Profile, StaffRole};
 pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
+pub use tls::{
+    client_config, modbus_client_config, mqtt_client_config, peer_identity,
+    raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor, ReloadableServerConfig,
+    RevocationPolicy,
+};
 pub use udi::{validate_device_id, DeviceIdKind};
 
 /// File helpers that create private keys 0600 and replace files atomically.
