@@ -138,6 +138,9 @@ pub struct Identity {
     pub fingerprint: String,
     /// Serial number, lowercase hex without leading zero bytes: the key for revocation.
     pub serial: String,
+    /// The certificate allows TLS server use (EKU serverAuth): gateways, services, Modbus
+    /// servers.
+    pub server_auth: bool,
     /// Start of validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
@@ -379,6 +382,11 @@ pub fn parse_identity(der: &[u8]) -> Result<Identity> {
             None
         },
         fingerprint: fingerprint(der),
+        server_auth: cert
+            .extended_key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.value.server_auth),
         serial: serial_hex(cert.raw_serial()),
         not_before: ts(cert.validity().not_before.timestamp())?,
         not_after: ts(cert.validity().not_after.timestamp())?,

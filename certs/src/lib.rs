@@ -37,6 +37,7 @@
 
 pub mod ca;
 pub mod crl;
+pub mod enroll;
 pub mod error;
 mod fsutil;
 pub mod identity;
@@ -50,6 +51,7 @@ pub use ca::{
     Validity,
 };
 pub use crl::{Crl, RevocationReason, Revoked};
+pub use enroll::{device_csr, renew, sign_csr, verify_device_csr, TokenStore};
 pub use error::{Error, Result};
 pub use identity::{parse_identity, Identity, Profile, StaffRole};
 pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
