@@ -70,6 +70,21 @@ pub async fn import_events(
     author: &str,
     source: &str,
 ) -> anyhow::Result<ImportSummary> {
+    // Every correction must point at an event that exists before anything is written.
+    let mut earlier = std::collections::HashSet::new();
+    for ev in &events {
+        if let Some(target) = &ev.corrects_event_id {
+            if !earlier.contains(target) && ledger.store().find_event_id(target)?.is_none() {
+                bail!(
+                    "{source}: line {}: corrects_event_id {target:?} is not in the ledger or earlier in the file",
+                    ev.line
+                );
+            }
+        }
+        if let Some(id) = &ev.event.event_id {
+            earlier.insert(id.clone());
+        }
+    }
     let mut summary = ImportSummary::default();
     let mut pending: VecDeque<(usize, _)> = VecDeque::new();
     let node = ledger.node_id();
