@@ -1,0 +1,693 @@
+#!/usr/bin/env python3
+"""Independent verifier of MedLedger exports and receipts.
+
+Written from docs/ledger-format.md alone, with the Python 3 standard library only, to show that
+an export can be checked without MedLedger's Rust code. Ed25519 verification is the reference code
+of RFC 8032 section 6 (pure Python, slow: a few milliseconds per signature), with the extra checks
+that MedLedger's format requires (canonical S, no small-order key or R, R compared as bytes).
+
+Usage:
+    verify_export.py [--skip-signatures] [--trusted-key NODE_ID=HEX]... FILE
+    verify_export.py --self-test
+
+Exit status: 0 the document verifies, 1 it does not (the first problem is printed on stderr),
+2 bad usage or the file cannot be read.
+
+--skip-signatures checks everything except the ed25519 signatures (entry bytes, commitments,
+Merkle root or inclusion proof, sizes, sequence numbers). It says so in its output: without
+signatures nothing ties the document to a node's key.
+"""
+
+import hashlib
+import json
+import sys
+
+# ---------------------------------------------------------------------------------------------
+# Ed25519 verification: RFC 8032 section 6 reference code, plus the strict checks of section 8.
+# ---------------------------------------------------------------------------------------------
+
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493  # the group order, called q in RFC 8032
+
+
+def _inv(x):
+    return pow(x, P - 2, P)
+
+
+D = -121665 * _inv(121666) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+IDENTITY = (0, 1, 1, 0)
+
+
+def _add(p1, p2):
+    a = (p1[1] - p1[0]) * (p2[1] - p2[0]) % P
+    b = (p1[1] + p1[0]) * (p2[1] + p2[0]) % P
+    c = 2 * p1[3] * p2[3] * D % P
+    d = 2 * p1[2] * p2[2] % P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def _mul(s, pt):
+    q = IDENTITY
+    while s > 0:
+        if s & 1:
+            q = _add(q, pt)
+        pt = _add(pt, pt)
+        s >>= 1
+    return q
+
+
+def _neg(pt):
+    return ((-pt[0]) % P, pt[1], pt[2], (-pt[3]) % P)
+
+
+def _equal(p1, p2):
+    return (p1[0] * p2[2] - p2[0] * p1[2]) % P == 0 and (p1[1] * p2[2] - p2[1] * p1[2]) % P == 0
+
+
+def _recover_x(y, sign):
+    if y >= P:
+        return None
+    x2 = (y * y - 1) * _inv(D * y * y + 1)
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P != 0:
+        x = x * SQRT_M1 % P
+    if (x * x - x2) % P != 0:
+        return None
+    if (x & 1) != sign:
+        x = P - x
+    return x
+
+
+_GY = 4 * _inv(5) % P
+_GX = _recover_x(_GY, 0)
+G = (_GX, _GY, 1, _GX * _GY % P)
+
+
+def _compress(pt):
+    zinv = _inv(pt[2])
+    x = pt[0] * zinv % P
+    y = pt[1] * zinv % P
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def _decompress(b):
+    if len(b) != 32:
+        return None
+    y = int.from_bytes(b, "little")
+    sign = y >> 255
+    y &= (1 << 255) - 1
+    x = _recover_x(y, sign)
+    if x is None:
+        return None
+    return (x, y, 1, x * y % P)
+
+
+def _small_order(pt):
+    return _equal(_mul(8, pt), IDENTITY)
+
+
+def valid_public_key(pk):
+    """A public key must decode to a curve point (canonical encoding)."""
+    return _decompress(pk) is not None
+
+
+def ed25519_verify(pk, msg, sig):
+    """Strict Ed25519: S < L, A and R decode and are not of small order, [S]B - [k]A encodes to R."""
+    if len(pk) != 32 or len(sig) != 64:
+        return False
+    a = _decompress(pk)
+    r = _decompress(sig[:32])
+    if a is None or r is None or _small_order(a) or _small_order(r):
+        return False
+    s = int.from_bytes(sig[32:], "little")
+    if s >= L:
+        return False
+    k = int.from_bytes(hashlib.sha512(sig[:32] + pk + msg).digest(), "little") % L
+    return _compress(_add(_mul(s, G), _neg(_mul(k, a)))) == sig[:32]
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger format.
+# ---------------------------------------------------------------------------------------------
+
+EXPORT_FORMAT = "medledger-export/1"
+RECEIPT_FORMAT = "medledger-receipt/1"
+ENTRY_VERSION = 1
+ENTRY_DOMAIN = b"medledger/entry/v1\x00"
+COMPONENT_DOMAIN = b"medledger/component/v1\x00"
+TREE_HEAD_DOMAIN = b"medledger/tree-head/v1\x00"
+MAX_FIELD = 64 * 1024
+MAX_COMPONENTS = 256
+KINDS = (
+    "calibration", "repair", "preventive-maintenance", "inspection", "alarm", "firmware-update",
+    "status-change", "device-registered", "device-decommissioned", "certificate-issued",
+    "certificate-revoked",
+)
+CLASSES = ("device", "maintenance", "patient", "financial")
+
+
+class Invalid(Exception):
+    """The document does not verify; the message says where and why."""
+
+
+def sha256(b):
+    return hashlib.sha256(b).digest()
+
+
+def leaf_hash(entry_bytes):
+    return sha256(b"\x00" + entry_bytes)
+
+
+def node_hash(left, right):
+    return sha256(b"\x01" + left + right)
+
+
+def _split(n):
+    """Largest power of two strictly smaller than n (n >= 2)."""
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def mth(leaves, lo=0, hi=None):
+    """RFC 9162 section 2.1.1 Merkle Tree Hash of the leaf hashes leaves[lo:hi]."""
+    if hi is None:
+        hi = len(leaves)
+    n = hi - lo
+    if n == 0:
+        return sha256(b"")
+    if n == 1:
+        return leaves[lo]
+    k = _split(n)
+    return node_hash(mth(leaves, lo, lo + k), mth(leaves, lo + k, hi))
+
+
+def verify_inclusion(leaf, index, size, proof, root):
+    """RFC 9162 section 2.1.3.2."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(first, second, proof, first_root, second_root):
+    """RFC 9162 section 2.1.4.2 (used by the self-test; exports and receipts need no consistency)."""
+    if first == 0 or first > second:
+        return False
+    if first == second:
+        return not proof and first_root == second_root
+    path = list(proof)
+    if first & (first - 1) == 0:
+        path.insert(0, first_root)
+    if not path:
+        return False
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == first_root and sr == second_root
+
+
+def commitment(salt, name, cls, value):
+    m = bytearray(COMPONENT_DOMAIN + salt)
+    for part in (name, cls, value):
+        b = part.encode("utf-8")
+        m += len(b).to_bytes(4, "big") + b
+    return sha256(bytes(m))
+
+
+class Reader:
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def take(self, n):
+        if self.pos + n > len(self.buf):
+            raise Invalid("entry bytes end early at offset %d" % self.pos)
+        b = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u32(self):
+        return int.from_bytes(self.take(4), "big")
+
+    def u64(self):
+        return int.from_bytes(self.take(8), "big")
+
+    def i64(self):
+        return int.from_bytes(self.take(8), "big", signed=True)
+
+    def string(self):
+        at = self.pos
+        n = self.u32()
+        if n > MAX_FIELD:
+            raise Invalid("field at offset %d is longer than allowed" % at)
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Invalid("field at offset %d is not valid UTF-8" % at) from None
+
+    def tag(self):
+        at = self.pos
+        t = self.u8()
+        if t not in (0, 1):
+            raise Invalid("bad option tag %d at offset %d" % (t, at))
+        return t == 1
+
+
+def decode_entry(buf):
+    """Parses entry bytes (docs/ledger-format.md, "Entry") into a dict."""
+    r = Reader(buf)
+    version = r.u8()
+    if version != ENTRY_VERSION:
+        raise Invalid("unknown entry version %d" % version)
+    e = {"seq": r.u64()}
+    e["recorded_at_ms"] = r.i64()
+    e["node_id"] = r.u64()
+    e["author"] = r.string()
+    e["kind"] = r.string()
+    if e["kind"] not in KINDS:
+        raise Invalid("unknown event kind %r" % e["kind"])
+    e["device_id"] = r.string()
+    e["occurred_at"] = r.string() if r.tag() else None
+    e["corrects"] = r.u64() if r.tag() else None
+    e["event_id"] = r.string() if r.tag() else None
+    n = r.u32()
+    if n > MAX_COMPONENTS:
+        raise Invalid("field at offset %d is longer than allowed" % (r.pos - 4))
+    comps = []
+    for _ in range(n):
+        name = r.string()
+        cls = r.string()
+        if cls not in CLASSES:
+            raise Invalid("unknown disclosure class %r" % cls)
+        comps.append({"name": name, "class": cls, "commitment": r.take(32)})
+    e["components"] = comps
+    e["signature"] = r.take(64)
+    if r.pos != len(buf):
+        raise Invalid("%d trailing bytes after the entry" % (len(buf) - r.pos))
+    return e
+
+
+# ---- strict JSON: no duplicate keys, no NaN/Infinity, no unknown fields, exact types ----
+
+def _no_duplicates(pairs):
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise Invalid("duplicate field %r" % k)
+        obj[k] = v
+    return obj
+
+
+def _no_constants(name):
+    raise Invalid("%s is not valid JSON" % name)
+
+
+def parse_json(text):
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except ValueError as e:
+        raise Invalid("not JSON: %s" % e) from None
+
+
+def fields(obj, what, names):
+    if not isinstance(obj, dict):
+        raise Invalid("%s is not a JSON object" % what)
+    for k in obj:
+        if k not in names:
+            raise Invalid("%s: unknown field %r" % (what, k))
+    for k in names:
+        if k not in obj:
+            raise Invalid("%s: missing field %r" % (what, k))
+    return [obj[k] for k in names]
+
+
+def uint(v, what, bits=64):
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**bits:
+        raise Invalid("%s is not an unsigned %d-bit integer" % (what, bits))
+    return v
+
+
+def sint64(v, what):
+    if not isinstance(v, int) or isinstance(v, bool) or not -2**63 <= v < 2**63:
+        raise Invalid("%s is not a signed 64-bit integer" % what)
+    return v
+
+
+def lowhex(v, what, nbytes=None):
+    if not isinstance(v, str) or len(v) % 2 or any(c not in "0123456789abcdef" for c in v):
+        raise Invalid("%s is not lowercase hex" % what)
+    if nbytes is not None and len(v) != 2 * nbytes:
+        raise Invalid("%s is not %d hex digits" % (what, 2 * nbytes))
+    return bytes.fromhex(v)
+
+
+def parse_keys(value, trusted):
+    if not isinstance(value, list):
+        raise Invalid("node_keys is not a list")
+    keys = {}
+    for i, k in enumerate(value):
+        node_id, pk = fields(k, "node_keys[%d]" % i, ("node_id", "public_key"))
+        node_id = uint(node_id, "node_keys[%d].node_id" % i)
+        pk = lowhex(pk, "node_keys[%d].public_key" % i, 32)
+        if not valid_public_key(pk):
+            raise Invalid("public key of node %d is not a valid key" % node_id)
+        if node_id in keys:
+            raise Invalid("node %d has two keys" % node_id)
+        if trusted and (node_id, pk) not in trusted:
+            raise Invalid("key of node %d is not one of the trusted keys" % node_id)
+        keys[node_id] = pk
+    return keys
+
+
+def parse_head(value):
+    size, root, time_ms, node_id, sig = fields(
+        value, "tree_head", ("size", "root", "time_ms", "node_id", "signature"))
+    return {
+        "size": uint(size, "tree_head.size"),
+        "root": lowhex(root, "tree_head.root", 32),
+        "time_ms": sint64(time_ms, "tree_head.time_ms"),
+        "node_id": uint(node_id, "tree_head.node_id"),
+        "signature": lowhex(sig, "tree_head.signature", 64),
+    }
+
+
+def check_head(head, keys, opts):
+    pk = keys.get(head["node_id"])
+    if pk is None:
+        raise Invalid("tree head signed by node %d, whose key is not in the document"
+                      % head["node_id"])
+    msg = (TREE_HEAD_DOMAIN + head["size"].to_bytes(8, "big") + head["root"]
+           + head["time_ms"].to_bytes(8, "big", signed=True) + head["node_id"].to_bytes(8, "big"))
+    if not opts["skip_signatures"] and not ed25519_verify(pk, msg, head["signature"]):
+        raise Invalid("tree head signature does not verify")
+
+
+def check_record(value, expected_seq, keys, opts, disclosed_classes=None):
+    """Checks one entry record; returns (leaf hash, entry, disclosed count, withheld count)."""
+    seq, entry_hex, openings = fields(value, "entry line", ("seq", "entry", "openings"))
+    seq = uint(seq, "seq")
+    if expected_seq is None:
+        expected_seq = seq
+    if seq != expected_seq:
+        raise Invalid("line carries sequence number %d" % seq)
+    raw = lowhex(entry_hex, "entry bytes")
+    entry = decode_entry(raw)
+    if entry["seq"] != expected_seq:
+        raise Invalid("entry bytes carry sequence number %d" % entry["seq"])
+    pk = keys.get(entry["node_id"])
+    if pk is None:
+        raise Invalid("signed by node %d, whose key is not in the document" % entry["node_id"])
+    # The signed message: domain separator, then the body, which lies between the 9-byte prefix
+    # (version, seq) and the 64-byte signature.
+    msg = ENTRY_DOMAIN + raw[9:len(raw) - 64]
+    if not opts["skip_signatures"] and not ed25519_verify(pk, msg, entry["signature"]):
+        raise Invalid("entry signature does not verify")
+    if entry["corrects"] is not None and entry["corrects"] >= expected_seq:
+        raise Invalid("corrects entry %d, which is not earlier" % entry["corrects"])
+    if not isinstance(openings, list):
+        raise Invalid("openings is not a list")
+    if len(openings) != len(entry["components"]):
+        raise Invalid("%d openings for %d components"
+                      % (len(openings), len(entry["components"])))
+    disclosed = withheld = 0
+    for i, (o, c) in enumerate(zip(openings, entry["components"])):
+        if o is None:
+            withheld += 1
+            continue
+        value_text, salt = fields(o, "openings[%d]" % i, ("value", "salt"))
+        if not isinstance(value_text, str):
+            raise Invalid("openings[%d].value is not a string" % i)
+        salt = lowhex(salt, "openings[%d].salt" % i, 32)
+        if disclosed_classes is not None and c["class"] not in disclosed_classes:
+            raise Invalid("component %r of class %s is opened, but the export does not disclose "
+                          "that class" % (c["name"], c["class"]))
+        if commitment(salt, c["name"], c["class"], value_text) != c["commitment"]:
+            raise Invalid("value of component %r does not match its commitment" % c["name"])
+        disclosed += 1
+    return leaf_hash(raw), entry, disclosed, withheld
+
+
+def _where(seq=None, line=None):
+    if seq is not None:
+        return "entry %d: " % seq
+    if line is not None:
+        return "line %d: " % line
+    return ""
+
+
+def verify_export(lines, opts):
+    try:
+        header = parse_json(lines[0])
+        fmt, size, node_keys, classes = fields(
+            header, "export header", ("format", "size", "node_keys", "disclosed_classes"))
+        size = uint(size, "size")
+        if not isinstance(classes, list) or any(c not in CLASSES for c in classes):
+            raise Invalid("disclosed_classes must be a list of known classes")
+        keys = parse_keys(node_keys, opts["trusted"])
+    except Invalid as e:
+        raise Invalid("line 1: %s" % e) from None
+    leaves = []
+    disclosed = withheld = 0
+    for seq in range(size):
+        lineno = seq + 2
+        if lineno > len(lines):
+            raise Invalid("entry %d: export ends after %d of %d entries" % (seq, seq, size))
+        try:
+            leaf, _, d, w = check_record(parse_json(lines[lineno - 1]), seq, keys, opts,
+                                         set(classes))
+        except Invalid as e:
+            raise Invalid("entry %d: %s" % (seq, e)) from None
+        leaves.append(leaf)
+        disclosed += d
+        withheld += w
+    lineno = size + 2
+    if lineno > len(lines):
+        raise Invalid("line %d: the tree head line is missing" % lineno)
+    try:
+        (value,) = fields(parse_json(lines[lineno - 1]), "tree head line", ("tree_head",))
+        head = parse_head(value)
+    except Invalid as e:
+        raise Invalid("line %d: %s" % (lineno, e)) from None
+    if len(lines) > lineno:
+        raise Invalid("line %d: data after the tree head" % (lineno + 1))
+    if head["size"] != size:
+        raise Invalid("line %d: tree head is for %d entries, the export has %d"
+                      % (lineno, head["size"], size))
+    if mth(leaves) != head["root"]:
+        raise Invalid("line %d: root of the entries does not match the signed tree head" % lineno)
+    check_head(head, keys, opts)
+    return {"document": "export", "head": head, "keys": keys, "entries": size,
+            "disclosed": disclosed, "withheld": withheld}
+
+
+def verify_receipt(text, opts):
+    fmt, node_keys, record, proof, head = fields(
+        parse_json(text), "receipt",
+        ("format", "node_keys", "entry", "inclusion_proof", "tree_head"))
+    if fmt != RECEIPT_FORMAT:
+        raise Invalid("unknown format %r" % (fmt,))
+    keys = parse_keys(node_keys, opts["trusted"])
+    head = parse_head(head)
+    try:
+        leaf, entry, d, w = check_record(record, None, keys, opts)
+    except Invalid as e:
+        seq = record.get("seq") if isinstance(record, dict) else None
+        raise Invalid(_where(seq if isinstance(seq, int) else None) + str(e)) from None
+    if not isinstance(proof, list):
+        raise Invalid("inclusion_proof is not a list")
+    proof = [lowhex(h, "inclusion_proof[%d]" % i, 32) for i, h in enumerate(proof)]
+    if not verify_inclusion(leaf, entry["seq"], head["size"], proof, head["root"]):
+        raise Invalid("entry %d: inclusion proof does not lead to the signed root" % entry["seq"])
+    check_head(head, keys, opts)
+    return {"document": "receipt", "head": head, "keys": keys, "entries": 1,
+            "disclosed": d, "withheld": w, "entry": entry}
+
+
+def verify(data, opts):
+    """Verifies an export or a receipt given as bytes; returns a report or raises Invalid."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("the document is not UTF-8") from None
+    # Lines end with "\n"; the last one may lack it. A trailing empty line is data after the end.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    first = None
+    try:
+        first = json.loads(lines[0]) if lines else None
+    except ValueError:
+        pass
+    if isinstance(first, dict) and first.get("format") == EXPORT_FORMAT:
+        return verify_export(lines, opts)
+    return verify_receipt(text, opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-test: RFC 8032 vectors and the test vectors of docs/ledger-format.md.
+# ---------------------------------------------------------------------------------------------
+
+def self_test():
+    h = bytes.fromhex
+    # RFC 8032 section 7.1, TEST 1 and TEST 2.
+    assert ed25519_verify(
+        h("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"), b"",
+        h("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e397"
+          "01cf9b46bd25bf5f0595bbe24655141438e7a100b"))
+    pk2 = h("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+    sig2 = h("92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3"
+             "613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+    assert ed25519_verify(pk2, b"\x72", sig2)
+    assert not ed25519_verify(pk2, b"\x73", sig2)
+    assert not ed25519_verify(pk2, b"\x72", sig2[:32] + (int.from_bytes(sig2[32:], "little") + L)
+                              .to_bytes(32, "little"))
+    # docs/ledger-format.md, "Test vectors".
+    pk = h("ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c")
+    salt = bytes([9]) * 32
+    entries = [h(x) for x in (
+        "0100000000000000000000019b8d2b8c0000000000000000010000000c6c6f63616c3a696d706f72740000000b"
+        "63616c6962726174696f6e0000001f28303129303038383438333830333532343928323129504d50393835363137"
+        "0100000014323032362d30312d30345431343a33303a30305a000100000007574f2d3230303100000002000000"
+        "06726573756c740000000b6d61696e74656e616e6365158b6191a5298eef070abd1b93ddc02f11203994ee91f9"
+        "61269af69bc880957c00000004636f73740000000966696e616e6369616c5ed366ca4172b1efb42819d946867e"
+        "19455f4460c22c7730ccadbe3a6426b851a8619a0bd7e8a8f2d04d659521513ec44c29d70469739a68158b1992"
+        "5a37e585a2843bb6d423d1dd533f2b8e9ebf2eddcaa4a3c8abc283403df944079550570d",
+        "0100000000000000010000019b8d301fe000000000000000010000000c6c6f63616c3a696d706f727400000005"
+        "616c61726d0000001f28303129303038383438333830333532343928323129504d503938353631370100000014"
+        "323032362d30312d30355430373a35383a30305a00000000000200000005616c61726d0000000b6d61696e7465"
+        "6e616e636561bf5b8fa090453c654b5a2324e383b86e9da828631a6b14792406e2a14475fa0000000b70617469"
+        "656e745f6d726e0000000770617469656e748261a0a04264b66d6e12b07a28c24628d9a1cfc41e71c225573487"
+        "5fee8f8bbf9d52ce63dc07524543f82cd81ae0f66d513ec350c374189f93e52b53f4b02ed713bc1d7e072ad257"
+        "6199395e63e29e6a991576f0d543c38e579ce92740b6db0f",
+        "0100000000000000020000019b8d34b3c000000000000000010000000c6c6f63616c3a696d706f72740000000b"
+        "63616c6962726174696f6e0000001f28303129303038383438333830333532343928323129504d503938353631"
+        "3700010000000000000000010000000a574f2d323030312d43310000000100000006726573756c740000000b6d"
+        "61696e74656e616e6365fc63301df08fb4e2d08227c56f9d2caa3e017483cb724c43926fb4c5cb1a6aff89427d"
+        "c66ef40c4bbb956670fa63a52c1c6ab39cc751c0f6a97d6bdf37328669804a204753d7257c250ded1e3113c31a"
+        "e9052ae5c20fe8a6bcac3934365cbf0a",
+    )]
+    values = [['"pass"', '{"amount":90,"currency":"EUR"}'],
+              ['"occlusion downstream"', '"MRN0000001"'], ['"fail"']]
+    leaves = []
+    for seq, raw in enumerate(entries):
+        e = decode_entry(raw)
+        assert e["seq"] == seq and e["node_id"] == 1 and e["author"] == "local:import"
+        assert ed25519_verify(pk, ENTRY_DOMAIN + raw[9:-64], e["signature"])
+        for c, v in zip(e["components"], values[seq]):
+            assert commitment(salt, c["name"], c["class"], v) == c["commitment"]
+        leaves.append(leaf_hash(raw))
+    assert decode_entry(entries[2])["corrects"] == 0
+    assert [x.hex() for x in leaves] == [
+        "cbfd5d1b4d1a92a15d3fc7a337acb37c8c1001ded83bd618309d186ce8a0e093",
+        "dac40b24becb2026185d98e2a69c0b57b03e276f44c2b4f11441d348ded875ab",
+        "0e7e0d42944de1004bb0c4203d66a3276bb1e2d27ab97d0700265ae05a5bffb9"]
+    root = mth(leaves)
+    assert root.hex() == "248b538d56d6f777306b382bae3077932e10031fc7f04afe3d3ee4d334630662"
+    assert mth([]).hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert verify_inclusion(leaves[0], 0, 3, [leaves[1], leaves[2]], root)
+    assert verify_inclusion(leaves[2], 2, 3, [node_hash(leaves[0], leaves[1])], root)
+    assert not verify_inclusion(leaves[1], 0, 3, [leaves[1], leaves[2]], root)
+    assert verify_consistency(1, 3, [leaves[1], leaves[2]], leaves[0], root)
+    assert verify_consistency(2, 3, [leaves[2]], node_hash(leaves[0], leaves[1]), root)
+    assert not verify_consistency(2, 3, [leaves[1]], node_hash(leaves[0], leaves[1]), root)
+    head = parse_head(parse_json(
+        '{"size":3,"root":"248b538d56d6f777306b382bae3077932e10031fc7f04afe3d3ee4d334630662",'
+        '"time_ms":1767603600000,"node_id":1,"signature":"71e76716c194fb51ac7b541bf4f538d5f9d58b1c'
+        'a607c53eed460058b90ff2634858246dce4523bd2853cd071e885bf0f3a0fd707925c103687a9120d79f8108"}'))
+    check_head(head, {1: pk}, {"skip_signatures": False})
+    print("self-test passed: RFC 8032 vectors and the vectors of docs/ledger-format.md")
+
+
+def main(argv):
+    opts = {"skip_signatures": False, "trusted": set()}
+    path = None
+    args = list(argv[1:])
+    while args:
+        a = args.pop(0)
+        if a == "--self-test":
+            self_test()
+            return 0
+        if a == "--skip-signatures":
+            opts["skip_signatures"] = True
+        elif a == "--trusted-key" and args:
+            spec = args.pop(0)
+            node, _, key = spec.partition("=")
+            try:
+                kb = lowhex(key.strip(), "--trusted-key", 32)
+                opts["trusted"].add((int(node), kb))
+            except (ValueError, Invalid):
+                print("--trusted-key: expected NODE_ID=64 lowercase hex digits, got %r" % spec,
+                      file=sys.stderr)
+                return 2
+        elif a.startswith("-") or path is not None:
+            print(__doc__.split("\n\n")[2], file=sys.stderr)
+            return 2
+        else:
+            path = a
+    if path is None:
+        print(__doc__.split("\n\n")[2], file=sys.stderr)
+        return 2
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        print("cannot read %s: %s" % (path, e), file=sys.stderr)
+        return 2
+    try:
+        report = verify(data, opts)
+    except Invalid as e:
+        print("invalid: %s" % e, file=sys.stderr)
+        return 1
+    head = report["head"]
+    print("valid %s: %d entr%s checked, tree size %d, root %s, signed by node %d at %d ms"
+          % (report["document"], report["entries"], "y" if report["entries"] == 1 else "ies",
+             head["size"], head["root"].hex(), head["node_id"], head["time_ms"]))
+    print("components: %d disclosed and matching their commitments, %d withheld (commitment only)"
+          % (report["disclosed"], report["withheld"]))
+    for node_id, pk in sorted(report["keys"].items()):
+        print("node %d public key %s" % (node_id, pk.hex()))
+    if opts["skip_signatures"]:
+        print("WARNING: signatures were NOT checked (--skip-signatures): nothing ties this "
+              "document to a node's key")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,721 @@
+//! The published byte format (`docs/ledger-format.md`) against the code.
+//!
+//! Every test vector written in the document is a constant here; the test recomputes it from the
+//! fixed inputs, both with `ledger-node` and with an independent encoder that follows the
+//! document's tables byte by byte, and checks that the document still contains it. So the code,
+//! the document and this test cannot drift apart silently. A second test runs the independent
+//! Python verifier `docs/examples/verify_export.py` on real exports and receipts, and on tampered
+//! copies of them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ed25519_dalek::{Signer, SigningKey};
+use ledger_node::entry::{
+    commitment, CommittedComponent, DisclosureClass, Entry, EntryBody, EventKind, Opening,
+};
+use ledger_node::export::{self, VerifyOptions};
+use ledger_node::hash::{empty_root, leaf_hash, node_hash, Hash};
+use ledger_node::merkle::{self, Frontier, NodeReader};
+use ledger_node::sth::SignedTreeHead;
+use ledger_node::{ComponentInput, EventInput, Ledger, LedgerOptions};
+use sha2::{Digest, Sha256};
+
+/// Seed of the ed25519 key of node 1 in every vector.
+const SEED: [u8; 32] = [0x07; 32];
+/// Salt of every component in the vectors (a real ledger draws 32 random bytes per component).
+const SALT: [u8; 32] = [0x09; 32];
+
+const PUBLIC_KEY: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
+const EMPTY_ROOT: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const COMMITMENT_0_RESULT: &str =
+    "158b6191a5298eef070abd1b93ddc02f11203994ee91f961269af69bc880957c";
+const COMMITMENT_0_COST: &str = "5ed366ca4172b1efb42819d946867e19455f4460c22c7730ccadbe3a6426b851";
+const SIGNATURE_0: &str =
+    "a8619a0bd7e8a8f2d04d659521513ec44c29d70469739a68158b19925a37e585a2843bb6d423d1dd533f2b8e9ebf2eddcaa4a3c8abc283403df944079550570d";
+const ENTRY_0: &str =
+    "0100000000000000000000019b8d2b8c0000000000000000010000000c6c6f63616c3a696d706f72740000000b63616c6962726174696f6e0000001f28303129303038383438333830333532343928323129504d503938353631370100000014323032362d30312d30345431343a33303a30305a000100000007574f2d323030310000000200000006726573756c740000000b6d61696e74656e616e6365158b6191a5298eef070abd1b93ddc02f11203994ee91f961269af69bc880957c00000004636f73740000000966696e616e6369616c5ed366ca4172b1efb42819d946867e19455f4460c22c7730ccadbe3a6426b851a8619a0bd7e8a8f2d04d659521513ec44c29d70469739a68158b19925a37e585a2843bb6d423d1dd533f2b8e9ebf2eddcaa4a3c8abc283403df944079550570d";
+const ENTRY_1: &str =
+    "0100000000000000010000019b8d301fe000000000000000010000000c6c6f63616c3a696d706f727400000005616c61726d0000001f28303129303038383438333830333532343928323129504d503938353631370100000014323032362d30312d30355430373a35383a30305a00000000000200000005616c61726d0000000b6d61696e74656e616e636561bf5b8fa090453c654b5a2324e383b86e9da828631a6b14792406e2a14475fa0000000b70617469656e745f6d726e0000000770617469656e748261a0a04264b66d6e12b07a28c24628d9a1cfc41e71c2255734875fee8f8bbf9d52ce63dc07524543f82cd81ae0f66d513ec350c374189f93e52b53f4b02ed713bc1d7e072ad2576199395e63e29e6a991576f0d543c38e579ce92740b6db0f";
+const ENTRY_2: &str =
+    "0100000000000000020000019b8d34b3c000000000000000010000000c6c6f63616c3a696d706f72740000000b63616c6962726174696f6e0000001f28303129303038383438333830333532343928323129504d5039383536313700010000000000000000010000000a574f2d323030312d43310000000100000006726573756c740000000b6d61696e74656e616e6365fc63301df08fb4e2d08227c56f9d2caa3e017483cb724c43926fb4c5cb1a6aff89427dc66ef40c4bbb956670fa63a52c1c6ab39cc751c0f6a97d6bdf37328669804a204753d7257c250ded1e3113c31ae9052ae5c20fe8a6bcac3934365cbf0a";
+const LEAF_0: &str = "cbfd5d1b4d1a92a15d3fc7a337acb37c8c1001ded83bd618309d186ce8a0e093";
+const LEAF_1: &str = "dac40b24becb2026185d98e2a69c0b57b03e276f44c2b4f11441d348ded875ab";
+const LEAF_2: &str = "0e7e0d42944de1004bb0c4203d66a3276bb1e2d27ab97d0700265ae05a5bffb9";
+const NODE_01: &str = "8fc954f93ad16b42b095544945670fa6acd2f50f5ecb2bb6a795f88a6ca6dd58";
+const ROOT_3: &str = "248b538d56d6f777306b382bae3077932e10031fc7f04afe3d3ee4d334630662";
+const INCLUSION_0_OF_3: [&str; 2] = [
+    "dac40b24becb2026185d98e2a69c0b57b03e276f44c2b4f11441d348ded875ab",
+    "0e7e0d42944de1004bb0c4203d66a3276bb1e2d27ab97d0700265ae05a5bffb9",
+];
+const INCLUSION_2_OF_3: [&str; 1] =
+    ["8fc954f93ad16b42b095544945670fa6acd2f50f5ecb2bb6a795f88a6ca6dd58"];
+const CONSISTENCY_1_TO_3: [&str; 2] = [
+    "dac40b24becb2026185d98e2a69c0b57b03e276f44c2b4f11441d348ded875ab",
+    "0e7e0d42944de1004bb0c4203d66a3276bb1e2d27ab97d0700265ae05a5bffb9",
+];
+const CONSISTENCY_2_TO_3: [&str; 1] =
+    ["0e7e0d42944de1004bb0c4203d66a3276bb1e2d27ab97d0700265ae05a5bffb9"];
+const TREE_HEAD_MESSAGE: &str =
+    "6d65646c65646765722f747265652d686561642f7631000000000000000003248b538d56d6f777306b382bae3077932e10031fc7f04afe3d3ee4d3346306620000019b8d627a800000000000000001";
+const TREE_HEAD_SIGNATURE: &str =
+    "71e76716c194fb51ac7b541bf4f538d5f9d58b1ca607c53eed460058b90ff2634858246dce4523bd2853cd071e885bf0f3a0fd707925c103687a9120d79f8108";
+const TREE_HEAD_JSON: &str =
+    "{\"size\":3,\"root\":\"248b538d56d6f777306b382bae3077932e10031fc7f04afe3d3ee4d334630662\",\"time_ms\":1767603600000,\"node_id\":1,\"signature\":\"71e76716c194fb51ac7b541bf4f538d5f9d58b1ca607c53eed460058b90ff2634858246dce4523bd2853cd071e885bf0f3a0fd707925c103687a9120d79f8108\"}";
+
+const DEVICE: &str = "(01)00884838035249(21)PMP985617";
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&SEED)
+}
+
+/// One component of a vector entry: name, class, value (compact JSON text).
+type Comp = (&'static str, DisclosureClass, &'static str);
+
+/// The three vector entries, as (seq, body fields, components).
+struct Spec {
+    seq: u64,
+    recorded_at_ms: i64,
+    kind: EventKind,
+    occurred_at: Option<&'static str>,
+    corrects: Option<u64>,
+    event_id: Option<&'static str>,
+    components: Vec<Comp>,
+}
+
+fn specs() -> Vec<Spec> {
+    vec![
+        Spec {
+            seq: 0,
+            recorded_at_ms: 1_767_600_000_000,
+            kind: EventKind::Calibration,
+            occurred_at: Some("2026-01-04T14:30:00Z"),
+            corrects: None,
+            event_id: Some("WO-2001"),
+            components: vec![
+                ("result", DisclosureClass::Maintenance, "\"pass\""),
+                (
+                    "cost",
+                    DisclosureClass::Financial,
+                    "{\"amount\":90,\"currency\":\"EUR\"}",
+                ),
+            ],
+        },
+        Spec {
+            seq: 1,
+            recorded_at_ms: 1_767_600_300_000,
+            kind: EventKind::Alarm,
+            occurred_at: Some("2026-01-05T07:58:00Z"),
+            corrects: None,
+            event_id: None,
+            components: vec![
+                (
+                    "alarm",
+                    DisclosureClass::Maintenance,
+                    "\"occlusion downstream\"",
+                ),
+                ("patient_mrn", DisclosureClass::Patient, "\"MRN0000001\""),
+            ],
+        },
+        Spec {
+            seq: 2,
+            recorded_at_ms: 1_767_600_600_000,
+            kind: EventKind::Calibration,
+            occurred_at: None,
+            corrects: Some(0),
+            event_id: Some("WO-2001-C1"),
+            components: vec![("result", DisclosureClass::Maintenance, "\"fail\"")],
+        },
+    ]
+}
+
+/// The entry built with `ledger-node`.
+fn entry_with_ledger_node(s: &Spec) -> Entry {
+    let body = EntryBody {
+        recorded_at_ms: s.recorded_at_ms,
+        node_id: 1,
+        author: "local:import".into(),
+        kind: s.kind,
+        device_id: DEVICE.into(),
+        occurred_at: s.occurred_at.map(Into::into),
+        corrects: s.corrects,
+        event_id: s.event_id.map(Into::into),
+        components: s
+            .components
+            .iter()
+            .map(|(name, class, value)| CommittedComponent {
+                name: (*name).into(),
+                class: *class,
+                commitment: commitment(&SALT, name, *class, value),
+            })
+            .collect(),
+    };
+    let signature = body.sign(&key());
+    Entry {
+        seq: s.seq,
+        body,
+        signature,
+    }
+}
+
+// ---- An encoder written from the document's tables alone, sharing no code with ledger-node. ----
+
+fn doc_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn doc_commitment(name: &str, class: &str, value: &str) -> [u8; 32] {
+    let mut m = b"medledger/component/v1\0".to_vec();
+    m.extend_from_slice(&SALT);
+    doc_str(&mut m, name);
+    doc_str(&mut m, class);
+    doc_str(&mut m, value);
+    Sha256::digest(&m).into()
+}
+
+fn class_name(c: DisclosureClass) -> &'static str {
+    match c {
+        DisclosureClass::Device => "device",
+        DisclosureClass::Maintenance => "maintenance",
+        DisclosureClass::Patient => "patient",
+        DisclosureClass::Financial => "financial",
+        other => panic!("class {other:?} is not in the document"),
+    }
+}
+
+fn doc_body(s: &Spec) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&s.recorded_at_ms.to_be_bytes());
+    b.extend_from_slice(&1u64.to_be_bytes());
+    doc_str(&mut b, "local:import");
+    doc_str(
+        &mut b,
+        match s.kind {
+            EventKind::Calibration => "calibration",
+            EventKind::Alarm => "alarm",
+            other => panic!("kind {other:?} not used by the vectors"),
+        },
+    );
+    doc_str(&mut b, DEVICE);
+    match s.occurred_at {
+        None => b.push(0),
+        Some(t) => {
+            b.push(1);
+            doc_str(&mut b, t);
+        }
+    }
+    match s.corrects {
+        None => b.push(0),
+        Some(c) => {
+            b.push(1);
+            b.extend_from_slice(&c.to_be_bytes());
+        }
+    }
+    match s.event_id {
+        None => b.push(0),
+        Some(id) => {
+            b.push(1);
+            doc_str(&mut b, id);
+        }
+    }
+    b.extend_from_slice(&(s.components.len() as u32).to_be_bytes());
+    for (name, class, value) in &s.components {
+        doc_str(&mut b, name);
+        doc_str(&mut b, class_name(*class));
+        b.extend_from_slice(&doc_commitment(name, class_name(*class), value));
+    }
+    b
+}
+
+fn doc_entry(s: &Spec) -> Vec<u8> {
+    let body = doc_body(s);
+    let mut msg = b"medledger/entry/v1\0".to_vec();
+    msg.extend_from_slice(&body);
+    let sig = key().sign(&msg).to_bytes();
+    let mut e = vec![0x01];
+    e.extend_from_slice(&s.seq.to_be_bytes());
+    e.extend_from_slice(&body);
+    e.extend_from_slice(&sig);
+    e
+}
+
+fn doc_leaf(entry: &[u8]) -> Hash {
+    let mut m = vec![0x00];
+    m.extend_from_slice(entry);
+    Sha256::digest(&m).into()
+}
+
+fn doc_node(l: &Hash, r: &Hash) -> Hash {
+    let mut m = vec![0x01];
+    m.extend_from_slice(l);
+    m.extend_from_slice(r);
+    Sha256::digest(&m).into()
+}
+
+// ---- Perfect-subtree store in memory, filled the way the ledger's store fills it. ----
+
+#[derive(Default)]
+struct Mem {
+    nodes: HashMap<(u8, u64), Hash>,
+    frontier: Frontier,
+}
+
+impl Mem {
+    fn push(&mut self, leaf: Hash) {
+        let nodes = &mut self.nodes;
+        self.frontier.push(leaf, |l, i, h| {
+            nodes.insert((l, i), *h);
+        });
+    }
+}
+
+impl NodeReader for Mem {
+    type Error = Infallible;
+    fn perfect(&self, level: u8, index: u64) -> Result<Hash, Infallible> {
+        Ok(self.nodes[&(level, index)])
+    }
+}
+
+fn ok<T>(r: Result<Result<T, merkle::ProofRequestError>, Infallible>) -> T {
+    match r {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("{e}"),
+        Err(e) => match e {},
+    }
+}
+
+fn hexes(v: &[Hash]) -> Vec<String> {
+    v.iter().map(hex::encode).collect()
+}
+
+fn doc_text() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ledger-format.md");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+#[test]
+fn test_vectors_match_code_and_document() {
+    let doc = doc_text();
+    let in_doc = |name: &str, v: &str| {
+        assert!(
+            doc.contains(v),
+            "docs/ledger-format.md does not contain {name} = {v}"
+        );
+    };
+
+    let pk = hex::encode(key().verifying_key().to_bytes());
+    assert_eq!(pk, PUBLIC_KEY);
+    in_doc("public key", PUBLIC_KEY);
+    assert_eq!(hex::encode(empty_root()), EMPTY_ROOT);
+    assert_eq!(hex::encode(Sha256::digest([])), EMPTY_ROOT);
+    in_doc("empty root", EMPTY_ROOT);
+
+    let specs = specs();
+    let entries: Vec<Entry> = specs.iter().map(entry_with_ledger_node).collect();
+
+    // Commitments of entry 0, both encoders.
+    let c = &entries[0].body.components;
+    assert_eq!(hex::encode(c[0].commitment), COMMITMENT_0_RESULT);
+    assert_eq!(hex::encode(c[1].commitment), COMMITMENT_0_COST);
+    assert_eq!(
+        hex::encode(doc_commitment("result", "maintenance", "\"pass\"")),
+        COMMITMENT_0_RESULT
+    );
+    in_doc("commitment of result", COMMITMENT_0_RESULT);
+    in_doc("commitment of cost", COMMITMENT_0_COST);
+    assert_eq!(hex::encode(entries[0].signature), SIGNATURE_0);
+    in_doc("signature of entry 0", SIGNATURE_0);
+
+    // Entries: ledger-node's encoder, the document's encoder and the decoder agree.
+    let expected = [ENTRY_0, ENTRY_1, ENTRY_2];
+    let leaves_expected = [LEAF_0, LEAF_1, LEAF_2];
+    let mut mem = Mem::default();
+    let mut leaves = Vec::new();
+    for (i, (e, s)) in entries.iter().zip(&specs).enumerate() {
+        let bytes = e.encode();
+        assert_eq!(hex::encode(&bytes), expected[i], "entry {i}");
+        assert_eq!(
+            hex::encode(doc_entry(s)),
+            expected[i],
+            "entry {i}, doc encoder"
+        );
+        assert_eq!(Entry::decode(&bytes).as_ref(), Ok(e), "entry {i} decodes");
+        assert!(e.verify_signature(&key().verifying_key()));
+        in_doc("entry bytes", expected[i]);
+        let leaf = leaf_hash(&bytes);
+        assert_eq!(leaf, doc_leaf(&bytes));
+        assert_eq!(hex::encode(leaf), leaves_expected[i], "leaf {i}");
+        in_doc("leaf hash", leaves_expected[i]);
+        mem.push(leaf);
+        leaves.push(leaf);
+    }
+
+    // The 3-entry tree, its proofs, and their verification.
+    let n01 = doc_node(&leaves[0], &leaves[1]);
+    assert_eq!(node_hash(&leaves[0], &leaves[1]), n01);
+    assert_eq!(hex::encode(n01), NODE_01);
+    in_doc("interior node", NODE_01);
+    let root = doc_node(&n01, &leaves[2]);
+    assert_eq!(mem.frontier.root(), root);
+    match merkle::root(&mem, 3) {
+        Ok(r) => assert_eq!(r, root),
+        Err(e) => match e {},
+    }
+    assert_eq!(hex::encode(root), ROOT_3);
+    in_doc("root of 3", ROOT_3);
+
+    let p0 = ok(merkle::inclusion_proof(&mem, 0, 3));
+    assert_eq!(hexes(&p0), INCLUSION_0_OF_3);
+    assert_eq!(
+        merkle::verify_inclusion(&leaves[0], 0, 3, &p0, &root),
+        Ok(())
+    );
+    let p2 = ok(merkle::inclusion_proof(&mem, 2, 3));
+    assert_eq!(hexes(&p2), INCLUSION_2_OF_3);
+    assert_eq!(
+        merkle::verify_inclusion(&leaves[2], 2, 3, &p2, &root),
+        Ok(())
+    );
+    for h in INCLUSION_0_OF_3.iter().chain(&INCLUSION_2_OF_3) {
+        in_doc("inclusion proof hash", h);
+    }
+    let root1 = leaves[0];
+    let root2 = n01;
+    let c13 = ok(merkle::consistency_proof(&mem, 1, 3, 3));
+    assert_eq!(hexes(&c13), CONSISTENCY_1_TO_3);
+    assert_eq!(
+        merkle::verify_consistency(1, 3, &c13, &root1, &root),
+        Ok(())
+    );
+    let c23 = ok(merkle::consistency_proof(&mem, 2, 3, 3));
+    assert_eq!(hexes(&c23), CONSISTENCY_2_TO_3);
+    assert_eq!(
+        merkle::verify_consistency(2, 3, &c23, &root2, &root),
+        Ok(())
+    );
+
+    // The signed tree head over the 3 entries.
+    let sth = SignedTreeHead::sign(3, root, 1_767_603_600_000, 1, &key());
+    let msg = SignedTreeHead::message(3, &root, 1_767_603_600_000, 1);
+    let mut doc_msg = b"medledger/tree-head/v1\0".to_vec();
+    doc_msg.extend_from_slice(&3u64.to_be_bytes());
+    doc_msg.extend_from_slice(&root);
+    doc_msg.extend_from_slice(&1_767_603_600_000i64.to_be_bytes());
+    doc_msg.extend_from_slice(&1u64.to_be_bytes());
+    assert_eq!(msg, doc_msg);
+    assert_eq!(hex::encode(&msg), TREE_HEAD_MESSAGE);
+    in_doc("tree head message", TREE_HEAD_MESSAGE);
+    assert_eq!(hex::encode(sth.signature), TREE_HEAD_SIGNATURE);
+    in_doc("tree head signature", TREE_HEAD_SIGNATURE);
+    assert!(sth.verify(&key().verifying_key()));
+    let json = serde_json::to_string(&sth).expect("tree head serialises");
+    assert_eq!(json, TREE_HEAD_JSON);
+    in_doc("tree head JSON", TREE_HEAD_JSON);
+
+    // The example export of the document: these entries, disclosing device and maintenance.
+    let disclosed = [DisclosureClass::Device, DisclosureClass::Maintenance];
+    let header = export::ExportHeader {
+        format: export::EXPORT_FORMAT.into(),
+        size: 3,
+        node_keys: vec![export::NodeKey {
+            node_id: 1,
+            public_key: key().verifying_key().to_bytes(),
+        }],
+        disclosed_classes: disclosed.to_vec(),
+    };
+    let mut lines = vec![serde_json::to_string(&header).expect("header json")];
+    for (e, s) in entries.iter().zip(&specs) {
+        let openings = s
+            .components
+            .iter()
+            .map(|(_, class, value)| {
+                disclosed.contains(class).then(|| Opening {
+                    value: (*value).into(),
+                    salt: SALT,
+                })
+            })
+            .collect();
+        let record = export::EntryRecord {
+            seq: e.seq,
+            entry: hex::encode(e.encode()).into(),
+            openings,
+        };
+        lines.push(serde_json::to_string(&record).expect("record json"));
+    }
+    let tail = export::ExportTail { tree_head: sth };
+    lines.push(serde_json::to_string(&tail).expect("tail json"));
+    for l in &lines {
+        in_doc("example export line", l);
+    }
+    let text = lines.join("\n") + "\n";
+    let report = rust_verify(&text).expect("the example export verifies");
+    assert_eq!(
+        (report.disclosed_components, report.withheld_components),
+        (3, 2)
+    );
+    let files = tempfile::tempdir().expect("tempdir");
+    let path = files.path().join("example.jsonl");
+    std::fs::write(&path, &text).expect("write example");
+    let (code, stdout, stderr) = python_verify(&path, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+// ---- The independent Python verifier against real exports and receipts. ----
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/verify_export.py")
+}
+
+/// Runs the Python verifier; returns (exit code, stdout, stderr).
+fn python_verify(file: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = Command::new("python3")
+        .arg(script())
+        .args(extra)
+        .arg(file)
+        .output()
+        .expect("python3 runs (the verifier needs Python 3)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rust_verify(text: &str) -> Result<export::VerifyReport, export::VerifyFailure> {
+    export::verify(
+        &mut std::io::Cursor::new(text.as_bytes()),
+        &VerifyOptions::default(),
+        &mut |_, _| {},
+    )
+}
+
+fn comp(name: &str, class: DisclosureClass, value: &str) -> ComponentInput {
+    ComponentInput {
+        name: name.into(),
+        class,
+        value: value.into(),
+    }
+}
+
+fn event(kind: EventKind, components: Vec<ComponentInput>, corrects: Option<u64>) -> EventInput {
+    EventInput {
+        kind,
+        device_id: DEVICE.into(),
+        occurred_at: Some("2026-01-04T15:30:00+01:00".into()),
+        components,
+        corrects,
+        event_id: None,
+    }
+}
+
+/// Replaces line `i` (0-based) of a JSON Lines text by `f(value)`.
+fn edit_line(text: &str, i: usize, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut v: serde_json::Value = serde_json::from_str(&lines[i]).expect("line is JSON");
+    f(&mut v);
+    lines[i] = v.to_string();
+    lines.join("\n") + "\n"
+}
+
+#[tokio::test]
+async fn python_verifier_accepts_real_exports_and_refuses_tampered_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A fixed node key, so that the export carries the key of the test vectors.
+    std::fs::write(dir.path().join("node.key"), hex::encode(SEED)).expect("write key");
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            node_id: 1,
+            ..LedgerOptions::default()
+        },
+    )
+    .await
+    .expect("ledger opens");
+    let events = [
+        event(
+            EventKind::DeviceRegistered,
+            vec![comp("type", DisclosureClass::Device, "\"infusion-pump\"")],
+            None,
+        ),
+        event(
+            EventKind::Calibration,
+            vec![
+                comp("result", DisclosureClass::Maintenance, "\"pass\""),
+                comp("cost", DisclosureClass::Financial, "{ \"amount\": 90 }"),
+            ],
+            None,
+        ),
+        event(
+            EventKind::Alarm,
+            vec![
+                comp(
+                    "alarm",
+                    DisclosureClass::Maintenance,
+                    "\"occlusion downstream\"",
+                ),
+                comp("patient_mrn", DisclosureClass::Patient, "\"MRN0000001\""),
+            ],
+            None,
+        ),
+        event(
+            EventKind::Calibration,
+            vec![comp("result", DisclosureClass::Maintenance, "\"fail\"")],
+            Some(1),
+        ),
+    ];
+    for ev in events {
+        let outcome = ledger.append(ev, "local:test").await.expect("append");
+        assert!(
+            matches!(outcome, ledger_node::ApplyOutcome::Appended { .. }),
+            "{outcome:?}"
+        );
+    }
+    let head = ledger.tree_head().expect("tree head");
+    assert_eq!(head.size, 4);
+
+    let export_text = |disclose: &export::Disclosure| -> String {
+        let mut buf = Vec::new();
+        export::write_export(ledger.store(), &head, disclose, &mut buf).expect("export");
+        String::from_utf8(buf).expect("utf-8")
+    };
+    let full = export_text(&None);
+    let partial = export_text(&Some(BTreeSet::from([
+        DisclosureClass::Device,
+        DisclosureClass::Maintenance,
+    ])));
+    let receipt = serde_json::to_string_pretty(
+        &export::make_receipt(
+            ledger.store(),
+            2,
+            &head,
+            &Some(BTreeSet::from([DisclosureClass::Maintenance])),
+        )
+        .expect("receipt"),
+    )
+    .expect("receipt json")
+        + "\n";
+
+    // The partial export withholds the financial and patient values as null openings.
+    assert!(!partial.contains("MRN0000001") && full.contains("MRN0000001"));
+    assert_eq!(
+        partial.lines().nth(3).map(|l| l.contains("null")),
+        Some(true)
+    );
+    assert!(partial.lines().next().is_some_and(|l| l.contains(&format!(
+        "{{\"node_id\":1,\"public_key\":\"{PUBLIC_KEY}\"}}"
+    ))));
+
+    let files = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| -> PathBuf {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).expect("write document");
+        p
+    };
+
+    for (name, text, withheld) in [
+        ("full.jsonl", &full, 0),
+        ("partial.jsonl", &partial, 2),
+        ("receipt.json", &receipt, 1),
+    ] {
+        let report = rust_verify(text).unwrap_or_else(|e| panic!("{name}: rust verifier: {e}"));
+        assert_eq!(report.withheld_components, withheld, "{name}");
+        let (code, stdout, stderr) = python_verify(&write(name, text), &[]);
+        assert_eq!(code, 0, "{name}: {stdout}{stderr}");
+        assert!(stdout.starts_with("valid "), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("{withheld} withheld")),
+            "{name}: {stdout}"
+        );
+        assert!(!stdout.contains("NOT checked"), "{name}: {stdout}");
+    }
+
+    let tail = 5; // header, 4 entries, tree head
+    let tampered: Vec<(&str, String)> = vec![
+        (
+            "disclosed value changed",
+            partial.replace("occlusion downstream", "occlusion upstream"),
+        ),
+        (
+            "entry byte changed",
+            edit_line(&partial, 2, |v| {
+                let mut e = v["entry"].as_str().expect("entry hex").to_owned();
+                // A byte inside the author field: still decodes, no longer matches the signature.
+                let at = 2 * 35;
+                let flipped = if &e[at..at + 1] == "6" { "7" } else { "6" };
+                e.replace_range(at..at + 1, flipped);
+                v["entry"] = e.into();
+            }),
+        ),
+        ("entries swapped", {
+            let mut l: Vec<&str> = partial.lines().collect();
+            l.swap(1, 2);
+            l.join("\n") + "\n"
+        }),
+        ("last entry dropped", {
+            let l: Vec<&str> = partial.lines().collect();
+            let shorter = [&l[..4], &l[5..]].concat().join("\n") + "\n";
+            edit_line(&shorter, 0, |v| v["size"] = 3.into())
+        }),
+        (
+            "tree head time changed",
+            edit_line(&partial, tail, |v| {
+                let t = v["tree_head"]["time_ms"].as_i64().expect("time");
+                v["tree_head"]["time_ms"] = (t + 1).into();
+            }),
+        ),
+        ("data after the tree head", partial.clone() + "{}\n"),
+        ("receipt proof changed", {
+            let mut v: serde_json::Value = serde_json::from_str(&receipt).expect("receipt");
+            let h = v["inclusion_proof"][0]
+                .as_str()
+                .expect("proof hash")
+                .to_owned();
+            let flipped = if h.starts_with('0') { "1" } else { "0" };
+            v["inclusion_proof"][0] = format!("{flipped}{}", &h[1..]).into();
+            serde_json::to_string_pretty(&v).expect("json") + "\n"
+        }),
+    ];
+    for (what, text) in &tampered {
+        assert_ne!(text, &partial, "{what}: the tamper changed nothing");
+        assert_ne!(text, &receipt, "{what}: the tamper changed nothing");
+        assert!(
+            rust_verify(text).is_err(),
+            "{what}: rust verifier accepted it"
+        );
+        let (code, stdout, stderr) = python_verify(&write("tampered", text), &[]);
+        assert_eq!(code, 1, "{what}: {stdout}{stderr}");
+        assert!(stderr.starts_with("invalid: "), "{what}: {stderr}");
+    }
+
+    // --skip-signatures says that it skipped them, and still catches changed bytes through the
+    // Merkle root; a changed signed time is (only) a signature failure.
+    let (code, stdout, _) = python_verify(&write("t", &tampered[4].1), &["--skip-signatures"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("NOT checked"), "{stdout}");
+    let (code, _, stderr) = python_verify(&write("t", &tampered[1].1), &["--skip-signatures"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("root"), "{stderr}");
+
+    // Pinned keys: the right key passes, another key is refused.
+    let p = write("partial.jsonl", &partial);
+    let (code, _, _) = python_verify(&p, &["--trusted-key", &format!("1={PUBLIC_KEY}")]);
+    assert_eq!(code, 0);
+    let other = hex::encode(SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes());
+    let (code, _, stderr) = python_verify(&p, &["--trusted-key", &format!("1={other}")]);
+    assert_eq!(code, 1, "{stderr}");
+
+    // The script's own self-test: RFC 8032 vectors and this document's vectors.
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("--self-test")
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
