@@ -41,6 +41,7 @@ pub mod enroll;
 pub mod error;
 mod fsutil;
 pub mod identity;
+pub mod mosquitto;
 pub mod pem;
 pub mod profile;
 pub mod tls;
@@ -54,6 +55,9 @@ pub use crl::{Crl, RevocationReason, Revoked};
 pub use enroll::{device_csr, renew, sign_csr, verify_device_csr, TokenStore};
 pub use error::{Error, Result};
 pub use identity::{parse_identity, Identity, Profile, StaffRole};
+pub use mosquitto::{
+    write_mosquitto_config, write_mosquitto_crl, MosquittoFiles, MosquittoOptions,
+};
 pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
 pub use tls::{
     client_config, modbus_client_config, mqtt_client_config, peer_identity,

@@ -2,5 +2,6 @@
 mod format;
 mod ledger;
 mod modbus;
+mod mosquitto;
 mod mqtt;
 mod mtls;
