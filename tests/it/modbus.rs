@@ -485,3 +485,95 @@ async fn a_full_channel_sheds_polls_instead_of_blocking_or_growing() {
     task.await.expect("join").expect("poller ends cleanly");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer, ServerName};
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = certs::init_site_ca(
+        &dir.path().join("ca"),
+        &certs::CaInit::new("Test Hospital", "gw1"),
+    )
+    .expect("site ca");
+    let validity = || certs::Validity::days(1).expect("validity");
+    let server_cert = ca
+        .issue(&certs::CertSpec::service("modbus-sim"), validity())
+        .expect("server cert");
+    let gw_cert = ca
+        .issue(&certs::CertSpec::gateway("gw1"), validity())
+        .expect("gateway cert");
+    let key = |c: &certs::IssuedCert| {
+        PrivateKeyDer::from_pem_slice(c.key_pem.as_deref().expect("key").as_bytes())
+            .expect("key pem")
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root_der().clone()).expect("root");
+    let roots = Arc::new(roots);
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .expect("verifier");
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server_cert.chain_der.clone(), key(&server_cert))
+        .expect("server config");
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(gw_cert.chain_der.clone(), key(&gw_cert))
+        .expect("client config");
+
+    let mut p = builtin_profile("patient-monitor").expect("profile");
+    p.poll_interval_ms = 100;
+    // Keep the simulator from rewriting the value written below.
+    for r in &mut p.registers {
+        if r.name == "firmware_version" {
+            r.sim = None;
+        }
+    }
+    let profile = Arc::new(p);
+    let n = profile.registers.len();
+    let dev = SimDevice::new("mon-tls", profile.clone());
+    dev.write_value("firmware_version", &Value::Text("9.9.9".into()))
+        .expect("write");
+    let server = ModbusSimServer::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        dev,
+        Some(Arc::new(server_cfg)),
+    )
+    .await
+    .expect("tls sim");
+    let mut d = device("mon-tls", server.local_addr(), profile.clone());
+    d.tls = Some(device_adapters::modbus::ModbusTls {
+        config: Arc::new(client_cfg),
+        server_name: ServerName::try_from("localhost").expect("name"),
+    });
+    // A plain-TCP poller against the TLS port must fail, not decode garbage.
+    let mut plain = device("mon-plain", server.local_addr(), profile.clone());
+    plain.tls = None;
+    let (tx, mut rx) = mpsc::channel(256);
+    let poller = ModbusPoller::new(fast_config(), vec![d, plain]).expect("poller");
+    let stats = poller.stats();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(poller.run(tx, stop.clone()));
+    let batch = next_poll(&mut rx, "mon-tls", n).await;
+    let fw = batch
+        .iter()
+        .find(|t| t.metric == "firmware_version")
+        .expect("fw");
+    assert_eq!(fw.value, Value::Text("9.9.9".into()));
+    wait_for(
+        &mut rx,
+        "plain client offline",
+        |e| matches!(e, AdapterEvent::Status(s) if s.device_id == "mon-plain" && !s.online),
+    )
+    .await;
+    assert_eq!(stats.device("mon-plain").expect("health").polls_ok, 0);
+    stop.cancel();
+    task.await.expect("join").expect("poller ends cleanly");
+    server.stop().await;
+}
