@@ -15,21 +15,38 @@
 //! # API summary
 //!
 //! ```text
-//! // CA (ca.rs)
-//! init_site_ca(dir, &CaInit::new(site_name, node_id)) -> Result<IssuingCa>      // `ca init`
-//! request_issuing_ca(dir, node_id) -> Result<String /*CSR PEM*/>                  // `ca init --issuing-only`
-//! RootCa::load(dir)?.sign_issuing_csr(csr_pem, days) -> Result<String /*cert PEM*/> // offline root
+//! // CA (ca.rs) — see docs/identity.md for the directory layout
+//! init_site_ca(dir, &CaInit::new(site_name, node_id)) -> Result<IssuingCa>        // `ca init`
+//! request_issuing_ca(dir, node_id) -> Result<String /*CSR PEM*/>                    // `ca init --issuing-only`
+//! RootCa::load(dir)?.sign_issuing_csr(csr_pem, days) -> Result<String /*cert PEM*/> // root holder
 //! install_issuing_ca(dir, issuing_cert_pem, root_cert_pem) -> Result<IssuingCa>
-//! IssuingCa::load(dir) -> Result<IssuingCa>
+//! IssuingCa::load(dir) -> Result<IssuingCa>;  ca.root_der(), ca.root_pem(), ca.issued_records()
+//! // Profiles (profile.rs)                                                          // `cert issue`
 //! ca.issue(&CertSpec::device("pump-0042"), Validity::days(365)?) -> Result<IssuedCert>
 //!     CertSpec::{device(id), staff(id, name, StaffRole), gateway(node_id), service(name)}
-//!     or CertSpec::Device(DeviceSpec { id, modbus_role, modbus_server }) / Gateway(ServerSpec{..})
-//! issued.write_files(cert_path, key_path)   // chain PEM (leaf+issuing+root), key 0600
+//!     CertSpec::Device(DeviceSpec { id, modbus_role, modbus_server }), CertSpec::Gateway(ServerSpec { id, dns_names, ip_addrs })
+//! issued.write_files(cert_path, key_path)  // chain PEM (leaf+issuing+root); key created 0600
+//! issued.identity: Identity                // serial/fingerprint for the certificate-issued entry
 //! // Identity (identity.rs)
-//! parse_identity(der) -> Result<Identity { profile, id, role, name, fingerprint, serial, .. }>
+//! parse_identity(der) -> Result<Identity { profile, id, role, name, fingerprint, serial, server_auth, not_before, not_after }>
 //! identity.require(&[Profile::Gateway]) -> Result<()>   // wrong profile -> Error::WrongProfile
-//! // UDI (udi.rs)
-//! validate_device_id(id) -> Result<DeviceIdKind>
+//! validate_device_id(id) -> Result<DeviceIdKind>          // plain id, GS1, HIBCC, ISBT 128
+//! // Enrollment (enroll.rs)                                                         // `device add`
+//! TokenStore::open(dir.join("tokens.json")).create(&DeviceSpec, ttl) -> Result<String /*token*/>
+//! sign_csr(&ca, &tokens, csr_pem, token, device_id, validity) -> Result<IssuedCert>
+//! renew(&ca, csr_pem, &current_identity, validity) -> Result<IssuedCert>
+//! device_csr(device_id) -> Result<(key_pem, csr_pem)>
+//! // Revocation (crl.rs)                                                            // `cert crl`
+//! ca.build_crl(&[Revoked { serial, revoked_at, reason }], this_update, next_update) -> Result<Crl { der, pem }>
+//! // TLS (tls.rs) — ring provider, TLS 1.2/1.3, client certs mandatory
+//! CertifiedKey::from_files(cert, key) / from_pem(chain_pem, key_pem)
+//! RevocationPolicy { crls, revoked_serials, allow_unknown_revocation_status }
+//! server_config(&roots, &server_key, &policy, &alpn) -> Result<Arc<ServerConfig>>
+//! ReloadableServerConfig::new(roots, server_key, &policy, alpn)?; .current(); .update_revocation(&policy)
+//! MtlsAcceptor::new(Arc<ReloadableServerConfig>, &[Profile]).accept(tcp, peer).await -> Result<(TlsStream, Identity)>
+//! client_config / raft_peer_client_config / mqtt_client_config / modbus_client_config; peer_identity(conn)
+//! // Mosquitto (mosquitto.rs)                                                       // `mosquitto-config`
+//! write_mosquitto_config(&ca, out_dir, &MosquittoOptions::new(port, gateway_ids), crl_pem) -> Result<MosquittoFiles>
 //! ```
 #![forbid(unsafe_code)]
 // unwrap is fine in unit tests (CONVENTIONS: no unwrap outside tests)

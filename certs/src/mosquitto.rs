@@ -6,9 +6,10 @@
 //! (CN `gateway:<node-id>`) may read `medledger/#`. Topic layout:
 //! `medledger/devices/<device-id>/telemetry`.
 //!
-//! Mosquitto refuses ACL patterns for usernames containing `+`, `#` or `/`, so devices whose id
-//! holds those characters (HIBCC UDIs always start with `+`) cannot publish through the
-//! pattern; enroll such devices under a plain asset id for MQTT. See `docs/identity.md`.
+//! Mosquitto denies all ACL checks for usernames containing `+` or `#`, and a `/` in a username
+//! adds topic levels; devices whose id holds those characters (HIBCC UDIs always start with `+`)
+//! cannot publish through the pattern ([`mqtt_username_ok`]); enroll such devices under a plain
+//! asset id for MQTT. See `docs/identity.md`.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -19,6 +20,11 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::profile::{CertSpec, ServerSpec};
 use crate::udi::validate_plain_id;
+
+/// Whether a device id works as a Mosquitto username under the `%u` ACL pattern.
+pub fn mqtt_username_ok(device_id: &str) -> bool {
+    !device_id.is_empty() && !device_id.contains(['+', '#', '/'])
+}
 
 /// Options for [`write_mosquitto_config`].
 #[derive(Debug, Clone)]
@@ -206,6 +212,8 @@ mod tests {
         assert!(acl.contains("user gateway:gw1\ntopic read medledger/#\n"));
         assert!(acl.contains("user gateway:gw2\ntopic read medledger/#\n"));
         assert!(acl_text(&["gw 1".into()]).is_err());
+        assert!(mqtt_username_ok("pump-1") && mqtt_username_ok("(01)00884838035249(21)SN1"));
+        assert!(!mqtt_username_ok("+A123BJC5D6E71G") && !mqtt_username_ok("a/b"));
     }
 
     #[test]
