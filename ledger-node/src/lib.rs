@@ -15,6 +15,7 @@ pub mod hash;
 pub mod keys;
 pub mod ledger;
 pub mod merkle;
+pub mod raft;
 pub mod sth;
 pub mod store;
 

@@ -82,6 +82,28 @@ pub enum ApplyOutcome {
     Refused { reason: String },
 }
 
+/// A consistent copy of the whole store (see [`Store::snapshot_pairs`]).
+pub struct StoreSnapshot {
+    /// Every key/value pair, in key order.
+    pub pairs: Vec<(sled::IVec, sled::IVec)>,
+    /// Number of entries.
+    pub size: u64,
+    /// Root hash of the entries.
+    pub root: Hash,
+}
+
+impl StoreSnapshot {
+    /// A metadata value written with [`Store::apply`], as it is in this copy.
+    pub fn meta(&self, name: &str) -> Option<&[u8]> {
+        let key = key_meta(name);
+        self.pairs
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key.as_slice()))
+            .ok()
+            .and_then(|i| self.pairs.get(i))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
 /// The sled-backed ledger store.
 pub struct Store {
     path: PathBuf,
@@ -143,6 +165,75 @@ fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
+/// Opens sled in `dir` the way the ledger needs it: no background flusher, because every
+/// acknowledgement is preceded by an explicit [`sync_db`].
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, LedgerError> {
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| LedgerError::Storage {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Makes everything written to the sled database in `dir` so far durable: sled's flush, then
+/// `fdatasync` of its data file (sled's flush alone uses `sync_file_range`, which does not empty
+/// the drive's write cache), and `fsync` of the blob files sled writes for pages too big for its
+/// log (it never syncs them itself; a Raft entry with many events can be one).
+pub(crate) async fn sync_db(db: &sled::Db, dir: &Path) -> Result<(), LedgerError> {
+    db.flush_async()
+        .await
+        .map_err(|source| LedgerError::Storage {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let dir = dir.to_owned();
+    let err_path = dir.join("db");
+    tokio::task::spawn_blocking(move || sync_files(&dir))
+        .await
+        .map_err(|e| LedgerError::Io {
+            path: err_path,
+            source: std::io::Error::other(e),
+        })?
+}
+
+fn sync_files(dir: &Path) -> Result<(), LedgerError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LedgerError::Io { path, source }
+    };
+    let data = dir.join("db");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .open(&data)
+        .and_then(|f| f.sync_data())
+        .map_err(io(&data))?;
+    let blobs = dir.join("blobs");
+    let listing = match std::fs::read_dir(&blobs) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&blobs)(e)),
+    };
+    let mut any = false;
+    for item in listing {
+        let path = item.map_err(io(&blobs))?.path();
+        match std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+            Ok(()) => any = true,
+            // sled removes blobs of rewritten pages at any time; a vanished blob needs no sync.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    if any {
+        std::fs::File::open(&blobs)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&blobs))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, checking that what is on disk agrees with itself.
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
@@ -150,15 +241,14 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            // We flush explicitly before every acknowledgement; the background flusher adds nothing.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| LedgerError::Storage {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let db = open_db(dir)?;
+        Self::open_in(&db, dir)
+    }
+
+    /// Opens (or creates) the store in the `ledger` tree of an already open sled database, so that
+    /// other trees of the same database (Raft's log) share its flushes. `dir` must be the
+    /// database's directory: [`Store::flush`] syncs the data file in it.
+    pub fn open_in(db: &sled::Db, dir: &Path) -> Result<Self, LedgerError> {
         let tree = db
             .open_tree("ledger")
             .map_err(|source| LedgerError::Storage {
@@ -167,27 +257,33 @@ impl Store {
             })?;
         let store = Store {
             path: dir.to_owned(),
-            db,
+            db: db.clone(),
             tree,
             writer: Mutex::new(WriterState {
                 frontier: Frontier::new(),
             }),
             durable_size: AtomicU64::new(0),
         };
-        let size = match store.get(META_SIZE)? {
-            None => 0,
-            Some(v) => be_u64(&v).ok_or_else(|| store.corrupt("size is not 8 bytes"))?,
-        };
-        if size > 0 && store.get(&key_entry(size - 1))?.is_none() {
-            return Err(store.corrupt(&format!("size is {size} but entry {} is missing", size - 1)));
-        }
-        if store.get(&key_entry(size))?.is_some() {
-            return Err(store.corrupt(&format!("entry {size} exists beyond the recorded size")));
-        }
-        let frontier = Frontier::from_reader(&store, size)?;
+        let frontier = store.load_frontier()?;
+        let size = frontier.size();
         store.lock_writer().frontier = frontier;
         store.durable_size.store(size, Ordering::SeqCst);
         Ok(store)
+    }
+
+    /// Reads the recorded size, checks it against the entries present and rebuilds the frontier.
+    fn load_frontier(&self) -> Result<Frontier, LedgerError> {
+        let size = match self.get(META_SIZE)? {
+            None => 0,
+            Some(v) => be_u64(&v).ok_or_else(|| self.corrupt("size is not 8 bytes"))?,
+        };
+        if size > 0 && self.get(&key_entry(size - 1))?.is_none() {
+            return Err(self.corrupt(&format!("size is {size} but entry {} is missing", size - 1)));
+        }
+        if self.get(&key_entry(size))?.is_some() {
+            return Err(self.corrupt(&format!("entry {size} exists beyond the recorded size")));
+        }
+        Frontier::from_reader(self, size)
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
@@ -349,25 +445,80 @@ impl Store {
     pub async fn flush(&self) -> Result<(), LedgerError> {
         // Everything applied before this point is covered by the flush below.
         let target = self.lock_writer().frontier.size();
-        self.db.flush_async().await.map_err(|e| self.storage(e))?;
-        let data = self.path.join("db");
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .open(&data)?
-                .sync_data()
-        })
-        .await
-        .map_err(|e| LedgerError::Io {
-            path: self.path.join("db"),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|source| LedgerError::Io {
-            path: self.path.join("db"),
-            source,
-        })?;
+        sync_db(&self.db, &self.path).await?;
         self.durable_size.fetch_max(target, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Makes everything applied so far visible to readers without flushing.
+    ///
+    /// Only for callers whose durability comes from elsewhere: under Raft an applied entry is
+    /// already on disk in the replicated log of a quorum, and the last applied log id is written
+    /// in the same batch as the entries, so a crash that loses applied entries also rolls the
+    /// applied log id back and they are applied again, byte for byte, from the log.
+    pub fn publish(&self) {
+        let applied = self.lock_writer().frontier.size();
+        self.durable_size.fetch_max(applied, Ordering::SeqCst);
+    }
+
+    /// The sled database the store lives in.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Every key/value pair of the store with the size and root they give, read under the writer
+    /// lock so that no apply lands half-way through: a consistent copy of the state for a
+    /// snapshot. Values are sled's reference-counted buffers, so the copy costs little beyond the
+    /// keys.
+    pub fn snapshot_pairs(&self) -> Result<StoreSnapshot, LedgerError> {
+        let w = self.lock_writer();
+        let pairs = self
+            .tree
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.storage(e))?;
+        Ok(StoreSnapshot {
+            pairs,
+            size: w.frontier.size(),
+            root: w.frontier.root(),
+        })
+    }
+
+    /// Replaces the whole state with `pairs` (as [`Store::snapshot_pairs`] returned them on another
+    /// node) in one atomic batch, then checks the result and rebuilds the in-memory frontier.
+    /// Readers see the new size at once; call [`Store::flush`] to make it durable.
+    ///
+    /// If the pairs do not form a consistent ledger the batch has already been applied and an
+    /// error is returned: the caller must treat the store as broken (Raft stops on it).
+    pub fn replace_all<K, V>(
+        &self,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<u64, LedgerError>
+    where
+        K: Into<sled::IVec>,
+        V: Into<sled::IVec>,
+    {
+        let mut w = self.lock_writer();
+        let mut batch = sled::Batch::default();
+        for k in self.tree.iter().keys() {
+            batch.remove(k.map_err(|e| self.storage(e))?);
+        }
+        // A batch is a map: an insert after the remove of the same key wins.
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
+        let frontier = self.load_frontier()?;
+        let size = frontier.size();
+        w.frontier = frontier;
+        self.durable_size.store(size, Ordering::SeqCst);
+        Ok(size)
+    }
+
+    /// Root hash of everything applied, flushed or not (the writer's frontier).
+    pub fn applied_root(&self) -> (u64, Hash) {
+        let w = self.lock_writer();
+        (w.frontier.size(), w.frontier.root())
     }
 
     /// The bytes of entry `seq`.

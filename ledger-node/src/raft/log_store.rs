@@ -1,0 +1,316 @@
+//! openraft's log storage on sled: the Raft log and Raft's own metadata, in two trees of the
+//! node's one sled database.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `raft_log` | index (u64 BE) | the entry as JSON |
+//! | `raft_meta` | `vote` | the vote as JSON |
+//! | `raft_meta` | `committed` | the committed log id as JSON |
+//! | `raft_meta` | `last_purged` | the last purged log id as JSON |
+//!
+//! Appended entries and votes are acknowledged only once they are on disk (sled flush and
+//! `fdatasync`, shared between concurrent callers): acknowledging before the flush loses
+//! acknowledged writes on power loss (openraft #618).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::{sto_err, Durability};
+use crate::error::LedgerError;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The Raft log of a node. Cloning is cheap and gives another handle on the same trees (openraft
+/// uses a clone as the log reader of its replication streams).
+#[derive(Clone)]
+pub struct LogStore {
+    log: sled::Tree,
+    meta: sled::Tree,
+    durability: Arc<Durability>,
+    path: PathBuf,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// `[start, end)` of a range of indexes, `end` `None` for unbounded; `None` for an empty range.
+fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.checked_add(1),
+        Bound::Excluded(e) => Some(*e),
+        Bound::Unbounded => None,
+    };
+    match end {
+        Some(e) if e <= start => None,
+        _ => Some((start, end)),
+    }
+}
+
+impl LogStore {
+    pub(crate) fn open(
+        db: &sled::Db,
+        dir: &Path,
+        durability: Arc<Durability>,
+    ) -> Result<Self, LedgerError> {
+        let storage = |source| LedgerError::Storage {
+            path: dir.to_owned(),
+            source,
+        };
+        Ok(Self {
+            log: db.open_tree("raft_log").map_err(storage)?,
+            meta: db.open_tree("raft_meta").map_err(storage)?,
+            durability,
+            path: dir.to_owned(),
+        })
+    }
+
+    fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> LedgerError {
+        LedgerError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    fn storage(&self, source: sled::Error) -> LedgerError {
+        LedgerError::Storage {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
+        match self.meta.get(key).map_err(|e| self.storage(e))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| {
+                self.corrupt(&format!("raft_meta {}", String::from_utf8_lossy(key)), e)
+            }),
+        }
+    }
+
+    fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), LedgerError> {
+        let v = serde_json::to_vec(value).map_err(|e| self.corrupt("raft_meta value", e))?;
+        self.meta.insert(key, v).map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8]) -> Result<Entry, LedgerError> {
+        serde_json::from_slice(value).map_err(|e| {
+            let index = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            self.corrupt(&format!("raft log entry {index}"), e)
+        })
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, LedgerError> {
+        self.read_meta(KEY_LAST_PURGED)
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, LedgerError> {
+        match self.log.last().map_err(|e| self.storage(e))? {
+            Some((k, v)) => Ok(Some(self.decode(&k, &v)?.log_id)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, LedgerError> {
+        let iter = match end {
+            Some(e) => self.log.range(index_key(start)..index_key(e)),
+            None => self.log.range(index_key(start)..),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            out.push(self.decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Purge of the log up to `log_id`, inclusive (see [`RaftLogStorage::purge`]).
+    fn purge_upto(&self, log_id: &LogId) -> Result<(), LedgerError> {
+        if self.last_purged()?.as_ref() < Some(log_id) {
+            // The purged id goes first: a crash before the removal below leaves entries that are
+            // never read again, never a hole below the first entry.
+            self.write_meta(KEY_LAST_PURGED, log_id)?;
+        }
+        self.remove_range(0, log_id.index.checked_add(1))
+    }
+
+    /// Removes the entries with indexes in `[start, end)` (`end` `None`: to the end) in one batch.
+    fn remove_range(&self, start: u64, end: Option<u64>) -> Result<(), LedgerError> {
+        let lo = index_key(start);
+        let iter = match end {
+            Some(e) => self.log.range(lo..index_key(e)),
+            None => self.log.range(lo..),
+        };
+        let mut batch = sled::Batch::default();
+        for k in iter.keys() {
+            batch.remove(k.map_err(|e| self.storage(e))?);
+        }
+        self.log.apply_batch(batch).map_err(|e| self.storage(e))
+    }
+
+    async fn sync(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        self.durability
+            .sync()
+            .await
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, &e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let Some((start, end)) = index_bounds(&range) else {
+            return Ok(Vec::new());
+        };
+        self.read_range(start, end)
+            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = |e: LedgerError| sto_err(ErrorSubject::Logs, ErrorVerb::Read, &e);
+        let last_purged = self.last_purged().map_err(read)?;
+        let last = self.last_entry_id().map_err(read)?;
+        // A purge may go beyond the last entry (after a snapshot install), and a purge cut short
+        // by a crash may leave entries at or below the purged id behind: the larger one wins.
+        let last_log_id = std::cmp::max(last, last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote)
+            .map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
+        // A vote must survive a crash, or this node could vote twice in one term.
+        self.sync(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE)
+            .map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Read, &e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on its own: it rides along with the next flush. Losing it only means that
+        // after a restart fewer entries are re-applied before the leader tells us again. It can
+        // never be durable without the entries it covers, because they were written to the same
+        // sled database before it and sled recovers a prefix of its writes.
+        match committed {
+            Some(c) => self.write_meta(KEY_COMMITTED, &c),
+            None => self
+                .meta
+                .remove(KEY_COMMITTED)
+                .map(|_| ())
+                .map_err(|e| self.storage(e)),
+        }
+        .map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(KEY_COMMITTED)
+            .map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Read, &e))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut count = 0usize;
+        for entry in entries {
+            let v = serde_json::to_vec(&entry).map_err(|e| {
+                sto_err(
+                    ErrorSubject::Log(entry.log_id),
+                    ErrorVerb::Write,
+                    &self.corrupt("raft log entry", e),
+                )
+            })?;
+            batch.insert(&index_key(entry.log_id.index), v);
+            count += 1;
+        }
+        if let Err(e) = self.log.apply_batch(batch) {
+            let e = self.storage(e);
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(sto_err(ErrorSubject::Logs, ErrorVerb::Write, &e));
+        }
+        // Only now, with the entries on disk, may openraft count them as stored (openraft #618).
+        match self.durability.sync().await {
+            Ok(()) => {
+                tracing::trace!(entries = count, "raft log entries on disk");
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(sto_err(ErrorSubject::Logs, ErrorVerb::Write, &e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(since = %log_id, "truncating the raft log");
+        self.remove_range(log_id.index, None)
+            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        // Flushed so that conflicting entries cannot come back after a crash once the leader's
+        // replacements have been acknowledged elsewhere.
+        self.sync(ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(upto = %log_id, "purging the raft log");
+        // Not flushed: purging is only ever done up to state that a durable snapshot covers, and
+        // a purge lost in a crash just leaves more log than needed.
+        self.purge_upto(&log_id)
+            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_of_index_ranges() {
+        assert_eq!(index_bounds(&(3..7)), Some((3, Some(7))));
+        assert_eq!(index_bounds(&(3..=7)), Some((3, Some(8))));
+        assert_eq!(index_bounds(&(3..)), Some((3, None)));
+        assert_eq!(index_bounds(&(..)), Some((0, None)));
+        assert_eq!(index_bounds(&(5..5)), None);
+        assert_eq!(index_bounds(&(0..=u64::MAX)), Some((0, None)));
+        assert_eq!(
+            index_bounds(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
+            None
+        );
+    }
+}
