@@ -1,0 +1,484 @@
+//! The Raft storage of the ledger against openraft's own storage suite, and against the
+//! single-node ledger: same commands, same bytes, same Merkle root.
+//!
+//! This is a test target of its own (not part of `tests/it`) because openraft's suite needs the
+//! crate's concrete storage types and runs its own runtimes.
+//!
+//! `MEDLEDGER_LONG_TESTS=1` makes the snapshot test use a ledger of 50,000 entries.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+use ledger_node::ledger::{now_ms, prepare};
+use ledger_node::raft::types::{Entry, LogId, StorageError, Vote};
+use ledger_node::raft::{open_storage, LogStore, RaftRequest, StateMachine, TypeConfig};
+use ledger_node::store::AppendCommand;
+use ledger_node::{ApplyOutcome, Command, Ledger, LedgerOptions, Store};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{log_id, StoreBuilder, Suite};
+use openraft::{EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership};
+use tempfile::TempDir;
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, sm, _store) = open_storage(dir.path()).expect("open storage");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("openraft storage suite: {e}");
+    }
+}
+
+fn event(i: u64) -> EventInput {
+    let c = |name: &str, class, value: String| ComponentInput {
+        name: name.into(),
+        class,
+        value,
+    };
+    EventInput {
+        kind: if i.is_multiple_of(2) {
+            EventKind::Calibration
+        } else {
+            EventKind::Repair
+        },
+        device_id: format!("udi-pump-{:03}", i % 37),
+        occurred_at: Some("2025-03-01T08:30:00+01:00".into()),
+        components: vec![
+            c(
+                "procedure",
+                DisclosureClass::Maintenance,
+                format!("\"calibration step {i}\""),
+            ),
+            c(
+                "reading",
+                DisclosureClass::Maintenance,
+                format!(r#"{{"ml_per_h":{}.5}}"#, i % 500),
+            ),
+            c("ward", DisclosureClass::Patient, "\"ICU 3, bed 12\"".into()),
+        ],
+        corrects: None,
+        event_id: Some(format!("evt-{i}")),
+    }
+}
+
+/// `n` prepared commands, with a duplicate event id every 50 and a refused correction (of an
+/// entry that does not exist yet) every 97.
+fn commands(key: &SigningKey, node_id: u64, n: u64) -> Vec<Command> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut e = event(i);
+        if i % 50 == 49 {
+            e.event_id = Some(format!("evt-{}", i - 10));
+        }
+        if i % 97 == 96 {
+            e.corrects = Some(1_000_000);
+        }
+        let cmd: AppendCommand =
+            prepare(e, "biomed:test", node_id, key, now_ms()).expect("prepare");
+        out.push(Command::Append(cmd));
+    }
+    out
+}
+
+fn normal(term: u64, index: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(RaftRequest { commands }),
+    }
+}
+
+fn membership(term: u64, index: u64, voters: &[u64]) -> Entry {
+    let set: BTreeSet<u64> = voters.iter().copied().collect();
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Membership(Membership::new(vec![set], None)),
+    }
+}
+
+/// Applies `cmds` through the state machine in Raft entries of varying sizes (group commit),
+/// starting at log index `first`, after a blank and a membership entry. Returns the outcomes in
+/// command order and the next free index.
+async fn apply_in_groups(
+    sm: &mut StateMachine,
+    cmds: &[Command],
+    first: u64,
+) -> (Vec<ApplyOutcome>, u64) {
+    let mut index = first;
+    let head = vec![
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Blank,
+        },
+        membership(1, index + 1, &[1, 2, 3]),
+    ];
+    index += 2;
+    let r = sm.apply(head).await.expect("apply head");
+    assert!(r.iter().all(|r| r.outcomes.is_empty()));
+    let mut outcomes = Vec::new();
+    let mut rest = cmds;
+    let mut size = 1usize;
+    while !rest.is_empty() {
+        // Several entries per apply call, several commands per entry, sizes 1, 2, 3, ... 64.
+        let mut entries = Vec::new();
+        let mut expect = Vec::new();
+        for _ in 0..3 {
+            if rest.is_empty() {
+                break;
+            }
+            let n = size.min(rest.len());
+            entries.push(normal(1, index, rest[..n].to_vec()));
+            expect.push(n);
+            rest = &rest[n..];
+            index += 1;
+            size = size % 64 + 1;
+        }
+        let r = sm.apply(entries).await.expect("apply");
+        assert_eq!(
+            r.iter().map(|r| r.outcomes.len()).collect::<Vec<_>>(),
+            expect
+        );
+        outcomes.extend(r.into_iter().flat_map(|r| r.outcomes));
+    }
+    (outcomes, index)
+}
+
+fn assert_same_ledger(a: &Store, b: &Store) {
+    assert_eq!(a.size(), b.size());
+    let size = a.size();
+    assert_eq!(a.root(size).expect("root a"), b.root(size).expect("root b"));
+    for seq in 0..size {
+        assert_eq!(
+            a.entry_bytes(seq).expect("a"),
+            b.entry_bytes(seq).expect("b"),
+            "entry {seq}"
+        );
+        assert_eq!(
+            a.openings(seq).expect("a"),
+            b.openings(seq).expect("b"),
+            "openings {seq}"
+        );
+    }
+    assert_eq!(a.node_keys().expect("a"), b.node_keys().expect("b"));
+    for d in 0..37 {
+        let dev = format!("udi-pump-{d:03}");
+        assert_eq!(
+            a.device_history(&dev, None, usize::MAX).expect("a"),
+            b.device_history(&dev, None, usize::MAX).expect("b")
+        );
+    }
+}
+
+#[tokio::test]
+async fn raft_apply_gives_the_single_node_ledger_bytes_and_root() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::open(&tmp.path().join("single"), LedgerOptions::default())
+        .await
+        .expect("open ledger");
+    let node_id = ledger.node_id();
+    let key = ledger.signing_key().clone();
+    let mut cmds = vec![Command::RegisterNode {
+        node_id,
+        public_key: key.verifying_key().to_bytes(),
+    }];
+    cmds.extend(commands(&key, node_id, 400));
+
+    let mut single = Vec::new();
+    for c in &cmds[1..] {
+        single.push(ledger.submit(c.clone()).await.expect("submit"));
+    }
+    assert!(single
+        .iter()
+        .any(|o| matches!(o, ApplyOutcome::Duplicate { .. })));
+    assert!(single
+        .iter()
+        .any(|o| matches!(o, ApplyOutcome::Refused { .. })));
+
+    let (_log, mut sm, store) = open_storage(&tmp.path().join("raft")).expect("open storage");
+    let (outcomes, next) = apply_in_groups(&mut sm, &cmds, 1).await;
+    assert_eq!(outcomes[0], ApplyOutcome::NodeRegistered { node_id });
+    assert_eq!(&outcomes[1..], single.as_slice());
+    assert_same_ledger(ledger.store(), &store);
+    assert!(store.size() > 300, "readers see applied entries at once");
+
+    let (applied, mem) = sm.applied_state().await.expect("applied state");
+    assert_eq!(applied, Some(log_id(1, 1, next - 1)));
+    assert_eq!(mem.log_id(), &Some(log_id(1, 1, 2)));
+}
+
+fn ledger_size() -> u64 {
+    if std::env::var_os("MEDLEDGER_LONG_TESTS").is_some_and(|v| v == "1") {
+        50_000
+    } else {
+        3_000
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_installs_the_whole_ledger_on_another_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let n = ledger_size();
+    let mut cmds = vec![Command::RegisterNode {
+        node_id: 1,
+        public_key: key.verifying_key().to_bytes(),
+    }];
+    cmds.extend(commands(&key, 1, n + 20));
+    let more = cmds.split_off(cmds.len() - 20);
+
+    let (_log_a, mut sm_a, store_a) = open_storage(&tmp.path().join("a")).expect("open a");
+    let t = Instant::now();
+    let (_, next) = apply_in_groups(&mut sm_a, &cmds, 1).await;
+    eprintln!("applied {n} events in {:?}", t.elapsed());
+
+    // The follower already has an older prefix of the ledger, which the snapshot replaces.
+    let (_log_b, mut sm_b, store_b) = open_storage(&tmp.path().join("b")).expect("open b");
+    apply_in_groups(&mut sm_b, &cmds[..cmds.len() / 3], 1).await;
+    assert!(store_b.size() < store_a.size());
+
+    let t = Instant::now();
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let bytes = snap.snapshot.get_ref().len();
+    eprintln!("built a snapshot of {bytes} bytes in {:?}", t.elapsed());
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, next - 1)));
+    let current = sm_a
+        .get_current_snapshot()
+        .await
+        .expect("current")
+        .expect("a snapshot");
+    assert_eq!(current.meta, snap.meta);
+
+    let t = Instant::now();
+    let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
+    *rx = *snap.snapshot;
+    sm_b.install_snapshot(&snap.meta, rx)
+        .await
+        .expect("install");
+    eprintln!("installed it in {:?}", t.elapsed());
+
+    assert_same_ledger(&store_a, &store_b);
+    assert_eq!(
+        sm_b.applied_state().await.expect("b"),
+        sm_a.applied_state().await.expect("a")
+    );
+    assert_eq!(
+        store_b.find_event_id("evt-5").expect("find"),
+        store_a.find_event_id("evt-5").expect("find")
+    );
+
+    // Applying goes on from the snapshot on both nodes with the same result.
+    let entry = |i| vec![normal(2, next + i, more[i as usize * 10..][..10].to_vec())];
+    for i in 0..2 {
+        let ra = sm_a.apply(entry(i)).await.expect("apply a");
+        let rb = sm_b.apply(entry(i)).await.expect("apply b");
+        assert_eq!(ra, rb);
+    }
+    assert_same_ledger(&store_a, &store_b);
+
+    // The installed snapshot is what the follower serves from now on, also after a restart.
+    let meta = snap.meta.clone();
+    let root = store_b.root(store_b.size()).expect("root");
+    let size = store_b.size();
+    drop((sm_b, store_b, _log_b));
+    let (_log_b, mut sm_b, store_b) = open_storage(&tmp.path().join("b")).expect("reopen b");
+    let current = sm_b
+        .get_current_snapshot()
+        .await
+        .expect("current")
+        .expect("a snapshot");
+    assert_eq!(current.meta, meta);
+    assert_eq!(store_b.size(), size);
+    assert_eq!(store_b.root(size).expect("root"), root);
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[9u8; 32]);
+    let cmds = commands(&key, 1, 30);
+    let (_log_a, mut sm_a, _store_a) = open_storage(&tmp.path().join("a")).expect("open a");
+    apply_in_groups(&mut sm_a, &cmds, 1).await;
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+
+    let (_log_b, mut sm_b, store_b) = open_storage(&tmp.path().join("b")).expect("open b");
+    let mut bytes = snap.snapshot.into_inner();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    let rx = Box::new(std::io::Cursor::new(bytes));
+    assert!(sm_b.install_snapshot(&snap.meta, rx).await.is_err());
+    assert_eq!(
+        store_b.size(),
+        0,
+        "nothing of the damaged snapshot was installed"
+    );
+    assert!(sm_b
+        .get_current_snapshot()
+        .await
+        .expect("current")
+        .is_none());
+}
+
+async fn read_all(log: &mut LogStore) -> Vec<Entry> {
+    log.try_get_log_entries(..).await.expect("read log")
+}
+
+#[tokio::test]
+async fn reopening_keeps_vote_log_committed_and_applied_state() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[3u8; 32]);
+    let cmds = commands(&key, 1, 40);
+    let entries: Vec<Entry> = vec![
+        Entry {
+            log_id: log_id(1, 1, 1),
+            payload: EntryPayload::Blank,
+        },
+        membership(1, 2, &[1, 2]),
+        normal(1, 3, cmds[..20].to_vec()),
+        normal(2, 4, cmds[20..].to_vec()),
+    ];
+    let vote = Vote::new_committed(2, 1);
+    let (root, size, membership_state);
+    {
+        let (mut log, mut sm, store) = open_storage(tmp.path()).expect("open");
+        log.blocking_append(entries.clone()).await.expect("append");
+        log.save_vote(&vote).await.expect("vote");
+        log.save_committed(Some(log_id(1, 1, 3)))
+            .await
+            .expect("committed");
+        sm.apply(entries[..3].to_vec()).await.expect("apply");
+        root = store.root(store.size()).expect("root");
+        size = store.size();
+        membership_state = sm.applied_state().await.expect("state").1;
+        assert_eq!(size, 20);
+    }
+    let (mut log, mut sm, store) = open_storage(tmp.path()).expect("reopen");
+    assert_eq!(log.read_vote().await.expect("vote"), Some(vote));
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(1, 1, 3))
+    );
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_log_id, Some(log_id(2, 1, 4)));
+    assert_eq!(state.last_purged_log_id, None);
+    assert_eq!(read_all(&mut log).await, entries);
+    let (applied, mem) = sm.applied_state().await.expect("applied");
+    assert_eq!(applied, Some(log_id(1, 1, 3)));
+    assert_eq!(mem, membership_state);
+    assert_eq!(
+        mem,
+        StoredMembership::new(
+            Some(log_id(1, 1, 2)),
+            Membership::new(vec![[1u64, 2].into_iter().collect()], None)
+        )
+    );
+    assert_eq!(store.size(), size);
+    assert_eq!(store.root(size).expect("root"), root);
+
+    // Purge and truncate survive a reopen too.
+    log.purge(log_id(1, 1, 2)).await.expect("purge");
+    log.truncate(log_id(2, 1, 4)).await.expect("truncate");
+    drop((log, sm, store));
+    let (mut log, _sm, _store) = open_storage(tmp.path()).expect("reopen");
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)));
+    assert_eq!(read_all(&mut log).await, entries[2..3].to_vec());
+}
+
+const CHILD_DIR: &str = "MEDLEDGER_RAFT_KILL_CHILD_DIR";
+
+/// Appends entries one by one and prints each index once openraft's callback has acknowledged
+/// it, until killed: the child half of `acknowledged_appends_survive_kill_9`.
+fn kill_9_child(dir: &Path) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let (mut log, _sm, _store) = open_storage(dir).expect("open");
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let cmds = commands(&key, 1, 8);
+        for index in 1u64.. {
+            log.blocking_append(vec![normal(1, index, cmds.clone())])
+                .await
+                .expect("append");
+            println!("acked {index}");
+        }
+    });
+}
+
+/// The test binary runs itself again as the child (this same test, with the data directory in an
+/// environment variable), kills it with SIGKILL once it has acknowledged 150 appends, and checks
+/// that every acknowledged entry is on disk without a hole.
+#[test]
+fn acknowledged_appends_survive_kill_9() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        kill_9_child(Path::new(&dir));
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = Process::new(exe)
+        .args([
+            "--exact",
+            "acknowledged_appends_survive_kill_9",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut acked = 0u64;
+    while acked < 150 {
+        assert!(Instant::now() < deadline, "child acknowledged only {acked}");
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(i) = l.strip_prefix("acked ") {
+                    acked = i.parse().expect("index");
+                }
+            }
+            Some(Err(e)) => panic!("reading the child: {e}"),
+            None => panic!("child exited after acknowledging {acked}"),
+        }
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (mut log, _sm, _store) = open_storage(tmp.path()).expect("reopen after kill -9");
+        let entries = read_all(&mut log).await;
+        assert!(
+            entries.len() as u64 >= acked,
+            "{} entries on disk, {acked} acknowledged",
+            entries.len()
+        );
+        for (i, e) in entries.iter().enumerate() {
+            let want: LogId = log_id(1, 1, i as u64 + 1);
+            assert_eq!(e.log_id, want, "no hole in the log");
+        }
+    });
+}
