@@ -236,6 +236,7 @@ pub struct CommittedComponent {
 
 /// The value and salt of one component, kept beside the entry and dropped on erasure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Opening {
     pub value: String,
     #[serde(with = "hex32")]
@@ -496,6 +497,9 @@ pub mod hex32 {
     /// Parses 64 hex digits.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom("expected lowercase hex"));
+        }
         crate::hash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
     }
 }

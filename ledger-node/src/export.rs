@@ -278,6 +278,7 @@ fn check_record(
     expected_seq: u64,
     keys: &Keys,
     line: Option<u64>,
+    disclosed_classes: Option<&BTreeSet<DisclosureClass>>,
 ) -> Result<(Hash, Entry, u64, u64), VerifyFailure> {
     let seq = Some(expected_seq);
     if rec.seq != expected_seq {
@@ -347,6 +348,17 @@ fn check_record(
         match o {
             None => withheld += 1,
             Some(o) => {
+                if disclosed_classes.is_some_and(|d| !d.contains(&c.class)) {
+                    return Err(fail(
+                        seq,
+                        line,
+                        format!(
+                            "component {:?} of class {} is disclosed, but the export withholds that class",
+                            c.name,
+                            c.class.as_str()
+                        ),
+                    ));
+                }
                 if commitment(&o.salt, &c.name, c.class, &o.value) != c.commitment {
                     return Err(fail(
                         seq,
@@ -413,6 +425,7 @@ fn verify_export(
     let header: ExportHeader = serde_json::from_str(first)
         .map_err(|e| fail(None, Some(1), format!("bad export header: {e}")))?;
     let keys = Keys::new(&header.node_keys, opts)?;
+    let disclosed_set: BTreeSet<DisclosureClass> = header.disclosed_classes.iter().copied().collect();
     let mut frontier = Frontier::new();
     let (mut disclosed, mut withheld) = (0u64, 0u64);
     let mut line = String::new();
@@ -433,7 +446,7 @@ fn verify_export(
         }
         let rec: EntryRecord<'_> = serde_json::from_str(&line)
             .map_err(|e| fail(Some(seq), Some(lineno), format!("bad entry line: {e}")))?;
-        let (leaf, _, d, w) = check_record(&rec, seq, &keys, Some(lineno))?;
+        let (leaf, _, d, w) = check_record(&rec, seq, &keys, Some(lineno), Some(&disclosed_set))?;
         disclosed += d;
         withheld += w;
         frontier.push(leaf, |_, _, _| {});
@@ -500,7 +513,7 @@ fn verify_receipt(text: &str, opts: &VerifyOptions) -> Result<VerifyReport, Veri
     }
     let keys = Keys::new(&r.node_keys, opts)?;
     let seq = r.entry.seq;
-    let (leaf, entry, d, w) = check_record(&r.entry, seq, &keys, None)?;
+    let (leaf, entry, d, w) = check_record(&r.entry, seq, &keys, None, None)?;
     let proof: Vec<Hash> = r.inclusion_proof.iter().map(|h| h.0).collect();
     verify_inclusion(&leaf, seq, r.tree_head.size, &proof, &r.tree_head.root)
         .map_err(|e| fail(Some(seq), None, format!("inclusion proof: {e}")))?;

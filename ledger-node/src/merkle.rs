@@ -42,7 +42,7 @@ pub fn subtree_hash<R: NodeReader>(r: &R, start: u64, end: u64) -> Result<Hash, 
     if n == 0 {
         return Ok(empty_root());
     }
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return r.perfect(n.trailing_zeros() as u8, start / n);
     }
     let k = split(n);

@@ -69,6 +69,9 @@ pub mod hex64 {
     /// Parses 128 hex digits.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom("expected lowercase hex"));
+        }
         let mut out = [0u8; 64];
         hex::decode_to_slice(s.as_bytes(), &mut out)
             .map_err(|_| serde::de::Error::custom("expected 128 hex digits"))?;

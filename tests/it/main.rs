@@ -1,4 +1,5 @@
 //! end-to-end tests
+mod cluster;
 mod format;
 mod ledger;
 mod modbus;

@@ -1,0 +1,279 @@
+//! The gateway's configuration file (TOML). One `Config` of per-subsystem sections, parsed into
+//! validated types; every default is written in `systemd/gateway.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+/// `[node]`: who this gateway is and where it keeps its state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster, never reused; also written into every entry.
+    pub id: u64,
+    /// State directory: ledger, Raft log, keys, PKI.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/medledger")
+}
+
+/// `[api]`: the HTTPS listener (staff API, Raft RPC between gateways, cluster administration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Mutual-TLS listener for staff, devices and peer gateways.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address peers and the CLI use to reach this node (host:port); defaults to `listen`.
+    pub advertise: Option<String>,
+    /// TLS listener without client certificates, only for device enrollment with a one-time
+    /// token. Off when absent.
+    pub enroll_listen: Option<SocketAddr>,
+    /// Plain-HTTP health and metrics listener; must be a loopback address.
+    pub health_listen: Option<SocketAddr>,
+    /// Most requests served at once; further connections wait.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Source address for outgoing connections to peers (for multi-homed appliances).
+    pub source_address: Option<std::net::IpAddr>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+fn default_max_connections() -> usize {
+    1024
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            advertise: None,
+            enroll_listen: None,
+            health_listen: None,
+            max_connections: default_max_connections(),
+            source_address: None,
+        }
+    }
+}
+
+/// `[tls]`: certificate files; relative paths are relative to `node.data_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The site root CA certificate (PEM) every peer, staff member and device chains to.
+    #[serde(default = "default_ca")]
+    pub ca_file: PathBuf,
+    /// This gateway's certificate chain (gateway profile).
+    #[serde(default = "default_cert")]
+    pub cert_file: PathBuf,
+    /// Its private key.
+    #[serde(default = "default_key")]
+    pub key_file: PathBuf,
+    /// This gateway's issuing CA directory, for enrollment and CRLs.
+    #[serde(default = "default_pki")]
+    pub pki_dir: PathBuf,
+}
+
+fn default_ca() -> PathBuf {
+    "pki/root.crt".into()
+}
+fn default_cert() -> PathBuf {
+    "pki/gateway.crt".into()
+}
+fn default_key() -> PathBuf {
+    "pki/gateway.key".into()
+}
+fn default_pki() -> PathBuf {
+    "pki".into()
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { ca_file: default_ca(), cert_file: default_cert(), key_file: default_key(), pki_dir: default_pki() }
+    }
+}
+
+/// `[raft]`: replication timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval, ms.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms: a follower that hears nothing for a random time in this range
+    /// starts an election.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many log entries.
+    #[serde(default = "default_snapshot_logs")]
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot (a peer further behind catches up from the snapshot).
+    #[serde(default = "default_keep_logs")]
+    pub keep_logs_after_snapshot: u64,
+    /// Timeout of one Raft RPC, ms.
+    #[serde(default = "default_rpc_timeout")]
+    pub rpc_timeout_ms: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    100
+}
+fn default_election_min() -> u64 {
+    400
+}
+fn default_election_max() -> u64 {
+    800
+}
+fn default_snapshot_logs() -> u64 {
+    5000
+}
+fn default_keep_logs() -> u64 {
+    1000
+}
+fn default_rpc_timeout() -> u64 {
+    2000
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: default_heartbeat(),
+            election_timeout_min_ms: default_election_min(),
+            election_timeout_max_ms: default_election_max(),
+            snapshot_after_logs: default_snapshot_logs(),
+            keep_logs_after_snapshot: default_keep_logs(),
+            rpc_timeout_ms: default_rpc_timeout(),
+        }
+    }
+}
+
+/// `[ledger]`: group commit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Most events in one Raft entry.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    1024
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { max_batch: default_max_batch() }
+    }
+}
+
+/// A configuration problem, naming the file and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {field}: {message}")]
+    Invalid { path: PathBuf, field: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text (`path` is only used in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut c: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_owned(), field, message };
+        if c.node.id == 0 {
+            return Err(invalid("node.id", "must be a positive number".into()));
+        }
+        if let Some(h) = c.api.health_listen {
+            if !h.ip().is_loopback() {
+                return Err(invalid("api.health_listen", format!("{h} is not a loopback address: the health listener is plain HTTP")));
+            }
+        }
+        if c.api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1".into()));
+        }
+        let r = &c.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
+            return Err(invalid("raft.election_timeout_min_ms", "must be larger than raft.heartbeat_ms".into()));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid("raft.election_timeout_max_ms", "must be larger than raft.election_timeout_min_ms".into()));
+        }
+        if c.ledger.max_batch == 0 {
+            return Err(invalid("ledger.max_batch", "must be at least 1".into()));
+        }
+        let base = c.node.data_dir.clone();
+        for p in [&mut c.tls.ca_file, &mut c.tls.cert_file, &mut c.tls.key_file, &mut c.tls.pki_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+
+    /// The address peers use to reach this node.
+    pub fn advertise(&self) -> String {
+        self.api.advertise.clone().unwrap_or_else(|| self.api.listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = Config::parse(Path::new("t.toml"), "[node]\nid = 3\ndata_dir = \"/srv/ml\"\n").expect("valid");
+        assert_eq!(c.tls.ca_file, PathBuf::from("/srv/ml/pki/root.crt"));
+        assert_eq!(c.api.listen.port(), 8443);
+        assert_eq!(c.advertise(), "0.0.0.0:8443");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("[node]\nid = 0\n", "node.id"),
+            ("[node]\nid = 1\n[api]\nhealth_listen = \"0.0.0.0:9\"\n", "api.health_listen"),
+            ("[node]\nid = 1\n[raft]\nheartbeat_ms = 500\n", "raft.election_timeout_min_ms"),
+            ("[node]\nid = 1\ncolour = 2\n", "unknown field `colour`"),
+            ("[node]\nid = \"x\"\n", "invalid type"),
+            ("[api]\nlisten = \"1.2.3.4:1\"\n", "missing field `node`"),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(Path::new("gw.toml"), text).expect_err(text).to_string();
+            assert!(e.contains(want) && e.contains("gw.toml"), "{text}: {e}");
+        }
+    }
+}

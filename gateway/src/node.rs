@@ -1,0 +1,294 @@
+//! A running gateway node: the replicated ledger (openraft over the sled store), the proposer
+//! that batches events into Raft entries (group commit) and forwards them to the leader, and
+//! the node's signing key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ledger_node::raft::types::Raft;
+use ledger_node::raft::{RaftRequest, RaftResponse};
+use ledger_node::{ApplyOutcome, Command, SignedTreeHead, Store};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Why a write was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// No leader could be reached before the deadline: nothing was acknowledged.
+    #[error("no leader reachable: {0}")]
+    NoLeader(String),
+    /// The node is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// Raft or storage failed.
+    #[error("write failed: {0}")]
+    Failed(String),
+}
+
+type Reply = oneshot::Sender<Result<ApplyOutcome, WriteError>>;
+
+/// A running node.
+pub struct Node {
+    pub id: u64,
+    pub raft: Raft,
+    pub store: Arc<Store>,
+    pub key: SigningKey,
+    /// HTTPS client with the gateway certificate, for forwarding to the leader.
+    pub peers: reqwest::Client,
+    /// The address peers reach this node at.
+    pub advertise: String,
+    proposals: mpsc::Sender<(Command, Reply)>,
+    write_timeout: Duration,
+}
+
+impl Node {
+    /// Opens the storage and starts Raft and the proposer.
+    pub async fn start(
+        config: &Config,
+        network: crate::raft_net::Network,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Node>> {
+        let dir = &config.node.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        let key = ledger_node::keys::load_or_create(&dir.join("node.key"))?;
+        let (log_store, state_machine, store) = ledger_node::raft::open_storage(dir)?;
+        let r = &config.raft;
+        let raft_config = openraft::Config {
+            cluster_name: "medledger".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
+            install_snapshot_timeout: r.rpc_timeout_ms.max(10_000),
+            max_payload_entries: 64,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()?;
+        let peers = network.http.clone();
+        let raft = Raft::new(config.node.id, Arc::new(raft_config), network, log_store, state_machine).await?;
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let node = Arc::new(Node {
+            id: config.node.id,
+            raft,
+            store,
+            key,
+            peers,
+            advertise: config.advertise(),
+            proposals: tx,
+            write_timeout: Duration::from_secs(10),
+        });
+        tokio::spawn(proposer(node.clone(), rx, config.ledger.max_batch, shutdown.clone()));
+        tokio::spawn(register_key(node.clone(), shutdown.clone()));
+        tokio::spawn(checkpointer(node.clone(), shutdown));
+        Ok(node)
+    }
+
+    /// Submits a prepared command and waits until it is committed by a quorum and applied.
+    pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.proposals.send((cmd, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Writes a batch as one Raft entry on this node if it leads, otherwise forwards it to the
+    /// leader; retries until the write timeout while there is no leader.
+    async fn write_batch(&self, commands: Vec<Command>) -> Result<Vec<ApplyOutcome>, WriteError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let req = RaftRequest { commands };
+        let mut last = String::from("no leader elected yet");
+        loop {
+            match self.raft.client_write(req.clone()).await {
+                Ok(resp) => return Ok(resp.data.outcomes),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(id), Some(n)) if id != self.id => match self.forward(&n, &req).await {
+                            Ok(outcomes) => return Ok(outcomes),
+                            Err(e) => last = format!("forwarding to leader {id} at {}: {e}", n.addr),
+                        },
+                        _ => last = "no leader elected yet".into(),
+                    }
+                }
+                Err(RaftError::APIError(e)) => return Err(WriteError::Failed(e.to_string())),
+                Err(RaftError::Fatal(e)) => return Err(WriteError::Failed(e.to_string())),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader(last));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(&self, leader: &BasicNode, req: &RaftRequest) -> anyhow::Result<Vec<ApplyOutcome>> {
+        let resp = self
+            .peers
+            .post(format!("https://{}/raft/forward", leader.addr))
+            .json(req)
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            anyhow::bail!("{status}: {}", resp.text().await.unwrap_or_default());
+        }
+        let r: RaftResponse = resp.json().await?;
+        Ok(r.outcomes)
+    }
+
+    /// Signs a tree head over what this node has applied.
+    pub fn tree_head(&self) -> anyhow::Result<SignedTreeHead> {
+        let size = self.store.size();
+        let root = self.store.root(size)?;
+        Ok(SignedTreeHead::sign(size, root, ledger_node::ledger::now_ms(), self.id, &self.key))
+    }
+
+    /// Raft's view: leader, term, membership, and (on the leader) every node's matched index.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let mut nodes = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index);
+            let matched = if *id == self.id { m.last_applied.map(|l| l.index) } else { matched };
+            nodes.insert(
+                *id,
+                NodeStatus {
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|i| last_log.saturating_sub(i)),
+                },
+            );
+        }
+        ClusterStatus {
+            node_id: self.id,
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            ledger_size: self.store.size(),
+            nodes,
+        }
+    }
+}
+
+/// `cluster status` output.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub ledger_size: u64,
+    pub nodes: BTreeMap<u64, NodeStatus>,
+}
+
+/// One member in `cluster status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub addr: String,
+    pub voter: bool,
+    /// Last log index known to be on that node (leader's view; this node's own applied index).
+    pub matched_index: Option<u64>,
+    /// How far behind the leader's last log index.
+    pub lag: Option<u64>,
+}
+
+/// Gathers concurrent commands into batches and keeps up to 16 batches in flight, so that many
+/// events share one Raft entry and one flush on each node.
+async fn proposer(
+    node: Arc<Node>,
+    mut rx: mpsc::Receiver<(Command, Reply)>,
+    max_batch: usize,
+    shutdown: CancellationToken,
+) {
+    let inflight = Arc::new(Semaphore::new(16));
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let mut cmds = vec![first.0];
+        let mut replies = vec![first.1];
+        while cmds.len() < max_batch {
+            match rx.try_recv() {
+                Ok((c, r)) => {
+                    cmds.push(c);
+                    replies.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let n = cmds.len();
+            match node.write_batch(cmds).await {
+                Ok(outcomes) if outcomes.len() == n => {
+                    for (r, o) in replies.into_iter().zip(outcomes) {
+                        let _ = r.send(Ok(o));
+                    }
+                }
+                Ok(outcomes) => {
+                    let e = WriteError::Failed(format!("{} outcomes for {n} commands", outcomes.len()));
+                    for r in replies {
+                        let _ = r.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for r in replies {
+                        let _ = r.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Makes this node's public key part of the replicated ledger, so that every replica and every
+/// export can check the entries this node signs.
+async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
+    let public_key = node.key.verifying_key().to_bytes();
+    loop {
+        let known = node.store.node_keys().ok().is_some_and(|k| k.iter().any(|(id, pk)| *id == node.id && pk == &public_key));
+        if known {
+            return;
+        }
+        if node.raft.metrics().borrow().current_leader.is_some() {
+            match node.submit(Command::RegisterNode { node_id: node.id, public_key }).await {
+                Ok(ApplyOutcome::Refused { reason }) => {
+                    tracing::error!(%reason, "the cluster refused this node's public key");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "registering the node key; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Placeholder for periodic replicated checkpoints (signed tree heads committed through Raft).
+async fn checkpointer(_node: Arc<Node>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+}
