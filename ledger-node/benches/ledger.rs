@@ -14,7 +14,7 @@
 //! `cargo bench -p ledger-node --bench ledger [-- append|proofs|verify ...]` (no part: all three).
 //! Environment: `MEDLEDGER_BENCH_DIR` (where the temporary ledgers go; default the system temp
 //! dir), `MEDLEDGER_BENCH_SECS` (seconds per append run, default 5), `MEDLEDGER_BENCH_WRITERS`
-//! (comma-separated writer counts, default `1,16,256`), `MEDLEDGER_BENCH_PROOF_ENTRIES` (default
+//! (comma-separated writer counts, default `1,16,256`), `MEDLEDGER_BENCH_MODES` (`group,single`), `MEDLEDGER_BENCH_PROOF_ENTRIES` (default
 //! 1000000), `MEDLEDGER_BENCH_VERIFY_ENTRIES` (default 100000).
 //!
 //! The bench checks what it measures: the ledger size after an append run equals the number of
@@ -341,6 +341,7 @@ async fn bench_append(base: &Path) -> BoxResult<()> {
         .map(|s| s.trim().parse::<usize>())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("MEDLEDGER_BENCH_WRITERS: {e}"))?;
+    let modes = std::env::var("MEDLEDGER_BENCH_MODES").unwrap_or_else(|_| "group,single".into());
     let (s50, s99) = fdatasync_latency(base)?;
     println!(
         "\n## append: durable appends through Ledger::append, {secs} s per run\n\
@@ -361,6 +362,10 @@ async fn bench_append(base: &Path) -> BoxResult<()> {
         ),
         ("one flush per entry (max_batch 1)", 1, &mut single),
     ] {
+        let mode = if max_batch == 1 { "single" } else { "group" };
+        if !modes.split(',').any(|m| m.trim() == mode) {
+            continue;
+        }
         for &w in &writers {
             let r = append_run(base, max_batch, w, secs).await?;
             let rate = r.events as f64 / r.elapsed.as_secs_f64();
@@ -377,6 +382,65 @@ async fn bench_append(base: &Path) -> BoxResult<()> {
         println!(
             "group commit / one flush per entry at {w} writers: {:.1}x",
             g / s
+        );
+    }
+    if modes.split(',').any(|m| m.trim() == "anatomy") || modes == "group,single" {
+        anatomy(base, secs).await?;
+    }
+    Ok(())
+}
+
+/// Where the writer's time goes: `Store::apply` of a batch of prepared commands, then
+/// `Store::flush`, one after the other as the group-commit writer does them.
+async fn anatomy(base: &Path, secs: u64) -> BoxResult<()> {
+    println!(
+        "\nwriter anatomy: Store::apply of n prepared commands then Store::flush, repeated for {secs} s per n\n\
+         | n | cycles | apply ms | apply µs/entry | flush ms | entries/s (apply+flush) |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let sizes: Vec<u64> = std::env::var("MEDLEDGER_BENCH_ANATOMY_SIZES")
+        .unwrap_or_else(|_| "1,16,256,1024".into())
+        .split(',')
+        .map(|s| s.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("MEDLEDGER_BENCH_ANATOMY_SIZES: {e}"))?;
+    for n in sizes {
+        let tmp = tempfile::Builder::new()
+            .prefix("medledger-bench-anatomy-")
+            .tempdir_in(base)?;
+        let store = Store::open(tmp.path())?;
+        let (mut apply_t, mut flush_t, mut cycles, mut i) =
+            (Duration::ZERO, Duration::ZERO, 0u32, 0u64);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            let cmds = (i..i + n)
+                .map(|j| {
+                    prepare(
+                        event(j, "anatomy"),
+                        "sha256:bench-author",
+                        1,
+                        &key,
+                        now_ms(),
+                    )
+                    .map(Command::Append)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            i += n;
+            let t = Instant::now();
+            store.apply(&cmds, &[])?;
+            let t2 = Instant::now();
+            store.flush().await?;
+            flush_t += t2.elapsed();
+            apply_t += t2 - t;
+            cycles += 1;
+        }
+        let c = cycles.max(1);
+        println!(
+            "| {n} | {cycles} | {:.2} | {:.1} | {:.2} | {:.0} |",
+            ms(apply_t / c),
+            us(apply_t / c) / n as f64,
+            ms(flush_t / c),
+            (i as f64) / (apply_t + flush_t).as_secs_f64()
         );
     }
     Ok(())
@@ -698,5 +762,40 @@ async fn bench_verify(base: &Path) -> BoxResult<()> {
         100.0 * rate(best_v) / rate(best_r)
     );
     println!("both single-threaded, on the same thread, alternating");
+    // Where verify's time beyond the raw loop goes: reading and parsing the lines alone, then also
+    // hex-decoding and parsing the entry bytes.
+    let parse_only = |decode: bool| -> BoxResult<Duration> {
+        use std::io::BufRead;
+        let t = Instant::now();
+        let mut input = BufReader::with_capacity(1 << 16, std::fs::File::open(&path)?);
+        let mut line = String::new();
+        input.read_line(&mut line)?;
+        for _ in 0..n {
+            line.clear();
+            input.read_line(&mut line)?;
+            let rec: export::EntryRecord<'_> = serde_json::from_str(&line)?;
+            if decode {
+                let bytes = hex::decode(rec.entry.as_bytes())?;
+                let e = Entry::decode(&bytes).map_err(|e| e.to_string())?;
+                std::hint::black_box(e);
+            }
+            std::hint::black_box(rec);
+        }
+        Ok(t.elapsed())
+    };
+    let (mut p, mut pd) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        p = p.min(parse_only(false)?);
+        pd = pd.min(parse_only(true)?);
+    }
+    let per = |d: Duration| us(d) / n as f64;
+    println!(
+        "per entry (best runs): verify {:.1} µs, raw crypto {:.1} µs, read_line + JSON parse {:.1} µs, \
+         + hex decode + Entry::decode {:.1} µs",
+        per(best_v),
+        per(best_r),
+        per(p),
+        per(pd)
+    );
     Ok(())
 }
