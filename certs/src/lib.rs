@@ -42,6 +42,7 @@
 //! CertifiedKey::from_files(cert, key) / from_pem(chain_pem, key_pem)
 //! RevocationPolicy { crls, revoked_serials, allow_unknown_revocation_status }
 //! server_config(&roots, &server_key, &policy, &alpn) -> Result<Arc<ServerConfig>>
+//! enrollment_server_config(&server_key) -> Result<Arc<ServerConfig>>   // enrollment listener only: no client auth, token-authenticated
 //! ReloadableServerConfig::new(roots, server_key, &policy, alpn)?; .current(); .update_revocation(&policy)
 //! MtlsAcceptor::new(Arc<ReloadableServerConfig>, &[Profile]).accept(tcp, peer).await -> Result<(TlsStream, Identity)>
 //! client_config / raft_peer_client_config / mqtt_client_config / modbus_client_config; peer_identity(conn)
@@ -77,9 +78,9 @@ pub use mosquitto::{
 };
 pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
 pub use tls::{
-    client_config, modbus_client_config, mqtt_client_config, peer_identity,
-    raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor, ReloadableServerConfig,
-    RevocationPolicy,
+    client_config, enrollment_server_config, modbus_client_config, mqtt_client_config,
+    peer_identity, raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor,
+    ReloadableServerConfig, RevocationPolicy,
 };
 pub use udi::{validate_device_id, DeviceIdKind};
 

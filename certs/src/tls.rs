@@ -220,6 +220,21 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// Server config for the device enrollment listener ONLY: TLS 1.2/1.3 with the gateway's
+/// certificate and **no client authentication**, because a device that enrolls has no
+/// certificate yet. Everything served with it must be authenticated by other means (the
+/// one-time enrollment token of [`crate::sign_csr`]); never serve staff, device or Raft routes
+/// with this config — those use [`server_config`] / [`ReloadableServerConfig`].
+pub fn enrollment_server_config(server: &CertifiedKey) -> Result<Arc<ServerConfig>> {
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(server.chain.clone(), server.key.clone_key())
+        .map_err(|e| tls_err(format!("server certificate: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
 /// A server config that can be rebuilt while the listener runs: each accepted connection reads
 /// [`ReloadableServerConfig::current`], so a new CRL or revoked serial takes effect for the next
 /// handshake without a restart.
