@@ -1,0 +1,328 @@
+//! Device enrollment and renewal over HTTPS, and the start-up of the identity layer inside
+//! `medledger run`.
+//!
+//! - `POST /enroll` on `[api] enroll_listen`: a TLS listener WITHOUT client certificates (the
+//!   device has none yet), authenticated only by the one-time token from `medledger device add`.
+//!   Body `{"device_id", "token", "csr_pem"}`; answer: the certificate chain (PEM).
+//! - `POST /v1/renew` on the mutual-TLS listener: a device authenticated by its current,
+//!   unrevoked certificate posts `{"csr_pem", "revoke_previous"?}` and gets a new chain for the
+//!   same id (and Modbus role).
+//!
+//! Every certificate issued here is recorded as a `certificate-issued` ledger entry through the
+//! node (replicated like any event). Nothing here serves staff or Raft routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use certs::{
+    CertifiedKey, IssuedCert, IssuingCa, Profile, ReloadableServerConfig, RevocationReason,
+    TokenStore, Validity,
+};
+use ledger_node::entry::EventInput;
+use ledger_node::{ApplyOutcome, Command};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::server::Peer;
+
+/// Validity of device certificates issued by enrollment and renewal.
+pub const DEVICE_CERT_DAYS: u32 = 365;
+/// Largest request body: a CSR is about 500 bytes.
+const MAX_BODY: usize = 64 * 1024;
+/// How long to keep trying to record an issuance that could not be written at once.
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Shared state of the enrollment and renewal routes.
+#[derive(Clone)]
+pub struct EnrollState {
+    node: Arc<Node>,
+    ca: Arc<IssuingCa>,
+    tokens: TokenStore,
+    /// `sha256:<fingerprint>` of this gateway's certificate: the author of entries it records on
+    /// a device's behalf during token enrollment.
+    gateway_author: String,
+    shutdown: CancellationToken,
+}
+
+impl EnrollState {
+    /// State for `node`, issuing with `ca`, tokens in `ca`'s directory.
+    pub fn new(
+        node: Arc<Node>,
+        ca: Arc<IssuingCa>,
+        gateway: &CertifiedKey,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let leaf = gateway
+            .chain
+            .first()
+            .context("the gateway certificate chain is empty")?;
+        let me = certs::parse_identity(leaf).context("tls.cert_file")?;
+        Ok(Self {
+            tokens: TokenStore::open(ca.dir().join(crate::pki_cmd::TOKENS_FILE)),
+            node,
+            ca,
+            gateway_author: format!("sha256:{}", me.fingerprint),
+            shutdown,
+        })
+    }
+}
+
+/// An error answer naming what was wrong.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn certs_error(e: certs::Error) -> ApiError {
+    use certs::Error as E;
+    let status = match &e {
+        E::TokenUnknown
+        | E::TokenUsed { .. }
+        | E::TokenExpired { .. }
+        | E::TokenDeviceMismatch { .. } => StatusCode::FORBIDDEN,
+        E::WrongProfile { .. } => StatusCode::FORBIDDEN,
+        E::CsrRefused { .. } | E::InvalidId { .. } | E::InvalidInput { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        E::StoreLocked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "issuing a certificate failed");
+    }
+    ApiError(status, e.to_string())
+}
+
+fn pem_response(issued: &IssuedCert) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        issued.chain_pem.clone(),
+    )
+        .into_response()
+}
+
+/// Routes of the enrollment listener (no client certificates): `POST /enroll`.
+pub fn enroll_routes(state: EnrollState) -> Router {
+    Router::new()
+        .route("/enroll", post(enroll))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Routes to merge into the mutual-TLS router (they read the [`Peer`] extension):
+/// `POST /v1/renew`.
+pub fn renew_routes(state: EnrollState) -> Router {
+    Router::new()
+        .route("/v1/renew", post(renew))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    device_id: String,
+    token: String,
+    csr_pem: String,
+}
+
+async fn enroll(
+    State(s): State<EnrollState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let validity = Validity::days(DEVICE_CERT_DAYS.min(days_left(&s.ca))).map_err(certs_error)?;
+    let (ca, tokens) = (s.ca.clone(), s.tokens.clone());
+    // the token store waits on a lock file: keep it off the async workers
+    let issued = tokio::task::spawn_blocking(move || {
+        certs::sign_csr(
+            &ca,
+            &tokens,
+            &req.csr_pem,
+            &req.token,
+            &req.device_id,
+            validity,
+        )
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        tracing::warn!(error = %e, "enrollment refused");
+        certs_error(e)
+    })?;
+    tracing::info!(device_id = %issued.identity.id, serial = %issued.identity.serial, "device enrolled");
+    record(
+        &s,
+        crate::revocation::issued_event(&issued.identity, &s.ca),
+        s.gateway_author.clone(),
+    )
+    .await;
+    Ok(pem_response(&issued))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    csr_pem: String,
+    /// Also revoke the certificate used for this request (reason `superseded`).
+    #[serde(default)]
+    revoke_previous: bool,
+}
+
+async fn renew(
+    State(s): State<EnrollState>,
+    Extension(peer): Extension<Peer>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let current = peer.0.clone();
+    if current.profile != Profile::Device {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {} is not a device: only devices renew here",
+                current.profile, current.id
+            ),
+        ));
+    }
+    let req: RenewRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let validity = Validity::days(DEVICE_CERT_DAYS.min(days_left(&s.ca))).map_err(certs_error)?;
+    let ca = s.ca.clone();
+    let who = current.clone();
+    let csr = req.csr_pem;
+    let issued = tokio::task::spawn_blocking(move || certs::renew(&ca, &csr, &who, validity))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(certs_error)?;
+    tracing::info!(device_id = %current.id, old = %current.serial, new = %issued.identity.serial, "device certificate renewed");
+    let author = format!("sha256:{}", current.fingerprint);
+    record(
+        &s,
+        crate::revocation::issued_event(&issued.identity, &s.ca),
+        author.clone(),
+    )
+    .await;
+    if req.revoke_previous {
+        let ev = crate::revocation::revoked_event(
+            &current.serial,
+            &crate::revocation::subject_of(&current),
+            RevocationReason::Superseded,
+        );
+        record(&s, ev, author).await;
+    }
+    Ok(pem_response(&issued))
+}
+
+/// Whole days until the issuing CA expires (a leaf may not outlive it), at least 1.
+fn days_left(ca: &IssuingCa) -> u32 {
+    let left = (ca.not_after() - time::OffsetDateTime::now_utc()).whole_days() - 1;
+    u32::try_from(left.max(1)).unwrap_or(1)
+}
+
+/// Records an identity event through the node. The certificate has already been handed out
+/// (and is in `pki/issued.jsonl`), so a failed write is retried in the background rather than
+/// failing the device's request; the event id makes a retry that did get through a no-op.
+async fn record(s: &EnrollState, event: EventInput, author: String) {
+    match submit(&s.node, event.clone(), &author).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, event_id = ?event.event_id, "identity event not recorded yet; retrying in the background");
+            let node = s.node.clone();
+            let shutdown = s.shutdown.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + RECORD_RETRY_FOR;
+                while tokio::time::Instant::now() < until {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    if submit(&node, event.clone(), &author).await.is_ok() {
+                        return;
+                    }
+                }
+                tracing::error!(event_id = ?event.event_id, "identity event could not be recorded in the ledger");
+            });
+        }
+    }
+}
+
+async fn submit(node: &Node, event: EventInput, author: &str) -> anyhow::Result<()> {
+    let cmd = ledger_node::ledger::prepare(
+        event,
+        author,
+        node.id,
+        &node.key,
+        ledger_node::ledger::now_ms(),
+    )?;
+    match node.submit(Command::Append(cmd)).await? {
+        ApplyOutcome::Appended { .. } | ApplyOutcome::Duplicate { .. } => Ok(()),
+        ApplyOutcome::Refused { reason } => anyhow::bail!("refused by the ledger: {reason}"),
+        other => anyhow::bail!("unexpected ledger outcome {other:?}"),
+    }
+}
+
+/// Starts the identity layer of a running gateway: reads the ledger's revocations into `server`
+/// and `pki/crl.pem` and spawns the revocation watcher; when this gateway has an issuing CA,
+/// spawns the enrollment listener (`[api] enroll_listen`, if set). Returns the routes to merge
+/// into the mutual-TLS router (`/v1/renew`; empty without an issuing CA).
+pub async fn start(
+    config: &Config,
+    node: &Arc<Node>,
+    gateway: &CertifiedKey,
+    server: Arc<ReloadableServerConfig>,
+    tasks: &mut JoinSet<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Router> {
+    let ca = crate::revocation::load_ca(&config.tls.pki_dir)?;
+    let crl_path = config.tls.pki_dir.join(crate::pki_cmd::CRL_FILE);
+    let watcher = crate::revocation::start_watcher(
+        node.store.clone(),
+        server,
+        ca.clone(),
+        crl_path,
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(watcher);
+    let Some(ca) = ca else {
+        if let Some(addr) = config.api.enroll_listen {
+            anyhow::bail!(
+                "api.enroll_listen {addr}: this gateway has no issuing CA in tls.pki_dir {} (run `medledger ca init`)",
+                config.tls.pki_dir.display()
+            );
+        }
+        return Ok(Router::new());
+    };
+    let state = EnrollState::new(node.clone(), ca, gateway, shutdown.clone())?;
+    if let Some(addr) = config.api.enroll_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("api.enroll_listen {addr}: cannot bind"))?;
+        let bound = listener.local_addr()?;
+        let tls = certs::enrollment_server_config(gateway).context("api.enroll_listen")?;
+        tasks.spawn(crate::server::serve_tls_no_client_auth(
+            listener,
+            tls,
+            enroll_routes(state.clone()),
+            shutdown,
+        ));
+        tracing::info!(listen = %bound, "device enrollment listening (token-authenticated, no client certificates)");
+        eprintln!("medledger device enrollment on https://{bound}/enroll");
+    }
+    Ok(renew_routes(state))
+}

@@ -1,0 +1,474 @@
+//! Identity events in the ledger: building `certificate-issued` / `certificate-revoked` events,
+//! reading them back into the revoked-serial set and this gateway's CRL, and the watcher that
+//! pushes every new revocation (written here or replicated from another gateway) into the TLS
+//! listeners without a restart.
+//!
+//! The ledger is the source of truth for revocation (docs/identity.md, "Identity events in the
+//! ledger"); `pki/crl.pem` is only a derived file for Mosquitto and `openssl`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use anyhow::Context;
+use certs::{
+    Crl, Identity, IssuingCa, ReloadableServerConfig, RevocationPolicy, RevocationReason, Revoked,
+};
+use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+use ledger_node::Store;
+use time::{Duration, OffsetDateTime};
+use tokio_util::sync::CancellationToken;
+
+/// How long a CRL this gateway signs is valid. Listeners enforce CRL expiry (fail closed), so
+/// the watcher rebuilds it every [`CRL_REFRESH`], well before it runs out.
+pub const CRL_VALIDITY: Duration = Duration::days(7);
+/// How often the CRL is rebuilt even when nothing was revoked.
+pub const CRL_REFRESH: Duration = Duration::days(1);
+/// How often the watcher looks for new ledger entries.
+const POLL: StdDuration = StdDuration::from_millis(250);
+
+/// The `event_id` of the issuance of `serial`: recording it twice is a no-op.
+pub fn issued_event_id(serial: &str) -> String {
+    format!("certificate-issued:{serial}")
+}
+
+/// The `event_id` of the revocation of `serial`: revoking twice is a no-op.
+pub fn revoked_event_id(serial: &str) -> String {
+    format!("certificate-revoked:{serial}")
+}
+
+/// The ledger `device_id` of a certificate's subject: the device id for devices,
+/// `staff:<id>`, `gateway:<id>`, `service:<name>` otherwise (the subject CN).
+pub fn subject_of(identity: &Identity) -> String {
+    certs::profile::common_name(identity.profile, &identity.id)
+}
+
+fn text(name: &str, value: &str) -> ComponentInput {
+    ComponentInput {
+        name: name.into(),
+        class: DisclosureClass::Device,
+        // a JSON string is always serialisable; the fallback is never taken
+        value: serde_json::to_string(value).unwrap_or_else(|_| "null".into()),
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// SHA-256 fingerprint (lowercase hex) of this gateway's issuing CA certificate: the `issuer`
+/// recorded with every certificate it issues.
+pub fn ca_fingerprint(ca: &IssuingCa) -> String {
+    certs::identity::fingerprint(ca.cert_der())
+}
+
+/// The `certificate-issued` event for a certificate `ca` just issued.
+pub fn issued_event(identity: &Identity, ca: &IssuingCa) -> EventInput {
+    let mut components = vec![
+        text("serial", &identity.serial),
+        text("profile", identity.profile.as_str()),
+        text("fingerprint", &identity.fingerprint),
+        text("not_after", &rfc3339(identity.not_after)),
+        text("issuer", &ca_fingerprint(ca)),
+    ];
+    if let Some(role) = &identity.role {
+        components.push(text("role", role));
+    }
+    EventInput {
+        kind: EventKind::CertificateIssued,
+        device_id: subject_of(identity),
+        occurred_at: Some(rfc3339(OffsetDateTime::now_utc())),
+        components,
+        corrects: None,
+        event_id: Some(issued_event_id(&identity.serial)),
+    }
+}
+
+/// The `certificate-revoked` event for `serial` (normalised hex) of `subject`.
+pub fn revoked_event(serial: &str, subject: &str, reason: RevocationReason) -> EventInput {
+    EventInput {
+        kind: EventKind::CertificateRevoked,
+        device_id: subject.to_string(),
+        occurred_at: Some(rfc3339(OffsetDateTime::now_utc())),
+        components: vec![text("serial", serial), text("reason", reason.as_str())],
+        corrects: None,
+        event_id: Some(revoked_event_id(serial)),
+    }
+}
+
+/// What the ledger says about one issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedInfo {
+    /// Sequence number of the `certificate-issued` entry.
+    pub seq: u64,
+    /// The entry's device id (the subject).
+    pub subject: String,
+    /// Fingerprint of the issuing CA, when recorded.
+    pub issuer_fingerprint: Option<String>,
+}
+
+/// The identity events of a ledger, read incrementally.
+#[derive(Debug, Default, Clone)]
+pub struct IdentityIndex {
+    /// Entries below this sequence number have been read.
+    scanned: u64,
+    issued: HashMap<String, IssuedInfo>,
+    /// Serial -> first revocation.
+    revoked: BTreeMap<String, Revoked>,
+}
+
+impl IdentityIndex {
+    /// Reads the whole ledger.
+    pub fn load(store: &Store) -> anyhow::Result<Self> {
+        let mut idx = Self::default();
+        idx.scan(store)?;
+        Ok(idx)
+    }
+
+    /// Reads the entries added since the last scan; returns how many new serials were revoked.
+    pub fn scan(&mut self, store: &Store) -> anyhow::Result<usize> {
+        let size = store.size();
+        let mut new = 0;
+        while self.scanned < size {
+            let seq = self.scanned;
+            let entry = store
+                .entry(seq)
+                .with_context(|| format!("reading ledger entry {seq}"))?;
+            let kind = entry.body.kind;
+            if kind == EventKind::CertificateIssued || kind == EventKind::CertificateRevoked {
+                let openings = store
+                    .openings(seq)
+                    .with_context(|| format!("reading ledger entry {seq}"))?;
+                let field = |name: &str| -> Option<String> {
+                    let i = entry.body.components.iter().position(|c| c.name == name)?;
+                    let o = openings.get(i)?.as_ref()?;
+                    serde_json::from_str::<String>(&o.value).ok()
+                };
+                // entries are never trusted blindly: a serial that is not hex is ignored
+                let serial = field("serial").and_then(|s| certs::crl::normalize_serial(&s).ok());
+                match (kind, serial) {
+                    (EventKind::CertificateIssued, Some(serial)) => {
+                        self.issued.entry(serial).or_insert(IssuedInfo {
+                            seq,
+                            subject: entry.body.device_id.clone(),
+                            issuer_fingerprint: field("issuer"),
+                        });
+                    }
+                    (EventKind::CertificateRevoked, Some(serial)) => {
+                        if !self.revoked.contains_key(&serial) {
+                            let revoked_at = entry
+                                .body
+                                .occurred_at
+                                .as_deref()
+                                .and_then(|t| {
+                                    OffsetDateTime::parse(
+                                        t,
+                                        &time::format_description::well_known::Rfc3339,
+                                    )
+                                    .ok()
+                                })
+                                .or_else(|| {
+                                    OffsetDateTime::from_unix_timestamp_nanos(
+                                        i128::from(entry.body.recorded_at_ms) * 1_000_000,
+                                    )
+                                    .ok()
+                                })
+                                .unwrap_or_else(OffsetDateTime::now_utc);
+                            let reason = field("reason")
+                                .and_then(|r| r.parse().ok())
+                                .unwrap_or(RevocationReason::Unspecified);
+                            self.revoked.insert(
+                                serial.clone(),
+                                Revoked {
+                                    serial,
+                                    revoked_at,
+                                    reason,
+                                },
+                            );
+                            new += 1;
+                        }
+                    }
+                    _ => tracing::warn!(
+                        seq,
+                        kind = kind.as_str(),
+                        "identity entry without a readable serial ignored"
+                    ),
+                }
+            }
+            self.scanned = seq + 1;
+        }
+        Ok(new)
+    }
+
+    /// Number of entries read.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+
+    /// The issuance of `serial`, if the ledger has it.
+    pub fn issued(&self, serial: &str) -> Option<&IssuedInfo> {
+        self.issued.get(serial)
+    }
+
+    /// The revocation of `serial`, if any.
+    pub fn revocation(&self, serial: &str) -> Option<&Revoked> {
+        self.revoked.get(serial)
+    }
+
+    /// Every revoked serial, whatever CA issued it.
+    pub fn revoked_serials(&self) -> HashSet<String> {
+        self.revoked.keys().cloned().collect()
+    }
+
+    /// The revocations of certificates issued by `ca`: those whose `certificate-issued` entry
+    /// names `ca`, or that are in `ca`'s local record of issued certificates.
+    pub fn revoked_by(&self, ca: &IssuingCa) -> Vec<Revoked> {
+        let fp = ca_fingerprint(ca);
+        let local: HashSet<String> = match ca.issued_records() {
+            Ok(r) => r.into_iter().map(|r| r.serial).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the issuing ca's issued records; using the ledger alone");
+                HashSet::new()
+            }
+        };
+        self.revoked
+            .values()
+            .filter(|r| {
+                local.contains(&r.serial)
+                    || self
+                        .issued
+                        .get(&r.serial)
+                        .and_then(|i| i.issuer_fingerprint.as_deref())
+                        == Some(fp.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Signs this gateway's CRL over the ledger's revocations of its certificates, valid from a
+/// minute ago (clock skew) for [`CRL_VALIDITY`].
+pub fn build_crl(ca: &IssuingCa, idx: &IdentityIndex) -> anyhow::Result<Crl> {
+    let now = OffsetDateTime::now_utc();
+    Ok(ca.build_crl(
+        &idx.revoked_by(ca),
+        now - Duration::minutes(1),
+        now + CRL_VALIDITY,
+    )?)
+}
+
+/// The policy every listener applies: the ledger's revoked serials (any issuer), this gateway's
+/// own CRL, and certificates of other gateways' issuing CAs accepted without their CRL because
+/// the replicated ledger is the revocation source of truth (see `run::base_revocation`).
+pub fn policy(idx: &IdentityIndex, crl: Option<&Crl>) -> RevocationPolicy {
+    RevocationPolicy {
+        crls: crl.map(|c| vec![c.der.clone()]).unwrap_or_default(),
+        revoked_serials: idx.revoked_serials(),
+        allow_unknown_revocation_status: true,
+    }
+}
+
+/// Loads this gateway's issuing CA from `pki_dir`, or `None` when the directory holds none (a
+/// gateway without an issuing CA cannot enroll devices or sign CRLs, but still refuses every
+/// serial the ledger revokes). A CA that is present but broken is an error naming the file.
+pub fn load_ca(pki_dir: &Path) -> anyhow::Result<Option<Arc<IssuingCa>>> {
+    if !pki_dir.join("issuing.key").exists() || !pki_dir.join("issuing.crt").exists() {
+        return Ok(None);
+    }
+    let ca =
+        IssuingCa::load(pki_dir).with_context(|| format!("tls.pki_dir {}", pki_dir.display()))?;
+    Ok(Some(Arc::new(ca)))
+}
+
+fn refresh(
+    idx: &IdentityIndex,
+    server: &ReloadableServerConfig,
+    ca: Option<&IssuingCa>,
+    crl_path: &Path,
+) -> anyhow::Result<()> {
+    let crl = match ca {
+        Some(ca) => {
+            let crl = build_crl(ca, idx)?;
+            crl.write_pem(crl_path)?;
+            Some(crl)
+        }
+        None => None,
+    };
+    server.update_revocation(&policy(idx, crl.as_ref()))?;
+    Ok(())
+}
+
+/// Reads the whole ledger, applies its revocations to `server` and writes `crl_path` before
+/// returning (so no listener starts without them), and returns the watcher to spawn: it polls
+/// the store every 250 ms, reads only new entries, and on a new revocation (or every
+/// [`CRL_REFRESH`]) rebuilds the CRL file and the listeners' revocation policy. Ends when
+/// `shutdown` is cancelled.
+pub async fn start_watcher(
+    store: Arc<Store>,
+    server: Arc<ReloadableServerConfig>,
+    ca: Option<Arc<IssuingCa>>,
+    crl_path: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let (idx, store) =
+        tokio::task::spawn_blocking(move || IdentityIndex::load(&store).map(|i| (i, store)))
+            .await
+            .context("reading the ledger's identity events")??;
+    refresh(&idx, &server, ca.as_deref(), &crl_path)?;
+    tracing::info!(revoked = idx.revoked.len(), crl = %crl_path.display(), "revocation watcher started");
+    Ok(watch(idx, store, server, ca, crl_path, shutdown))
+}
+
+async fn watch(
+    mut idx: IdentityIndex,
+    store: Arc<Store>,
+    server: Arc<ReloadableServerConfig>,
+    ca: Option<Arc<IssuingCa>>,
+    crl_path: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut next_refresh = tokio::time::Instant::now() + to_std(CRL_REFRESH);
+    let mut stale = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let mut changed = false;
+        if store.size() > idx.scanned() {
+            let s = store.clone();
+            let before = idx.clone();
+            match tokio::task::spawn_blocking(move || {
+                let r = idx.scan(&s);
+                (r, idx)
+            })
+            .await
+            {
+                Ok((Ok(n), i)) => {
+                    idx = i;
+                    changed = n > 0;
+                }
+                Ok((Err(e), i)) => {
+                    idx = i;
+                    tracing::warn!(error = %format!("{e:#}"), "reading new ledger entries for revocations; will retry");
+                }
+                Err(e) => {
+                    idx = before;
+                    tracing::error!(error = %e, "revocation scan task failed; will retry");
+                }
+            }
+        }
+        let due = tokio::time::Instant::now() >= next_refresh;
+        if changed || due || stale {
+            match refresh(&idx, &server, ca.as_deref(), &crl_path) {
+                Ok(()) => {
+                    stale = false;
+                    next_refresh = tokio::time::Instant::now() + to_std(CRL_REFRESH);
+                    if changed {
+                        tracing::info!(
+                            revoked = idx.revoked.len(),
+                            "new revocation applied to every tls listener"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // keep trying every poll: a CRL that is not renewed expires and then refuses
+                    // every client (fail closed)
+                    stale = true;
+                    tracing::error!(error = %format!("{e:#}"), crl = %crl_path.display(), "cannot apply revocations");
+                }
+            }
+        }
+    }
+}
+
+fn to_std(d: Duration) -> StdDuration {
+    StdDuration::try_from(d).unwrap_or(StdDuration::from_secs(86_400))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certs::{init_site_ca, CaInit, CertSpec, Validity};
+    use ledger_node::{Ledger, LedgerOptions};
+
+    #[tokio::test]
+    async fn index_reads_issuance_and_revocation_and_the_crl_lists_only_this_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = init_site_ca(&dir.path().join("pki"), &CaInit::new("Site", "gw1")).expect("ca");
+        let other =
+            init_site_ca(&dir.path().join("other"), &CaInit::new("Site", "gw2")).expect("other ca");
+        let ledger = Ledger::open(&dir.path().join("data"), LedgerOptions::default())
+            .await
+            .expect("ledger");
+        let a = ca
+            .issue(
+                &CertSpec::device("pump-a"),
+                Validity::days(5).expect("days"),
+            )
+            .expect("a");
+        let b = ca
+            .issue(
+                &CertSpec::staff("e1", "Ann", certs::StaffRole::Biomed),
+                Validity::days(5).expect("days"),
+            )
+            .expect("b");
+        let f = other
+            .issue(
+                &CertSpec::device("pump-f"),
+                Validity::days(5).expect("days"),
+            )
+            .expect("f");
+        for (i, c) in [(&a, &ca), (&b, &ca), (&f, &other)] {
+            ledger
+                .append(issued_event(&i.identity, c), "local:test")
+                .await
+                .expect("issued");
+        }
+        let mut idx = IdentityIndex::load(ledger.store()).expect("index");
+        assert_eq!(
+            idx.issued(&b.identity.serial).map(|i| i.subject.as_str()),
+            Some("staff:e1")
+        );
+        assert!(idx.revoked_serials().is_empty());
+        for (serial, subject) in [
+            (&a.identity.serial, "pump-a"),
+            (&f.identity.serial, "pump-f"),
+        ] {
+            ledger
+                .append(
+                    revoked_event(serial, subject, RevocationReason::KeyCompromise),
+                    "local:test",
+                )
+                .await
+                .expect("revoked");
+        }
+        assert_eq!(idx.scan(ledger.store()).expect("scan"), 2);
+        assert_eq!(idx.scan(ledger.store()).expect("scan"), 0);
+        let serials = idx.revoked_serials();
+        assert!(serials.contains(&a.identity.serial) && serials.contains(&f.identity.serial));
+        assert!(!serials.contains(&b.identity.serial));
+        let mine = idx.revoked_by(&ca);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].serial, a.identity.serial);
+        assert_eq!(mine[0].reason, RevocationReason::KeyCompromise);
+        let crl = build_crl(&ca, &idx).expect("crl");
+        let p = policy(&idx, Some(&crl));
+        assert_eq!(p.crls.len(), 1);
+        assert!(p.allow_unknown_revocation_status);
+        // revoking twice is a no-op in the ledger (same event id)
+        let again = ledger
+            .append(
+                revoked_event(&a.identity.serial, "pump-a", RevocationReason::Superseded),
+                "local:test",
+            )
+            .await
+            .expect("again");
+        assert!(
+            matches!(again, ledger_node::ApplyOutcome::Duplicate { .. }),
+            "{again:?}"
+        );
+    }
+}
