@@ -6,3 +6,4 @@ mod modbus;
 mod mosquitto;
 mod mqtt;
 mod mtls;
+mod pki_cli;
