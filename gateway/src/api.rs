@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use certs::{Profile, StaffRole};
-use ledger_node::entry::DisclosureClass;
+use ledger_node::entry::{DisclosureClass, EventKind};
 use ledger_node::raft::{RaftRequest, RaftResponse, TypeConfig};
 use ledger_node::{ApplyOutcome, Command};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -44,7 +44,9 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         match e {
-            WriteError::NoLeader(_) | WriteError::ShuttingDown => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            WriteError::NoLeader(_) | WriteError::ShuttingDown => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             WriteError::Failed(_) => internal(e),
         }
     }
@@ -72,22 +74,33 @@ fn require_gateway(peer: &Peer) -> Result<(), ApiError> {
     if peer.0.profile == Profile::Gateway {
         Ok(())
     } else {
-        Err(forbidden(format!("{} {} is not a gateway", peer.0.profile, peer.0.id)))
+        Err(forbidden(format!(
+            "{} {} is not a gateway",
+            peer.0.profile, peer.0.id
+        )))
     }
 }
 
 fn require_admin(peer: &Peer) -> Result<(), ApiError> {
     match (peer.0.profile, peer.0.staff_role()) {
         (Profile::Gateway, _) | (Profile::Staff, Some(StaffRole::Admin)) => Ok(()),
-        _ => Err(forbidden(format!("{} {} may not administer the cluster", peer.0.profile, peer.0.id))),
+        _ => Err(forbidden(format!(
+            "{} {} may not administer the cluster",
+            peer.0.profile, peer.0.id
+        ))),
     }
 }
 
 fn require_writer(peer: &Peer) -> Result<(), ApiError> {
     match (peer.0.profile, peer.0.staff_role()) {
         (Profile::Gateway, _)
-        | (Profile::Staff, Some(StaffRole::Biomed | StaffRole::Supervisor | StaffRole::Admin)) => Ok(()),
-        _ => Err(forbidden(format!("{} {} may not record events", peer.0.profile, peer.0.id))),
+        | (Profile::Staff, Some(StaffRole::Biomed | StaffRole::Supervisor | StaffRole::Admin)) => {
+            Ok(())
+        }
+        _ => Err(forbidden(format!(
+            "{} {} may not record events",
+            peer.0.profile, peer.0.id
+        ))),
     }
 }
 
@@ -108,6 +121,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/promote", post(cluster_promote))
         .route("/cluster/remove", post(cluster_remove))
         .route("/cluster/status", get(cluster_status))
+        .route("/cluster/checkpoint", post(cluster_checkpoint))
         .with_state(node)
 }
 
@@ -125,32 +139,74 @@ async fn append_event(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Appended>), ApiError> {
     require_writer(&peer)?;
-    let mut value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
     // Without an id of its own, an event gets a random one, so that retries inside the gateway
     // (leader changes) can never record it twice.
     if let Some(obj) = value.as_object_mut() {
         if !obj.contains_key("event_id") {
-            obj.insert("event_id".into(), json!(format!("api:{}", hex::encode(rand::random::<[u8; 16]>()))));
+            obj.insert(
+                "event_id".into(),
+                json!(format!("api:{}", hex::encode(rand::random::<[u8; 16]>()))),
+            );
         }
     }
     let ev = crate::import::parse_line(1, &value.to_string()).map_err(|e| bad(e.reason))?;
+    // Identity events change who the gateways trust: only gateways and administrators record them.
+    if matches!(
+        ev.event.kind,
+        EventKind::CertificateIssued | EventKind::CertificateRevoked
+    ) && require_admin(&peer).is_err()
+    {
+        return Err(forbidden(format!(
+            "{} {} may not record {} events",
+            peer.0.profile,
+            peer.0.id,
+            ev.event.kind.as_str()
+        )));
+    }
     if ev.corrects_event_id.is_some() {
         return Err(bad("use corrects (a sequence number) in the API"));
     }
     let author = format!("sha256:{}", peer.0.fingerprint);
-    let cmd = ledger_node::ledger::prepare(ev.event, &author, node.id, &node.key, ledger_node::ledger::now_ms())
-        .map_err(|e| bad(e.to_string()))?;
+    let cmd = ledger_node::ledger::prepare(
+        ev.event,
+        &author,
+        node.id,
+        &node.key,
+        ledger_node::ledger::now_ms(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
     match node.submit(Command::Append(cmd)).await? {
         ApplyOutcome::Appended { seq, leaf } => Ok((
             StatusCode::CREATED,
-            Json(Appended { seq, leaf: hex::encode(leaf), duplicate: false, node_id: node.id }),
+            Json(Appended {
+                seq,
+                leaf: hex::encode(leaf),
+                duplicate: false,
+                node_id: node.id,
+            }),
         )),
         ApplyOutcome::Duplicate { seq } => {
-            let leaf = node.store.entry_bytes(seq).map(|b| ledger_node::hash::leaf_hash(&b)).unwrap_or_default();
-            Ok((StatusCode::OK, Json(Appended { seq, leaf: hex::encode(leaf), duplicate: true, node_id: node.id })))
+            let leaf = node
+                .store
+                .entry_bytes(seq)
+                .map(|b| ledger_node::hash::leaf_hash(&b))
+                .unwrap_or_default();
+            Ok((
+                StatusCode::OK,
+                Json(Appended {
+                    seq,
+                    leaf: hex::encode(leaf),
+                    duplicate: true,
+                    node_id: node.id,
+                }),
+            ))
         }
         ApplyOutcome::Refused { reason } => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, reason)),
-        ApplyOutcome::NodeRegistered { .. } => Err(internal("unexpected outcome")),
+        ApplyOutcome::NodeRegistered { .. } | ApplyOutcome::Checkpointed { .. } => {
+            Err(internal("unexpected outcome"))
+        }
     }
 }
 
@@ -173,16 +229,29 @@ async fn ensure_fresh(node: &Node, opts: &ReadOptions) -> Result<(), ApiError> {
                 Ok(_) => Ok(()),
                 Err(RaftErr::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                     let Some(leader) = f.leader_node else {
-                        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "no leader".into()));
+                        return Err(ApiError(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no leader".into(),
+                        ));
                     };
                     let resp = node
                         .peers
-                        .get(format!("https://{}/cluster/status?consistency=linearizable", leader.addr))
+                        .get(format!(
+                            "https://{}/cluster/status?consistency=linearizable",
+                            leader.addr
+                        ))
                         .send()
                         .await
-                        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("leader unreachable: {e}")))?;
-                    let status: crate::node::ClusterStatus =
-                        resp.json().await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+                        .map_err(|e| {
+                            ApiError(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("leader unreachable: {e}"),
+                            )
+                        })?;
+                    let status: crate::node::ClusterStatus = resp
+                        .json()
+                        .await
+                        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
                     let target = status.last_applied;
                     node.raft
                         .wait(Some(std::time::Duration::from_secs(5)))
@@ -194,7 +263,9 @@ async fn ensure_fresh(node: &Node, opts: &ReadOptions) -> Result<(), ApiError> {
                 Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
             }
         }
-        Some(other) => Err(bad(format!("unknown consistency {other:?} (local, linearizable)"))),
+        Some(other) => Err(bad(format!(
+            "unknown consistency {other:?} (local, linearizable)"
+        ))),
     }
 }
 
@@ -221,7 +292,10 @@ async fn history(
     ensure_fresh(&node, &opts).await?;
     let classes = visible_classes(&peer);
     let limit = opts.limit.unwrap_or(1000).min(10_000);
-    let seqs = node.store.device_history(&device, opts.after, limit).map_err(internal)?;
+    let seqs = node
+        .store
+        .device_history(&device, opts.after, limit)
+        .map_err(internal)?;
     let mut entries = Vec::with_capacity(seqs.len());
     for seq in seqs {
         let e = node.store.entry(seq).map_err(internal)?;
@@ -229,7 +303,9 @@ async fn history(
         let mut fields = BTreeMap::new();
         for (i, c) in e.body.components.iter().enumerate() {
             let value = match openings.get(i).cloned().flatten() {
-                Some(o) if classes.contains(&c.class) => serde_json::from_str(&o.value).unwrap_or(serde_json::Value::Null),
+                Some(o) if classes.contains(&c.class) => {
+                    serde_json::from_str(&o.value).unwrap_or(serde_json::Value::Null)
+                }
                 Some(_) => json!({"withheld": c.class.as_str()}),
                 None => json!({"erased": c.class.as_str()}),
             };
@@ -257,14 +333,26 @@ async fn receipt(
 ) -> Result<Response, ApiError> {
     let head = node.tree_head().map_err(internal)?;
     if seq >= head.size {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no entry {seq}: the ledger has {} entries", head.size)));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no entry {seq}: the ledger has {} entries", head.size),
+        ));
     }
-    let r = ledger_node::export::make_receipt(&node.store, seq, &head, &Some(visible_classes(&peer))).map_err(internal)?;
+    let r =
+        ledger_node::export::make_receipt(&node.store, seq, &head, &Some(visible_classes(&peer)))
+            .map_err(internal)?;
     Ok(Json(r).into_response())
 }
 
-async fn export(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>) -> Result<Response, ApiError> {
-    let head = node.tree_head().map_err(internal)?;
+async fn export(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Response, ApiError> {
+    // Cut at the replicated checkpoint, so that every node exports the same bytes.
+    let head = match node.store.latest_checkpoint().map_err(internal)? {
+        Some(h) => h,
+        None => node.tree_head().map_err(internal)?,
+    };
     let classes = visible_classes(&peer);
     let store = node.store.clone();
     let bytes = tokio::task::spawn_blocking(move || {
@@ -274,7 +362,11 @@ async fn export(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>)
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/jsonl")], bytes).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/jsonl")],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn raft_append(
@@ -330,16 +422,26 @@ async fn cluster_init(
     Json(req): Json<InitRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&peer)?;
-    let mut nodes: BTreeMap<u64, BasicNode> =
-        req.nodes.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+    let mut nodes: BTreeMap<u64, BasicNode> = req
+        .nodes
+        .into_iter()
+        .map(|(id, addr)| (id, BasicNode { addr }))
+        .collect();
     if nodes.is_empty() {
-        nodes.insert(node.id, BasicNode { addr: node.advertise.clone() });
+        nodes.insert(
+            node.id,
+            BasicNode {
+                addr: node.advertise.clone(),
+            },
+        );
     }
     node.raft
         .initialize(nodes.clone())
         .await
         .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
-    Ok(Json(json!({ "initialized": nodes.keys().collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "initialized": nodes.keys().collect::<Vec<_>>() }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -368,10 +470,19 @@ async fn cluster_promote(
     Json(req): Json<MemberRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&peer)?;
-    let m = node.raft.metrics().borrow().membership_config.membership().clone();
+    let m = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
     let mut voters: BTreeSet<u64> = m.voter_ids().collect();
     if !m.nodes().any(|(id, _)| *id == req.node_id) {
-        return Err(bad(format!("node {} is not a member; join it as a learner first", req.node_id)));
+        return Err(bad(format!(
+            "node {} is not a member; join it as a learner first",
+            req.node_id
+        )));
     }
     voters.insert(req.node_id);
     node.raft
@@ -387,20 +498,45 @@ async fn cluster_remove(
     Json(req): Json<MemberRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&peer)?;
-    let m = node.raft.metrics().borrow().membership_config.membership().clone();
+    let m = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
     let voters: BTreeSet<u64> = m.voter_ids().filter(|id| *id != req.node_id).collect();
     if voters.is_empty() {
         return Err(bad("cannot remove the last voter"));
     }
     node.raft
-        .change_membership(openraft::ChangeMembers::RemoveVoters([req.node_id].into()), false)
+        .change_membership(
+            openraft::ChangeMembers::RemoveVoters([req.node_id].into()),
+            false,
+        )
         .await
         .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
     node.raft
-        .change_membership(openraft::ChangeMembers::RemoveNodes([req.node_id].into()), false)
+        .change_membership(
+            openraft::ChangeMembers::RemoveNodes([req.node_id].into()),
+            false,
+        )
         .await
         .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
     Ok(Json(json!({ "removed": req.node_id })))
+}
+
+/// Records a checkpoint now (on the leader; a follower forwards the command like any write).
+async fn cluster_checkpoint(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&peer)?;
+    let size = node
+        .checkpoint()
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({ "checkpoint_size": size })))
 }
 
 async fn cluster_status(

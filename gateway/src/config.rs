@@ -110,7 +110,12 @@ fn default_pki() -> PathBuf {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { ca_file: default_ca(), cert_file: default_cert(), key_file: default_key(), pki_dir: default_pki() }
+        Self {
+            ca_file: default_ca(),
+            cert_file: default_cert(),
+            key_file: default_key(),
+            pki_dir: default_pki(),
+        }
     }
 }
 
@@ -177,6 +182,14 @@ pub struct LedgerConfig {
     /// Most events in one Raft entry.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// How often the leader records a signed tree head through Raft (a checkpoint), ms, when the
+    /// ledger has grown. Exports are cut at the latest checkpoint.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    10_000
 }
 
 fn default_max_batch() -> usize {
@@ -185,7 +198,10 @@ fn default_max_batch() -> usize {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { max_batch: default_max_batch() }
+        Self {
+            max_batch: default_max_batch(),
+            checkpoint_interval_ms: default_checkpoint_interval(),
+        }
     }
 }
 
@@ -193,32 +209,50 @@ impl Default for LedgerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: &'static str, message: String },
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     /// Parses and validates config text (`path` is only used in messages).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let mut c: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_owned(), field, message };
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
         if c.node.id == 0 {
             return Err(invalid("node.id", "must be a positive number".into()));
         }
         if let Some(h) = c.api.health_listen {
             if !h.ip().is_loopback() {
-                return Err(invalid("api.health_listen", format!("{h} is not a loopback address: the health listener is plain HTTP")));
+                return Err(invalid(
+                    "api.health_listen",
+                    format!("{h} is not a loopback address: the health listener is plain HTTP"),
+                ));
             }
         }
         if c.api.max_connections == 0 {
@@ -226,16 +260,33 @@ impl Config {
         }
         let r = &c.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
-            return Err(invalid("raft.election_timeout_min_ms", "must be larger than raft.heartbeat_ms".into()));
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                "must be larger than raft.heartbeat_ms".into(),
+            ));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err(invalid("raft.election_timeout_max_ms", "must be larger than raft.election_timeout_min_ms".into()));
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                "must be larger than raft.election_timeout_min_ms".into(),
+            ));
+        }
+        if c.ledger.checkpoint_interval_ms < 100 {
+            return Err(invalid(
+                "ledger.checkpoint_interval_ms",
+                "must be at least 100".into(),
+            ));
         }
         if c.ledger.max_batch == 0 {
             return Err(invalid("ledger.max_batch", "must be at least 1".into()));
         }
         let base = c.node.data_dir.clone();
-        for p in [&mut c.tls.ca_file, &mut c.tls.cert_file, &mut c.tls.key_file, &mut c.tls.pki_dir] {
+        for p in [
+            &mut c.tls.ca_file,
+            &mut c.tls.cert_file,
+            &mut c.tls.key_file,
+            &mut c.tls.pki_dir,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -245,7 +296,10 @@ impl Config {
 
     /// The address peers use to reach this node.
     pub fn advertise(&self) -> String {
-        self.api.advertise.clone().unwrap_or_else(|| self.api.listen.to_string())
+        self.api
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.api.listen.to_string())
     }
 }
 
@@ -255,7 +309,11 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_paths() {
-        let c = Config::parse(Path::new("t.toml"), "[node]\nid = 3\ndata_dir = \"/srv/ml\"\n").expect("valid");
+        let c = Config::parse(
+            Path::new("t.toml"),
+            "[node]\nid = 3\ndata_dir = \"/srv/ml\"\n",
+        )
+        .expect("valid");
         assert_eq!(c.tls.ca_file, PathBuf::from("/srv/ml/pki/root.crt"));
         assert_eq!(c.api.listen.port(), 8443);
         assert_eq!(c.advertise(), "0.0.0.0:8443");
@@ -265,14 +323,22 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             ("[node]\nid = 0\n", "node.id"),
-            ("[node]\nid = 1\n[api]\nhealth_listen = \"0.0.0.0:9\"\n", "api.health_listen"),
-            ("[node]\nid = 1\n[raft]\nheartbeat_ms = 500\n", "raft.election_timeout_min_ms"),
+            (
+                "[node]\nid = 1\n[api]\nhealth_listen = \"0.0.0.0:9\"\n",
+                "api.health_listen",
+            ),
+            (
+                "[node]\nid = 1\n[raft]\nheartbeat_ms = 500\n",
+                "raft.election_timeout_min_ms",
+            ),
             ("[node]\nid = 1\ncolour = 2\n", "unknown field `colour`"),
             ("[node]\nid = \"x\"\n", "invalid type"),
             ("[api]\nlisten = \"1.2.3.4:1\"\n", "missing field `node`"),
         ];
         for (text, want) in cases {
-            let e = Config::parse(Path::new("gw.toml"), text).expect_err(text).to_string();
+            let e = Config::parse(Path::new("gw.toml"), text)
+                .expect_err(text)
+                .to_string();
             assert!(e.contains(want) && e.contains("gw.toml"), "{text}: {e}");
         }
     }

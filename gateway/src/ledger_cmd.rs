@@ -133,7 +133,7 @@ async fn settle(
         ApplyOutcome::Refused { reason } => {
             bail!("{source}: line {line}: refused by the ledger: {reason}")
         }
-        ApplyOutcome::NodeRegistered { .. } => {}
+        ApplyOutcome::NodeRegistered { .. } | ApplyOutcome::Checkpointed { .. } => {}
     }
     Ok(())
 }

@@ -3,9 +3,19 @@
 //! 64 bad usage or configuration.
 #![forbid(unsafe_code)]
 
+mod api;
+mod cluster_cmd;
+mod config;
 mod demo;
+mod enroll_api;
 mod import;
 mod ledger_cmd;
+mod node;
+mod pki_cmd;
+mod raft_net;
+mod revocation;
+mod run;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +44,27 @@ enum Cmd {
     /// Verify an export or a receipt offline: every hash, signature, commitment and the Merkle
     /// root against the signed tree head. Exit 0 when valid, 1 otherwise.
     Verify(VerifyArgs),
+    /// Run the gateway service (HTTPS API, Raft replication) with a configuration file
+    /// (commented example: systemd/gateway.toml).
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/medledger/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Administer the cluster of gateways through a running gateway.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCmd),
+    /// Site root CA and this gateway's issuing CA (docs/identity.md).
+    #[command(subcommand)]
+    Ca(pki_cmd::CaCmd),
+    /// Issue and revoke certificates (recorded in the ledger), write the CRL.
+    #[command(subcommand)]
+    Cert(pki_cmd::CertCmd),
+    /// Device enrollment tokens.
+    #[command(subcommand)]
+    Device(pki_cmd::DeviceCmd),
+    /// Write a Mosquitto TLS listener config, ACL, broker certificate and CRL for the site broker.
+    MosquittoConfig(pki_cmd::MosquittoArgs),
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +155,21 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Run { config } => match config::Config::load(&config) {
+            Ok(c) => run::run(c).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(64))
+            }
+        },
+        Cmd::Ca(c) => pki_cmd::run_ca(c).await,
+        Cmd::Cert(c) => pki_cmd::run_cert(c).await,
+        Cmd::Device(c) => pki_cmd::run_device(c).await,
+        Cmd::MosquittoConfig(a) => pki_cmd::run_mosquitto(a).await,
+        Cmd::Cluster(c) => {
+            cluster_cmd::run(c).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Import(a) => {
             let ledger = ledger_cmd::open_ledger(&a.data.data_dir, 1).await?;
             let s = ledger_cmd::import_file(&ledger, &a.file, &a.author).await?;

@@ -74,7 +74,14 @@ impl Node {
         }
         .validate()?;
         let peers = network.http.clone();
-        let raft = Raft::new(config.node.id, Arc::new(raft_config), network, log_store, state_machine).await?;
+        let raft = Raft::new(
+            config.node.id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await?;
         let (tx, rx) = mpsc::channel(16 * 1024);
         let node = Arc::new(Node {
             id: config.node.id,
@@ -86,16 +93,28 @@ impl Node {
             proposals: tx,
             write_timeout: Duration::from_secs(10),
         });
-        tokio::spawn(proposer(node.clone(), rx, config.ledger.max_batch, shutdown.clone()));
+        tokio::spawn(proposer(
+            node.clone(),
+            rx,
+            config.ledger.max_batch,
+            shutdown.clone(),
+        ));
         tokio::spawn(register_key(node.clone(), shutdown.clone()));
-        tokio::spawn(checkpointer(node.clone(), shutdown));
+        tokio::spawn(checkpointer(
+            node.clone(),
+            Duration::from_millis(config.ledger.checkpoint_interval_ms),
+            shutdown,
+        ));
         Ok(node)
     }
 
     /// Submits a prepared command and waits until it is committed by a quorum and applied.
     pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.proposals.send((cmd, reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.proposals
+            .send((cmd, reply))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
@@ -104,16 +123,20 @@ impl Node {
     async fn write_batch(&self, commands: Vec<Command>) -> Result<Vec<ApplyOutcome>, WriteError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         let req = RaftRequest { commands };
-        let mut last = String::from("no leader elected yet");
+        let mut last;
         loop {
             match self.raft.client_write(req.clone()).await {
                 Ok(resp) => return Ok(resp.data.outcomes),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(n)) if id != self.id => match self.forward(&n, &req).await {
-                            Ok(outcomes) => return Ok(outcomes),
-                            Err(e) => last = format!("forwarding to leader {id} at {}: {e}", n.addr),
-                        },
+                        (Some(id), Some(n)) if id != self.id => {
+                            match self.forward(&n, &req).await {
+                                Ok(outcomes) => return Ok(outcomes),
+                                Err(e) => {
+                                    last = format!("forwarding to leader {id} at {}: {e}", n.addr)
+                                }
+                            }
+                        }
                         _ => last = "no leader elected yet".into(),
                     }
                 }
@@ -127,7 +150,11 @@ impl Node {
         }
     }
 
-    async fn forward(&self, leader: &BasicNode, req: &RaftRequest) -> anyhow::Result<Vec<ApplyOutcome>> {
+    async fn forward(
+        &self,
+        leader: &BasicNode,
+        req: &RaftRequest,
+    ) -> anyhow::Result<Vec<ApplyOutcome>> {
         let resp = self
             .peers
             .post(format!("https://{}/raft/forward", leader.addr))
@@ -142,11 +169,33 @@ impl Node {
         Ok(r.outcomes)
     }
 
+    /// Records a checkpoint over everything applied here, unless the latest one already covers
+    /// it. Returns the checkpoint's size.
+    pub async fn checkpoint(&self) -> anyhow::Result<u64> {
+        let size = self.store.size();
+        if let Some(c) = self.store.latest_checkpoint()? {
+            if c.size >= size {
+                return Ok(c.size);
+            }
+        }
+        match self.submit(Command::Checkpoint(self.tree_head()?)).await? {
+            ApplyOutcome::Checkpointed { size } => Ok(size),
+            ApplyOutcome::Refused { reason } => anyhow::bail!("checkpoint refused: {reason}"),
+            other => anyhow::bail!("unexpected outcome {other:?}"),
+        }
+    }
+
     /// Signs a tree head over what this node has applied.
     pub fn tree_head(&self) -> anyhow::Result<SignedTreeHead> {
         let size = self.store.size();
         let root = self.store.root(size)?;
-        Ok(SignedTreeHead::sign(size, root, ledger_node::ledger::now_ms(), self.id, &self.key))
+        Ok(SignedTreeHead::sign(
+            size,
+            root,
+            ledger_node::ledger::now_ms(),
+            self.id,
+            &self.key,
+        ))
     }
 
     /// Raft's view: leader, term, membership, and (on the leader) every node's matched index.
@@ -162,7 +211,11 @@ impl Node {
                 .as_ref()
                 .and_then(|r| r.get(id).cloned().flatten())
                 .map(|l| l.index);
-            let matched = if *id == self.id { m.last_applied.map(|l| l.index) } else { matched };
+            let matched = if *id == self.id {
+                m.last_applied.map(|l| l.index)
+            } else {
+                matched
+            };
             nodes.insert(
                 *id,
                 NodeStatus {
@@ -224,7 +277,9 @@ async fn proposer(
             _ = shutdown.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
-        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
         let mut cmds = vec![first.0];
         let mut replies = vec![first.1];
         while cmds.len() < max_batch {
@@ -247,7 +302,8 @@ async fn proposer(
                     }
                 }
                 Ok(outcomes) => {
-                    let e = WriteError::Failed(format!("{} outcomes for {n} commands", outcomes.len()));
+                    let e =
+                        WriteError::Failed(format!("{} outcomes for {n} commands", outcomes.len()));
                     for r in replies {
                         let _ = r.send(Err(e.clone()));
                     }
@@ -267,12 +323,22 @@ async fn proposer(
 async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
     let public_key = node.key.verifying_key().to_bytes();
     loop {
-        let known = node.store.node_keys().ok().is_some_and(|k| k.iter().any(|(id, pk)| *id == node.id && pk == &public_key));
+        let known = node
+            .store
+            .node_keys()
+            .ok()
+            .is_some_and(|k| k.iter().any(|(id, pk)| *id == node.id && pk == &public_key));
         if known {
             return;
         }
         if node.raft.metrics().borrow().current_leader.is_some() {
-            match node.submit(Command::RegisterNode { node_id: node.id, public_key }).await {
+            match node
+                .submit(Command::RegisterNode {
+                    node_id: node.id,
+                    public_key,
+                })
+                .await
+            {
                 Ok(ApplyOutcome::Refused { reason }) => {
                     tracing::error!(%reason, "the cluster refused this node's public key");
                     return;
@@ -288,7 +354,20 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
-/// Placeholder for periodic replicated checkpoints (signed tree heads committed through Raft).
-async fn checkpointer(_node: Arc<Node>, shutdown: CancellationToken) {
-    shutdown.cancelled().await;
+/// While this node leads, records a signed tree head through Raft whenever the ledger has grown
+/// since the last one: every replica then holds the same signed head, exports are cut at it, and
+/// a shorter or different history on any node is caught against it.
+async fn checkpointer(node: Arc<Node>, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if node.raft.metrics().borrow().current_leader != Some(node.id) {
+            continue;
+        }
+        if let Err(e) = node.checkpoint().await {
+            tracing::debug!(error = %e, "checkpoint not recorded");
+        }
+    }
 }

@@ -42,6 +42,10 @@ pub enum Command {
         #[serde(with = "crate::entry::hex32")]
         public_key: [u8; 32],
     },
+    /// Record a signed tree head as a replicated checkpoint: every replica stores the same head,
+    /// so exports cut at it are byte-identical on every node and the head leaves the node that
+    /// signed it.
+    Checkpoint(crate::sth::SignedTreeHead),
 }
 
 /// One event ready for apply: the signed body, the signature and the openings of its components.
@@ -78,6 +82,8 @@ pub enum ApplyOutcome {
     Duplicate { seq: u64 },
     /// A node key was registered (or was already registered with the same key).
     NodeRegistered { node_id: u64 },
+    /// A checkpoint over the first `size` entries was recorded.
+    Checkpointed { size: u64 },
     /// The command was refused; nothing was written.
     Refused { reason: String },
 }
@@ -120,6 +126,7 @@ struct WriterState {
 }
 
 const META_SIZE: &[u8] = b"Msize";
+const META_CHECKPOINT: &str = "checkpoint";
 
 fn key_entry(seq: u64) -> [u8; 9] {
     let mut k = [b'E'; 9];
@@ -183,20 +190,25 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, LedgerError> {
 /// the drive's write cache), and `fsync` of the blob files sled writes for pages too big for its
 /// log (it never syncs them itself; a Raft entry with many events can be one).
 pub(crate) async fn sync_db(db: &sled::Db, dir: &Path) -> Result<(), LedgerError> {
-    db.flush_async()
-        .await
-        .map_err(|source| LedgerError::Storage {
-            path: dir.to_owned(),
-            source,
-        })?;
+    // sled's own `flush_async` flushes on a sled thread that keeps the database (and its file
+    // lock) alive for a moment after the flush is reported; flushing on our blocking thread
+    // drops our handle before the await returns.
+    let db = db.clone();
     let dir = dir.to_owned();
     let err_path = dir.join("db");
-    tokio::task::spawn_blocking(move || sync_files(&dir))
-        .await
-        .map_err(|e| LedgerError::Io {
-            path: err_path,
-            source: std::io::Error::other(e),
-        })?
+    tokio::task::spawn_blocking(move || {
+        db.flush().map_err(|source| LedgerError::Storage {
+            path: dir.clone(),
+            source,
+        })?;
+        drop(db);
+        sync_files(&dir)
+    })
+    .await
+    .map_err(|e| LedgerError::Io {
+        path: err_path,
+        source: std::io::Error::other(e),
+    })?
 }
 
 fn sync_files(dir: &Path) -> Result<(), LedgerError> {
@@ -366,6 +378,9 @@ impl Store {
                 Command::Append(a) => {
                     self.apply_append(a, &mut frontier, &mut batch, &mut new_ids)?
                 }
+                Command::Checkpoint(head) => {
+                    self.apply_checkpoint(head, w.frontier.size(), &new_keys, &mut batch)?
+                }
             };
             outcomes.push(outcome);
         }
@@ -376,6 +391,65 @@ impl Store {
         self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
         w.frontier = frontier;
         Ok(outcomes)
+    }
+
+    /// A checkpoint is recorded when it covers entries applied before this batch, its root is
+    /// the root of those entries, its signature checks with a registered key and it is not older
+    /// than the checkpoint already recorded.
+    fn apply_checkpoint(
+        &self,
+        head: &crate::sth::SignedTreeHead,
+        applied: u64,
+        new_keys: &HashMap<u64, [u8; 32]>,
+        batch: &mut sled::Batch,
+    ) -> Result<ApplyOutcome, LedgerError> {
+        let refuse = |reason: String| Ok(ApplyOutcome::Refused { reason });
+        if head.size > applied {
+            return refuse(format!(
+                "checkpoint of size {} is beyond the {applied} applied entries",
+                head.size
+            ));
+        }
+        let key = match new_keys.get(&head.node_id) {
+            Some(k) => Some(*k),
+            None => self.node_key_bytes(head.node_id)?,
+        };
+        let Some(key) = key.and_then(|k| VerifyingKey::from_bytes(&k).ok()) else {
+            return refuse(format!(
+                "checkpoint signed by node {}, whose key is unknown",
+                head.node_id
+            ));
+        };
+        if !head.verify(&key) {
+            return refuse("checkpoint signature does not verify".into());
+        }
+        if merkle::root(self, head.size)? != head.root {
+            return refuse(format!(
+                "checkpoint root is not the root of the first {} entries",
+                head.size
+            ));
+        }
+        if let Some(prev) = self.latest_checkpoint()? {
+            if prev.size > head.size {
+                return refuse(format!(
+                    "a checkpoint of size {} is already recorded",
+                    prev.size
+                ));
+            }
+        }
+        let json = serde_json::to_vec(head).map_err(|e| self.corrupt(&e.to_string()))?;
+        batch.insert(key_meta(META_CHECKPOINT), json);
+        Ok(ApplyOutcome::Checkpointed { size: head.size })
+    }
+
+    /// The latest replicated checkpoint, if any.
+    pub fn latest_checkpoint(&self) -> Result<Option<crate::sth::SignedTreeHead>, LedgerError> {
+        match self.get(&key_meta(META_CHECKPOINT))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt(&format!("checkpoint: {e}"))),
+        }
     }
 
     fn apply_append(

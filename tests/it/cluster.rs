@@ -20,15 +20,35 @@ pub struct Site {
 impl Site {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = certs::init_site_ca(&dir.path().join("ca"), &certs::CaInit::new("test hospital", "1")).expect("site ca");
+        let ca = certs::init_site_ca(
+            &dir.path().join("ca"),
+            &certs::CaInit::new("test hospital", "1"),
+        )
+        .expect("site ca");
         Site { dir, ca }
     }
 
     /// An HTTPS client presenting a staff certificate of `role`.
     pub fn staff_client(&self, id: &str, role: StaffRole) -> reqwest::Client {
-        let issued = self.ca.issue(&CertSpec::staff(id, id, role), Validity::days(2).expect("validity")).expect("issue staff");
-        let key = certs::CertifiedKey::from_pem(&issued.chain_pem, issued.key_pem.as_deref().expect("key")).expect("key");
-        let cfg = certs::client_config(&[self.ca.root_der().clone()], &key, &certs::RevocationPolicy::default(), &[]).expect("client config");
+        let issued = self
+            .ca
+            .issue(
+                &CertSpec::staff(id, id, role),
+                Validity::days(2).expect("validity"),
+            )
+            .expect("issue staff");
+        let key = certs::CertifiedKey::from_pem(
+            &issued.chain_pem,
+            issued.key_pem.as_deref().expect("key"),
+        )
+        .expect("key");
+        let cfg = certs::client_config(
+            &[self.ca.root_der().clone()],
+            &key,
+            &certs::RevocationPolicy::default(),
+            &[],
+        )
+        .expect("client config");
         reqwest::Client::builder()
             .use_preconfigured_tls((*cfg).clone())
             .timeout(Duration::from_secs(15))
@@ -53,8 +73,16 @@ impl Gateway {
         let dir = site.dir.path().join(format!("node{id}"));
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki).expect("mkdir");
-        let issued = site.ca.issue(&CertSpec::gateway(id.to_string()), Validity::days(2).expect("validity")).expect("issue gateway");
-        issued.write_files(&pki.join("gateway.crt"), &pki.join("gateway.key")).expect("write cert");
+        let issued = site
+            .ca
+            .issue(
+                &CertSpec::gateway(id.to_string()),
+                Validity::days(2).expect("validity"),
+            )
+            .expect("issue gateway");
+        issued
+            .write_files(&pki.join("gateway.crt"), &pki.join("gateway.key"))
+            .expect("write cert");
         std::fs::write(pki.join("root.crt"), site.ca.root_pem()).expect("root");
         let port = free_port();
         let config = dir.join("gateway.toml");
@@ -66,7 +94,13 @@ impl Gateway {
             ),
         )
         .expect("config");
-        Gateway { id, port, dir, config, child: None }
+        Gateway {
+            id,
+            port,
+            dir,
+            config,
+            child: None,
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -75,7 +109,11 @@ impl Gateway {
 
     /// Starts (or restarts) the process; its log goes to `gateway.log` in its directory.
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("gateway.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))
+            .expect("log");
         let child = Command::new(bin("medledger"))
             .args(["run", "--config", self.config.to_str().expect("utf8")])
             .env("RUST_LOG", "warn,medledger=info")
@@ -92,14 +130,14 @@ impl Gateway {
             c.kill();
         }
     }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
-    }
 }
 
 pub async fn status(client: &reqwest::Client, addr: &str) -> Option<Value> {
-    let r = client.get(format!("https://{addr}/cluster/status")).send().await.ok()?;
+    let r = client
+        .get(format!("https://{addr}/cluster/status"))
+        .send()
+        .await
+        .ok()?;
     if !r.status().is_success() {
         return None;
     }
@@ -117,7 +155,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -131,22 +172,47 @@ pub async fn start_cluster(site: &Site, n: u64, extra: &str) -> Vec<Gateway> {
     let admin = site.staff_client("it-admin", StaffRole::Admin);
     for g in &nodes {
         let addr = g.addr();
-        eventually(&format!("node {} to listen", g.id), Duration::from_secs(30), || status(&admin, &addr)).await;
+        eventually(
+            &format!("node {} to listen", g.id),
+            Duration::from_secs(30),
+            || status(&admin, &addr),
+        )
+        .await;
     }
-    let mut args = vec!["cluster".to_string(), "init".into(), "--config".into(), nodes[0].config.display().to_string()];
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--config".into(),
+        nodes[0].config.display().to_string(),
+    ];
     for g in &nodes {
         args.push("--voter".into());
         args.push(format!("{}={}", g.id, g.addr()));
     }
-    let out = Command::new(bin("medledger")).args(&args).output().expect("cluster init");
-    assert!(out.status.success(), "cluster init: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("medledger"))
+        .args(&args)
+        .output()
+        .expect("cluster init");
+    assert!(
+        out.status.success(),
+        "cluster init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for g in &nodes {
         let addr = g.addr();
-        eventually(&format!("node {} to know the leader", g.id), Duration::from_secs(30), || {
-            let admin = admin.clone();
-            let addr = addr.clone();
-            async move { status(&admin, &addr).await.filter(|s| !s["leader"].is_null()) }
-        })
+        eventually(
+            &format!("node {} to know the leader", g.id),
+            Duration::from_secs(30),
+            || {
+                let admin = admin.clone();
+                let addr = addr.clone();
+                async move {
+                    status(&admin, &addr)
+                        .await
+                        .filter(|s| !s["leader"].is_null())
+                }
+            },
+        )
         .await;
     }
     nodes
@@ -178,7 +244,8 @@ async fn write_events(
     let next = Arc::new(std::sync::atomic::AtomicU64::new(range.start));
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let (client, addrs, next, acked) = (client.clone(), addrs.clone(), next.clone(), acked.clone());
+        let (client, addrs, next, acked) =
+            (client.clone(), addrs.clone(), next.clone(), acked.clone());
         let end = range.end;
         tasks.push(tokio::spawn(async move {
             let mut node = w;
@@ -192,7 +259,11 @@ async fn write_events(
                 loop {
                     node += 1;
                     let addr = &addrs[node % addrs.len()];
-                    let r = client.post(format!("https://{addr}/v1/events")).json(&body).send().await;
+                    let r = client
+                        .post(format!("https://{addr}/v1/events"))
+                        .json(&body)
+                        .send()
+                        .await;
                     if let Ok(r) = r {
                         if r.status().is_success() {
                             let v: Value = r.json().await.expect("json");
@@ -201,7 +272,10 @@ async fn write_events(
                             break;
                         }
                     }
-                    assert!(Instant::now() < deadline, "event {i} not acknowledged within 120 s");
+                    assert!(
+                        Instant::now() < deadline,
+                        "event {i} not acknowledged within 120 s"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -213,18 +287,40 @@ async fn write_events(
 }
 
 async fn export(client: &reqwest::Client, addr: &str) -> Vec<u8> {
-    let r = client.get(format!("https://{addr}/v1/export")).send().await.expect("export");
-    assert!(r.status().is_success(), "export from {addr}: {}", r.status());
+    let r = client
+        .get(format!("https://{addr}/v1/export"))
+        .send()
+        .await
+        .expect("export");
+    assert!(
+        r.status().is_success(),
+        "export from {addr}: {}",
+        r.status()
+    );
     r.bytes().await.expect("body").to_vec()
 }
 
 fn verify_file(path: &Path) {
-    let out = Command::new(bin("medledger")).arg("verify").arg(path).output().expect("verify");
-    assert!(out.status.success(), "verify {}: {}", path.display(), String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(bin("medledger"))
+        .arg("verify")
+        .arg(path)
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "verify {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn leader_of(statuses: &[Option<Value>]) -> Option<u64> {
-    statuses.iter().flatten().filter(|s| s["state"] == "Leader").filter_map(|s| s["node_id"].as_u64()).next()
+    statuses
+        .iter()
+        .flatten()
+        .filter(|s| s["state"] == "Leader")
+        .filter_map(|s| s["node_id"].as_u64())
+        .next()
 }
 
 /// Three gateways; 10,000 events written through all of them while the leader is killed with
@@ -239,8 +335,18 @@ async fn three_gateways_survive_leader_kills() {
     let addrs = Arc::new(nodes.iter().map(Gateway::addr).collect::<Vec<_>>());
     let acked = Arc::new(Mutex::new(HashMap::new()));
     let total = 10_000u64;
-    let kills = if medledger_tests::long_tests() { 200 } else { 20 };
-    let writes = tokio::spawn(write_events(writer.clone(), addrs.clone(), 0..total, 32, acked.clone()));
+    let kills = if medledger_tests::long_tests() {
+        200
+    } else {
+        20
+    };
+    let writes = tokio::spawn(write_events(
+        writer.clone(),
+        addrs.clone(),
+        0..total,
+        32,
+        acked.clone(),
+    ));
     let mut killed = 0;
     let mut terms = BTreeMap::new();
     while killed < kills {
@@ -253,20 +359,54 @@ async fn three_gateways_survive_leader_kills() {
                 let term = s["term"].as_u64().unwrap_or(0);
                 let id = s["node_id"].as_u64().unwrap_or(0);
                 let prev = terms.insert(term, id);
-                assert!(prev.is_none() || prev == Some(id), "two leaders in term {term}: {prev:?} and {id}");
+                assert!(
+                    prev.is_none() || prev == Some(id),
+                    "two leaders in term {term}: {prev:?} and {id}"
+                );
             }
         }
         if writes.is_finished() && killed >= kills {
             break;
         }
         if let Some(leader) = leader_of(&statuses) {
-            let g = nodes.iter_mut().find(|g| g.id == leader).expect("leader node");
+            let g = nodes
+                .iter_mut()
+                .find(|g| g.id == leader)
+                .expect("leader node");
             g.kill();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Keep it down until the other two have elected a new leader: a leader restarted at
+            // once would resume its own term before anyone noticed.
+            let others: Vec<String> = addrs.iter().filter(|a| **a != g.addr()).cloned().collect();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let mut new_leader = None;
+                for a in &others {
+                    if let Some(s) = status(&admin, a).await {
+                        if s["state"] == "Leader" {
+                            let term = s["term"].as_u64().unwrap_or(0);
+                            let id = s["node_id"].as_u64().unwrap_or(0);
+                            let prev = terms.insert(term, id);
+                            assert!(
+                                prev.is_none() || prev == Some(id),
+                                "two leaders in term {term}"
+                            );
+                            new_leader = Some(id);
+                        }
+                    }
+                }
+                if new_leader.is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no new leader within 20 s of killing node {leader}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             g.start();
             killed += 1;
-            // Let a new leader take over and some writes through before the next kill.
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            // Let some writes through before the next kill.
+            tokio::time::sleep(Duration::from_millis(300)).await;
         } else {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -275,22 +415,56 @@ async fn three_gateways_survive_leader_kills() {
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(acked.len() as u64, total);
     // Convergence: all three nodes applied the same ledger.
-    let size = eventually("the three nodes to converge", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        let addrs = addrs.clone();
-        async move {
-            let mut sizes = HashSet::new();
-            let mut applied = HashSet::new();
-            for a in addrs.iter() {
-                let s = status(&admin, a).await?;
-                sizes.insert(s["ledger_size"].as_u64()?);
-                applied.insert(s["last_applied"].as_u64()?);
+    let size = eventually(
+        "the three nodes to converge",
+        Duration::from_secs(60),
+        || {
+            let admin = admin.clone();
+            let addrs = addrs.clone();
+            async move {
+                let mut sizes = HashSet::new();
+                let mut applied = HashSet::new();
+                for a in addrs.iter() {
+                    let s = status(&admin, a).await?;
+                    sizes.insert(s["ledger_size"].as_u64()?);
+                    applied.insert(s["last_applied"].as_u64()?);
+                }
+                (sizes.len() == 1 && applied.len() == 1)
+                    .then(|| sizes.into_iter().next())
+                    .flatten()
             }
-            (sizes.len() == 1 && applied.len() == 1).then(|| sizes.into_iter().next()).flatten()
-        }
-    })
+        },
+    )
     .await;
-    assert!(size >= total, "ledger has {size} entries for {total} events");
+    assert!(
+        size >= total,
+        "ledger has {size} entries for {total} events"
+    );
+    // A checkpoint over everything, replicated to all three, is where the exports are cut.
+    let r = admin
+        .post(format!("https://{}/cluster/checkpoint", addrs[0]))
+        .send()
+        .await
+        .expect("checkpoint");
+    assert!(r.status().is_success(), "checkpoint: {}", r.status());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["checkpoint_size"].as_u64(), Some(size));
+    eventually(
+        "the checkpoint to reach every node",
+        Duration::from_secs(30),
+        || {
+            let admin = admin.clone();
+            let addrs = addrs.clone();
+            async move {
+                let mut applied = HashSet::new();
+                for a in addrs.iter() {
+                    applied.insert(status(&admin, a).await?["last_applied"].as_u64()?);
+                }
+                (applied.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
     let dir = site.dir.path();
     let mut exports = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
@@ -300,7 +474,10 @@ async fn three_gateways_survive_leader_kills() {
         verify_file(&path);
         exports.push(bytes);
     }
-    assert!(exports[0] == exports[1] && exports[1] == exports[2], "exports differ between nodes");
+    assert!(
+        exports[0] == exports[1] && exports[1] == exports[2],
+        "exports differ between nodes"
+    );
     // Every acknowledged event is there, at the sequence number it was acknowledged with, once.
     let text = String::from_utf8(exports[0].clone()).expect("utf8");
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -308,14 +485,27 @@ async fn three_gateways_survive_leader_kills() {
     lines.next();
     for line in lines {
         let v: Value = serde_json::from_str(line).expect("line");
-        let Some(hexbytes) = v["entry"].as_str() else { continue };
+        let Some(hexbytes) = v["entry"].as_str() else {
+            continue;
+        };
         let e = ledger_node::Entry::decode(&hex::decode(hexbytes).expect("hex")).expect("entry");
         if let Some(id) = e.body.event_id {
-            assert!(seen.insert(id.clone(), e.seq).is_none(), "event {id} recorded twice");
+            assert!(
+                seen.insert(id.clone(), e.seq).is_none(),
+                "event {id} recorded twice"
+            );
         }
     }
     for (id, seq) in &acked {
-        assert_eq!(seen.get(id), Some(seq), "acknowledged event {id} lost or moved");
+        assert_eq!(
+            seen.get(id),
+            Some(seq),
+            "acknowledged event {id} lost or moved"
+        );
     }
-    eprintln!("{killed} leader kills, {} events, {} distinct terms with a leader", acked.len(), terms.len());
+    eprintln!(
+        "{killed} leader kills, {} events, {} distinct terms with a leader",
+        acked.len(),
+        terms.len()
+    );
 }
