@@ -70,24 +70,46 @@ fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
 fn local_addr(config: &Config) -> String {
     let a = config.advertise();
     match config.api.listen.ip().is_unspecified() {
-        true if a == config.api.listen.to_string() => format!("127.0.0.1:{}", config.api.listen.port()),
+        true if a == config.api.listen.to_string() => {
+            format!("127.0.0.1:{}", config.api.listen.port())
+        }
         _ => a,
     }
 }
 
-async fn call(http: &reqwest::Client, addr: &str, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+async fn call(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
     let url = format!("https://{addr}{path}");
-    let resp = http.post(&url).json(&body).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let resp = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or(json!({}));
     if !status.is_success() {
-        bail!("{url}: {status}: {}", v.get("error").and_then(|e| e.as_str()).unwrap_or("no detail"));
+        bail!(
+            "{url}: {status}: {}",
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no detail")
+        );
     }
     Ok(v)
 }
 
 /// Asks the leader (found through `addr`) to run a membership call, following one redirect.
-async fn call_leader(http: &reqwest::Client, addr: &str, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+async fn call_leader(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
     let status = fetch_status(http, addr).await?;
     let leader_addr = match status.leader.and_then(|l| status.nodes.get(&l)) {
         Some(n) => n.addr.clone(),
@@ -98,7 +120,11 @@ async fn call_leader(http: &reqwest::Client, addr: &str, path: &str, body: serde
 
 pub async fn fetch_status(http: &reqwest::Client, addr: &str) -> anyhow::Result<ClusterStatus> {
     let url = format!("https://{addr}/cluster/status");
-    let resp = http.get(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     if !resp.status().is_success() {
         bail!("{url}: {}", resp.status());
     }
@@ -112,28 +138,56 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             let c = load(&config)?;
             let mut nodes = BTreeMap::new();
             for v in voters {
-                let (id, addr) = v.split_once('=').with_context(|| format!("--voter {v:?}: expected NODE_ID=HOST:PORT"))?;
-                let id: u64 = id.parse().with_context(|| format!("--voter {v:?}: node id is not a number"))?;
+                let (id, addr) = v
+                    .split_once('=')
+                    .with_context(|| format!("--voter {v:?}: expected NODE_ID=HOST:PORT"))?;
+                let id: u64 = id
+                    .parse()
+                    .with_context(|| format!("--voter {v:?}: node id is not a number"))?;
                 nodes.insert(id, addr.to_owned());
             }
-            let v = call(&client(&c)?, &local_addr(&c), "/cluster/init", json!({ "nodes": nodes })).await?;
+            let v = call(
+                &client(&c)?,
+                &local_addr(&c),
+                "/cluster/init",
+                json!({ "nodes": nodes }),
+            )
+            .await?;
             println!("cluster initialised with voters {}", v["initialized"]);
         }
         ClusterCmd::Join { config, via } => {
             let c = load(&config)?;
-            call_leader(&client(&c)?, &via, "/cluster/learner", json!({ "node_id": c.node.id, "addr": c.advertise() })).await?;
+            call_leader(
+                &client(&c)?,
+                &via,
+                "/cluster/learner",
+                json!({ "node_id": c.node.id, "addr": c.advertise() }),
+            )
+            .await?;
             println!("node {} joined as a learner; it catches up from the leader (promote it with `medledger cluster promote --node {}`)", c.node.id, c.node.id);
         }
         ClusterCmd::Promote { config, node, via } => {
             let c = load(&config)?;
             let via = via.unwrap_or_else(|| local_addr(&c));
-            call_leader(&client(&c)?, &via, "/cluster/promote", json!({ "node_id": node })).await?;
+            call_leader(
+                &client(&c)?,
+                &via,
+                "/cluster/promote",
+                json!({ "node_id": node }),
+            )
+            .await?;
             println!("node {node} is now a voter");
         }
         ClusterCmd::Remove { config, node, via } => {
             let c = load(&config)?;
             let via = via.unwrap_or_else(|| local_addr(&c));
-            call_leader(&client(&c)?, &via, "/cluster/remove", json!({ "node_id": node })).await?;
+            call_leader(
+                &client(&c)?,
+                &via,
+                "/cluster/remove",
+                json!({ "node_id": node }),
+            )
+            .await?;
             println!("node {node} removed");
         }
         ClusterCmd::Status { config, via, json } => {
@@ -151,7 +205,10 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                     s.term,
                     s.ledger_size
                 );
-                println!("{:>6}  {:<8} {:<24} {:>12} {:>8}", "node", "role", "address", "last index", "lag");
+                println!(
+                    "{:>6}  {:<8} {:<24} {:>12} {:>8}",
+                    "node", "role", "address", "last index", "lag"
+                );
                 for (id, n) in &s.nodes {
                     println!(
                         "{:>6}  {:<8} {:<24} {:>12} {:>8}",

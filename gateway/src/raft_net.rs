@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use ledger_node::raft::TypeConfig;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -24,13 +26,23 @@ pub struct Network {
 
 impl Network {
     /// A pool that presents `tls` (the gateway's client config) to every peer.
-    pub fn new(tls: std::sync::Arc<rustls::ClientConfig>, source: Option<std::net::IpAddr>, timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self { http: http_client((*tls).clone(), source, timeout)? })
+    pub fn new(
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        source: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: http_client((*tls).clone(), source, timeout)?,
+        })
     }
 }
 
 /// An HTTPS client with our TLS configuration.
-pub fn http_client(tls: rustls::ClientConfig, source: Option<std::net::IpAddr>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub fn http_client(
+    tls: rustls::ClientConfig,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(timeout)
@@ -54,7 +66,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { http: self.http.clone(), target, base: format!("https://{}", node.addr) }
+        PeerClient {
+            http: self.http.clone(),
+            target,
+            base: format!("https://{}", node.addr),
+        }
     }
 }
 
@@ -91,8 +107,10 @@ impl PeerClient {
             let e = std::io::Error::other(format!("{url}: {status}: {body}"));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -19,8 +19,9 @@ pub struct TlsMaterial {
 
 impl TlsMaterial {
     pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let pem = std::fs::read(&config.tls.ca_file)
-            .with_context(|| format!("tls.ca_file {}: cannot read", config.tls.ca_file.display()))?;
+        let pem = std::fs::read(&config.tls.ca_file).with_context(|| {
+            format!("tls.ca_file {}: cannot read", config.tls.ca_file.display())
+        })?;
         let roots = certs::pem::certs_from_pem(&pem, &config.tls.ca_file)?;
         let gateway = CertifiedKey::from_files(&config.tls.cert_file, &config.tls.key_file)
             .with_context(|| "tls.cert_file / tls.key_file".to_string())?;
@@ -28,8 +29,15 @@ impl TlsMaterial {
     }
 
     /// The client config this gateway presents to peers and to itself (CLI).
-    pub fn client_config(&self, revocation: &RevocationPolicy) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        Ok(certs::raft_peer_client_config(&self.roots, &self.gateway, revocation)?)
+    pub fn client_config(
+        &self,
+        revocation: &RevocationPolicy,
+    ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        Ok(certs::raft_peer_client_config(
+            &self.roots,
+            &self.gateway,
+            revocation,
+        )?)
     }
 }
 
@@ -37,7 +45,10 @@ impl TlsMaterial {
 /// refused whatever CA issued them; certificates of other gateways' issuing CAs are accepted
 /// without a CRL of theirs because the replicated ledger is the revocation source of truth.
 pub fn base_revocation() -> RevocationPolicy {
-    RevocationPolicy { allow_unknown_revocation_status: true, ..RevocationPolicy::default() }
+    RevocationPolicy {
+        allow_unknown_revocation_status: true,
+        ..RevocationPolicy::default()
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
@@ -50,8 +61,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         Duration::from_millis(config.raft.rpc_timeout_ms),
     )?;
     let node = Node::start(&config, network, shutdown.clone()).await?;
-    let server_config = Arc::new(ReloadableServerConfig::new(tls.roots.clone(), tls.gateway.clone(), &revocation, vec![])?);
-    let acceptor = MtlsAcceptor::new(server_config.clone(), &[Profile::Gateway, Profile::Staff, Profile::Device]);
+    let server_config = Arc::new(ReloadableServerConfig::new(
+        tls.roots.clone(),
+        tls.gateway.clone(),
+        &revocation,
+        vec![],
+    )?);
+    let acceptor = MtlsAcceptor::new(
+        server_config.clone(),
+        &[Profile::Gateway, Profile::Staff, Profile::Device],
+    );
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("api.listen {}: cannot bind", config.api.listen))?;
@@ -59,8 +78,24 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let router = crate::api::router(node.clone());
     let mut tasks = tokio::task::JoinSet::new();
     // identity layer: ledger revocations into every listener (watcher), enrollment listener, renewal route
-    let router = router.merge(crate::enroll_api::start(&config, &node, &tls.gateway, server_config.clone(), &mut tasks, shutdown.clone()).await?);
-    tasks.spawn(crate::server::serve_mtls(listener, acceptor, router, config.api.max_connections, shutdown.clone()));
+    let router = router.merge(
+        crate::enroll_api::start(
+            &config,
+            &node,
+            &tls.gateway,
+            server_config.clone(),
+            &mut tasks,
+            shutdown.clone(),
+        )
+        .await?,
+    );
+    tasks.spawn(crate::server::serve_mtls(
+        listener,
+        acceptor,
+        router,
+        config.api.max_connections,
+        shutdown.clone(),
+    ));
     if let Some(addr) = config.api.health_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -75,11 +110,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
         let sd = shutdown.clone();
         tasks.spawn(async move {
-            let _ = axum::serve(l, app).with_graceful_shutdown(async move { sd.cancelled().await }).await;
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await;
         });
     }
     tracing::info!(node = config.node.id, listen = %bound, advertise = %config.advertise(), "gateway running");
-    eprintln!("medledger gateway node {} listening on https://{bound}", config.node.id);
+    eprintln!(
+        "medledger gateway node {} listening on https://{bound}",
+        config.node.id
+    );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     wait_for_signal().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -52,15 +52,21 @@ pub async fn serve_mtls(
         tokio::spawn(async move {
             let _permit = permit;
             // Refusals are logged by the acceptor with the peer and the reason.
-            let Ok((tls, identity)) = acceptor.accept(tcp, addr).await else { return };
+            let Ok((tls, identity)) = acceptor.accept(tcp, addr).await else {
+                return;
+            };
             let router = router.layer(axum::Extension(Peer(Arc::new(identity))));
             serve_connection(TokioIo::new(tls), router, addr, shutdown).await;
         });
     }
 }
 
-async fn serve_connection<IO>(io: TokioIo<IO>, router: Router, addr: SocketAddr, shutdown: CancellationToken)
-where
+async fn serve_connection<IO>(
+    io: TokioIo<IO>,
+    router: Router,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = Builder::new(TokioExecutor::new());
@@ -103,7 +109,12 @@ pub async fn serve_tls_no_client_auth(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     tracing::warn!(%addr, error = %e, "enrollment tls handshake failed");

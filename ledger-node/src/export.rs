@@ -425,7 +425,8 @@ fn verify_export(
     let header: ExportHeader = serde_json::from_str(first)
         .map_err(|e| fail(None, Some(1), format!("bad export header: {e}")))?;
     let keys = Keys::new(&header.node_keys, opts)?;
-    let disclosed_set: BTreeSet<DisclosureClass> = header.disclosed_classes.iter().copied().collect();
+    let disclosed_set: BTreeSet<DisclosureClass> =
+        header.disclosed_classes.iter().copied().collect();
     let mut frontier = Frontier::new();
     let (mut disclosed, mut withheld) = (0u64, 0u64);
     let mut line = String::new();

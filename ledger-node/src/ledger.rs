@@ -63,7 +63,10 @@ pub fn prepare(
     recorded_at_ms: i64,
 ) -> Result<AppendCommand, LedgerError> {
     let event = event.validate()?;
-    if author.is_empty() || author.len() > crate::entry::MAX_FIELD || author.chars().any(char::is_control) {
+    if author.is_empty()
+        || author.len() > crate::entry::MAX_FIELD
+        || author.chars().any(char::is_control)
+    {
         return Err(LedgerError::InvalidEvent(
             crate::entry::InvalidEvent::TooLong { field: "author" },
         ));
