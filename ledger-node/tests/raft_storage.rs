@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -296,7 +297,7 @@ async fn snapshot_installs_the_whole_ledger_on_another_node() {
     let root = store_b.root(store_b.size()).expect("root");
     let size = store_b.size();
     drop((sm_b, store_b, _log_b));
-    let (_log_b, mut sm_b, store_b) = open_storage(&tmp.path().join("b")).expect("reopen b");
+    let (_log_b, mut sm_b, store_b) = reopen(&tmp.path().join("b"));
     let current = sm_b
         .get_current_snapshot()
         .await
@@ -339,6 +340,22 @@ async fn a_damaged_snapshot_is_refused() {
         .is_none());
 }
 
+/// Opens the storage in `dir` again after the previous handles were dropped: sled's own threads
+/// may hold the database's lock for a moment after the last handle goes, so poll with a deadline.
+fn reopen(dir: &Path) -> (LogStore, StateMachine, Arc<Store>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_storage(dir) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reopen: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen {}: {e}", dir.display()),
+        }
+    }
+}
+
 async fn read_all(log: &mut LogStore) -> Vec<Entry> {
     log.try_get_log_entries(..).await.expect("read log")
 }
@@ -372,7 +389,7 @@ async fn reopening_keeps_vote_log_committed_and_applied_state() {
         membership_state = sm.applied_state().await.expect("state").1;
         assert_eq!(size, 20);
     }
-    let (mut log, mut sm, store) = open_storage(tmp.path()).expect("reopen");
+    let (mut log, mut sm, store) = reopen(tmp.path());
     assert_eq!(log.read_vote().await.expect("vote"), Some(vote));
     assert_eq!(
         log.read_committed().await.expect("committed"),
@@ -399,7 +416,7 @@ async fn reopening_keeps_vote_log_committed_and_applied_state() {
     log.purge(log_id(1, 1, 2)).await.expect("purge");
     log.truncate(log_id(2, 1, 4)).await.expect("truncate");
     drop((log, sm, store));
-    let (mut log, _sm, _store) = open_storage(tmp.path()).expect("reopen");
+    let (mut log, _sm, _store) = reopen(tmp.path());
     let state = log.get_log_state().await.expect("log state");
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
     assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)));
@@ -481,4 +498,207 @@ fn acknowledged_appends_survive_kill_9() {
             assert_eq!(e.log_id, want, "no hole in the log");
         }
     });
+}
+
+mod cluster {
+    //! A real openraft cluster over this storage, its nodes talking through direct calls in one
+    //! process (the network is the gateway's; here only the storage is under test).
+
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    };
+    use openraft::{BasicNode, Config, SnapshotPolicy};
+
+    use super::*;
+    use ledger_node::raft::types::Raft;
+
+    type Nodes = Arc<Mutex<HashMap<u64, Raft>>>;
+
+    #[derive(Clone)]
+    struct Net(Nodes);
+
+    struct Conn {
+        target: u64,
+        nodes: Nodes,
+    }
+
+    impl Conn {
+        #[allow(clippy::result_large_err)] // openraft's own error type
+        fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<u64, BasicNode, E>> {
+            let nodes = self.nodes.lock().expect("nodes lock");
+            nodes.get(&self.target).cloned().ok_or_else(|| {
+                let e = std::io::Error::other(format!("node {} is down", self.target));
+                RPCError::Unreachable(Unreachable::new(&e))
+            })
+        }
+    }
+
+    impl RaftNetworkFactory<TypeConfig> for Net {
+        type Network = Conn;
+        async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Conn {
+            Conn {
+                target,
+                nodes: self.0.clone(),
+            }
+        }
+    }
+
+    impl RaftNetwork<TypeConfig> for Conn {
+        async fn append_entries(
+            &mut self,
+            rpc: AppendEntriesRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+            let raft = self.raft()?;
+            raft.append_entries(rpc)
+                .await
+                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            rpc: InstallSnapshotRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<
+            InstallSnapshotResponse<u64>,
+            RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        > {
+            let raft = self.raft()?;
+            raft.install_snapshot(rpc)
+                .await
+                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        }
+
+        async fn vote(
+            &mut self,
+            rpc: VoteRequest<u64>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+            let raft = self.raft()?;
+            raft.vote(rpc)
+                .await
+                .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        }
+    }
+
+    async fn start(id: u64, dir: &Path, nodes: &Nodes) -> (Raft, Arc<Store>) {
+        let config = Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            // Snapshot and purge often, so that a late learner can only catch up by snapshot.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(50),
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().expect("config"));
+        let (log, sm, store) = reopen(dir);
+        let raft = Raft::new(id, config, Net(nodes.clone()), log, sm)
+            .await
+            .expect("start raft");
+        nodes.lock().expect("nodes").insert(id, raft.clone());
+        (raft, store)
+    }
+
+    fn node(id: u64) -> BasicNode {
+        BasicNode::new(format!("node-{id}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicates_and_catches_up_a_learner_by_snapshot() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let nodes: Nodes = Arc::default();
+        let (r1, s1) = start(1, &tmp.path().join("1"), &nodes).await;
+        let (r2, s2) = start(2, &tmp.path().join("2"), &nodes).await;
+        let members: BTreeMap<u64, BasicNode> = [(1, node(1)), (2, node(2))].into();
+        r1.initialize(members).await.expect("initialize");
+        let timeout = Some(Duration::from_secs(30));
+        let m = r1
+            .wait(timeout)
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .expect("a leader");
+        let leader = match m.current_leader {
+            Some(2) => r2.clone(),
+            _ => r1.clone(),
+        };
+
+        let key = SigningKey::from_bytes(&[21u8; 32]);
+        let mut cmds = vec![Command::RegisterNode {
+            node_id: 1,
+            public_key: key.verifying_key().to_bytes(),
+        }];
+        cmds.extend(commands(&key, 1, 300));
+        let mut outcomes = Vec::new();
+        for chunk in cmds.chunks(3) {
+            let resp = leader
+                .client_write(RaftRequest {
+                    commands: chunk.to_vec(),
+                })
+                .await
+                .expect("client write");
+            assert_eq!(resp.data.outcomes.len(), chunk.len());
+            outcomes.extend(resp.data.outcomes);
+        }
+        assert_eq!(outcomes[0], ApplyOutcome::NodeRegistered { node_id: 1 });
+        let last = leader.metrics().borrow().last_applied.expect("applied");
+
+        // The leader has snapshotted and purged its log by now.
+        let m = leader
+            .wait(timeout)
+            .metrics(|m| m.purged.is_some() && m.snapshot.is_some(), "purged")
+            .await
+            .expect("log purged after a snapshot");
+        assert!(m.purged.expect("purged").index > 1);
+
+        // A new node can only catch up by snapshot, then follows the log.
+        let (r3, s3) = start(3, &tmp.path().join("3"), &nodes).await;
+        leader
+            .add_learner(3, node(3), true)
+            .await
+            .expect("add learner");
+        let more = commands(&key, 1, 310).split_off(300);
+        leader
+            .client_write(RaftRequest { commands: more })
+            .await
+            .expect("write after the learner joined");
+        let last = leader.metrics().borrow().last_applied.unwrap_or(last);
+        for r in [&r1, &r2, &r3] {
+            r.wait(timeout)
+                .applied_index_at_least(Some(last.index), "caught up")
+                .await
+                .expect("caught up");
+        }
+        let m3 = r3.metrics().borrow().clone();
+        assert!(m3.snapshot.is_some(), "the learner installed a snapshot");
+        assert_same_ledger(&s1, &s2);
+        assert_same_ledger(&s1, &s3);
+        assert_eq!(
+            s1.size(),
+            300 - 6 - 3 + 10,
+            "duplicates and refusals are not entries"
+        );
+
+        // A restarted node comes back with its state from disk.
+        r3.shutdown().await.expect("shutdown 3");
+        nodes.lock().expect("nodes").remove(&3);
+        drop((r3, s3));
+        let (r3, s3) = start(3, &tmp.path().join("3"), &nodes).await;
+        r3.wait(timeout)
+            .applied_index_at_least(Some(last.index), "restarted")
+            .await
+            .expect("restarted node applied");
+        assert_same_ledger(&s1, &s3);
+
+        for r in [r1, r2, r3] {
+            r.shutdown().await.expect("shutdown");
+        }
+    }
 }
