@@ -109,6 +109,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/events", post(append_event))
         .route("/v1/head", get(head))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/devices/{id}/history", get(history))
         .route("/v1/entries/{seq}/receipt", get(receipt))
         .route("/v1/export", get(export))
@@ -125,6 +126,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// The caller's identity as the gateway sees it (for staff tooling and TLS diagnostics).
+async fn whoami(Extension(peer): Extension<Peer>) -> Json<serde_json::Value> {
+    let id = &peer.0;
+    Json(json!({
+        "profile": id.profile.as_str(),
+        "id": id.id,
+        "role": id.role,
+        "name": id.name,
+        "serial": id.serial,
+        "fingerprint": id.fingerprint,
+        "visible_classes": visible_classes(&peer).iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+    }))
+}
+
 #[derive(Serialize)]
 struct Appended {
     seq: u64,
@@ -139,6 +154,12 @@ async fn append_event(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Appended>), ApiError> {
     require_writer(&peer)?;
+    if node.is_learner() {
+        return Err(forbidden(format!(
+            "gateway {} is a read-only learner: record events on a voting gateway",
+            node.id
+        )));
+    }
     let mut value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
     // Without an id of its own, an event gets a random one, so that retries inside the gateway

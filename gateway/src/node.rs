@@ -185,6 +185,12 @@ impl Node {
         }
     }
 
+    /// Whether this node is a member but not a voter (a read-only follower).
+    pub fn is_learner(&self) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.membership().clone();
+        m.nodes().any(|(id, _)| *id == self.id) && !m.voter_ids().any(|id| id == self.id)
+    }
+
     /// Signs a tree head over what this node has applied.
     pub fn tree_head(&self) -> anyhow::Result<SignedTreeHead> {
         let size = self.store.size();
@@ -234,6 +240,8 @@ impl Node {
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             ledger_size: self.store.size(),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             nodes,
         }
     }
@@ -249,6 +257,10 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     pub ledger_size: u64,
+    /// Last log index covered by this node's current snapshot (built or installed).
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from this node's log.
+    pub purged_index: Option<u64>,
     pub nodes: BTreeMap<u64, NodeStatus>,
 }
 
