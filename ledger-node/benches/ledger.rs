@@ -14,12 +14,15 @@
 //! `cargo bench -p ledger-node --bench ledger [-- append|proofs|verify ...]` (no part: all three).
 //! Environment: `MEDLEDGER_BENCH_DIR` (where the temporary ledgers go; default the system temp
 //! dir), `MEDLEDGER_BENCH_SECS` (seconds per append run, default 5), `MEDLEDGER_BENCH_WRITERS`
-//! (comma-separated writer counts, default `1,16,256`), `MEDLEDGER_BENCH_MODES` (`group,single`), `MEDLEDGER_BENCH_PROOF_ENTRIES` (default
-//! 1000000), `MEDLEDGER_BENCH_VERIFY_ENTRIES` (default 100000).
+//! (comma-separated writer counts, default `1,16,256`), `MEDLEDGER_BENCH_MODES` (any of `group`,
+//! `single`, `anatomy`; default `group,single`, which also runs the anatomy),
+//! `MEDLEDGER_BENCH_ANATOMY_SIZES` (default `1,16,256,1024`), `MEDLEDGER_BENCH_PROOF_ENTRIES`
+//! (default 1000000), `MEDLEDGER_BENCH_VERIFY_ENTRIES` (default 100000).
 //!
 //! The bench checks what it measures: the ledger size after an append run equals the number of
-//! acknowledged appends, every timed proof is verified against the root, and `verify` must accept
-//! the export. A failed check exits non-zero.
+//! acknowledged appends, every timed inclusion proof and every tenth consistency proof is verified
+//! against the roots, and `verify` must accept the export. A failed check exits non-zero.
+//! Results and their discussion: `docs/benchmarks.md`, section "Ledger".
 
 use std::error::Error;
 use std::io::{BufReader, Write};
