@@ -1,6 +1,7 @@
 //! end-to-end tests
 mod cluster;
 mod format;
+mod gateway_tls;
 mod ledger;
 mod modbus;
 mod mosquitto;

@@ -1,0 +1,1013 @@
+//! The identity layer of the real gateway process: a mutual-TLS matrix against `medledger run`'s
+//! own HTTPS listener (every refusal also found in the gateway's log, naming the peer), a
+//! revocation recorded with `medledger cert revoke` while the gateway runs and enforced without a
+//! restart, per-route profile checks (403), TLS 1.1 offered by `openssl s_client`, and device
+//! enrollment end to end (`device add` token, `POST /enroll`, `openssl verify`, one-time token,
+//! renewal, the issuance in the device's history).
+//!
+//! Every request is made over a raw TCP connection whose local address the test knows, so the
+//! gateway's `tls client refused peer=<addr>` log line can be matched to the exact case.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::{
+    init_site_ca, CaInit, CertSpec, CertifiedKey, IssuingCa, Profile, StaffRole, Validity,
+};
+use medledger_tests::{bin, free_port};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cluster::{eventually, start_cluster, Gateway, Site};
+use crate::mtls::{standard_cases, Expect, Pki};
+
+const IO_DEADLINE: Duration = Duration::from_secs(5);
+const ALL_VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn days(n: u32) -> Validity {
+    Validity::days(n).expect("validity")
+}
+
+/// A single-node cluster whose issuing CA lives in the node's own `pki` directory (the
+/// `[tls] pki_dir` default), so that `device add --data-dir`, `cert revoke --config`, the
+/// revocation watcher and enrollment all use the same CA as the test.
+async fn single_node(extra: &str) -> (Site, Gateway) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = init_site_ca(
+        &dir.path().join("node1").join("pki"),
+        &CaInit::new("test hospital", "1"),
+    )
+    .expect("site ca");
+    let site = Site { dir, ca };
+    let mut nodes = start_cluster(&site, 1, extra).await;
+    let gw = nodes.pop().expect("one node");
+    (site, gw)
+}
+
+fn log_path(gw: &Gateway) -> PathBuf {
+    gw.dir.join("gateway.log")
+}
+
+fn sock(gw: &Gateway) -> SocketAddr {
+    gw.addr().parse().expect("socket address")
+}
+
+/// A rustls client trusting `root`, offering `versions`, presenting `client` if given.
+fn client_config(
+    root: &CertificateDer<'static>,
+    client: Option<&CertifiedKey>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).expect("root");
+    let b = ClientConfig::builder_with_provider(certs::tls::provider())
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots);
+    Arc::new(match client {
+        Some(ck) => b
+            .with_client_auth_cert(ck.chain.clone(), ck.key.clone_key())
+            .expect("client cert"),
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// An HTTP answer over TLS.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+    version: Option<ProtocolVersion>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Whether `buf` holds a whole HTTP/1.1 response; returns (status, body) if so.
+fn parse_response(buf: &[u8], eof: bool) -> Option<(u16, String)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = &buf[end + 4..];
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    match length {
+        Some(n) if body.len() >= n => Some((status, String::from_utf8_lossy(&body[..n]).into())),
+        Some(_) => None,
+        None => eof.then(|| (status, String::from_utf8_lossy(body).into())),
+    }
+}
+
+/// One HTTP/1.1 request over a fresh TLS connection. Returns the connection's local address (the
+/// peer address the gateway logs) and the answer, or why there was none (refused handshake, alert
+/// after the handshake, closed without answering).
+async fn call(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (SocketAddr, Result<Reply, String>) {
+    let tcp = tokio::time::timeout(IO_DEADLINE, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let local = tcp.local_addr().expect("local addr");
+    let work = async move {
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let version = tls.get_ref().1.protocol_version();
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        tls.flush().await.map_err(|e| format!("flush: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => {
+                    return parse_response(&buf, true)
+                        .map(|(status, body)| Reply {
+                            status,
+                            body,
+                            version,
+                        })
+                        .ok_or_else(|| "closed by the server without an answer".to_string())
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some((status, body)) = parse_response(&buf, false) {
+                        return Ok(Reply {
+                            status,
+                            body,
+                            version,
+                        });
+                    }
+                }
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    };
+    let r = tokio::time::timeout(IO_DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_string()));
+    (local, r)
+}
+
+async fn whoami(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    client: Option<&CertifiedKey>,
+) -> (SocketAddr, Result<Reply, String>) {
+    call(
+        addr,
+        client_config(root, client, ALL_VERSIONS),
+        "GET",
+        "/v1/whoami",
+        None,
+    )
+    .await
+}
+
+/// The gateway log without ANSI colour sequences.
+fn read_log(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-letter
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits for the gateway's refusal line naming `peer` and checks that it gives `reason`.
+async fn refusal_logged(log: &Path, peer: SocketAddr, reason: &str, case: &str) -> String {
+    let needle = format!("peer={peer}");
+    let line = eventually(
+        &format!("case {case}: a refusal naming {peer} in {}", log.display()),
+        IO_DEADLINE,
+        || {
+            let line = read_log(log)
+                .lines()
+                .find(|l| l.contains("tls client refused") && l.contains(&needle))
+                .map(str::to_string);
+            async move { line }
+        },
+    )
+    .await;
+    assert!(line.contains("WARN"), "case {case}: not a warning: {line}");
+    assert!(
+        line.contains(reason),
+        "case {case}: the logged reason does not name {reason:?}: {line}"
+    );
+    line
+}
+
+/// Checks an accepted whoami answer.
+fn check_identity(case: &str, got: &Result<Reply, String>, profile: Profile, id: &str) -> Value {
+    let reply = got
+        .as_ref()
+        .unwrap_or_else(|e| panic!("case {case}: refused: {e}"));
+    assert_eq!(reply.status, 200, "case {case}: {}", reply.body);
+    let v = reply.json();
+    assert_eq!(v["profile"], profile.as_str(), "case {case}: {v}");
+    assert_eq!(v["id"], id, "case {case}: {v}");
+    v
+}
+
+/// Checks a refused case: no answer, and the gateway logged why, naming this peer.
+async fn check_refused(
+    case: &str,
+    log: &Path,
+    (peer, got): (SocketAddr, Result<Reply, String>),
+    reason: &str,
+) {
+    if let Ok(r) = &got {
+        panic!(
+            "case {case}: expected a refusal, got HTTP {} {}",
+            r.status, r.body
+        );
+    }
+    let line = refusal_logged(log, peer, reason, case).await;
+    eprintln!("refused {case}: {line}");
+}
+
+async fn medledger(args: &[&str]) -> std::process::Output {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(bin("medledger"))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("medledger timed out")
+    .expect("run medledger");
+    assert!(
+        out.status.success(),
+        "medledger {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn still_running(gw: &mut Gateway) {
+    let child = gw.child.as_mut().expect("gateway child");
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "the gateway exited (log: {})",
+        read_log(&log_path(gw))
+    );
+}
+
+/// Relays one TCP connection to `target`; the receiver yields the relay's own address towards
+/// `target` (the peer address the gateway sees and logs).
+async fn relay_once(
+    target: SocketAddr,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<SocketAddr>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+    let at = l.local_addr().expect("relay addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut inbound, _)) = l.accept().await else {
+            return;
+        };
+        let Ok(mut outbound) = TcpStream::connect(target).await else {
+            return;
+        };
+        if let Ok(a) = outbound.local_addr() {
+            let _ = tx.send(a);
+        }
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    });
+    (at, rx)
+}
+
+/// Sends a hand-made TLS 1.1 ClientHello (client_version 3.2, no supported_versions, but a
+/// signature_algorithms extension) and returns the local address and the bytes answered.
+async fn tls11_hello_with_sigalgs(addr: SocketAddr) -> (SocketAddr, Vec<u8>) {
+    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x09]); // ECDHE-ECDSA AES128-GCM, AES128-SHA
+    body.extend_from_slice(&[0x01, 0x00]); // compression: null
+                                           // extensions: signature_algorithms = ecdsa_secp256r1_sha256, rsa_pkcs1_sha256
+    body.extend_from_slice(&[
+        0x00, 0x0a, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x04, 0x01,
+    ]);
+    let mut hs = vec![0x01, 0x00];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x02];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let local = tcp.local_addr().expect("local addr");
+    let work = async {
+        tcp.write_all(&record).await.expect("write hello");
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out).await;
+        out
+    };
+    let out = tokio::time::timeout(IO_DEADLINE, work)
+        .await
+        .expect("tls 1.1 probe timed out");
+    (local, out)
+}
+
+fn staff_key(ca: &IssuingCa, id: &str, role: StaffRole) -> CertifiedKey {
+    key_of(ca, CertSpec::staff(id, id, role))
+}
+
+fn key_of(ca: &IssuingCa, spec: CertSpec) -> CertifiedKey {
+    let issued = ca.issue(&spec, days(2)).expect("issue");
+    CertifiedKey::from_pem(&issued.chain_pem, issued.key_pem.as_deref().expect("key"))
+        .expect("certified key")
+}
+
+fn event_for(device: &str) -> Value {
+    json!({
+        "kind": "preventive-maintenance",
+        "device_id": device,
+        "occurred_at": "2026-01-05T10:00:00Z",
+        "components": [{"name": "result", "class": "maintenance", "value": "pass"}],
+    })
+}
+
+/// Mutual-TLS matrix against `medledger run`'s HTTPS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
+    let (site, mut gw) = single_node("").await;
+    let addr = sock(&gw);
+    let log = log_path(&gw);
+    let root = site.ca.root_der().clone();
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki {
+        ca: IssuingCa::load(&gw.dir.join("pki")).expect("load the gateway's ca"),
+        other_ca: init_site_ca(
+            &other_dir.path().join("pki"),
+            &CaInit::new("Elsewhere", "9"),
+        )
+        .expect("other ca"),
+        dir: other_dir,
+    };
+    let mut cases_run = 0;
+
+    // --- revoked while the gateway runs: accepted, `cert revoke --config`, refused -----------
+    let (stolen, stolen_key) = pki.issue(CertSpec::device("pump-stolen"), days(30));
+    let (_, got) = whoami(addr, &root, Some(&stolen_key)).await;
+    check_identity("before revocation", &got, Profile::Device, "pump-stolen");
+    let config = gw.config.display().to_string();
+    let out = medledger(&[
+        "cert",
+        "revoke",
+        "--config",
+        &config,
+        &stolen.identity.serial,
+        "--reason",
+        "key-compromise",
+    ])
+    .await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("revoked certificate"), "{said}");
+    let (peer, got) = eventually(
+        "the running gateway to refuse the revoked certificate",
+        Duration::from_secs(10),
+        || {
+            let (root, key) = (root.clone(), stolen_key.clone());
+            async move {
+                let (peer, got) = whoami(addr, &root, Some(&key)).await;
+                got.is_err().then_some((peer, got))
+            }
+        },
+    )
+    .await;
+    check_refused("revoked while running", &log, (peer, got), "Revoked").await;
+    still_running(&mut gw);
+    cases_run += 1;
+    // the gateway rewrote its CRL file: openssl refuses the certificate with it too
+    let chain = site.dir.path().join("stolen.pem");
+    std::fs::write(&chain, &stolen.chain_pem).expect("write chain");
+    let pki_dir = gw.dir.join("pki");
+    let s = |p: &Path| p.display().to_string();
+    let crl = eventually("pki/crl.pem to list the serial", IO_DEADLINE, || {
+        let (root_crt, crl, chain) = (
+            s(&pki_dir.join("root.crt")),
+            s(&pki_dir.join("crl.pem")),
+            s(&chain),
+        );
+        async move {
+            let out = std::process::Command::new("openssl")
+                .args(["verify", "-CAfile", &root_crt, "-untrusted", &chain])
+                .args(["-crl_check", "-CRLfile", &crl, &chain])
+                .output()
+                .expect("openssl verify");
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            (!out.status.success() && text.contains("certificate revoked")).then_some(text)
+        }
+    })
+    .await;
+    assert!(crl.contains("certificate revoked"), "{crl}");
+
+    // --- the standard matrix of tests/it/mtls.rs, against the gateway ------------------------
+    let all = [Profile::Device, Profile::Staff, Profile::Gateway];
+    let cases = standard_cases(&pki, &all, &stolen_key);
+    assert!(cases.len() >= 10);
+    for c in &cases {
+        let (peer, got) = whoami(addr, &root, c.client.as_ref()).await;
+        match &c.expect {
+            Expect::Accept(profile, id) => {
+                let v = check_identity(c.name, &got, *profile, id);
+                if *profile == Profile::Staff {
+                    assert_eq!(v["role"], "biomed", "case {}: {v}", c.name);
+                    assert_eq!(v["name"], "Ada Lovelace", "case {}: {v}", c.name);
+                }
+            }
+            Expect::Refuse(reason) => check_refused(c.name, &log, (peer, got), reason).await,
+        }
+        cases_run += 1;
+    }
+
+    // --- TLS 1.2 only and TLS 1.3 only clients are both served ------------------------------
+    let admin = staff_key(&pki.ca, "it-admin", StaffRole::Admin);
+    for (name, version, want) in [
+        ("tls 1.2", &rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+        ("tls 1.3", &rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+    ] {
+        let cfg = client_config(&root, Some(&admin), &[version]);
+        let (_, got) = call(addr, cfg, "GET", "/v1/whoami", None).await;
+        let v = check_identity(name, &got, Profile::Staff, "it-admin");
+        assert_eq!(v["role"], "admin", "{name}: {v}");
+        assert_eq!(
+            got.as_ref().ok().and_then(|r| r.version),
+            Some(want),
+            "{name}"
+        );
+        cases_run += 1;
+    }
+
+    // --- TLS 1.1 offered by openssl: refused with an alert, logged naming the peer ------------
+    let (relay, outgoing) = relay_once(addr).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &relay.to_string(), "-tls1_1"])
+            .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("openssl s_client timed out")
+    .expect("run openssl s_client");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tls 1.1 was not refused: {text}");
+    assert!(text.contains("alert"), "no alert from the gateway: {text}");
+    assert!(
+        text.contains("Cipher is (NONE)"),
+        "a tls 1.1 session was established: {text}"
+    );
+    let peer = tokio::time::timeout(IO_DEADLINE, outgoing)
+        .await
+        .expect("relay connected")
+        .expect("relay address");
+    let line = refusal_logged(&log, peer, "peer is incompatible", "tls 1.1").await;
+    eprintln!("refused tls 1.1: {line}");
+    cases_run += 1;
+    // openssl's TLS 1.1 hello carries no signature_algorithms, which rustls refuses first; a
+    // TLS 1.1 hello WITH that extension reaches the version check: protocol_version alert
+    let (peer, answer) = tls11_hello_with_sigalgs(addr).await;
+    assert_eq!(
+        answer.first(),
+        Some(&0x15),
+        "not an alert record: {answer:?}"
+    );
+    assert_eq!(
+        answer.get(5..7),
+        Some(&[2u8, 70][..]),
+        "not a fatal protocol_version alert: {answer:?}"
+    );
+    let line = refusal_logged(
+        &log,
+        peer,
+        "Tls12NotOffered",
+        "tls 1.1 with signature_algorithms",
+    )
+    .await;
+    eprintln!("refused tls 1.1 with signature_algorithms: {line}");
+    cases_run += 1;
+
+    // --- valid certificates, wrong profile for the route: HTTP 403 ---------------------------
+    let device = key_of(&pki.ca, CertSpec::device("pump-0001"));
+    let biomed = staff_key(&pki.ca, "it-biomed", StaffRole::Biomed);
+    let auditor = staff_key(&pki.ca, "it-auditor", StaffRole::Auditor);
+    let gateway2 = key_of(&pki.ca, CertSpec::gateway("2"));
+    let vote = json!({
+        "vote": {"leader_id": {"term": 1, "node_id": 2}, "committed": false},
+        "last_log_id": null,
+    });
+    // (case, client, method, path, body, status, text the answer contains)
+    type RouteCase<'a> = (
+        &'a str,
+        &'a CertifiedKey,
+        &'a str,
+        &'a str,
+        Option<Value>,
+        u16,
+        &'a str,
+    );
+    let route_cases: Vec<RouteCase> = vec![
+        (
+            "device reads a device history (staff route)",
+            &device,
+            "GET",
+            "/v1/devices/pump-0001/history",
+            None,
+            403,
+            "only staff may read device histories",
+        ),
+        (
+            "device records an event (staff route)",
+            &device,
+            "POST",
+            "/v1/events",
+            Some(event_for("pump-0001")),
+            403,
+            "device pump-0001 may not record events",
+        ),
+        (
+            "staff calls /raft/vote",
+            &biomed,
+            "POST",
+            "/raft/vote",
+            Some(vote.clone()),
+            403,
+            "staff it-biomed is not a gateway",
+        ),
+        (
+            "device calls /raft/vote",
+            &device,
+            "POST",
+            "/raft/vote",
+            Some(vote.clone()),
+            403,
+            "device pump-0001 is not a gateway",
+        ),
+        (
+            "auditor takes a checkpoint (admin route)",
+            &auditor,
+            "POST",
+            "/cluster/checkpoint",
+            None,
+            403,
+            "may not administer the cluster",
+        ),
+        (
+            "staff calls /v1/renew (device route)",
+            &biomed,
+            "POST",
+            "/v1/renew",
+            Some(json!({"csr_pem": "x"})),
+            403,
+            "only devices renew here",
+        ),
+        // the same routes with the right profile, so that the 403s above are about the profile
+        (
+            "biomed reads a device history",
+            &biomed,
+            "GET",
+            "/v1/devices/pump-0001/history",
+            None,
+            200,
+            "\"device_id\":\"pump-0001\"",
+        ),
+        (
+            "biomed records an event",
+            &biomed,
+            "POST",
+            "/v1/events",
+            Some(event_for("pump-0001")),
+            201,
+            "\"seq\"",
+        ),
+        (
+            "admin takes a checkpoint",
+            &admin,
+            "POST",
+            "/cluster/checkpoint",
+            None,
+            200,
+            "checkpoint_size",
+        ),
+    ];
+    for (name, key, method, path, body, status, text) in &route_cases {
+        let cfg = client_config(&root, Some(key), ALL_VERSIONS);
+        let (_, got) = call(addr, cfg, method, path, body.as_ref()).await;
+        let r = got.unwrap_or_else(|e| panic!("case {name}: refused at the tls layer: {e}"));
+        assert_eq!(r.status, *status, "case {name}: {}", r.body);
+        assert!(r.body.contains(text), "case {name}: {}", r.body);
+        cases_run += 1;
+    }
+    // a gateway certificate may call /raft/vote (answered by Raft, not refused): a stale term
+    let (_, got) = call(
+        addr,
+        client_config(&root, Some(&gateway2), ALL_VERSIONS),
+        "POST",
+        "/raft/vote",
+        Some(&vote),
+    )
+    .await;
+    let r = got.expect("gateway calls /raft/vote");
+    assert_eq!(r.status, 200, "gateway /raft/vote: {}", r.body);
+    cases_run += 1;
+
+    // the revocation is in the ledger, as the subject's history
+    let cfg = client_config(&root, Some(&admin), ALL_VERSIONS);
+    let (_, got) = call(addr, cfg, "GET", "/v1/devices/pump-stolen/history", None).await;
+    let h = got.expect("history").json();
+    let revoked: Vec<&Value> = h["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["kind"] == "certificate-revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{h}");
+    assert_eq!(
+        revoked[0]["fields"]["serial"],
+        stolen.identity.serial.as_str()
+    );
+    assert_eq!(revoked[0]["fields"]["reason"], "key-compromise");
+
+    still_running(&mut gw);
+    assert!(cases_run >= 12, "{cases_run} cases");
+    eprintln!("gateway mutual-tls matrix: {cases_run} cases");
+}
+
+/// `POST /enroll` on the enrollment listener: status and body.
+async fn enroll(
+    http: &reqwest::Client,
+    at: SocketAddr,
+    device_id: &str,
+    token: &str,
+    csr_pem: &str,
+) -> (u16, String) {
+    let r = http
+        .post(format!("https://{at}/enroll"))
+        .json(&json!({"device_id": device_id, "token": token, "csr_pem": csr_pem}))
+        .send()
+        .await
+        .expect("post /enroll");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+async fn token_for(data_dir: &Path, id: &str) -> String {
+    let out = medledger(&[
+        "device",
+        "add",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--id",
+        id,
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("mlt_"))
+        .unwrap_or_else(|| panic!("no token printed: {text}"))
+        .to_string()
+}
+
+fn openssl_csr(dir: &Path, id: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{id}.key"));
+    let csr = dir.join(format!("{id}.csr"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .args(["-subj", &format!("/CN={id}")])
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .expect("openssl req");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (key, std::fs::read_to_string(&csr).expect("csr"))
+}
+
+fn leaf_identity(chain_pem: &str) -> certs::Identity {
+    let chain =
+        certs::pem::certs_from_pem(chain_pem.as_bytes(), Path::new("<answer>")).expect("chain pem");
+    certs::parse_identity(chain.first().expect("leaf")).expect("identity")
+}
+
+/// Enrollment end to end against the running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_enrollment_token_renewal_and_history() {
+    let enroll_port = free_port();
+    let (site, mut gw) = single_node(&format!("enroll_listen = \"127.0.0.1:{enroll_port}\"")).await;
+    let addr = sock(&gw);
+    let enroll_at: SocketAddr = format!("127.0.0.1:{enroll_port}").parse().expect("addr");
+    let root = site.ca.root_der().clone();
+    let work = site.dir.path().join("device");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    // a device has only the site root: no client certificate
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*client_config(&root, None, ALL_VERSIONS)).clone())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+
+    // the enrollment listener serves /enroll only, never the mutual-TLS routes
+    eventually("the enrollment listener", Duration::from_secs(10), || {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("https://{enroll_at}/v1/whoami"))
+                .send()
+                .await
+                .ok()?;
+            assert_eq!(
+                r.status().as_u16(),
+                404,
+                "/v1/whoami on the enrollment listener"
+            );
+            Some(())
+        }
+    })
+    .await;
+
+    // a token from the CLI while the gateway runs, a CSR made by openssl
+    let id = "pump-enr-1";
+    let token = token_for(&gw.dir, id).await;
+    let (key_path, csr) = openssl_csr(&work, id);
+    // a token for one device does not enroll another, and is not burnt by trying
+    let (_, other_csr) = openssl_csr(&work, "pump-enr-9");
+    let (status, body) = enroll(&http, enroll_at, "pump-enr-9", &token, &other_csr).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("is for device pump-enr-1"), "{body}");
+    let (status, chain_pem) = enroll(&http, enroll_at, id, &token, &csr).await;
+    assert_eq!(status, 200, "{chain_pem}");
+    let chain = work.join(format!("{id}.crt"));
+    std::fs::write(&chain, &chain_pem).expect("write chain");
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(gw.dir.join("pki").join("root.crt"))
+        .arg("-untrusted")
+        .arg(&chain)
+        .args(["-purpose", "sslclient"])
+        .arg(&chain)
+        .output()
+        .expect("openssl verify");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": OK"),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enrolled = leaf_identity(&chain_pem);
+    assert_eq!(
+        (enrolled.profile, enrolled.id.as_str()),
+        (Profile::Device, id)
+    );
+
+    // the same token again, an unknown token, an expired token: 403
+    let (status, body) = enroll(&http, enroll_at, id, &token, &csr).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("already used"), "{body}");
+    let unknown = format!("mlt_{}", "0".repeat(64));
+    let (status, body) = enroll(&http, enroll_at, id, &unknown, &csr).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("unknown"), "{body}");
+    let late = "pump-enr-2";
+    let late_token = token_for(&gw.dir, late).await;
+    let tokens = gw.dir.join("pki").join("tokens.json");
+    let mut store: Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokens).expect("tokens")).expect("json");
+    let past = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let past = past
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    for t in store["tokens"].as_array_mut().expect("tokens") {
+        if t["device_id"] == late {
+            t["expires_at"] = json!(past);
+        }
+    }
+    std::fs::write(&tokens, store.to_string()).expect("write tokens");
+    let (_, late_csr) = openssl_csr(&work, late);
+    let (status, body) = enroll(&http, enroll_at, late, &late_token, &late_csr).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("expired"), "{body}");
+
+    // one token, five devices racing with it: exactly one certificate
+    let racer = "pump-enr-3";
+    let race_token = token_for(&gw.dir, racer).await;
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (http, token) = (http.clone(), race_token.clone());
+        let (_, csr) = certs::device_csr(racer).expect("csr");
+        racing.spawn(async move { enroll(&http, enroll_at, racer, &token, &csr).await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = racing.join_next().await {
+        let (status, body) = r.expect("racer");
+        assert!(
+            status == 200 || (status == 403 && body.contains("already used")),
+            "{status} {body}"
+        );
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+
+    // the new certificate works on the mutual-TLS listener
+    let device = CertifiedKey::from_files(&chain, &key_path).expect("enrolled key");
+    let (_, got) = whoami(addr, &root, Some(&device)).await;
+    let v = check_identity("enrolled device", &got, Profile::Device, id);
+    assert_eq!(v["serial"], enrolled.serial.as_str(), "{v}");
+
+    // renewal with the current certificate: same id, new serial, and the new one works
+    let (new_key, new_csr) = certs::device_csr(id).expect("csr");
+    let (_, got) = call(
+        addr,
+        client_config(&root, Some(&device), ALL_VERSIONS),
+        "POST",
+        "/v1/renew",
+        Some(&json!({"csr_pem": new_csr})),
+    )
+    .await;
+    let r = got.expect("renew");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed = leaf_identity(&r.body);
+    assert_eq!(renewed.id, id);
+    assert_ne!(renewed.serial, enrolled.serial);
+    let renewed_key = CertifiedKey::from_pem(&r.body, &new_key).expect("renewed key");
+    let (_, got) = whoami(addr, &root, Some(&renewed_key)).await;
+    let v = check_identity("renewed device", &got, Profile::Device, id);
+    assert_eq!(v["serial"], renewed.serial.as_str(), "{v}");
+    // the old one stays valid until it expires or is revoked
+    let (_, got) = whoami(addr, &root, Some(&device)).await;
+    check_identity(
+        "previous certificate after renewal",
+        &got,
+        Profile::Device,
+        id,
+    );
+
+    // renewal with revoke_previous: the certificate used for it is refused from then on
+    let (third_key, third_csr) = certs::device_csr(id).expect("csr");
+    let (_, got) = call(
+        addr,
+        client_config(&root, Some(&renewed_key), ALL_VERSIONS),
+        "POST",
+        "/v1/renew",
+        Some(&json!({"csr_pem": third_csr, "revoke_previous": true})),
+    )
+    .await;
+    let r = got.expect("renew with revoke_previous");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let third = leaf_identity(&r.body);
+    let third_ck = CertifiedKey::from_pem(&r.body, &third_key).expect("third key");
+    let (peer, got) = eventually(
+        "the superseded certificate to be refused",
+        Duration::from_secs(10),
+        || {
+            let (root, key) = (root.clone(), renewed_key.clone());
+            async move {
+                let (peer, got) = whoami(addr, &root, Some(&key)).await;
+                got.is_err().then_some((peer, got))
+            }
+        },
+    )
+    .await;
+    check_refused(
+        "superseded by renewal",
+        &log_path(&gw),
+        (peer, got),
+        "Revoked",
+    )
+    .await;
+    let (_, got) = whoami(addr, &root, Some(&third_ck)).await;
+    check_identity("third certificate", &got, Profile::Device, id);
+
+    // every issuance is a certificate-issued entry of the device's history (staff view)
+    let staff = staff_key(&site.ca, "it-biomed", StaffRole::Biomed);
+    let h = eventually(
+        "the issuances in the history",
+        Duration::from_secs(10),
+        || {
+            let cfg = client_config(&root, Some(&staff), ALL_VERSIONS);
+            let want = [
+                enrolled.serial.clone(),
+                renewed.serial.clone(),
+                third.serial.clone(),
+            ];
+            async move {
+                let (_, got) =
+                    call(addr, cfg, "GET", &format!("/v1/devices/{id}/history"), None).await;
+                let r = got.ok()?;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let h = r.json();
+                let issued: Vec<String> = h["entries"]
+                    .as_array()?
+                    .iter()
+                    .filter(|e| e["kind"] == "certificate-issued")
+                    .filter_map(|e| e["fields"]["serial"].as_str().map(str::to_string))
+                    .collect();
+                want.iter().all(|s| issued.contains(s)).then_some(h)
+            }
+        },
+    )
+    .await;
+    let entries = h["entries"].as_array().expect("entries");
+    let first = entries
+        .iter()
+        .find(|e| e["fields"]["serial"] == enrolled.serial.as_str())
+        .expect("enrollment entry");
+    assert_eq!(first["kind"], "certificate-issued", "{first}");
+    assert_eq!(first["fields"]["profile"], "device", "{first}");
+    assert_eq!(
+        first["fields"]["fingerprint"],
+        enrolled.fingerprint.as_str(),
+        "{first}"
+    );
+    // token enrollment is recorded by the gateway; renewal by the device itself
+    let gateway_fp = leaf_identity(
+        &std::fs::read_to_string(gw.dir.join("pki").join("gateway.crt")).expect("gateway.crt"),
+    )
+    .fingerprint;
+    assert_eq!(first["author"], format!("sha256:{gateway_fp}"), "{first}");
+    let second = entries
+        .iter()
+        .find(|e| e["fields"]["serial"] == renewed.serial.as_str())
+        .expect("renewal entry");
+    assert_eq!(
+        second["author"],
+        format!("sha256:{}", enrolled.fingerprint),
+        "{second}"
+    );
+    let superseded = entries
+        .iter()
+        .find(|e| e["kind"] == "certificate-revoked")
+        .expect("revocation entry");
+    assert_eq!(superseded["fields"]["serial"], renewed.serial.as_str());
+    assert_eq!(superseded["fields"]["reason"], "superseded");
+    // a failed enrollment recorded nothing for the other devices
+    let cfg = client_config(&root, Some(&staff), ALL_VERSIONS);
+    let (_, got) = call(addr, cfg, "GET", "/v1/devices/pump-enr-2/history", None).await;
+    let h2 = got.expect("history").json();
+    assert_eq!(h2["entries"].as_array().map(Vec::len), Some(0), "{h2}");
+    still_running(&mut gw);
+}
