@@ -81,6 +81,17 @@ fn require_gateway(peer: &Peer) -> Result<(), ApiError> {
     }
 }
 
+/// Ledger contents and cluster state are for staff and gateways, never for devices.
+fn require_reader(peer: &Peer) -> Result<(), ApiError> {
+    match peer.0.profile {
+        Profile::Staff | Profile::Gateway => Ok(()),
+        _ => Err(forbidden(format!(
+            "{} {} may not read the ledger",
+            peer.0.profile, peer.0.id
+        ))),
+    }
+}
+
 fn require_admin(peer: &Peer) -> Result<(), ApiError> {
     match (peer.0.profile, peer.0.staff_role()) {
         (Profile::Gateway, _) | (Profile::Staff, Some(StaffRole::Admin)) => Ok(()),
@@ -104,6 +115,9 @@ fn require_writer(peer: &Peer) -> Result<(), ApiError> {
     }
 }
 
+/// Largest Raft RPC body accepted from a peer gateway.
+const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
 /// All routes of the mutual-TLS listener.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -113,10 +127,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/devices/{id}/history", get(history))
         .route("/v1/entries/{seq}/receipt", get(receipt))
         .route("/v1/export", get(export))
-        .route("/raft/append", post(raft_append))
-        .route("/raft/vote", post(raft_vote))
-        .route("/raft/snapshot", post(raft_snapshot))
-        .route("/raft/forward", post(raft_forward))
+        .merge(
+            // Replication traffic between authenticated gateways: a batch of appended entries
+            // or a snapshot chunk may be far larger than a staff request.
+            Router::new()
+                .route("/raft/append", post(raft_append))
+                .route("/raft/vote", post(raft_vote))
+                .route("/raft/snapshot", post(raft_snapshot))
+                .route("/raft/forward", post(raft_forward))
+                .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
+        )
         .route("/cluster/init", post(cluster_init))
         .route("/cluster/learner", post(cluster_add_learner))
         .route("/cluster/promote", post(cluster_promote))
@@ -294,9 +314,10 @@ type RaftErr<E> = openraft::error::RaftError<u64, E>;
 
 async fn head(
     State(node): State<Arc<Node>>,
-    Extension(_peer): Extension<Peer>,
+    Extension(peer): Extension<Peer>,
     Query(opts): Query<ReadOptions>,
 ) -> Result<Json<ledger_node::SignedTreeHead>, ApiError> {
+    require_reader(&peer)?;
     ensure_fresh(&node, &opts).await?;
     Ok(Json(node.tree_head().map_err(internal)?))
 }
@@ -307,9 +328,7 @@ async fn history(
     Path(device): Path<String>,
     Query(opts): Query<ReadOptions>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if peer.0.profile != Profile::Staff && peer.0.profile != Profile::Gateway {
-        return Err(forbidden("only staff may read device histories"));
-    }
+    require_reader(&peer)?;
     ensure_fresh(&node, &opts).await?;
     let classes = visible_classes(&peer);
     let limit = opts.limit.unwrap_or(1000).min(10_000);
@@ -352,6 +371,7 @@ async fn receipt(
     Extension(peer): Extension<Peer>,
     Path(seq): Path<u64>,
 ) -> Result<Response, ApiError> {
+    require_reader(&peer)?;
     let head = node.tree_head().map_err(internal)?;
     if seq >= head.size {
         return Err(ApiError(
@@ -369,6 +389,7 @@ async fn export(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
 ) -> Result<Response, ApiError> {
+    require_reader(&peer)?;
     // Cut at the replicated checkpoint, so that every node exports the same bytes.
     let head = match node.store.latest_checkpoint().map_err(internal)? {
         Some(h) => h,
@@ -390,30 +411,46 @@ async fn export(
         .into_response())
 }
 
+/// Parses a JSON body after the caller was authorised, so that callers who may not use a route
+/// learn nothing about its body.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("bad request body: {e}")))
+}
+
 async fn raft_append(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
+    let req: AppendEntriesRequest<TypeConfig> = parse(&body)?;
     Ok(Json(node.raft.append_entries(req).await).into_response())
 }
 
 async fn raft_vote(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<VoteRequest<u64>>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
+    let req: VoteRequest<u64> = parse(&body)?;
     Ok(Json(node.raft.vote(req).await).into_response())
 }
 
+/// A snapshot chunk: the metadata as JSON in the `x-medledger-snapshot` header, the bytes as
+/// the body (a JSON array of numbers would quadruple them).
 async fn raft_snapshot(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
+    let meta = headers
+        .get(crate::raft_net::SNAPSHOT_HEADER)
+        .ok_or_else(|| bad("missing snapshot metadata header"))?;
+    let mut req: InstallSnapshotRequest<TypeConfig> = parse(meta.as_bytes())?;
+    req.data = body.to_vec();
     Ok(Json(node.raft.install_snapshot(req).await).into_response())
 }
 
@@ -421,9 +458,10 @@ async fn raft_snapshot(
 async fn raft_forward(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
-    Json(req): Json<RaftRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Json<RaftResponse>, ApiError> {
     require_gateway(&peer)?;
+    let req: RaftRequest = parse(&body)?;
     match node.raft.client_write(req).await {
         Ok(r) => Ok(Json(r.data)),
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
@@ -562,9 +600,10 @@ async fn cluster_checkpoint(
 
 async fn cluster_status(
     State(node): State<Arc<Node>>,
-    Extension(_peer): Extension<Peer>,
+    Extension(peer): Extension<Peer>,
     Query(opts): Query<ReadOptions>,
 ) -> Result<Json<crate::node::ClusterStatus>, ApiError> {
+    require_reader(&peer)?;
     ensure_fresh(&node, &opts).await?;
     Ok(Json(node.status()))
 }

@@ -74,7 +74,32 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Header that carries a snapshot chunk's metadata (JSON); the chunk's bytes are the body.
+pub const SNAPSHOT_HEADER: &str = "x-medledger-snapshot";
+
 impl PeerClient {
+    async fn answer<Resp, E>(
+        &self,
+        url: &str,
+        resp: reqwest::Response,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            let e = std::io::Error::other(format!("{url}: {status}: {body}"));
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
+        let result: Result<Resp, RaftError<NodeId, E>> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
@@ -101,17 +126,7 @@ impl PeerClient {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            let e = std::io::Error::other(format!("{url}: {status}: {body}"));
-            return Err(RPCError::Network(NetworkError::new(&e)));
-        }
-        let result: Result<Resp, RaftError<NodeId, E>> = resp
-            .json()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.answer(&url, resp).await
     }
 }
 
@@ -132,7 +147,33 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("/raft/snapshot", &rpc, &option).await
+        let InstallSnapshotRequest {
+            vote,
+            meta,
+            offset,
+            data,
+            done,
+        } = rpc;
+        let header = InstallSnapshotRequest::<TypeConfig> {
+            vote,
+            meta,
+            offset,
+            data: Vec::new(),
+            done,
+        };
+        let header =
+            serde_json::to_string(&header).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let url = format!("{}/raft/snapshot", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(option.hard_ttl())
+            .header(SNAPSHOT_HEADER, header)
+            .body(data)
+            .send()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.answer(&url, resp).await
     }
 
     async fn vote(

@@ -61,6 +61,7 @@ impl Site {
 /// One gateway process.
 pub struct Gateway {
     pub id: u64,
+    pub ip: std::net::Ipv4Addr,
     pub port: u16,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -70,15 +71,22 @@ pub struct Gateway {
 impl Gateway {
     /// Prepares a node's data directory, certificate and config file.
     pub fn new(site: &Site, id: u64, extra_config: &str) -> Self {
+        Self::with_ip(site, id, std::net::Ipv4Addr::LOCALHOST, extra_config)
+    }
+
+    /// Like [`Gateway::new`], listening on another loopback address (its certificate names it).
+    pub fn with_ip(site: &Site, id: u64, ip: std::net::Ipv4Addr, extra_config: &str) -> Self {
         let dir = site.dir.path().join(format!("node{id}"));
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki).expect("mkdir");
+        let spec = CertSpec::Gateway(certs::ServerSpec {
+            id: id.to_string(),
+            dns_names: vec![],
+            ip_addrs: vec![ip.into()],
+        });
         let issued = site
             .ca
-            .issue(
-                &CertSpec::gateway(id.to_string()),
-                Validity::days(2).expect("validity"),
-            )
+            .issue(&spec, Validity::days(2).expect("validity"))
             .expect("issue gateway");
         issued
             .write_files(&pki.join("gateway.crt"), &pki.join("gateway.key"))
@@ -89,13 +97,14 @@ impl Gateway {
         std::fs::write(
             &config,
             format!(
-                "[node]\nid = {id}\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{extra_config}\n",
+                "[node]\nid = {id}\ndata_dir = \"{}\"\n[api]\nlisten = \"{ip}:{port}\"\n{extra_config}\n",
                 dir.display()
             ),
         )
         .expect("config");
         Gateway {
             id,
+            ip,
             port,
             dir,
             config,
@@ -103,8 +112,9 @@ impl Gateway {
         }
     }
 
+    /// The address the gateway listens on.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Starts (or restarts) the process; its log goes to `gateway.log` in its directory.
@@ -165,7 +175,18 @@ where
 
 /// Starts `n` gateways and makes them one cluster of voters through the CLI.
 pub async fn start_cluster(site: &Site, n: u64, extra: &str) -> Vec<Gateway> {
-    let mut nodes: Vec<Gateway> = (1..=n).map(|i| Gateway::new(site, i, extra)).collect();
+    let nodes: Vec<Gateway> = (1..=n).map(|i| Gateway::new(site, i, extra)).collect();
+    let voters: Vec<(u64, String)> = nodes.iter().map(|g| (g.id, g.addr())).collect();
+    start_nodes(site, nodes, &voters).await
+}
+
+/// Starts prepared gateways and initialises them as one cluster with `voters` (id, address
+/// peers use).
+pub async fn start_nodes(
+    site: &Site,
+    mut nodes: Vec<Gateway>,
+    voters: &[(u64, String)],
+) -> Vec<Gateway> {
     for g in &mut nodes {
         g.start();
     }
@@ -185,9 +206,9 @@ pub async fn start_cluster(site: &Site, n: u64, extra: &str) -> Vec<Gateway> {
         "--config".into(),
         nodes[0].config.display().to_string(),
     ];
-    for g in &nodes {
+    for (id, addr) in voters {
         args.push("--voter".into());
-        args.push(format!("{}={}", g.id, g.addr()));
+        args.push(format!("{id}={addr}"));
     }
     let out = Command::new(bin("medledger"))
         .args(&args)
@@ -508,4 +529,382 @@ async fn three_gateways_survive_leader_kills() {
         acked.len(),
         terms.len()
     );
+}
+
+/// A TCP proxy in front of one gateway that can refuse (and cut) connections from chosen source
+/// addresses: each gateway connects to its peers from its own loopback address, so blocking
+/// addresses at the proxies cuts chosen links in both directions.
+struct Proxy {
+    blocked: Arc<Mutex<HashSet<std::net::IpAddr>>>,
+    conns: Arc<Mutex<Vec<(std::net::IpAddr, tokio::task::AbortHandle)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Conns = Arc<Mutex<Vec<(std::net::IpAddr, tokio::task::AbortHandle)>>>;
+
+impl Proxy {
+    async fn start(listen: std::net::SocketAddr, target: String) -> (Self, u16) {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("proxy bind");
+        let port = l.local_addr().expect("addr").port();
+        let blocked: Arc<Mutex<HashSet<std::net::IpAddr>>> = Arc::default();
+        let conns: Conns = Arc::default();
+        let (b, c) = (blocked.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, peer)) = l.accept().await else {
+                    continue;
+                };
+                if b.lock().expect("lock").contains(&peer.ip()) {
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().expect("lock").push((peer.ip(), h.abort_handle()));
+            }
+        });
+        (
+            Proxy {
+                blocked,
+                conns,
+                task,
+            },
+            port,
+        )
+    }
+
+    fn block(&self, ips: &[std::net::IpAddr]) {
+        self.blocked
+            .lock()
+            .expect("lock")
+            .extend(ips.iter().copied());
+        for (ip, h) in self.conns.lock().expect("lock").iter() {
+            if ips.contains(ip) {
+                h.abort();
+            }
+        }
+    }
+
+    fn heal(&self) {
+        self.blocked.lock().expect("lock").clear();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn converged(admin: &reqwest::Client, addrs: &[String]) -> Option<u64> {
+    let mut applied = HashSet::new();
+    let mut sizes = HashSet::new();
+    let mut leaders = HashSet::new();
+    for a in addrs {
+        let s = status(admin, a).await?;
+        applied.insert(s["last_applied"].as_u64()?);
+        sizes.insert(s["ledger_size"].as_u64()?);
+        leaders.insert(s["leader"].as_u64()?);
+    }
+    (applied.len() == 1 && sizes.len() == 1 && leaders.len() == 1)
+        .then(|| sizes.into_iter().next())
+        .flatten()
+}
+
+/// The leader is cut off from both followers: it acknowledges nothing while the other two elect
+/// a new leader and go on; at most one leader per term; after healing it rejoins and all three
+/// hold the same ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_acknowledges_nothing_and_rejoins() {
+    let site = Site::new();
+    let ip = |i: u64| std::net::Ipv4Addr::new(127, 0, 0, 10 + i as u8);
+    let mut nodes = Vec::new();
+    let mut proxies = Vec::new();
+    let mut voters = Vec::new();
+    for i in 1..=3u64 {
+        // Peers reach node i through its proxy; node i connects out from its own address.
+        let g = Gateway::with_ip(&site, i, ip(i), &format!("source_address = \"{}\"", ip(i)));
+        let (proxy, port) = Proxy::start((ip(i), 0).into(), g.addr()).await;
+        voters.push((i, format!("{}:{port}", ip(i))));
+        let text = std::fs::read_to_string(&g.config).expect("config");
+        let text = text.replace(
+            "[api]\n",
+            &format!("[api]\nadvertise = \"{}:{port}\"\n", ip(i)),
+        );
+        std::fs::write(&g.config, text).expect("config");
+        proxies.push(proxy);
+        nodes.push(g);
+    }
+    let nodes = start_nodes(&site, nodes, &voters).await;
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    let addrs = Arc::new(nodes.iter().map(Gateway::addr).collect::<Vec<_>>());
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    write_events(writer.clone(), addrs.clone(), 0..200, 8, acked.clone()).await;
+
+    let mut statuses = Vec::new();
+    for a in addrs.iter() {
+        statuses.push(status(&admin, a).await);
+    }
+    let leader = leader_of(&statuses).expect("a leader");
+    let isolated = nodes[(leader - 1) as usize].addr();
+    let others: Vec<std::net::IpAddr> = (1..=3)
+        .filter(|i| *i != leader)
+        .map(|i| ip(i).into())
+        .collect();
+    for (i, p) in proxies.iter().enumerate() {
+        if i as u64 + 1 == leader {
+            p.block(&others);
+        } else {
+            p.block(&[ip(leader).into()]);
+        }
+    }
+    let cut_at = Instant::now();
+    // Writes sent to the isolated leader: none may be acknowledged.
+    let mut attempts = Vec::new();
+    for k in 0..5u64 {
+        let (writer, addr) = (writer.clone(), isolated.clone());
+        attempts.push(tokio::spawn(async move {
+            let body = event(1_000_000 + k);
+            match writer
+                .post(format!("https://{addr}/v1/events"))
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            }
+        }));
+    }
+    // The majority side elects a leader of a newer term and keeps acknowledging.
+    let majority: Vec<String> = nodes
+        .iter()
+        .filter(|g| g.id != leader)
+        .map(Gateway::addr)
+        .collect();
+    eventually(
+        "a new leader on the majority side",
+        Duration::from_secs(20),
+        || {
+            let (admin, majority) = (admin.clone(), majority.clone());
+            async move {
+                for a in &majority {
+                    if status(&admin, a).await?["state"] == "Leader" {
+                        return Some(());
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await;
+    write_events(
+        writer.clone(),
+        Arc::new(majority.clone()),
+        200..400,
+        8,
+        acked.clone(),
+    )
+    .await;
+    let mut terms: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+    while cut_at.elapsed() < Duration::from_secs(12) {
+        for a in addrs.iter() {
+            if let Some(s) = status(&admin, a).await {
+                if s["state"] == "Leader" {
+                    terms
+                        .entry(s["term"].as_u64().unwrap_or(0))
+                        .or_default()
+                        .insert(s["node_id"].as_u64().unwrap_or(0));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for a in attempts {
+        assert!(
+            !a.await.expect("attempt"),
+            "the isolated leader acknowledged a write"
+        );
+    }
+    assert!(
+        terms.len() >= 2,
+        "expected the old and a new term: {terms:?}"
+    );
+    for (term, leaders) in &terms {
+        assert!(leaders.len() <= 1, "term {term} had leaders {leaders:?}");
+    }
+    for p in &proxies {
+        p.heal();
+    }
+    // It rejoins: one leader, the same ledger everywhere.
+    let size = eventually(
+        "the cut-off node to catch up",
+        Duration::from_secs(60),
+        || {
+            let (admin, addrs) = (admin.clone(), addrs.clone());
+            async move { converged(&admin, &addrs).await }
+        },
+    )
+    .await;
+    assert!(size >= 400);
+    let r = admin
+        .post(format!("https://{}/cluster/checkpoint", addrs[0]))
+        .send()
+        .await
+        .expect("checkpoint");
+    assert!(r.status().is_success());
+    eventually("the checkpoint everywhere", Duration::from_secs(30), || {
+        let (admin, addrs) = (admin.clone(), addrs.clone());
+        async move { converged(&admin, &addrs).await }
+    })
+    .await;
+    let mut exports = Vec::new();
+    for a in addrs.iter() {
+        exports.push(export(&admin, a).await);
+    }
+    assert!(
+        exports[0] == exports[1] && exports[1] == exports[2],
+        "exports differ after healing"
+    );
+    let path = site.dir.path().join("export-partition.jsonl");
+    std::fs::write(&path, &exports[0]).expect("write");
+    verify_file(&path);
+    let text = String::from_utf8(exports[0].clone()).expect("utf8");
+    for (id, seq) in acked.lock().expect("lock").iter() {
+        assert!(
+            text.contains(&format!("{{\"seq\":{seq},")),
+            "acknowledged event {id} at {seq} missing"
+        );
+    }
+    drop(nodes);
+}
+
+/// A gateway that joins after 50,000 events catches up from a snapshot as a learner, serves
+/// reads, refuses writes, and becomes a voter when promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_late_and_catches_up_from_a_snapshot() {
+    let site = Site::new();
+    let small_logs = "[raft]\nsnapshot_after_logs = 200\nkeep_logs_after_snapshot = 20\n";
+    let nodes = start_cluster(&site, 1, small_logs).await;
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    let total: u64 = std::env::var("LEARNER_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let started = Instant::now();
+    let leader_addr = nodes[0].addr();
+    write_events(
+        writer.clone(),
+        Arc::new(vec![leader_addr.clone()]),
+        0..total,
+        128,
+        acked.clone(),
+    )
+    .await;
+    eprintln!("{total} events written in {:?}", started.elapsed());
+    let s = status(&admin, &leader_addr).await.expect("status");
+    assert!(
+        s["purged_index"].as_u64().is_some(),
+        "the leader never purged its log: {s}"
+    );
+
+    let mut learner = Gateway::new(&site, 2, small_logs);
+    learner.start();
+    let learner_addr = learner.addr();
+    eventually("the learner to listen", Duration::from_secs(30), || {
+        status(&admin, &learner_addr)
+    })
+    .await;
+    let out = Command::new(bin("medledger"))
+        .args([
+            "cluster",
+            "join",
+            "--config",
+            learner.config.to_str().expect("utf8"),
+            "--via",
+            &leader_addr,
+        ])
+        .output()
+        .expect("cluster join");
+    assert!(
+        out.status.success(),
+        "join: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let caught_up = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let s = loop {
+        if let Some(s) = status(&admin, &learner_addr).await {
+            if s["ledger_size"].as_u64() >= Some(total) {
+                break s;
+            }
+        }
+        if Instant::now() > deadline {
+            let tail = |p: PathBuf| {
+                let t = std::fs::read_to_string(p).unwrap_or_default();
+                t.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+            };
+            panic!(
+                "the learner did not catch up in 180 s: {:?}\nlearner log (newest first):\n{}\nleader log (newest first):\n{}",
+                status(&admin, &learner_addr).await,
+                tail(learner.dir.join("gateway.log")),
+                tail(nodes[0].dir.join("gateway.log"))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("learner caught up in {:?}", caught_up.elapsed());
+    assert!(
+        s["snapshot_index"].as_u64().is_some(),
+        "the learner did not install a snapshot: {s}"
+    );
+    assert_eq!(s["state"], "Learner");
+    // Read-only: it serves a device's history and refuses writes.
+    let h: Value = admin
+        .get(format!("https://{learner_addr}/v1/devices/pump-7/history"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        h["entries"].as_array().map(Vec::len),
+        Some((total / 50) as usize)
+    );
+    let r = writer
+        .post(format!("https://{learner_addr}/v1/events"))
+        .json(&event(total + 1))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
+    // Promoted, it votes.
+    let out = Command::new(bin("medledger"))
+        .args([
+            "cluster",
+            "promote",
+            "--config",
+            nodes[0].config.to_str().expect("utf8"),
+            "--node",
+            "2",
+        ])
+        .output()
+        .expect("promote");
+    assert!(
+        out.status.success(),
+        "promote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = status(&admin, &leader_addr).await.expect("status");
+    assert_eq!(s["nodes"]["2"]["voter"], true, "{s}");
+    drop(learner);
 }
