@@ -242,7 +242,7 @@ pub async fn start_nodes(
 fn event(i: u64) -> Value {
     json!({
         "event_id": format!("ev-{i}"),
-        "kind": if i % 3 == 0 { "calibration" } else { "preventive-maintenance" },
+        "kind": if i.is_multiple_of(3) { "calibration" } else { "preventive-maintenance" },
         "device_id": format!("pump-{}", i % 50),
         "occurred_at": "2026-01-05T10:00:00Z",
         "components": [

@@ -45,7 +45,7 @@ fn import_export_receipt_verify_through_the_cli() {
     let out = medledger(&["import", "--data-dir", d, sample.to_str().expect("utf8")]);
     assert!(out.status.success());
     assert!(
-        text(&out.stdout).contains(&format!("imported 0 events")),
+        text(&out.stdout).contains("imported 0 events"),
         "{}",
         text(&out.stdout)
     );
@@ -176,7 +176,7 @@ fn malformed_import_lines_are_refused_with_line_numbers_and_nothing_written() {
 
 fn event(i: u64) -> EventInput {
     EventInput {
-        kind: if i % 2 == 0 {
+        kind: if i.is_multiple_of(2) {
             EventKind::Calibration
         } else {
             EventKind::Repair
