@@ -187,7 +187,13 @@ impl Node {
 
     /// Whether this node is a member but not a voter (a read-only follower).
     pub fn is_learner(&self) -> bool {
-        let m = self.raft.metrics().borrow().membership_config.membership().clone();
+        let m = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
         m.nodes().any(|(id, _)| *id == self.id) && !m.voter_ids().any(|id| id == self.id)
     }
 
