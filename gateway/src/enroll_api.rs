@@ -308,6 +308,11 @@ pub async fn start(
         }
         return Ok(Router::new());
     };
+    tasks.spawn(crate::revocation::record_local_issuances(
+        node.clone(),
+        ca.clone(),
+        shutdown.clone(),
+    ));
     let state = EnrollState::new(node.clone(), ca, gateway, shutdown.clone())?;
     if let Some(addr) = config.api.enroll_listen {
         let listener = tokio::net::TcpListener::bind(addr)

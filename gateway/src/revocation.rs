@@ -86,6 +86,78 @@ pub fn issued_event(identity: &Identity, ca: &IssuingCa) -> EventInput {
     }
 }
 
+/// The `certificate-issued` event for a line of this CA's local record (`pki/issued.jsonl`):
+/// certificates issued while the gateway was stopped (`ca init`, `cert issue --data-dir`) reach
+/// the replicated ledger this way.
+pub fn issued_event_from_record(rec: &certs::IssuedRecord, ca: &IssuingCa) -> EventInput {
+    EventInput {
+        kind: EventKind::CertificateIssued,
+        device_id: certs::profile::common_name(rec.profile, &rec.id),
+        occurred_at: Some(rfc3339(rec.issued_at)),
+        components: vec![
+            text("serial", &rec.serial),
+            text("profile", rec.profile.as_str()),
+            text("fingerprint", &rec.fingerprint),
+            text("not_after", &rfc3339(rec.not_after)),
+            text("issuer", &ca_fingerprint(ca)),
+        ],
+        corrects: None,
+        event_id: Some(issued_event_id(&rec.serial)),
+    }
+}
+
+/// Records in the replicated ledger every certificate of this gateway's local record that it
+/// does not hold yet; retries until a leader accepts them. Idempotent: the event id is derived
+/// from the serial.
+pub async fn record_local_issuances(
+    node: Arc<crate::node::Node>,
+    ca: Arc<IssuingCa>,
+    shutdown: CancellationToken,
+) {
+    let records = match ca.issued_records() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the issuing CA's local record");
+            return;
+        }
+    };
+    let author = format!("sha256:{}", ca_fingerprint(&ca));
+    for rec in records {
+        loop {
+            if node
+                .store
+                .find_event_id(&issued_event_id(&rec.serial))
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                break;
+            }
+            let cmd = ledger_node::ledger::prepare(
+                issued_event_from_record(&rec, &ca),
+                &author,
+                node.id,
+                &node.key,
+                ledger_node::ledger::now_ms(),
+            );
+            let done = match cmd {
+                Ok(cmd) => node.submit(ledger_node::Command::Append(cmd)).await.is_ok(),
+                Err(e) => {
+                    tracing::warn!(serial = %rec.serial, error = %e, "local issuance record refused");
+                    true
+                }
+            };
+            if done {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(StdDuration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
 /// The `certificate-revoked` event for `serial` (normalised hex) of `subject`.
 pub fn revoked_event(serial: &str, subject: &str, reason: RevocationReason) -> EventInput {
     EventInput {

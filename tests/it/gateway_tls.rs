@@ -710,6 +710,28 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
     );
     assert_eq!(revoked[0]["fields"]["reason"], "key-compromise");
 
+    // Certificates issued while the gateway was stopped (its own, from the CA's local record)
+    // reach the replicated ledger once it runs.
+    eventually(
+        "the gateway's own certificate in the ledger",
+        Duration::from_secs(20),
+        || {
+            let cfg = client_config(&root, Some(&admin), ALL_VERSIONS);
+            async move {
+                let (_, got) = call(addr, cfg, "GET", "/v1/devices/gateway:1/history", None).await;
+                let h = got.ok()?.json();
+                h["entries"]
+                    .as_array()?
+                    .iter()
+                    .any(|e| {
+                        e["kind"] == "certificate-issued" && e["fields"]["profile"] == "gateway"
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
     still_running(&mut gw);
     assert!(cases_run >= 12, "{cases_run} cases");
     eprintln!("gateway mutual-tls matrix: {cases_run} cases");
