@@ -277,6 +277,7 @@ async fn ensure_fresh(node: &Node, opts: &ReadOptions) -> Result<(), ApiError> {
                     };
                     let resp = node
                         .peers
+                        .get()
                         .get(format!(
                             "https://{}/cluster/status?consistency=linearizable",
                             leader.addr

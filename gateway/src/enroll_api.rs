@@ -285,6 +285,7 @@ pub async fn start(
     node: &Arc<Node>,
     gateway: &CertifiedKey,
     server: Arc<ReloadableServerConfig>,
+    revoked: crate::server::RevokedSerials,
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Router> {
@@ -292,7 +293,9 @@ pub async fn start(
     let crl_path = config.tls.pki_dir.join(crate::pki_cmd::CRL_FILE);
     let watcher = crate::revocation::start_watcher(
         node.store.clone(),
+        revoked,
         server,
+        node.peers.clone(),
         ca.clone(),
         crl_path,
         shutdown.clone(),

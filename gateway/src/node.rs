@@ -40,7 +40,7 @@ pub struct Node {
     pub store: Arc<Store>,
     pub key: SigningKey,
     /// HTTPS client with the gateway certificate, for forwarding to the leader.
-    pub peers: reqwest::Client,
+    pub peers: Arc<crate::raft_net::PeerHttp>,
     /// The address peers reach this node at.
     pub advertise: String,
     proposals: mpsc::Sender<(Command, Reply)>,
@@ -157,6 +157,7 @@ impl Node {
     ) -> anyhow::Result<Vec<ApplyOutcome>> {
         let resp = self
             .peers
+            .get()
             .post(format!("https://{}/raft/forward", leader.addr))
             .json(req)
             .send()

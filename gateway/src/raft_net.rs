@@ -17,24 +17,59 @@ use serde::Serialize;
 
 type NodeId = u64;
 
-/// Creates one client per peer; all share one connection pool with the gateway's client
-/// certificate.
-#[derive(Clone)]
-pub struct Network {
-    pub http: reqwest::Client,
+/// The HTTPS client this gateway uses towards its peers, rebuilt when the ledger revokes a
+/// certificate: a revoked peer's server certificate is then refused too, so it can neither
+/// receive the ledger nor count towards a quorum.
+pub struct PeerHttp {
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    gateway: certs::CertifiedKey,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+    current: std::sync::RwLock<reqwest::Client>,
 }
 
-impl Network {
-    /// A pool that presents `tls` (the gateway's client config) to every peer.
+impl PeerHttp {
+    /// A client presenting `gateway` and trusting `roots`, with the revocation inputs given.
     pub fn new(
-        tls: std::sync::Arc<rustls::ClientConfig>,
+        roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+        gateway: certs::CertifiedKey,
+        revocation: &certs::RevocationPolicy,
         source: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        let tls = certs::raft_peer_client_config(&roots, &gateway, revocation)?;
+        let current = std::sync::RwLock::new(http_client((*tls).clone(), source, timeout)?);
         Ok(Self {
-            http: http_client((*tls).clone(), source, timeout)?,
+            roots,
+            gateway,
+            source,
+            timeout,
+            current,
         })
     }
+
+    /// The client to use for the next request.
+    pub fn get(&self) -> reqwest::Client {
+        // A poisoned lock only means a writer panicked between two whole clients.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the client with new revocation inputs; on error the old client stays.
+    pub fn update_revocation(&self, revocation: &certs::RevocationPolicy) -> anyhow::Result<()> {
+        let tls = certs::raft_peer_client_config(&self.roots, &self.gateway, revocation)?;
+        let client = http_client((*tls).clone(), self.source, self.timeout)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
+    }
+}
+
+/// Creates one client per peer; all share the gateway's [`PeerHttp`].
+#[derive(Clone)]
+pub struct Network {
+    pub http: std::sync::Arc<PeerHttp>,
 }
 
 /// An HTTPS client with our TLS configuration.
@@ -57,7 +92,7 @@ pub fn http_client(
 
 /// The client of one peer.
 pub struct PeerClient {
-    http: reqwest::Client,
+    http: std::sync::Arc<PeerHttp>,
     target: NodeId,
     base: String,
 }
@@ -114,6 +149,7 @@ impl PeerClient {
         let url = format!("{}{}", self.base, path);
         let resp = self
             .http
+            .get()
             .post(&url)
             .timeout(option.hard_ttl())
             .json(req)
@@ -166,6 +202,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let url = format!("{}/raft/snapshot", self.base);
         let resp = self
             .http
+            .get()
             .post(&url)
             .timeout(option.hard_ttl())
             .header(SNAPSHOT_HEADER, header)

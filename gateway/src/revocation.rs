@@ -356,7 +356,9 @@ pub fn load_ca(pki_dir: &Path) -> anyhow::Result<Option<Arc<IssuingCa>>> {
 
 fn refresh(
     idx: &IdentityIndex,
+    revoked: &crate::server::RevokedSerials,
     server: &ReloadableServerConfig,
+    peers: &crate::raft_net::PeerHttp,
     ca: Option<&IssuingCa>,
     crl_path: &Path,
 ) -> anyhow::Result<()> {
@@ -368,7 +370,10 @@ fn refresh(
         }
         None => None,
     };
-    server.update_revocation(&policy(idx, crl.as_ref()))?;
+    let policy = policy(idx, crl.as_ref());
+    *revoked.write().unwrap_or_else(|p| p.into_inner()) = policy.revoked_serials.clone();
+    server.update_revocation(&policy)?;
+    peers.update_revocation(&policy)?;
     Ok(())
 }
 
@@ -379,7 +384,9 @@ fn refresh(
 /// `shutdown` is cancelled.
 pub async fn start_watcher(
     store: Arc<Store>,
+    revoked: crate::server::RevokedSerials,
     server: Arc<ReloadableServerConfig>,
+    peers: Arc<crate::raft_net::PeerHttp>,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
     shutdown: CancellationToken,
@@ -388,15 +395,19 @@ pub async fn start_watcher(
         tokio::task::spawn_blocking(move || IdentityIndex::load(&store).map(|i| (i, store)))
             .await
             .context("reading the ledger's identity events")??;
-    refresh(&idx, &server, ca.as_deref(), &crl_path)?;
+    refresh(&idx, &revoked, &server, &peers, ca.as_deref(), &crl_path)?;
     tracing::info!(revoked = idx.revoked.len(), crl = %crl_path.display(), "revocation watcher started");
-    Ok(watch(idx, store, server, ca, crl_path, shutdown))
+    Ok(watch(
+        idx, store, revoked, server, peers, ca, crl_path, shutdown,
+    ))
 }
 
 async fn watch(
     mut idx: IdentityIndex,
     store: Arc<Store>,
+    revoked: crate::server::RevokedSerials,
     server: Arc<ReloadableServerConfig>,
+    peers: Arc<crate::raft_net::PeerHttp>,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
     shutdown: CancellationToken,
@@ -434,7 +445,7 @@ async fn watch(
         }
         let due = tokio::time::Instant::now() >= next_refresh;
         if changed || due || stale {
-            match refresh(&idx, &server, ca.as_deref(), &crl_path) {
+            match refresh(&idx, &revoked, &server, &peers, ca.as_deref(), &crl_path) {
                 Ok(()) => {
                     stale = false;
                     next_refresh = tokio::time::Instant::now() + to_std(CRL_REFRESH);

@@ -55,11 +55,15 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let tls = TlsMaterial::load(&config)?;
     let revocation = base_revocation();
     let shutdown = CancellationToken::new();
-    let network = crate::raft_net::Network::new(
-        tls.client_config(&revocation)?,
-        config.api.source_address,
-        Duration::from_millis(config.raft.rpc_timeout_ms),
-    )?;
+    let network = crate::raft_net::Network {
+        http: Arc::new(crate::raft_net::PeerHttp::new(
+            tls.roots.clone(),
+            tls.gateway.clone(),
+            &revocation,
+            config.api.source_address,
+            Duration::from_millis(config.raft.rpc_timeout_ms),
+        )?),
+    };
     let node = Node::start(&config, network, shutdown.clone()).await?;
     let server_config = Arc::new(ReloadableServerConfig::new(
         tls.roots.clone(),
@@ -77,6 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let bound = listener.local_addr()?;
     let router = crate::api::router(node.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let revoked = crate::server::RevokedSerials::default();
     // identity layer: ledger revocations into every listener (watcher), enrollment listener, renewal route
     let router = router.merge(
         crate::enroll_api::start(
@@ -84,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             &node,
             &tls.gateway,
             server_config.clone(),
+            revoked.clone(),
             &mut tasks,
             shutdown.clone(),
         )
@@ -93,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         listener,
         acceptor,
         router,
+        revoked,
         config.api.max_connections,
         shutdown.clone(),
     ));

@@ -17,6 +17,34 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub struct Peer(pub Arc<Identity>);
 
+/// Serials revoked according to the ledger, kept current by the revocation watcher. A
+/// connection whose handshake predates a revocation is refused at its next request.
+pub type RevokedSerials = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
+
+async fn refuse_revoked(
+    axum::extract::State(revoked): axum::extract::State<RevokedSerials>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(peer) = req.extensions().get::<Peer>() {
+        let is_revoked = revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer.0.serial);
+        if is_revoked {
+            tracing::warn!(profile = %peer.0.profile, id = %peer.0.id, serial = %peer.0.serial, "request on a connection whose certificate was revoked since the handshake; closing it");
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                [(axum::http::header::CONNECTION, "close")],
+                "certificate revoked",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// Accepts TLS connections with client certificates and serves `router` on each; at most
 /// `max_connections` at once (further clients wait in the kernel's backlog). Returns when
 /// `shutdown` is cancelled.
@@ -24,9 +52,14 @@ pub async fn serve_mtls(
     listener: TcpListener,
     acceptor: MtlsAcceptor,
     router: Router,
+    revoked: RevokedSerials,
     max_connections: usize,
     shutdown: CancellationToken,
 ) {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        revoked,
+        refuse_revoked,
+    ));
     let limit = Arc::new(Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {

@@ -908,3 +908,67 @@ async fn a_learner_joins_late_and_catches_up_from_a_snapshot() {
     assert_eq!(s["nodes"]["2"]["voter"], true, "{s}");
     drop(learner);
 }
+
+/// Revoking a gateway's certificate through the ledger cuts that gateway off from the others
+/// without a restart: they refuse its connections and its server certificate, elect a leader
+/// among themselves if needed, and go on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_gateway_is_cut_off_from_the_cluster() {
+    let site = Site::new();
+    let nodes = start_cluster(&site, 3, "").await;
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    write_events(
+        writer.clone(),
+        Arc::new(addrs.clone()),
+        0..100,
+        8,
+        acked.clone(),
+    )
+    .await;
+
+    let pem = std::fs::read(nodes[2].dir.join("pki/gateway.crt")).expect("cert");
+    let chain =
+        certs::pem::certs_from_pem(&pem, &nodes[2].dir.join("pki/gateway.crt")).expect("pem");
+    let serial = certs::parse_identity(&chain[0]).expect("identity").serial;
+    let out = Command::new(bin("medledger"))
+        .args([
+            "cert",
+            "revoke",
+            "--config",
+            nodes[0].config.to_str().expect("utf8"),
+            &serial,
+            "--reason",
+            "key-compromise",
+            "--subject",
+            "gateway:3",
+        ])
+        .output()
+        .expect("cert revoke");
+    assert!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let majority = Arc::new(addrs[..2].to_vec());
+    write_events(writer.clone(), majority.clone(), 100..300, 8, acked.clone()).await;
+    let size = eventually("nodes 1 and 2 to agree", Duration::from_secs(30), || {
+        let (admin, majority) = (admin.clone(), majority.clone());
+        async move { converged(&admin, &majority).await.filter(|s| *s >= 300) }
+    })
+    .await;
+    // Give node 3 every chance to catch up; it must not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s3 = status(&admin, &addrs[2])
+        .await
+        .expect("node 3 still answers its staff");
+    assert!(
+        s3["ledger_size"].as_u64().expect("size") < size,
+        "the revoked gateway still receives the ledger: {s3}"
+    );
+    let s1 = status(&admin, &addrs[0]).await.expect("status");
+    assert!(matches!(s1["leader"].as_u64(), Some(1 | 2)), "{s1}");
+}
