@@ -71,12 +71,14 @@ pub fn prepare(
             crate::entry::InvalidEvent::TooLong { field: "author" },
         ));
     }
-    let mut rng = rand::rngs::OsRng;
+    // All salts of the event from one read of the OS generator (one system call per event).
+    let mut salts = vec![0u8; 32 * event.components.len()];
+    rand::rngs::OsRng.fill_bytes(&mut salts);
     let mut openings = Vec::with_capacity(event.components.len());
     let mut components = Vec::with_capacity(event.components.len());
-    for c in event.components {
+    for (c, chunk) in event.components.into_iter().zip(salts.chunks_exact(32)) {
         let mut salt = [0u8; 32];
-        rng.fill_bytes(&mut salt);
+        salt.copy_from_slice(chunk);
         components.push(CommittedComponent {
             commitment: commitment(&salt, &c.name, c.class, &c.value),
             name: c.name,
@@ -224,14 +226,93 @@ impl Ledger {
     }
 }
 
+/// A batch that is applied and whose flush is running.
+struct InFlight {
+    flush: tokio::task::JoinHandle<Result<(), LedgerError>>,
+    replies: Vec<Reply>,
+    outcomes: Vec<ApplyOutcome>,
+}
+
+impl InFlight {
+    /// Waits for the batch's flush and answers its callers.
+    async fn finish(mut self, store: &Store) {
+        let done = (&mut self.flush).await;
+        self.answer(store, done);
+    }
+
+    /// Answers the batch's callers once its flush has ended: their outcomes if the flush
+    /// succeeded, the error otherwise.
+    fn answer(self, store: &Store, done: Result<Result<(), LedgerError>, tokio::task::JoinError>) {
+        let result = match done {
+            Ok(r) => r,
+            Err(e) => Err(LedgerError::Io {
+                path: store.path().join("db"),
+                source: std::io::Error::other(e),
+            }),
+        };
+        match result {
+            Ok(()) => {
+                for (reply, o) in self.replies.into_iter().zip(self.outcomes) {
+                    let _ = reply.send(Ok(o));
+                }
+            }
+            Err(e) => refuse(self.replies, e),
+        }
+    }
+}
+
+/// What the writer woke up for.
+enum Event {
+    Command(Option<(Command, Reply)>),
+    Flushed(Result<Result<(), LedgerError>, tokio::task::JoinError>),
+}
+
+fn refuse(replies: Vec<Reply>, e: LedgerError) {
+    tracing::error!(error = %e, "ledger write failed; refusing the batch");
+    let e = Arc::new(e);
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+/// Group commit, pipelined: the commands queued while the writer was busy (at most `max_batch`)
+/// are applied as one batch, then flushed on a blocking thread while the writer applies the next
+/// batch. Each batch is answered only after a flush that started after its apply completed, so
+/// every acknowledgement still follows a sled flush + `fdatasync` covering it, and one flush
+/// covers at most `max_batch` commands' acknowledgements (`max_batch = 1`: one flush per entry).
 async fn writer_loop(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<(Command, Reply)>,
     max_batch: usize,
 ) {
-    let mut cmds = Vec::with_capacity(max_batch);
-    let mut replies = Vec::with_capacity(max_batch);
-    while let Some((cmd, reply)) = rx.recv().await {
+    let mut in_flight: Option<InFlight> = None;
+    loop {
+        let next = match in_flight.as_mut() {
+            None => Event::Command(rx.recv().await),
+            Some(f) => tokio::select! {
+                // A flush that ended before new work came is answered first.
+                biased;
+                done = &mut f.flush => Event::Flushed(done),
+                m = rx.recv() => Event::Command(m),
+            },
+        };
+        let (cmd, reply) = match next {
+            Event::Flushed(done) => {
+                if let Some(f) = in_flight.take() {
+                    f.answer(&store, done);
+                }
+                continue;
+            }
+            Event::Command(Some(m)) => m,
+            Event::Command(None) => {
+                if let Some(f) = in_flight.take() {
+                    f.finish(&store).await;
+                }
+                return;
+            }
+        };
+        let mut cmds = Vec::with_capacity(max_batch.min(1024));
+        let mut replies = Vec::with_capacity(max_batch.min(1024));
         cmds.push(cmd);
         replies.push(reply);
         while cmds.len() < max_batch {
@@ -243,24 +324,23 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        let result = match store.apply(&cmds, &[]) {
-            Ok(outcomes) => store.flush().await.map(|()| outcomes),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(outcomes) => {
-                for (reply, o) in replies.drain(..).zip(outcomes) {
-                    let _ = reply.send(Ok(o));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ledger write failed; refusing the batch");
-                let e = Arc::new(e);
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        let applied = store.apply(&cmds, &[]);
+        // The previous batch is answered once its own flush is done; this batch's flush starts
+        // after that, so that each acknowledgement waits for exactly one flush begun after its
+        // apply.
+        if let Some(f) = in_flight.take() {
+            f.finish(&store).await;
         }
-        cmds.clear();
+        match applied {
+            Ok(outcomes) => {
+                let s = store.clone();
+                in_flight = Some(InFlight {
+                    flush: tokio::task::spawn_blocking(move || s.flush_blocking()),
+                    replies,
+                    outcomes,
+                });
+            }
+            Err(e) => refuse(replies, e),
+        }
     }
 }

@@ -5,13 +5,27 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `E` seq(u64 BE) | entry bytes |
-//! | `O` seq | openings (values and salts) as JSON; dropped on erasure |
-//! | `N` level(u8) index(u64 BE) | hash of a perfect subtree |
+//! | `E` seq(u64 BE) | the entry record, below |
 //! | `D` device-id 0x00 seq | empty: the per-device index |
 //! | `I` event-id | seq of the entry that carries that event id |
 //! | `K` node-id(u64 BE) | the node's ed25519 public key |
-//! | `M` name | metadata (`size`, and whatever the caller adds, e.g. Raft's last applied log id) |
+//! | `M` name | metadata (`size`, `layout`, and whatever the caller adds, e.g. Raft's last applied log id) |
+//!
+//! The entry record keeps everything written per entry under one key, because sled's cost per
+//! batch grows with the number of keys (layout 2; layout 1 had separate `O` keys for openings as
+//! JSON and `N` keys for every perfect subtree hash, leaves included, and is not read):
+//!
+//! | field | bytes |
+//! |---|---|
+//! | entry length | u32 BE |
+//! | entry bytes | as `docs/ledger-format.md` defines them |
+//! | node count k | u8 |
+//! | perfect-subtree hashes | k × 32: the hashes of the subtrees of levels 1..=k whose last leaf is this entry (k is the number of trailing one bits of seq) |
+//! | opening count | u32 BE |
+//! | openings | per component: 0 (erased), or 1, salt (32), value length (u32 BE), value (UTF-8) |
+//!
+//! So `perfect(0, i)` is the leaf hash of entry i's bytes and `perfect(l, j)` for `l >= 1` is a
+//! read of entry `((j + 1) << l) - 1`: still one sled read per perfect subtree.
 //!
 //! A batch is acknowledged only after `flush`, which is sled's own flush followed by an
 //! `fdatasync` of sled's data file (sled's flush alone uses `sync_file_range`, which does not
@@ -117,6 +131,9 @@ pub struct Store {
     tree: sled::Tree,
     /// The writer's view, including applied but not yet flushed entries.
     writer: Mutex<WriterState>,
+    /// Entries whose batch `apply_batch` has completed (the writer's frontier size, readable
+    /// without the writer lock, so that a flush can start while the next batch is applied).
+    applied_size: AtomicU64,
     /// Entries known to be on disk: what readers see.
     durable_size: AtomicU64,
 }
@@ -126,22 +143,14 @@ struct WriterState {
 }
 
 const META_SIZE: &[u8] = b"Msize";
+const META_LAYOUT: &[u8] = b"Mlayout";
+/// Version of the key layout and entry record above, stored in every batch.
+const LAYOUT: u8 = 2;
 const META_CHECKPOINT: &str = "checkpoint";
 
 fn key_entry(seq: u64) -> [u8; 9] {
     let mut k = [b'E'; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-fn key_openings(seq: u64) -> [u8; 9] {
-    let mut k = [b'O'; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-fn key_node(level: u8, index: u64) -> [u8; 10] {
-    let mut k = [b'N'; 10];
-    k[1] = level;
-    k[2..].copy_from_slice(&index.to_be_bytes());
     k
 }
 fn key_device_prefix(device: &str) -> Vec<u8> {
@@ -170,6 +179,82 @@ fn key_meta(name: &str) -> Vec<u8> {
 
 fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// Writes an entry record (see the module doc).
+fn encode_record(entry: &[u8], nodes: &[Hash], openings: &[Opening]) -> Option<Vec<u8>> {
+    let len = openings.iter().map(|o| 37 + o.value.len()).sum::<usize>()
+        + entry.len()
+        + 32 * nodes.len()
+        + 9;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&u32::try_from(entry.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(entry);
+    out.push(u8::try_from(nodes.len()).ok()?);
+    for h in nodes {
+        out.extend_from_slice(h);
+    }
+    out.extend_from_slice(&u32::try_from(openings.len()).ok()?.to_be_bytes());
+    for o in openings {
+        out.push(1);
+        out.extend_from_slice(&o.salt);
+        out.extend_from_slice(&u32::try_from(o.value.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(o.value.as_bytes());
+    }
+    Some(out)
+}
+
+/// An entry record split into its parts; `None` if it is malformed.
+struct Record<'a> {
+    entry: &'a [u8],
+    nodes: &'a [u8],
+    openings: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    fn parse(v: &'a [u8]) -> Option<Self> {
+        let (len, rest) = v.split_first_chunk::<4>()?;
+        let (entry, rest) = rest.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+        let (k, rest) = rest.split_first()?;
+        let (nodes, openings) = rest.split_at_checked(32 * *k as usize)?;
+        Some(Record {
+            entry,
+            nodes,
+            openings,
+        })
+    }
+
+    /// Hash of the perfect subtree of `level` (1-based) that ends at this entry.
+    fn node(&self, level: u8) -> Option<Hash> {
+        let at = 32 * (level as usize).checked_sub(1)?;
+        self.nodes.get(at..at + 32)?.try_into().ok()
+    }
+
+    fn openings(&self) -> Option<Vec<Option<Opening>>> {
+        let (n, mut rest) = self.openings.split_first_chunk::<4>()?;
+        let n = u32::from_be_bytes(*n) as usize;
+        // Each opening takes at least one byte: refuse counts the record cannot hold.
+        let mut out = Vec::with_capacity(n.min(rest.len()));
+        for _ in 0..n {
+            let (tag, r) = rest.split_first()?;
+            rest = r;
+            match tag {
+                0 => out.push(None),
+                1 => {
+                    let (salt, r) = rest.split_first_chunk::<32>()?;
+                    let (len, r) = r.split_first_chunk::<4>()?;
+                    let (value, r) = r.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+                    rest = r;
+                    out.push(Some(Opening {
+                        value: std::str::from_utf8(value).ok()?.to_owned(),
+                        salt: *salt,
+                    }));
+                }
+                _ => return None,
+            }
+        }
+        rest.is_empty().then_some(out)
+    }
 }
 
 /// Opens sled in `dir` the way the ledger needs it: no background flusher, because every
@@ -274,11 +359,13 @@ impl Store {
             writer: Mutex::new(WriterState {
                 frontier: Frontier::new(),
             }),
+            applied_size: AtomicU64::new(0),
             durable_size: AtomicU64::new(0),
         };
         let frontier = store.load_frontier()?;
         let size = frontier.size();
         store.lock_writer().frontier = frontier;
+        store.applied_size.store(size, Ordering::SeqCst);
         store.durable_size.store(size, Ordering::SeqCst);
         Ok(store)
     }
@@ -289,6 +376,15 @@ impl Store {
             None => 0,
             Some(v) => be_u64(&v).ok_or_else(|| self.corrupt("size is not 8 bytes"))?,
         };
+        if size > 0 {
+            let layout = self.get(META_LAYOUT)?;
+            if layout.as_deref() != Some(&[LAYOUT][..]) {
+                return Err(self.corrupt(&format!(
+                    "store layout {} is not layout {LAYOUT}, the only one this version reads",
+                    layout.map_or_else(|| "1".to_owned(), hex::encode)
+                )));
+            }
+        }
         if size > 0 && self.get(&key_entry(size - 1))?.is_none() {
             return Err(self.corrupt(&format!("size is {size} but entry {} is missing", size - 1)));
         }
@@ -385,10 +481,12 @@ impl Store {
             outcomes.push(outcome);
         }
         batch.insert(META_SIZE, &frontier.size().to_be_bytes());
+        batch.insert(META_LAYOUT, &[LAYOUT][..]);
         for (name, value) in meta {
             batch.insert(key_meta(name), value.as_slice());
         }
         self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
+        self.applied_size.store(frontier.size(), Ordering::SeqCst);
         w.frontier = frontier;
         Ok(outcomes)
     }
@@ -498,10 +596,16 @@ impl Store {
             });
         }
         let leaf = leaf_hash(&bytes);
-        batch.insert(&key_entry(seq), bytes);
-        let openings: Vec<Option<&Opening>> = a.openings.iter().map(Some).collect();
-        let o = serde_json::to_vec(&openings).map_err(|e| self.corrupt(&e.to_string()))?;
-        batch.insert(&key_openings(seq), o);
+        let mut nodes = Vec::new();
+        frontier.push(leaf, |level, _, h| {
+            if level > 0 {
+                nodes.push(*h);
+            }
+        });
+        let Some(record) = encode_record(&bytes, &nodes, &a.openings) else {
+            return Err(self.corrupt(&format!("entry {seq} is too large for its record")));
+        };
+        batch.insert(&key_entry(seq), record);
         let mut dk = key_device_prefix(&body.device_id);
         dk.extend_from_slice(&seq.to_be_bytes());
         batch.insert(dk, &[][..]);
@@ -509,17 +613,29 @@ impl Store {
             batch.insert(key_event_id(id), &seq.to_be_bytes());
             new_ids.insert(id.clone(), seq);
         }
-        frontier.push(leaf, |level, index, h| {
-            batch.insert(&key_node(level, index), h.as_slice());
-        });
         Ok(ApplyOutcome::Appended { seq, leaf })
     }
 
     /// Makes everything applied so far durable: sled's flush, then `fdatasync` of its data file.
+    ///
+    /// May run while another thread applies the next batch: it covers (and makes visible to
+    /// readers) the batches whose apply completed before it started; sled makes a batch that is
+    /// half-written when the flush runs either wholly durable or absent after a crash.
     pub async fn flush(&self) -> Result<(), LedgerError> {
-        // Everything applied before this point is covered by the flush below.
-        let target = self.lock_writer().frontier.size();
+        // Everything applied before this point is covered by the flush below: `applied_size` is
+        // stored only after the batch's `apply_batch` returned.
+        let target = self.applied_size.load(Ordering::SeqCst);
         sync_db(&self.db, &self.path).await?;
+        self.durable_size.fetch_max(target, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// [`Store::flush`] on the calling thread, for callers that run it on a blocking thread of
+    /// their own (the single-node writer flushes one batch this way while it applies the next).
+    pub fn flush_blocking(&self) -> Result<(), LedgerError> {
+        let target = self.applied_size.load(Ordering::SeqCst);
+        self.db.flush().map_err(|e| self.storage(e))?;
+        sync_files(&self.path)?;
         self.durable_size.fetch_max(target, Ordering::SeqCst);
         Ok(())
     }
@@ -531,7 +647,7 @@ impl Store {
     /// in the same batch as the entries, so a crash that loses applied entries also rolls the
     /// applied log id back and they are applied again, byte for byte, from the log.
     pub fn publish(&self) {
-        let applied = self.lock_writer().frontier.size();
+        let applied = self.applied_size.load(Ordering::SeqCst);
         self.durable_size.fetch_max(applied, Ordering::SeqCst);
     }
 
@@ -585,6 +701,7 @@ impl Store {
         let frontier = self.load_frontier()?;
         let size = frontier.size();
         w.frontier = frontier;
+        self.applied_size.store(size, Ordering::SeqCst);
         self.durable_size.store(size, Ordering::SeqCst);
         Ok(size)
     }
@@ -601,10 +718,18 @@ impl Store {
         if seq >= size {
             return Err(LedgerError::NoSuchEntry { seq, size });
         }
-        match self.get(&key_entry(seq))? {
-            Some(v) => Ok(v.to_vec()),
-            None => Err(self.corrupt(&format!("entry {seq} is missing"))),
-        }
+        let v = self.record(seq)?;
+        Ok(self.parse_record(seq, &v)?.entry.to_vec())
+    }
+
+    /// The stored record of entry `seq` (see the module doc), which must exist.
+    fn record(&self, seq: u64) -> Result<sled::IVec, LedgerError> {
+        self.get(&key_entry(seq))?
+            .ok_or_else(|| self.corrupt(&format!("entry {seq} is missing")))
+    }
+
+    fn parse_record<'a>(&self, seq: u64, v: &'a [u8]) -> Result<Record<'a>, LedgerError> {
+        Record::parse(v).ok_or_else(|| self.corrupt(&format!("record of entry {seq} is malformed")))
     }
 
     /// Entry `seq`, parsed.
@@ -615,10 +740,12 @@ impl Store {
 
     /// The openings (value and salt) of entry `seq`'s components; `None` where erased.
     pub fn openings(&self, seq: u64) -> Result<Vec<Option<Opening>>, LedgerError> {
-        match self.get(&key_openings(seq))? {
+        match self.get(&key_entry(seq))? {
             None => Ok(Vec::new()),
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|e| self.corrupt(&format!("openings of entry {seq}: {e}"))),
+            Some(v) => self
+                .parse_record(seq, &v)?
+                .openings()
+                .ok_or_else(|| self.corrupt(&format!("openings of entry {seq} are malformed"))),
         }
     }
 
@@ -724,12 +851,187 @@ impl Store {
 impl NodeReader for Store {
     type Error = LedgerError;
     fn perfect(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        match self.get(&key_node(level, index))? {
-            Some(v) => v
-                .as_ref()
-                .try_into()
-                .map_err(|_| self.corrupt(&format!("tree node {level}/{index} is not 32 bytes"))),
-            None => Err(self.corrupt(&format!("tree node {level}/{index} is missing"))),
+        // The subtree's last leaf is entry ((index + 1) << level) - 1, whose record holds the
+        // subtree's hash (level 0: the leaf hash of its bytes).
+        let last = 1u64
+            .checked_shl(level.into())
+            .and_then(|width| index.checked_add(1)?.checked_mul(width))
+            .map(|end| end - 1)
+            .ok_or_else(|| self.corrupt(&format!("tree node {level}/{index} is out of range")))?;
+        let v = self.record(last)?;
+        let record = self.parse_record(last, &v)?;
+        if level == 0 {
+            return Ok(leaf_hash(record.entry));
+        }
+        record
+            .node(level)
+            .ok_or_else(|| self.corrupt(&format!("tree node {level}/{index} is missing")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+    use crate::ledger::prepare;
+    use ed25519_dalek::SigningKey;
+
+    fn append(i: u64, key: &SigningKey) -> AppendCommand {
+        let c = |name: &str, value: String| ComponentInput {
+            name: name.into(),
+            class: DisclosureClass::Maintenance,
+            value,
+        };
+        let event = EventInput {
+            kind: EventKind::Repair,
+            device_id: format!("pump-{}", i % 3),
+            occurred_at: None,
+            // Values of varying length, one of them empty.
+            components: (0..(i % 4))
+                .map(|k| {
+                    c(
+                        &format!("part {k}"),
+                        format!("\"{}\"", "x".repeat((i * k) as usize % 40)),
+                    )
+                })
+                .chain(
+                    [c("empty", "\"\"".into())]
+                        .into_iter()
+                        .filter(|_| i.is_multiple_of(5)),
+                )
+                .collect(),
+            corrects: None,
+            event_id: Some(format!("evt-{i}")),
+        };
+        prepare(event, "biomed:test", 1, key, 1_700_000_000_000 + i as i64).expect("prepare")
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Every perfect subtree the store answers from its entry records is the one a frontier fed
+    /// with the same leaves emits, every root matches, openings come back as given, and all of it
+    /// survives a reopen.
+    #[test]
+    fn entry_records_answer_subtrees_roots_and_openings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let cmds: Vec<AppendCommand> = (0..77).map(|i| append(i, &key)).collect();
+        let mut reference = HashMap::new();
+        let mut frontier = Frontier::new();
+        let mut roots = vec![frontier.root()];
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let mut next = 0;
+            for size in [1usize, 5, 31, 2, 38] {
+                let batch: Vec<Command> = cmds[next..next + size]
+                    .iter()
+                    .cloned()
+                    .map(Command::Append)
+                    .collect();
+                let outcomes = store.apply(&batch, &[]).expect("apply");
+                for (k, o) in outcomes.iter().enumerate() {
+                    let ApplyOutcome::Appended { seq, leaf } = o else {
+                        panic!("command {} not appended: {o:?}", next + k);
+                    };
+                    assert_eq!(*seq, (next + k) as u64);
+                    frontier.push(*leaf, |l, i, h| {
+                        reference.insert((l, i), *h);
+                    });
+                    roots.push(frontier.root());
+                }
+                next += size;
+                // Applied but not flushed: invisible to readers.
+                assert_eq!(store.size(), (next - size) as u64);
+                runtime().block_on(store.flush()).expect("flush");
+                assert_eq!(store.size(), next as u64);
+            }
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.size(), 77);
+        for (&(level, index), hash) in &reference {
+            assert_eq!(
+                &store.perfect(level, index).expect("perfect"),
+                hash,
+                "{level}/{index}"
+            );
+        }
+        assert_eq!(reference.len(), 77 + 38 + 19 + 9 + 4 + 2 + 1);
+        for (size, root) in roots.iter().enumerate() {
+            assert_eq!(
+                &store.root(size as u64).expect("root"),
+                root,
+                "root of {size}"
+            );
+        }
+        for (seq, cmd) in cmds.iter().enumerate() {
+            let want: Vec<Option<Opening>> = cmd.openings.iter().cloned().map(Some).collect();
+            assert_eq!(store.openings(seq as u64).expect("openings"), want);
+            let mut body = Vec::new();
+            store
+                .entry(seq as u64)
+                .expect("entry")
+                .body
+                .encode(&mut body);
+            assert_eq!(body, cmd.body);
+        }
+        assert!(store
+            .openings(77)
+            .expect("openings past the end")
+            .is_empty());
+        assert!(store.perfect(0, 77).is_err());
+        assert!(store.perfect(64, 0).is_err());
+        assert!(store.perfect(63, u64::MAX).is_err());
+    }
+
+    /// Every strict prefix of a record, and a record with a bad tag, is refused without a panic.
+    #[test]
+    fn truncated_or_damaged_records_are_refused() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let a = append(3, &key);
+        let nodes = [[1u8; 32], [2u8; 32]];
+        let record = encode_record(b"entry bytes", &nodes, &a.openings).expect("encode");
+        let parsed = Record::parse(&record).expect("parse");
+        assert_eq!(parsed.entry, b"entry bytes");
+        assert_eq!(parsed.node(1), Some([1u8; 32]));
+        assert_eq!(parsed.node(2), Some([2u8; 32]));
+        assert_eq!(parsed.node(3), None);
+        assert_eq!(parsed.node(0), None);
+        let want: Vec<Option<Opening>> = a.openings.iter().cloned().map(Some).collect();
+        assert_eq!(parsed.openings(), Some(want));
+        for cut in 0..record.len() {
+            let r = Record::parse(&record[..cut]).and_then(|r| r.openings());
+            assert!(r.is_none(), "prefix of {cut} bytes accepted");
+        }
+        let mut bad = record.clone();
+        let tag = 4 + 11 + 1 + 64 + 4;
+        bad[tag] = 2;
+        assert!(Record::parse(&bad).and_then(|r| r.openings()).is_none());
+    }
+
+    /// A store written with another key layout is refused on open instead of misread.
+    #[test]
+    fn another_layout_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .apply(&[Command::Append(append(1, &key))], &[])
+                .expect("apply");
+            store.tree.remove(META_LAYOUT).expect("remove layout");
+            runtime().block_on(store.flush()).expect("flush");
+        }
+        match Store::open(dir.path()) {
+            Err(LedgerError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("layout 1"), "{reason}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a store without a layout marker was opened"),
         }
     }
 }
