@@ -144,13 +144,13 @@ pub struct RaftConfig {
 }
 
 fn default_heartbeat() -> u64 {
-    100
+    250
 }
 fn default_election_min() -> u64 {
-    400
+    1000
 }
 fn default_election_max() -> u64 {
-    800
+    2000
 }
 fn default_snapshot_logs() -> u64 {
     5000
@@ -182,6 +182,11 @@ pub struct LedgerConfig {
     /// Most events in one Raft entry.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Most Raft entries this node has proposed and not yet seen committed. Few in flight let
+    /// the next batch grow while the previous one commits (group commit); more help only when
+    /// the network, not the disk, is slow.
+    #[serde(default = "default_inflight")]
+    pub max_inflight_batches: usize,
     /// How often the leader records a signed tree head through Raft (a checkpoint), ms, when the
     /// ledger has grown. Exports are cut at the latest checkpoint.
     #[serde(default = "default_checkpoint_interval")]
@@ -193,13 +198,17 @@ fn default_checkpoint_interval() -> u64 {
 }
 
 fn default_max_batch() -> usize {
-    1024
+    256
+}
+fn default_inflight() -> usize {
+    2
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             max_batch: default_max_batch(),
+            max_inflight_batches: default_inflight(),
             checkpoint_interval_ms: default_checkpoint_interval(),
         }
     }
@@ -277,6 +286,12 @@ impl Config {
                 "must be at least 100".into(),
             ));
         }
+        if c.ledger.max_inflight_batches == 0 {
+            return Err(invalid(
+                "ledger.max_inflight_batches",
+                "must be at least 1".into(),
+            ));
+        }
         if c.ledger.max_batch == 0 {
             return Err(invalid("ledger.max_batch", "must be at least 1".into()));
         }
@@ -319,6 +334,15 @@ mod tests {
         assert_eq!(c.advertise(), "0.0.0.0:8443");
     }
 
+    /// The commented example in systemd/ writes every default: keep it true.
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = include_str!("../../systemd/gateway.toml");
+        let example = Config::parse(Path::new("systemd/gateway.toml"), text).expect("valid");
+        let defaults = Config::parse(Path::new("x"), "[node]\nid = 1\n").expect("valid");
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn errors_name_the_field() {
         let cases = [
@@ -328,7 +352,7 @@ mod tests {
                 "api.health_listen",
             ),
             (
-                "[node]\nid = 1\n[raft]\nheartbeat_ms = 500\n",
+                "[node]\nid = 1\n[raft]\nheartbeat_ms = 1500\n",
                 "raft.election_timeout_min_ms",
             ),
             ("[node]\nid = 1\ncolour = 2\n", "unknown field `colour`"),

@@ -97,6 +97,7 @@ impl Node {
             node.clone(),
             rx,
             config.ledger.max_batch,
+            config.ledger.max_inflight_batches,
             shutdown.clone(),
         ));
         tokio::spawn(register_key(node.clone(), shutdown.clone()));
@@ -282,15 +283,17 @@ pub struct NodeStatus {
     pub lag: Option<u64>,
 }
 
-/// Gathers concurrent commands into batches and keeps up to 16 batches in flight, so that many
-/// events share one Raft entry and one flush on each node.
+/// Gathers concurrent commands into batches and keeps at most `inflight` batches in flight:
+/// while they commit, the next batch grows, so that many events share one Raft entry, one
+/// AppendEntries per follower and one flush on each node.
 async fn proposer(
     node: Arc<Node>,
     mut rx: mpsc::Receiver<(Command, Reply)>,
     max_batch: usize,
+    inflight: usize,
     shutdown: CancellationToken,
 ) {
-    let inflight = Arc::new(Semaphore::new(16));
+    let inflight = Arc::new(Semaphore::new(inflight));
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
