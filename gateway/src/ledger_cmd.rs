@@ -72,7 +72,16 @@ pub async fn import_events(
 ) -> anyhow::Result<ImportSummary> {
     // Every correction must point at an event that exists before anything is written.
     let mut earlier = std::collections::HashSet::new();
+    let size = ledger.store().size();
     for ev in &events {
+        if let Some(seq) = ev.event.corrects {
+            if seq >= size {
+                bail!(
+                    "{source}: line {}: corrects entry {seq}, but the ledger has {size} entries (use corrects_event_id for an event earlier in the file)",
+                    ev.line
+                );
+            }
+        }
         if let Some(target) = &ev.corrects_event_id {
             if !earlier.contains(target) && ledger.store().find_event_id(target)?.is_none() {
                 bail!(

@@ -154,6 +154,10 @@ fn malformed_import_lines_are_refused_with_line_numbers_and_nothing_written() {
             r#"{"kind":"repair","device_id":"x","corrects_event_id":"nope"}"#,
             "not in the ledger",
         ),
+        (
+            r#"{"kind":"repair","device_id":"x","corrects":5}"#,
+            "corrects entry 5, but the ledger has 0 entries",
+        ),
     ];
     for (i, (bad, want)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.jsonl"));
