@@ -1,6 +1,9 @@
 //! Utilities for MedLedger's end-to-end tests: finding and building the real binaries, child
-//! processes that are killed when a test ends, free loopback ports, and polling with a deadline.
+//! processes that are killed when a test ends, free loopback ports, polling with a deadline, and a
+//! real Mosquitto broker ([`mosquitto::Mosquitto`]).
 #![forbid(unsafe_code)]
+
+pub mod mosquitto;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,38 +15,9 @@ use certs::{
     init_site_ca, CaInit, CertSpec, IssuingCa, MosquittoOptions, RevocationReason, Revoked,
     Validity,
 };
+use medledger_tests::mosquitto::{is_root, require, Mosquitto, DEADLINE};
+use medledger_tests::ChildGuard;
 use time::OffsetDateTime;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn require(bin: &str) -> PathBuf {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/sbin",
-    ] {
-        let p = Path::new(dir).join(bin);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{bin} not found: this test needs the Debian packages mosquitto and mosquitto-clients \
-         (apt-get install mosquitto mosquitto-clients)"
-    );
-}
-
-/// Kills the child on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Run a command to completion, killing it after the deadline.
 fn run(cmd: &mut Command) -> Output {
@@ -82,14 +53,6 @@ fn write_client(dir: &Path, name: &str, issued: certs::IssuedCert) -> Client {
     };
     issued.write_files(&c.cert, &c.key).expect("write client");
     c
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 fn publish(
@@ -132,7 +95,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn mosquitto_with_generated_config_enforces_identities() {
-    let mosquitto = require("mosquitto");
+    require("mosquitto");
     require("mosquitto_pub");
     let sub_bin = require("mosquitto_sub");
 
@@ -204,27 +167,10 @@ fn mosquitto_with_generated_config_enforces_identities() {
     let files = certs::write_mosquitto_config(&ca, &dir.path().join("mosquitto"), &opts, &crl.pem)
         .expect("mosquitto config");
 
-    let log_path = dir.path().join("mosquitto.log");
-    let mut broker = Guard(
-        Command::new(&mosquitto)
-            .arg("-c")
-            .arg(&files.conf)
-            .arg("-v")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).expect("log"))
-            .spawn()
-            .expect("start mosquitto"),
-    );
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    wait_until("mosquitto to listen", || {
-        if let Ok(Some(status)) = broker.0.try_wait() {
-            panic!("mosquitto exited ({status}):\n{}", log());
-        }
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut broker = Mosquitto::start(files.conf.clone(), port);
 
     // the gateway subscribes to everything under medledger/
-    let mut sub = Guard(
+    let mut sub = ChildGuard(
         Command::new(sub_bin)
             .args([
                 "-h",
@@ -345,12 +291,12 @@ fn mosquitto_with_generated_config_enforces_identities() {
         !lines.iter().any(|l| l.contains(" from-")),
         "a refused client published: {lines:?}"
     );
-    let log = log();
+    let log = broker.log();
     assert!(
         log.contains("Denied PUBLISH from pump-a"),
         "broker log does not show the ACL denial:\n{log}"
     );
     // mosquitto and mosquitto_sub are killed by their guards
     drop(sub);
-    let _ = broker.0.kill();
+    broker.kill();
 }

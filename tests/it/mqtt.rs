@@ -4,9 +4,7 @@
 use std::{
     collections::BTreeSet,
     io::Write,
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::Duration,
 };
@@ -19,117 +17,8 @@ use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn require(bin: &str) -> PathBuf {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/sbin",
-    ] {
-        let p = Path::new(dir).join(bin);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{bin} not found: install the Debian packages mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)");
-}
-
-/// Config lines every test broker needs: as root, mosquitto would drop to the `mosquitto` user,
-/// which cannot write the persistence file or read keys in our temp dir.
-fn base_conf() -> String {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.ok().as_deref() == Some("0") {
-        "user root\n".into()
-    } else {
-        String::new()
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A mosquitto process; killed on drop.
-struct Broker {
-    child: Option<Child>,
-    conf: PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn start(conf: PathBuf, port: u16) -> Broker {
-        let log = conf.with_extension("log");
-        let child = Command::new(require("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .arg("-v")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("broker log"))
-            .spawn()
-            .expect("start mosquitto");
-        let mut b = Broker {
-            child: Some(child),
-            conf,
-            port,
-        };
-        let until = std::time::Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = b
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
-            if exited || std::time::Instant::now() > until {
-                panic!(
-                    "mosquitto did not listen on {port}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
-    /// SIGTERM (mosquitto saves its persistence file) and wait for exit.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let until = std::time::Instant::now() + DEADLINE;
-            while c.try_wait().ok().flatten().is_none() {
-                if std::time::Instant::now() > until {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        *self = Broker::start(self.conf.clone(), self.port);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use medledger_tests::free_port;
+use medledger_tests::mosquitto::{require, Mosquitto, DEADLINE};
 
 /// mosquitto_pub one message per line of `payloads`, QoS 1, with extra args (TLS options).
 fn publish(port: u16, topic: &str, payloads: &[String], extra: &[String]) {
@@ -232,19 +121,16 @@ async fn tls_with_our_ca_good_payloads_flow_bad_ones_are_counted_and_dropped() {
         .expect("device files");
 
     let port = free_port();
-    let conf = p("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "{}listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n",
-            base_conf(),
+    let broker = Mosquitto::with_config(
+        p("mosquitto.conf"),
+        port,
+        &format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n",
             p("root.pem").display(),
             p("broker.pem").display(),
             p("broker.key").display()
         ),
-    )
-    .expect("conf");
-    let broker = Broker::start(conf, port);
+    );
 
     // The gateway's client config from our CA: trust the site root, present the gateway chain.
     let mut roots = rustls::RootCertStore::empty();
@@ -358,18 +244,15 @@ async fn tls_with_our_ca_good_payloads_flow_bad_ones_are_counted_and_dropped() {
 async fn broker_restart_and_offline_subscriber_lose_no_qos1_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
     // Plain TCP on loopback: this test is about sessions, not TLS.
-    std::fs::write(
-        &conf,
-        format!(
-            "{}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 10000\n",
-            base_conf(),
+    let mut broker = Mosquitto::with_config(
+        dir.path().join("mosquitto.conf"),
+        port,
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 10000\n",
             dir.path().display()
         ),
-    )
-    .expect("conf");
-    let mut broker = Broker::start(conf, port);
+    );
     let addr = BrokerAddr {
         host: "127.0.0.1".into(),
         port,

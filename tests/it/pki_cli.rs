@@ -4,13 +4,13 @@
 //! `device add`, a cluster member's directory refused, and `mosquitto-config` run by a real
 //! Mosquitto that accepts a device and refuses the revoked one.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use ledger_node::entry::EventKind;
 use ledger_node::Store;
-use medledger_tests::{bin, wait_for, ChildGuard};
+use medledger_tests::bin;
+use medledger_tests::mosquitto::{is_root, require, Mosquitto};
 
 fn medledger(args: &[&str]) -> Output {
     Command::new(bin("medledger"))
@@ -440,26 +440,10 @@ fn device_add_prints_a_one_time_token_stored_only_as_a_hash() {
     );
 }
 
-fn find(bin: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{bin} not found: this test needs the Debian packages mosquitto and mosquitto-clients"))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| text(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 #[test]
 fn mosquitto_config_from_the_cli_runs_and_enforces_the_ledger_crl() {
-    let mosquitto = find("mosquitto");
-    let publisher = find("mosquitto_pub");
+    require("mosquitto");
+    let publisher = require("mosquitto_pub");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let d = s(&data);
@@ -533,25 +517,7 @@ fn mosquitto_config_from_the_cli_runs_and_enforces_the_ledger_crl() {
     .to_lowercase();
     assert!(crl.contains(&serial), "{crl}");
 
-    let log = dir.path().join("mosquitto.log");
-    let mut broker = ChildGuard(
-        Command::new(mosquitto)
-            .arg("-c")
-            .arg(conf_dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start mosquitto"),
-    );
-    wait_for("mosquitto to listen", Duration::from_secs(20), || {
-        if let Ok(Some(st)) = broker.0.try_wait() {
-            panic!(
-                "mosquitto exited ({st}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
+    let mut broker = Mosquitto::start(conf_dir.join("mosquitto.conf"), port);
     let publish = |client: &Path, id: &str| -> Output {
         Command::new(&publisher)
             .args(["-h", "localhost", "-p", &port_s, "-q", "1", "-i", id, "-t"])
