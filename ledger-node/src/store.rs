@@ -313,22 +313,61 @@ fn sync_files(dir: &Path) -> Result<(), LedgerError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(&blobs)(e)),
     };
-    let mut any = false;
-    for item in listing {
-        let path = item.map_err(io(&blobs))?.path();
+    // sled writes a blob file once and never changes it; syncing every blob on every flush made
+    // each flush cost one device flush per stored blob. Only blobs not yet synced at their
+    // current length are synced (a blob caught while sled was still writing it is synced again
+    // once its length has changed).
+    let mut present = HashMap::new();
+    let mut to_sync = Vec::new();
+    {
+        let synced = synced_blobs();
+        let synced = synced.lock().unwrap_or_else(|p| p.into_inner());
+        let known = synced.get(&blobs);
+        for item in listing {
+            let item = item.map_err(io(&blobs))?;
+            let len = match item.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&item.path())(e)),
+            };
+            let name = item.file_name();
+            if known.and_then(|k| k.get(&name)) != Some(&len) {
+                to_sync.push((item.path(), name.clone(), len));
+            }
+            present.insert(name, len);
+        }
+    }
+    let mut newly = Vec::new();
+    for (path, name, len) in to_sync {
         match std::fs::File::open(&path).and_then(|f| f.sync_data()) {
-            Ok(()) => any = true,
+            Ok(()) => newly.push((name, len)),
             // sled removes blobs of rewritten pages at any time; a vanished blob needs no sync.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                present.remove(&name);
+            }
             Err(e) => return Err(io(&path)(e)),
         }
     }
-    if any {
+    if !newly.is_empty() {
         std::fs::File::open(&blobs)
             .and_then(|f| f.sync_all())
             .map_err(io(&blobs))?;
     }
+    let synced = synced_blobs();
+    let mut synced = synced.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = synced.entry(blobs).or_default();
+    // Forget blobs sled has deleted; remember the ones synced now.
+    entry.retain(|name, len| present.get(name) == Some(len));
+    entry.extend(newly);
     Ok(())
+}
+
+type SyncedBlobs = std::sync::Mutex<HashMap<PathBuf, HashMap<std::ffi::OsString, u64>>>;
+
+/// Blob files already synced, by blobs directory, with the length they had then.
+fn synced_blobs() -> &'static SyncedBlobs {
+    static SYNCED: std::sync::OnceLock<SyncedBlobs> = std::sync::OnceLock::new();
+    SYNCED.get_or_init(Default::default)
 }
 
 impl Store {
