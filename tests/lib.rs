@@ -3,6 +3,7 @@
 //! real Mosquitto broker ([`mosquitto::Mosquitto`]).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod mosquitto;
 
 use std::path::{Path, PathBuf};

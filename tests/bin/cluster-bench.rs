@@ -18,6 +18,7 @@
 //! `--keep` leaves the state directory (data, logs, certificates) in place for inspection.
 #![forbid(unsafe_code)]
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine;
 use certs::{CertSpec, IssuingCa, StaffRole, Validity};
+use medledger_tests::cluster::{poll, staff_tls, status, write_gateway_files};
 use medledger_tests::{free_port, ChildGuard};
 use serde_json::{json, Value};
 
@@ -108,21 +110,8 @@ struct Site {
 
 impl Site {
     fn client(&self, id: &str, role: StaffRole, pool: usize) -> anyhow::Result<reqwest::Client> {
-        let issued = self
-            .ca
-            .issue(&CertSpec::staff(id, id, role), Validity::days(2)?)?;
-        let key = certs::CertifiedKey::from_pem(
-            &issued.chain_pem,
-            issued.key_pem.as_deref().context("issued key")?,
-        )?;
-        let cfg = certs::client_config(
-            &[self.ca.root_der().clone()],
-            &key,
-            &certs::RevocationPolicy::default(),
-            &[],
-        )?;
         Ok(reqwest::Client::builder()
-            .use_preconfigured_tls((*cfg).clone())
+            .use_preconfigured_tls(staff_tls(&self.ca, id, role)?)
             .http1_only()
             .pool_max_idle_per_host(pool)
             .pool_idle_timeout(Duration::from_secs(120))
@@ -154,23 +143,6 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<ChildGuard> {
     Ok(ChildGuard(child))
 }
 
-async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Three `medledger run` processes made into one cluster of voters; returns the processes and the
 /// leader's address.
 async fn start_ours(
@@ -185,22 +157,7 @@ async fn start_ours(
     let mut configs = Vec::new();
     for id in 1..=3u64 {
         let dir = site.dir.join(format!("medledger{id}"));
-        let pki = dir.join("pki");
-        std::fs::create_dir_all(&pki)?;
-        let issued = site
-            .ca
-            .issue(&CertSpec::gateway(id.to_string()), Validity::days(2)?)?;
-        issued.write_files(&pki.join("gateway.crt"), &pki.join("gateway.key"))?;
-        std::fs::write(pki.join("root.crt"), site.ca.root_pem())?;
-        let port = free_port();
-        let config = dir.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[node]\nid = {id}\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n",
-                dir.display()
-            ),
-        )?;
+        let (port, config) = write_gateway_files(&site.ca, &dir, id, Ipv4Addr::LOCALHOST, extra)?;
         let child = spawn_logged(
             Command::new(medledger)
                 .args(["run", "--config"])
@@ -217,7 +174,7 @@ async fn start_ours(
         poll(
             &format!("gateway {a} to listen"),
             Duration::from_secs(30),
-            || ours_status(&admin, a),
+            || status(&admin, a),
         )
         .await?;
     }
@@ -234,12 +191,12 @@ async fn start_ours(
         let admin = admin.clone();
         let addrs = addrs.clone();
         async move {
-            let s = ours_status(&admin, &addrs[0]).await?;
+            let s = status(&admin, &addrs[0]).await?;
             let id = s["leader"].as_u64()?;
             let addr = s["nodes"][id.to_string()]["addr"].as_str()?.to_string();
             // All three must know it before we measure.
             for a in &addrs {
-                let s = ours_status(&admin, a).await?;
+                let s = status(&admin, a).await?;
                 (s["leader"].as_u64()? == id).then_some(())?;
             }
             Some(addr)
@@ -247,18 +204,6 @@ async fn start_ours(
     })
     .await?;
     Ok((children, pids, leader))
-}
-
-async fn ours_status(client: &reqwest::Client, addr: &str) -> Option<Value> {
-    let r = client
-        .get(format!("https://{addr}/cluster/status"))
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
 }
 
 /// Three etcd members with client and peer TLS (client certificates required on both), default
@@ -654,7 +599,7 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             };
             let before = match sys {
-                System::Ours => ours_status(&admin, leader).await,
+                System::Ours => status(&admin, leader).await,
                 System::Etcd => None,
             };
             let p = run_point(sys, client, url, c, warmup, measure, &format!("c{c}"), pids).await;
@@ -675,7 +620,7 @@ async fn main() -> anyhow::Result<()> {
                 p.server_cpu_s,
                 p.client_cpu_s,
             );
-            if let (Some(b), Some(a)) = (before, ours_status(&admin, leader).await) {
+            if let (Some(b), Some(a)) = (before, status(&admin, leader).await) {
                 let d = |k: &str| {
                     a[k].as_u64()
                         .unwrap_or(0)

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cluster::{eventually, start_cluster, Gateway, Site};
 use crate::mtls::{standard_cases, Expect, Pki};
+use medledger_tests::cluster::{eventually, start_cluster, Gateway, Site};
 
 const IO_DEADLINE: Duration = Duration::from_secs(5);
 const ALL_VERSIONS: &[&SupportedProtocolVersion] =

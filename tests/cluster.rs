@@ -1,0 +1,274 @@
+//! The cluster harness shared by the replication tests (`tests/it/cluster.rs`,
+//! `tests/it/gateway_tls.rs`) and the `cluster-bench` binary: a site CA, staff HTTPS clients,
+//! gateway directories with their certificate and config, real `medledger run` processes made
+//! into one cluster through the CLI, and polling of `/cluster/status`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use certs::{CertSpec, IssuingCa, StaffRole, Validity};
+use serde_json::Value;
+
+use crate::{bin, free_port, ChildGuard};
+
+/// The TLS client config of a staff member `id` with `role`, certified by `ca` and trusting only
+/// `ca`'s root.
+pub fn staff_tls(
+    ca: &IssuingCa,
+    id: &str,
+    role: StaffRole,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let issued = ca.issue(&CertSpec::staff(id, id, role), Validity::days(2)?)?;
+    let key = certs::CertifiedKey::from_pem(
+        &issued.chain_pem,
+        issued.key_pem.as_deref().context("issued key")?,
+    )?;
+    let cfg = certs::client_config(
+        &[ca.root_der().clone()],
+        &key,
+        &certs::RevocationPolicy::default(),
+        &[],
+    )?;
+    Ok((*cfg).clone())
+}
+
+/// Prepares a gateway directory `dir`: `pki/gateway.{crt,key}` (gateway profile for `ip`),
+/// `pki/root.crt`, and `gateway.toml` listening on `ip` and a free port, followed by
+/// `extra_config`. Returns the port and the config path.
+pub fn write_gateway_files(
+    ca: &IssuingCa,
+    dir: &Path,
+    id: u64,
+    ip: Ipv4Addr,
+    extra_config: &str,
+) -> anyhow::Result<(u16, PathBuf)> {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).with_context(|| format!("mkdir {}", pki.display()))?;
+    let spec = CertSpec::Gateway(certs::ServerSpec {
+        id: id.to_string(),
+        dns_names: vec![],
+        ip_addrs: vec![ip.into()],
+    });
+    let issued = ca.issue(&spec, Validity::days(2)?)?;
+    issued.write_files(&pki.join("gateway.crt"), &pki.join("gateway.key"))?;
+    std::fs::write(pki.join("root.crt"), ca.root_pem()).context("write root.crt")?;
+    let port = free_port();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = {id}\ndata_dir = \"{}\"\n[api]\nlisten = \"{ip}:{port}\"\n{extra_config}\n",
+            dir.display()
+        ),
+    )
+    .context("write gateway.toml")?;
+    Ok((port, config))
+}
+
+/// A site CA and the certificates of a test cluster.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub ca: IssuingCa,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = certs::init_site_ca(
+            &dir.path().join("ca"),
+            &certs::CaInit::new("test hospital", "1"),
+        )
+        .expect("site ca");
+        Site { dir, ca }
+    }
+
+    /// An HTTPS client presenting a staff certificate of `role`.
+    pub fn staff_client(&self, id: &str, role: StaffRole) -> reqwest::Client {
+        let tls = staff_tls(&self.ca, id, role).expect("staff client config");
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("client")
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site::new()
+    }
+}
+
+/// One gateway process.
+pub struct Gateway {
+    pub id: u64,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<ChildGuard>,
+}
+
+impl Gateway {
+    /// Prepares a node's data directory, certificate and config file.
+    pub fn new(site: &Site, id: u64, extra_config: &str) -> Self {
+        Self::with_ip(site, id, Ipv4Addr::LOCALHOST, extra_config)
+    }
+
+    /// Like [`Gateway::new`], listening on another loopback address (its certificate names it).
+    pub fn with_ip(site: &Site, id: u64, ip: Ipv4Addr, extra_config: &str) -> Self {
+        let dir = site.dir.path().join(format!("node{id}"));
+        let (port, config) =
+            write_gateway_files(&site.ca, &dir, id, ip, extra_config).expect("gateway files");
+        Gateway {
+            id,
+            ip,
+            port,
+            dir,
+            config,
+            child: None,
+        }
+    }
+
+    /// The address the gateway listens on.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// Starts (or restarts) the process; its log goes to `gateway.log` in its directory.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))
+            .expect("log");
+        let child = Command::new(bin("medledger"))
+            .args(["run", "--config", self.config.to_str().expect("utf8")])
+            .env("RUST_LOG", "warn,medledger=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn medledger run");
+        self.child = Some(ChildGuard(child));
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+}
+
+/// `GET /cluster/status` of the gateway at `addr`, or `None` while it does not answer with
+/// success.
+pub async fn status(client: &reqwest::Client, addr: &str) -> Option<Value> {
+    let r = client
+        .get(format!("https://{addr}/cluster/status"))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`; an error naming `what` after `timeout`.
+pub async fn poll<F, Fut, T>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `f` holds, or panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut, T>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(what, timeout, f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `n` gateways and makes them one cluster of voters through the CLI.
+pub async fn start_cluster(site: &Site, n: u64, extra: &str) -> Vec<Gateway> {
+    let nodes: Vec<Gateway> = (1..=n).map(|i| Gateway::new(site, i, extra)).collect();
+    let voters: Vec<(u64, String)> = nodes.iter().map(|g| (g.id, g.addr())).collect();
+    start_nodes(site, nodes, &voters).await
+}
+
+/// Starts prepared gateways and initialises them as one cluster with `voters` (id, address
+/// peers use).
+pub async fn start_nodes(
+    site: &Site,
+    mut nodes: Vec<Gateway>,
+    voters: &[(u64, String)],
+) -> Vec<Gateway> {
+    for g in &mut nodes {
+        g.start();
+    }
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    for g in &nodes {
+        let addr = g.addr();
+        eventually(
+            &format!("node {} to listen", g.id),
+            Duration::from_secs(30),
+            || status(&admin, &addr),
+        )
+        .await;
+    }
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--config".into(),
+        nodes[0].config.display().to_string(),
+    ];
+    for (id, addr) in voters {
+        args.push("--voter".into());
+        args.push(format!("{id}={addr}"));
+    }
+    let out = Command::new(bin("medledger"))
+        .args(&args)
+        .output()
+        .expect("cluster init");
+    assert!(
+        out.status.success(),
+        "cluster init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for g in &nodes {
+        let addr = g.addr();
+        eventually(
+            &format!("node {} to know the leader", g.id),
+            Duration::from_secs(30),
+            || {
+                let admin = admin.clone();
+                let addr = addr.clone();
+                async move {
+                    status(&admin, &addr)
+                        .await
+                        .filter(|s| !s["leader"].is_null())
+                }
+            },
+        )
+        .await;
+    }
+    nodes
+}
