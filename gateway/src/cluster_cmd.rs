@@ -60,14 +60,16 @@ pub enum ClusterCmd {
     },
 }
 
-fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
+/// The HTTPS client the CLI talks to a running gateway with: the gateway's own certificate and
+/// roots, 30 s timeout.
+pub(crate) fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
     let tls = crate::run::TlsMaterial::load(config)?;
     let cfg = tls.client_config(&crate::run::base_revocation())?;
     crate::raft_net::http_client((*cfg).clone(), None, Duration::from_secs(30))
 }
 
 /// The address to reach `config`'s own gateway from this machine.
-fn local_addr(config: &Config) -> String {
+pub(crate) fn local_addr(config: &Config) -> String {
     let a = config.advertise();
     match config.api.listen.ip().is_unspecified() {
         true if a == config.api.listen.to_string() => {
@@ -84,12 +86,7 @@ async fn call(
     body: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
     let url = format!("https://{addr}{path}");
-    let resp = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
+    let resp = post_json(http, &url, &body).await?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or(json!({}));
     if !status.is_success() {
@@ -101,6 +98,19 @@ async fn call(
         );
     }
     Ok(v)
+}
+
+/// POSTs `body` as JSON to `url`; the error names `url` when the gateway cannot be reached.
+pub(crate) async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<reqwest::Response> {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))
 }
 
 /// Asks the leader (found through `addr`) to run a membership call, following one redirect.

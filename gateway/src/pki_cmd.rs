@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use certs::{
@@ -22,6 +21,7 @@ use ledger_node::entry::EventInput;
 use ledger_node::{ApplyOutcome, Ledger};
 use serde_json::json;
 
+use crate::cluster_cmd;
 use crate::config::Config;
 use crate::revocation::{self, IdentityIndex};
 
@@ -300,12 +300,9 @@ impl Ctx {
 
     async fn sink(&self) -> anyhow::Result<Sink> {
         if let Some(c) = &self.config {
-            let tls = crate::run::TlsMaterial::load(c)?;
-            let cfg = tls.client_config(&crate::run::base_revocation())?;
-            let http = crate::raft_net::http_client((*cfg).clone(), None, Duration::from_secs(30))?;
             return Ok(Sink::Api {
-                http,
-                addr: local_addr(c),
+                http: cluster_cmd::client(c)?,
+                addr: cluster_cmd::local_addr(c),
             });
         }
         if let Some(msg) = cluster_member_refusal(&self.data_dir) {
@@ -313,16 +310,6 @@ impl Ctx {
         }
         let ledger = crate::ledger_cmd::open_ledger(&self.data_dir, 1).await?;
         Ok(Sink::Local(Box::new(ledger)))
-    }
-}
-
-/// The address to reach `config`'s own gateway from this machine.
-fn local_addr(config: &Config) -> String {
-    let a = config.advertise();
-    if config.api.listen.ip().is_unspecified() && a == config.api.listen.to_string() {
-        format!("127.0.0.1:{}", config.api.listen.port())
-    } else {
-        a
     }
 }
 
@@ -366,12 +353,7 @@ impl Sink {
                     "components": components,
                 });
                 let url = format!("https://{addr}/v1/events");
-                let resp = http
-                    .post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach {url}"))?;
+                let resp = cluster_cmd::post_json(http, &url, &body).await?;
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
                 if !status.is_success() {
