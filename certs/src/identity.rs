@@ -320,6 +320,14 @@ fn modbus_role(cert: &X509Certificate<'_>) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// The Modbus/TCP Security role (OID 1.3.6.1.4.1.50316.802.1) a certificate (DER) carries, if
+/// any: what a Modbus/TCP Security server authorises a client by.
+pub fn modbus_role_of(der: &[u8]) -> Result<Option<String>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| not_identity(format!("certificate does not parse: {e}")))?;
+    modbus_role(&cert)
+}
+
 /// Parse a peer certificate (DER) into its MedLedger identity.
 ///
 /// This does NOT verify the chain, validity period or revocation: call it on a certificate

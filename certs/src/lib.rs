@@ -72,7 +72,7 @@ pub use ca::{
 pub use crl::{Crl, RevocationReason, Revoked};
 pub use enroll::{device_csr, renew, sign_csr, verify_device_csr, TokenStore};
 pub use error::{Error, Result};
-pub use identity::{parse_identity, Identity, Profile, StaffRole};
+pub use identity::{modbus_role_of, parse_identity, Identity, Profile, StaffRole};
 pub use mosquitto::{
     write_mosquitto_config, write_mosquitto_crl, MosquittoFiles, MosquittoOptions,
 };

@@ -429,6 +429,9 @@ impl tokio_modbus::server::Service for SimService {
     }
 }
 
+/// Authorisation of a Modbus/TCP Security client by its certificate (DER): `Err(reason)` refuses.
+pub type PeerCheck = Arc<dyn Fn(&[u8]) -> std::result::Result<(), String> + Send + Sync>;
+
 /// A running Modbus TCP server for one simulated device. Stops (and closes its connections) on
 /// [`ModbusSimServer::stop`] or drop.
 #[derive(Debug)]
@@ -444,6 +447,19 @@ impl ModbusSimServer {
         addr: SocketAddr,
         device: Arc<SimDevice>,
         tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self> {
+        Self::start_with_check(addr, device, tls, None).await
+    }
+
+    /// Like [`ModbusSimServer::start`]; with TLS, `authorize` is called with the client's verified
+    /// certificate (DER) after the handshake, and a client it refuses is disconnected. This is
+    /// where Modbus/TCP Security's role-based authorisation goes (the role is an extension of the
+    /// client certificate; this crate does not parse certificates itself).
+    pub async fn start_with_check(
+        addr: SocketAddr,
+        device: Arc<SimDevice>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        authorize: Option<PeerCheck>,
     ) -> Result<Self> {
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Io {
             what: format!("modbus sim listener {addr}"),
@@ -478,6 +494,7 @@ impl ModbusSimServer {
                     let on_connected = |stream: tokio::net::TcpStream, peer: SocketAddr| {
                         let dev = device.clone();
                         let acceptor = acceptor.clone();
+                        let authorize = authorize.clone();
                         async move {
                             // A failed handshake rejects this connection only, not the server.
                             match tokio::time::timeout(
@@ -486,7 +503,24 @@ impl ModbusSimServer {
                             )
                             .await
                             {
-                                Ok(Ok(tls)) => Ok(Some((SimService(dev), tls))),
+                                Ok(Ok(tls)) => {
+                                    if let Some(check) = &authorize {
+                                        let cert = tls
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first());
+                                        let verdict = match cert {
+                                            Some(der) => check(der.as_ref()),
+                                            None => Err("no client certificate".into()),
+                                        };
+                                        if let Err(reason) = verdict {
+                                            tracing::info!(%peer, %reason, "modbus/tls client refused");
+                                            return Ok(None);
+                                        }
+                                    }
+                                    Ok(Some((SimService(dev), tls)))
+                                }
                                 Ok(Err(e)) => {
                                     tracing::info!(%peer, error = %e, "modbus/tls handshake failed");
                                     Ok(None)

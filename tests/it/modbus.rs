@@ -500,6 +500,18 @@ async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
     let server_cert = ca
         .issue(&certs::CertSpec::service("modbus-sim"), validity())
         .expect("server cert");
+    // The gateway's Modbus client presents a certificate with the Modbus/TCP Security role
+    // extension; a certificate without a role (here the gateway's own) is refused by the device.
+    let role_cert = ca
+        .issue(
+            &certs::CertSpec::Device(certs::DeviceSpec {
+                id: "gw1-modbus".into(),
+                modbus_role: Some("operator".into()),
+                modbus_server: false,
+            }),
+            validity(),
+        )
+        .expect("role cert");
     let gw_cert = ca
         .issue(&certs::CertSpec::gateway("gw1"), validity())
         .expect("gateway cert");
@@ -520,12 +532,16 @@ async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
         .with_client_cert_verifier(verifier)
         .with_single_cert(server_cert.chain_der.clone(), key(&server_cert))
         .expect("server config");
-    let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(gw_cert.chain_der.clone(), key(&gw_cert))
-        .expect("client config");
+    let client = |c: &certs::IssuedCert| {
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(c.chain_der.clone(), key(c))
+            .expect("client config")
+    };
+    let client_cfg = client(&role_cert);
+    let no_role_cfg = client(&gw_cert);
 
     let mut p = builtin_profile("patient-monitor").expect("profile");
     p.poll_interval_ms = 100;
@@ -540,10 +556,18 @@ async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
     let dev = SimDevice::new("mon-tls", profile.clone());
     dev.write_value("firmware_version", &Value::Text("9.9.9".into()))
         .expect("write");
-    let server = ModbusSimServer::start(
+    let authorize: device_adapters::sim::PeerCheck =
+        Arc::new(|der: &[u8]| match certs::modbus_role_of(der) {
+            Ok(Some(role)) if role == "operator" => Ok(()),
+            Ok(Some(role)) => Err(format!("role {role:?} may not read this device")),
+            Ok(None) => Err("client certificate carries no Modbus/TCP Security role".into()),
+            Err(e) => Err(e.to_string()),
+        });
+    let server = ModbusSimServer::start_with_check(
         "127.0.0.1:0".parse().expect("addr"),
         dev,
         Some(Arc::new(server_cfg)),
+        Some(authorize),
     )
     .await
     .expect("tls sim");
@@ -555,8 +579,13 @@ async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
     // A plain-TCP poller against the TLS port must fail, not decode garbage.
     let mut plain = device("mon-plain", server.local_addr(), profile.clone());
     plain.tls = None;
+    let mut no_role = device("mon-norole", server.local_addr(), profile.clone());
+    no_role.tls = Some(device_adapters::modbus::ModbusTls {
+        config: Arc::new(no_role_cfg),
+        server_name: ServerName::try_from("localhost").expect("name"),
+    });
     let (tx, mut rx) = mpsc::channel(256);
-    let poller = ModbusPoller::new(fast_config(), vec![d, plain]).expect("poller");
+    let poller = ModbusPoller::new(fast_config(), vec![d, plain, no_role]).expect("poller");
     let stats = poller.stats();
     let stop = CancellationToken::new();
     let task = tokio::spawn(poller.run(tx, stop.clone()));
@@ -566,13 +595,20 @@ async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
         .find(|t| t.metric == "firmware_version")
         .expect("fw");
     assert_eq!(fw.value, Value::Text("9.9.9".into()));
-    wait_for(
-        &mut rx,
-        "plain client offline",
-        |e| matches!(e, AdapterEvent::Status(s) if s.device_id == "mon-plain" && !s.online),
-    )
-    .await;
+    // Both refused clients go offline, in whatever order.
+    let mut offline = std::collections::HashSet::new();
+    while offline.len() < 2 {
+        let ev = wait_for(&mut rx, "plain and role-less clients offline", |e| {
+            matches!(e, AdapterEvent::Status(s)
+                if (s.device_id == "mon-plain" || s.device_id == "mon-norole") && !s.online)
+        })
+        .await;
+        if let AdapterEvent::Status(s) = ev {
+            offline.insert(s.device_id);
+        }
+    }
     assert_eq!(stats.device("mon-plain").expect("health").polls_ok, 0);
+    assert_eq!(stats.device("mon-norole").expect("health").polls_ok, 0);
     stop.cancel();
     task.await.expect("join").expect("poller ends cleanly");
     server.stop().await;
