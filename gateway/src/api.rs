@@ -15,7 +15,7 @@ use ledger_node::entry::{DisclosureClass, EventKind};
 use ledger_node::raft::{RaftRequest, RaftResponse, TypeConfig};
 use ledger_node::{ApplyOutcome, Command};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -39,6 +39,10 @@ fn forbidden(msg: impl Into<String>) -> ApiError {
 }
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+/// Raft refused a cluster change (not the leader, not initialised, a change in progress...).
+fn conflict(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::CONFLICT, e.to_string())
 }
 
 impl From<WriteError> for ApiError {
@@ -498,7 +502,7 @@ async fn cluster_init(
     node.raft
         .initialize(nodes.clone())
         .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+        .map_err(conflict)?;
     Ok(Json(
         json!({ "initialized": nodes.keys().collect::<Vec<_>>() }),
     ))
@@ -508,6 +512,18 @@ async fn cluster_init(
 struct MemberRequest {
     node_id: u64,
     addr: Option<String>,
+}
+
+/// Applies a membership change through this node's Raft (which must be the leader).
+async fn change_membership(
+    node: &Node,
+    change: impl Into<ChangeMembers<u64, BasicNode>>,
+) -> Result<(), ApiError> {
+    node.raft
+        .change_membership(change, false)
+        .await
+        .map_err(conflict)?;
+    Ok(())
 }
 
 async fn cluster_add_learner(
@@ -520,7 +536,7 @@ async fn cluster_add_learner(
     node.raft
         .add_learner(req.node_id, BasicNode { addr }, false)
         .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+        .map_err(conflict)?;
     Ok(Json(json!({ "learner": req.node_id })))
 }
 
@@ -530,13 +546,7 @@ async fn cluster_promote(
     Json(req): Json<MemberRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&peer)?;
-    let m = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let m = node.membership();
     let mut voters: BTreeSet<u64> = m.voter_ids().collect();
     if !m.nodes().any(|(id, _)| *id == req.node_id) {
         return Err(bad(format!(
@@ -545,10 +555,7 @@ async fn cluster_promote(
         )));
     }
     voters.insert(req.node_id);
-    node.raft
-        .change_membership(voters, false)
-        .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+    change_membership(&node, voters).await?;
     Ok(Json(json!({ "voter": req.node_id })))
 }
 
@@ -558,31 +565,13 @@ async fn cluster_remove(
     Json(req): Json<MemberRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&peer)?;
-    let m = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let m = node.membership();
     let voters: BTreeSet<u64> = m.voter_ids().filter(|id| *id != req.node_id).collect();
     if voters.is_empty() {
         return Err(bad("cannot remove the last voter"));
     }
-    node.raft
-        .change_membership(
-            openraft::ChangeMembers::RemoveVoters([req.node_id].into()),
-            false,
-        )
-        .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
-    node.raft
-        .change_membership(
-            openraft::ChangeMembers::RemoveNodes([req.node_id].into()),
-            false,
-        )
-        .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+    change_membership(&node, ChangeMembers::RemoveVoters([req.node_id].into())).await?;
+    change_membership(&node, ChangeMembers::RemoveNodes([req.node_id].into())).await?;
     Ok(Json(json!({ "removed": req.node_id })))
 }
 

@@ -187,15 +187,19 @@ impl Node {
         }
     }
 
-    /// Whether this node is a member but not a voter (a read-only follower).
-    pub fn is_learner(&self) -> bool {
-        let m = self
-            .raft
+    /// The cluster's membership (voters and learners) as this node last saw it.
+    pub fn membership(&self) -> openraft::Membership<u64, BasicNode> {
+        self.raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .clone();
+            .clone()
+    }
+
+    /// Whether this node is a member but not a voter (a read-only follower).
+    pub fn is_learner(&self) -> bool {
+        let m = self.membership();
         m.nodes().any(|(id, _)| *id == self.id) && !m.voter_ids().any(|id| id == self.id)
     }
 
