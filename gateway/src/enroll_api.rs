@@ -18,7 +18,7 @@ use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use certs::{
     CertifiedKey, IssuedCert, IssuingCa, Profile, ReloadableServerConfig, RevocationReason,
@@ -51,6 +51,8 @@ pub struct EnrollState {
     /// `sha256:<fingerprint>` of this gateway's certificate: the author of entries it records on
     /// a device's behalf during token enrollment.
     gateway_author: String,
+    /// This gateway's CRL (PEM), kept current by the revocation watcher.
+    crl_path: std::path::PathBuf,
     shutdown: CancellationToken,
 }
 
@@ -60,6 +62,7 @@ impl EnrollState {
         node: Arc<Node>,
         ca: Arc<IssuingCa>,
         gateway: &CertifiedKey,
+        crl_path: std::path::PathBuf,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let leaf = gateway
@@ -72,6 +75,7 @@ impl EnrollState {
             node,
             ca,
             gateway_author: format!("sha256:{}", me.fingerprint),
+            crl_path,
             shutdown,
         })
     }
@@ -115,19 +119,33 @@ fn pem_response(issued: &IssuedCert) -> Response {
         .into_response()
 }
 
-/// Routes of the enrollment listener (no client certificates): `POST /enroll`.
+/// `GET /crl.pem`: this gateway's current CRL, for brokers and devices that check revocation
+/// themselves. A CRL is signed and public, so it is served to anyone who can connect.
+async fn crl(State(state): State<EnrollState>) -> Result<Response, ApiError> {
+    let pem = tokio::fs::read(&state.crl_path).await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no CRL at {}: {e}", state.crl_path.display()),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
+
+/// Routes of the enrollment listener (no client certificates): `POST /enroll`, `GET /crl.pem`.
 pub fn enroll_routes(state: EnrollState) -> Router {
     Router::new()
         .route("/enroll", post(enroll))
+        .route("/crl.pem", get(crl))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
 /// Routes to merge into the mutual-TLS router (they read the [`Peer`] extension):
-/// `POST /v1/renew`.
+/// `POST /v1/renew`, `GET /crl.pem`.
 pub fn renew_routes(state: EnrollState) -> Router {
     Router::new()
         .route("/v1/renew", post(renew))
+        .route("/crl.pem", get(crl))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -291,6 +309,7 @@ pub async fn start(
 ) -> anyhow::Result<Router> {
     let ca = crate::revocation::load_ca(&config.tls.pki_dir)?;
     let crl_path = config.tls.pki_dir.join(crate::pki_cmd::CRL_FILE);
+    let crl_path_for_routes = crl_path.clone();
     let watcher = crate::revocation::start_watcher(
         node.store.clone(),
         revoked,
@@ -316,7 +335,13 @@ pub async fn start(
         ca.clone(),
         shutdown.clone(),
     ));
-    let state = EnrollState::new(node.clone(), ca, gateway, shutdown.clone())?;
+    let state = EnrollState::new(
+        node.clone(),
+        ca,
+        gateway,
+        crl_path_for_routes,
+        shutdown.clone(),
+    )?;
     if let Some(addr) = config.api.enroll_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

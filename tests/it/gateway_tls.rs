@@ -843,6 +843,16 @@ async fn gateway_enrollment_token_renewal_and_history() {
     })
     .await;
 
+    // the CRL is public: served on the enrollment listener without a client certificate
+    let r = http
+        .get(format!("https://{enroll_at}/crl.pem"))
+        .send()
+        .await
+        .expect("get /crl.pem");
+    assert_eq!(r.status().as_u16(), 200);
+    let crl = r.text().await.expect("crl");
+    assert!(crl.contains("-----BEGIN X509 CRL-----"), "{crl}");
+
     // a token from the CLI while the gateway runs, a CSR made by openssl
     let id = "pump-enr-1";
     let token = token_for(&gw.dir, id).await;
