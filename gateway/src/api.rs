@@ -416,10 +416,20 @@ async fn export(
         .into_response())
 }
 
-/// Parses a JSON body after the caller was authorised, so that callers who may not use a route
-/// learn nothing about its body.
+/// Parses a Raft RPC body (MessagePack) after the caller was authorised, so that callers who
+/// may not use a route learn nothing about its body.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad(format!("bad request body: {e}")))
+    crate::raft_net::decode(body).map_err(|e| bad(format!("bad request body: {e}")))
+}
+
+/// A Raft RPC answer in MessagePack.
+fn msgpack<T: Serialize>(v: &T) -> Result<Response, ApiError> {
+    let body = crate::raft_net::encode(v).map_err(internal)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, crate::raft_net::MSGPACK)],
+        body,
+    )
+        .into_response())
 }
 
 async fn raft_append(
@@ -429,7 +439,7 @@ async fn raft_append(
 ) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
     let req: AppendEntriesRequest<TypeConfig> = parse(&body)?;
-    Ok(Json(node.raft.append_entries(req).await).into_response())
+    msgpack(&node.raft.append_entries(req).await)
 }
 
 async fn raft_vote(
@@ -439,7 +449,7 @@ async fn raft_vote(
 ) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
     let req: VoteRequest<u64> = parse(&body)?;
-    Ok(Json(node.raft.vote(req).await).into_response())
+    msgpack(&node.raft.vote(req).await)
 }
 
 /// A snapshot chunk: the metadata as JSON in the `x-medledger-snapshot` header, the bytes as
@@ -454,9 +464,10 @@ async fn raft_snapshot(
     let meta = headers
         .get(crate::raft_net::SNAPSHOT_HEADER)
         .ok_or_else(|| bad("missing snapshot metadata header"))?;
-    let mut req: InstallSnapshotRequest<TypeConfig> = parse(meta.as_bytes())?;
+    let mut req: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(meta.as_bytes())
+        .map_err(|e| bad(format!("bad snapshot metadata header: {e}")))?;
     req.data = body.to_vec();
-    Ok(Json(node.raft.install_snapshot(req).await).into_response())
+    msgpack(&node.raft.install_snapshot(req).await)
 }
 
 /// A follower forwards a batch of prepared commands here when this node leads.
@@ -464,11 +475,11 @@ async fn raft_forward(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     body: axum::body::Bytes,
-) -> Result<Json<RaftResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
     let req: RaftRequest = parse(&body)?;
     match node.raft.client_write(req).await {
-        Ok(r) => Ok(Json(r.data)),
+        Ok(r) => msgpack::<RaftResponse>(&r.data),
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }

@@ -160,14 +160,15 @@ impl Node {
             .peers
             .get()
             .post(format!("https://{}/raft/forward", leader.addr))
-            .json(req)
+            .header(reqwest::header::CONTENT_TYPE, crate::raft_net::MSGPACK)
+            .body(crate::raft_net::encode(req)?)
             .send()
             .await?;
         let status = resp.status();
         if !status.is_success() {
             anyhow::bail!("{status}: {}", resp.text().await.unwrap_or_default());
         }
-        let r: RaftResponse = resp.json().await?;
+        let r: RaftResponse = crate::raft_net::decode(&resp.bytes().await?)?;
         Ok(r.outcomes)
     }
 

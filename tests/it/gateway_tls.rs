@@ -135,13 +135,24 @@ async fn call(
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let version = tls.get_ref().1.protocol_version();
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let req = format!(
+        // Raft RPC between gateways is MessagePack; everything else is JSON.
+        let (content_type, body) = match body {
+            Some(v) if path.starts_with("/raft/") => (
+                "application/msgpack",
+                rmp_serde::to_vec_named(v).map_err(|e| e.to_string())?,
+            ),
+            Some(v) => ("application/json", v.to_string().into_bytes()),
+            None => ("application/json", Vec::new()),
+        };
+        let head = format!(
             "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+             content-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
-        tls.write_all(req.as_bytes())
+        tls.write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        tls.write_all(&body)
             .await
             .map_err(|e| format!("write: {e}"))?;
         tls.flush().await.map_err(|e| format!("flush: {e}"))?;

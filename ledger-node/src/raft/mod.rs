@@ -1,7 +1,7 @@
 //! Raft storage of the replicated ledger: openraft's log store and state machine on sled.
 //!
 //! One sled database holds everything a node stores: the ledger ([`Store`], tree `ledger`), the
-//! Raft log (tree `raft_log`: index as u64 big-endian to the entry as JSON) and Raft's own
+//! Raft log (tree `raft_log`: index as u64 big-endian to the entry as MessagePack) and Raft's own
 //! metadata (tree `raft_meta`: vote, committed log id, last purged log id). Sharing one database
 //! means one flush makes all of them durable, and Raft's last applied log id and membership are
 //! written as metadata of the ledger in the same atomic batch as the entries they produced.
