@@ -94,3 +94,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub fn long_tests() -> bool {
     std::env::var("MEDLEDGER_LONG_TESTS").is_ok_and(|v| v == "1")
 }
+
+/// Tests that run a cluster of gateway processes take turns: two clusters at once on a 2-core
+/// machine starve each other's heartbeats and elections, which tests nothing but the machine.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

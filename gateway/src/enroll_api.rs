@@ -312,9 +312,11 @@ pub async fn start(
     let crl_path_for_routes = crl_path.clone();
     let watcher = crate::revocation::start_watcher(
         node.store.clone(),
-        revoked,
-        server,
-        node.peers.clone(),
+        crate::revocation::Enforcers {
+            revoked,
+            server,
+            peers: node.peers.clone(),
+        },
         ca.clone(),
         crl_path,
         shutdown.clone(),

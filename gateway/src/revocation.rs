@@ -354,11 +354,19 @@ pub fn load_ca(pki_dir: &Path) -> anyhow::Result<Option<Arc<IssuingCa>>> {
     Ok(Some(Arc::new(ca)))
 }
 
+/// Everything a change of the revocation list reaches.
+pub struct Enforcers {
+    /// Checked on every request of an already open connection.
+    pub revoked: crate::server::RevokedSerials,
+    /// The listeners' TLS config (next handshake).
+    pub server: Arc<ReloadableServerConfig>,
+    /// This gateway's client towards its peers.
+    pub peers: Arc<crate::raft_net::PeerHttp>,
+}
+
 fn refresh(
     idx: &IdentityIndex,
-    revoked: &crate::server::RevokedSerials,
-    server: &ReloadableServerConfig,
-    peers: &crate::raft_net::PeerHttp,
+    to: &Enforcers,
     ca: Option<&IssuingCa>,
     crl_path: &Path,
 ) -> anyhow::Result<()> {
@@ -371,9 +379,9 @@ fn refresh(
         None => None,
     };
     let policy = policy(idx, crl.as_ref());
-    *revoked.write().unwrap_or_else(|p| p.into_inner()) = policy.revoked_serials.clone();
-    server.update_revocation(&policy)?;
-    peers.update_revocation(&policy)?;
+    *to.revoked.write().unwrap_or_else(|p| p.into_inner()) = policy.revoked_serials.clone();
+    to.server.update_revocation(&policy)?;
+    to.peers.update_revocation(&policy)?;
     Ok(())
 }
 
@@ -384,9 +392,7 @@ fn refresh(
 /// `shutdown` is cancelled.
 pub async fn start_watcher(
     store: Arc<Store>,
-    revoked: crate::server::RevokedSerials,
-    server: Arc<ReloadableServerConfig>,
-    peers: Arc<crate::raft_net::PeerHttp>,
+    to: Enforcers,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
     shutdown: CancellationToken,
@@ -395,19 +401,15 @@ pub async fn start_watcher(
         tokio::task::spawn_blocking(move || IdentityIndex::load(&store).map(|i| (i, store)))
             .await
             .context("reading the ledger's identity events")??;
-    refresh(&idx, &revoked, &server, &peers, ca.as_deref(), &crl_path)?;
+    refresh(&idx, &to, ca.as_deref(), &crl_path)?;
     tracing::info!(revoked = idx.revoked.len(), crl = %crl_path.display(), "revocation watcher started");
-    Ok(watch(
-        idx, store, revoked, server, peers, ca, crl_path, shutdown,
-    ))
+    Ok(watch(idx, store, to, ca, crl_path, shutdown))
 }
 
 async fn watch(
     mut idx: IdentityIndex,
     store: Arc<Store>,
-    revoked: crate::server::RevokedSerials,
-    server: Arc<ReloadableServerConfig>,
-    peers: Arc<crate::raft_net::PeerHttp>,
+    to: Enforcers,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
     shutdown: CancellationToken,
@@ -445,7 +447,7 @@ async fn watch(
         }
         let due = tokio::time::Instant::now() >= next_refresh;
         if changed || due || stale {
-            match refresh(&idx, &revoked, &server, &peers, ca.as_deref(), &crl_path) {
+            match refresh(&idx, &to, ca.as_deref(), &crl_path) {
                 Ok(()) => {
                     stale = false;
                     next_refresh = tokio::time::Instant::now() + to_std(CRL_REFRESH);
