@@ -141,6 +141,13 @@ pub async fn fetch_status(http: &reqwest::Client, addr: &str) -> anyhow::Result<
     Ok(resp.json().await?)
 }
 
+/// Asks the leader (found through `via`, this gateway by default) to change `node`'s membership.
+async fn membership(c: &Config, via: Option<String>, path: &str, node: u64) -> anyhow::Result<()> {
+    let via = via.unwrap_or_else(|| local_addr(c));
+    call_leader(&client(c)?, &via, path, json!({ "node_id": node })).await?;
+    Ok(())
+}
+
 pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
     let load = |p: &std::path::Path| Config::load(p).map_err(anyhow::Error::from);
     match cmd {
@@ -177,27 +184,11 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             println!("node {} joined as a learner; it catches up from the leader (promote it with `medledger cluster promote --node {}`)", c.node.id, c.node.id);
         }
         ClusterCmd::Promote { config, node, via } => {
-            let c = load(&config)?;
-            let via = via.unwrap_or_else(|| local_addr(&c));
-            call_leader(
-                &client(&c)?,
-                &via,
-                "/cluster/promote",
-                json!({ "node_id": node }),
-            )
-            .await?;
+            membership(&load(&config)?, via, "/cluster/promote", node).await?;
             println!("node {node} is now a voter");
         }
         ClusterCmd::Remove { config, node, via } => {
-            let c = load(&config)?;
-            let via = via.unwrap_or_else(|| local_addr(&c));
-            call_leader(
-                &client(&c)?,
-                &via,
-                "/cluster/remove",
-                json!({ "node_id": node }),
-            )
-            .await?;
+            membership(&load(&config)?, via, "/cluster/remove", node).await?;
             println!("node {node} removed");
         }
         ClusterCmd::Status { config, via, json } => {

@@ -94,6 +94,19 @@ async fn export(client: &reqwest::Client, addr: &str) -> Vec<u8> {
     r.bytes().await.expect("body").to_vec()
 }
 
+/// Runs the `medledger` CLI and asserts it succeeded, showing its stderr otherwise.
+fn medledger_ok(what: &str, args: &[&str]) {
+    let out = Command::new(bin("medledger"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run medledger: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn verify_file(path: &Path) {
     let out = Command::new(bin("medledger"))
         .arg("verify")
@@ -599,21 +612,16 @@ async fn a_learner_joins_late_and_catches_up_from_a_snapshot() {
         status(&admin, &learner_addr)
     })
     .await;
-    let out = Command::new(bin("medledger"))
-        .args([
+    medledger_ok(
+        "cluster join",
+        &[
             "cluster",
             "join",
             "--config",
             learner.config.to_str().expect("utf8"),
             "--via",
             &leader_addr,
-        ])
-        .output()
-        .expect("cluster join");
-    assert!(
-        out.status.success(),
-        "join: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let caught_up = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -664,21 +672,16 @@ async fn a_learner_joins_late_and_catches_up_from_a_snapshot() {
         .expect("post");
     assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
     // Promoted, it votes.
-    let out = Command::new(bin("medledger"))
-        .args([
+    medledger_ok(
+        "promote",
+        &[
             "cluster",
             "promote",
             "--config",
             nodes[0].config.to_str().expect("utf8"),
             "--node",
             "2",
-        ])
-        .output()
-        .expect("promote");
-    assert!(
-        out.status.success(),
-        "promote: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let s = status(&admin, &leader_addr).await.expect("status");
     assert_eq!(s["nodes"]["2"]["voter"], true, "{s}");
@@ -710,8 +713,9 @@ async fn a_revoked_gateway_is_cut_off_from_the_cluster() {
     let chain =
         certs::pem::certs_from_pem(&pem, &nodes[2].dir.join("pki/gateway.crt")).expect("pem");
     let serial = certs::parse_identity(&chain[0]).expect("identity").serial;
-    let out = Command::new(bin("medledger"))
-        .args([
+    medledger_ok(
+        "cert revoke",
+        &[
             "cert",
             "revoke",
             "--config",
@@ -721,13 +725,7 @@ async fn a_revoked_gateway_is_cut_off_from_the_cluster() {
             "key-compromise",
             "--subject",
             "gateway:3",
-        ])
-        .output()
-        .expect("cert revoke");
-    assert!(
-        out.status.success(),
-        "revoke: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 
     let majority = Arc::new(addrs[..2].to_vec());
