@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
+use ledger_node::keys::NodeKey;
 use ledger_node::raft::types::Raft;
 use ledger_node::raft::{RaftRequest, RaftResponse};
 use ledger_node::{ApplyOutcome, Command, SignedTreeHead, Store};
@@ -38,7 +38,7 @@ pub struct Node {
     pub id: u64,
     pub raft: Raft,
     pub store: Arc<Store>,
-    pub key: SigningKey,
+    pub key: NodeKey,
     /// HTTPS client with the gateway certificate, for forwarding to the leader.
     pub peers: Arc<crate::raft_net::PeerHttp>,
     /// The address peers reach this node at.
@@ -57,7 +57,7 @@ impl Node {
         let dir = &config.node.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
-        let key = ledger_node::keys::load_or_create(&dir.join("node.key"))?;
+        let key = NodeKey::new(ledger_node::keys::load_or_create(&dir.join("node.key"))?)?;
         let (log_store, state_machine, store) = ledger_node::raft::open_storage(dir)?;
         let r = &config.raft;
         let raft_config = openraft::Config {

@@ -45,6 +45,10 @@ use ledger_node::{
 };
 use rand::Rng;
 
+/// The same allocator as the `medledger` binary (see gateway/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
 fn env_u64(name: &str, default: u64) -> BoxResult<u64> {

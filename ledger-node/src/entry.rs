@@ -1,7 +1,7 @@
 //! Entries: the byte format of one maintenance event, its component commitments and its
 //! signature. `docs/ledger-format.md` is the normative description of these bytes.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -328,7 +328,7 @@ impl EntryBody {
     }
 
     /// Signs the body with the node's key.
-    pub fn sign(&self, key: &SigningKey) -> [u8; 64] {
+    pub fn sign(&self, key: &impl Signer<Signature>) -> [u8; 64] {
         key.sign(&self.signing_message()).to_bytes()
     }
 }
@@ -507,6 +507,7 @@ pub mod hex32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
 
     fn sample() -> Entry {
         let key = SigningKey::from_bytes(&[7u8; 32]);

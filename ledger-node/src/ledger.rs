@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{commitment, CommittedComponent, EntryBody, EventInput, Opening};
 use crate::error::LedgerError;
+use crate::keys::NodeKey;
 use crate::sth::SignedTreeHead;
 use crate::store::{AppendCommand, ApplyOutcome, Command, Store};
 
@@ -41,7 +42,7 @@ type Reply = oneshot::Sender<Result<ApplyOutcome, Arc<LedgerError>>>;
 /// The single-node ledger.
 pub struct Ledger {
     store: Arc<Store>,
-    key: SigningKey,
+    key: NodeKey,
     node_id: u64,
     tx: mpsc::Sender<(Command, Reply)>,
     writer: tokio::task::JoinHandle<()>,
@@ -59,7 +60,7 @@ pub fn prepare(
     event: EventInput,
     author: &str,
     node_id: u64,
-    key: &SigningKey,
+    key: &impl Signer<Signature>,
     recorded_at_ms: i64,
 ) -> Result<AppendCommand, LedgerError> {
     let event = event.validate()?;
@@ -126,7 +127,7 @@ impl Ledger {
             path: dir.to_owned(),
             source,
         })?;
-        let key = crate::keys::load_or_create(&dir.join("node.key"))?;
+        let key = NodeKey::new(crate::keys::load_or_create(&dir.join("node.key"))?)?;
         let store_dir = dir.join("ledger");
         let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
             .await
@@ -172,7 +173,7 @@ impl Ledger {
 
     /// This node's signing key.
     pub fn signing_key(&self) -> &SigningKey {
-        &self.key
+        self.key.signing_key()
     }
 
     /// Appends an event and answers once it is on disk.

@@ -1,6 +1,6 @@
 //! Signed tree heads: a node's signature over (size, root, time, node id).
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
@@ -35,7 +35,13 @@ impl SignedTreeHead {
     }
 
     /// Signs a head.
-    pub fn sign(size: u64, root: Hash, time_ms: i64, node_id: u64, key: &SigningKey) -> Self {
+    pub fn sign(
+        size: u64,
+        root: Hash,
+        time_ms: i64,
+        node_id: u64,
+        key: &impl Signer<Signature>,
+    ) -> Self {
         let signature = key
             .sign(&Self::message(size, &root, time_ms, node_id))
             .to_bytes();
