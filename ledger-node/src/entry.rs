@@ -199,17 +199,19 @@ impl EventInput {
         if self.components.len() > MAX_COMPONENTS {
             return Err(InvalidEvent::TooManyComponents);
         }
-        let mut seen = std::collections::HashSet::new();
-        for (index, c) in self.components.iter_mut().enumerate() {
+        for (index, c) in self.components.iter().enumerate() {
             if c.name.is_empty() {
                 return Err(InvalidEvent::EmptyComponentName { index });
             }
             check_text("component name", &c.name)?;
-            if !seen.insert(c.name.clone()) {
+            // At most MAX_COMPONENTS names: comparing with the earlier ones beats hashing them.
+            if self.components[..index].iter().any(|e| e.name == c.name) {
                 return Err(InvalidEvent::DuplicateComponent {
                     name: c.name.clone(),
                 });
             }
+        }
+        for c in self.components.iter_mut() {
             let v: serde_json::Value =
                 serde_json::from_str(&c.value).map_err(|e| InvalidEvent::ComponentValue {
                     name: c.name.clone(),
