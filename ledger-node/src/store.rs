@@ -1,7 +1,7 @@
 //! Durable storage of the ledger in sled, and the one deterministic apply path.
 //!
-//! Everything lives in one sled tree under one-letter key prefixes, so that applying a batch of
-//! commands is a single atomic `sled::Batch`:
+//! Everything lives in one sled tree under one-letter key prefixes; an apply counts once its
+//! size record (`Msize`, written last) is in (see [`Store::apply`]):
 //!
 //! | key | value |
 //! |---|---|
@@ -9,7 +9,8 @@
 //! | `D` device-id 0x00 seq | empty: the per-device index |
 //! | `I` event-id | seq of the entry that carries that event id |
 //! | `K` node-id(u64 BE) | the node's ed25519 public key |
-//! | `M` name | metadata (`size`, `layout`, and whatever the caller adds, e.g. Raft's last applied log id) |
+//! | `Msize` | the size record: entry count and the caller's metadata (Raft's last applied log id and membership) |
+//! | `M` name | `layout`; `checkpoint` (the latest replicated signed tree head) |
 //!
 //! The entry record keeps everything written per entry under one key, because sled's cost per
 //! batch grows with the number of keys (layout 2; layout 1 had separate `O` keys for openings as
@@ -114,13 +115,22 @@ pub struct StoreSnapshot {
 
 impl StoreSnapshot {
     /// A metadata value written with [`Store::apply`], as it is in this copy.
-    pub fn meta(&self, name: &str) -> Option<&[u8]> {
-        let key = key_meta(name);
-        self.pairs
-            .binary_search_by(|(k, _)| k.as_ref().cmp(key.as_slice()))
-            .ok()
-            .and_then(|i| self.pairs.get(i))
-            .map(|(_, v)| v.as_ref())
+    pub fn meta(&self, name: &str) -> Option<Vec<u8>> {
+        let get = |key: &[u8]| {
+            self.pairs
+                .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+                .ok()
+                .and_then(|i| self.pairs.get(i))
+                .map(|(_, v)| v.as_ref())
+        };
+        if let Some(v) = get(META_SIZE)
+            .and_then(SizeRecord::decode)
+            .and_then(|mut r| r.metas.remove(name))
+        {
+            return Some(v);
+        }
+        // Layout 2 kept each value under its own key.
+        get(&key_meta(name)).map(<[u8]>::to_vec)
     }
 }
 
@@ -138,14 +148,78 @@ pub struct Store {
     durable_size: AtomicU64,
 }
 
+/// The key/value writes of one apply, in order.
+#[derive(Default)]
+struct Writes(Vec<(sled::IVec, sled::IVec)>);
+
+impl Writes {
+    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.0.push((key.as_ref().into(), value.as_ref().into()));
+    }
+}
+
 struct WriterState {
     frontier: Frontier,
+    /// The metadata values carried in the size record (see [`SizeRecord`]).
+    metas: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Whether `Mlayout` already says [`LAYOUT`].
+    layout_written: bool,
+}
+
+/// The value of `Msize`: the entry count and the caller's metadata (Raft's last applied log id
+/// and membership), in one value so that one insert makes an apply count.
+///
+/// `size` (u64 BE), then per metadata value: name length (u8), name, value length (u32 BE),
+/// value. Layout 2 wrote the 8-byte size alone and each metadata value under its own `M` key;
+/// those are still read when the record does not carry the name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct SizeRecord {
+    size: u64,
+    metas: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl SizeRecord {
+    fn encode(size: u64, metas: &std::collections::BTreeMap<String, Vec<u8>>) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(
+            8 + metas
+                .iter()
+                .map(|(k, v)| 5 + k.len() + v.len())
+                .sum::<usize>(),
+        );
+        out.extend_from_slice(&size.to_be_bytes());
+        for (name, value) in metas {
+            out.push(u8::try_from(name.len()).ok()?);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&u32::try_from(value.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(value);
+        }
+        Some(out)
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let (size, mut rest) = v.split_first_chunk::<8>()?;
+        let mut metas = std::collections::BTreeMap::new();
+        while let Some((len, r)) = rest.split_first() {
+            let (name, r) = r.split_at_checked(*len as usize)?;
+            let (vlen, r) = r.split_first_chunk::<4>()?;
+            let (value, r) = r.split_at_checked(u32::from_be_bytes(*vlen) as usize)?;
+            metas.insert(std::str::from_utf8(name).ok()?.to_owned(), value.to_vec());
+            rest = r;
+        }
+        Some(Self {
+            size: u64::from_be_bytes(*size),
+            metas,
+        })
+    }
 }
 
 const META_SIZE: &[u8] = b"Msize";
 const META_LAYOUT: &[u8] = b"Mlayout";
-/// Version of the key layout and entry record above, stored in every batch.
-const LAYOUT: u8 = 2;
+/// Version of the key layout and entry record above, stored once per store. Layout 3 is layout 2
+/// with metadata in the size record ([`SizeRecord`]); a layout-2 store is read and upgraded.
+const LAYOUT: u8 = 3;
+/// Layouts this version reads.
+const LAYOUTS_READ: [u8; 2] = [2, 3];
 const META_CHECKPOINT: &str = "checkpoint";
 
 fn key_entry(seq: u64) -> [u8; 9] {
@@ -397,29 +471,45 @@ impl Store {
             tree,
             writer: Mutex::new(WriterState {
                 frontier: Frontier::new(),
+                metas: Default::default(),
+                layout_written: false,
             }),
             applied_size: AtomicU64::new(0),
             durable_size: AtomicU64::new(0),
         };
-        let frontier = store.load_frontier()?;
+        let (frontier, record) = store.load_frontier()?;
         let size = frontier.size();
-        store.lock_writer().frontier = frontier;
+        {
+            let mut w = store.lock_writer();
+            w.frontier = frontier;
+            w.metas = record.metas;
+            w.layout_written = store.get(META_LAYOUT)?.as_deref() == Some(&[LAYOUT][..]);
+        }
         store.applied_size.store(size, Ordering::SeqCst);
         store.durable_size.store(size, Ordering::SeqCst);
         Ok(store)
     }
 
     /// Reads the recorded size, checks it against the entries present and rebuilds the frontier.
-    fn load_frontier(&self) -> Result<Frontier, LedgerError> {
-        let size = match self.get(META_SIZE)? {
-            None => 0,
-            Some(v) => be_u64(&v).ok_or_else(|| self.corrupt("size is not 8 bytes"))?,
+    ///
+    /// Entries beyond the recorded size are what a crash left of an apply that did not count
+    /// (its size record was never written): they are removed here, see [`Store::apply`].
+    fn load_frontier(&self) -> Result<(Frontier, SizeRecord), LedgerError> {
+        let record = match self.get(META_SIZE)? {
+            None => SizeRecord::default(),
+            Some(v) => {
+                SizeRecord::decode(&v).ok_or_else(|| self.corrupt("size record is malformed"))?
+            }
         };
+        let size = record.size;
         if size > 0 {
             let layout = self.get(META_LAYOUT)?;
-            if layout.as_deref() != Some(&[LAYOUT][..]) {
+            if !layout
+                .as_deref()
+                .is_some_and(|l| l.len() == 1 && LAYOUTS_READ.contains(&l[0]))
+            {
                 return Err(self.corrupt(&format!(
-                    "store layout {} is not layout {LAYOUT}, the only one this version reads",
+                    "store layout {} is not one of the layouts {LAYOUTS_READ:?} this version reads",
                     layout.map_or_else(|| "1".to_owned(), hex::encode)
                 )));
             }
@@ -427,10 +517,40 @@ impl Store {
         if size > 0 && self.get(&key_entry(size - 1))?.is_none() {
             return Err(self.corrupt(&format!("size is {size} but entry {} is missing", size - 1)));
         }
-        if self.get(&key_entry(size))?.is_some() {
-            return Err(self.corrupt(&format!("entry {size} exists beyond the recorded size")));
+        self.remove_uncounted(size)?;
+        Ok((Frontier::from_reader(self, size)?, record))
+    }
+
+    /// Removes the entries at `size` and beyond with their index keys. Index keys are removed
+    /// before their entry, so that a crash in here leaves an entry to find them by next time.
+    fn remove_uncounted(&self, size: u64) -> Result<(), LedgerError> {
+        let mut removed = 0u64;
+        for kv in self.tree.range(key_entry(size)..=key_entry(u64::MAX)) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
+            let record = self.parse_record(seq, &v)?;
+            let entry =
+                Entry::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
+            let mut dk = key_device_prefix(&entry.body.device_id);
+            dk.extend_from_slice(&seq.to_be_bytes());
+            self.tree.remove(dk).map_err(|e| self.storage(e))?;
+            if let Some(id) = &entry.body.event_id {
+                let ik = key_event_id(id);
+                if self.get(&ik)?.as_deref() == Some(&seq.to_be_bytes()[..]) {
+                    self.tree.remove(ik).map_err(|e| self.storage(e))?;
+                }
+            }
+            self.tree.remove(k).map_err(|e| self.storage(e))?;
+            removed += 1;
         }
-        Frontier::from_reader(self, size)
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                size,
+                "removed entries an interrupted apply left beyond the recorded size"
+            );
+        }
+        Ok(())
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
@@ -467,9 +587,19 @@ impl Store {
         self.durable_size.load(Ordering::SeqCst)
     }
 
-    /// Applies commands in order as one atomic batch, together with `meta` key/values (for example
-    /// Raft's last applied log id). Not durable until [`Store::flush`]. Deterministic: the outcome
-    /// depends only on the commands and the stored state.
+    /// Applies commands in order, together with `meta` key/values (for example Raft's last
+    /// applied log id). Not durable until [`Store::flush`]. Deterministic: the outcome depends
+    /// only on the commands and the stored state.
+    ///
+    /// All-or-nothing without a sled batch: the writes go in as plain inserts, the size record
+    /// (entry count and `meta`, one value) last. sled recovers a prefix of its writes in order,
+    /// so after a crash either the size record of this apply is there, and so is everything
+    /// before it, or it is not, and [`Store::open`] removes what the apply left beyond the
+    /// recorded size. (A sled batch would also be atomic, but seals sled's log buffer twice, and
+    /// each seal is a synchronous device write in front of the next flush: a third of the
+    /// latency of a one-event write through Raft.) A registered node key or a checkpoint left by
+    /// such an apply stays: both are true statements that the apply repeated from the log
+    /// writes again, byte for byte.
     pub fn apply(
         &self,
         commands: &[Command],
@@ -477,7 +607,7 @@ impl Store {
     ) -> Result<Vec<ApplyOutcome>, LedgerError> {
         let mut w = self.lock_writer();
         let mut frontier = w.frontier.clone();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut outcomes = Vec::with_capacity(commands.len());
         // Sized up front: growing it batch after batch cost a measurable share of the writer.
         let mut new_ids: HashMap<String, u64> = HashMap::with_capacity(commands.len());
@@ -505,7 +635,7 @@ impl Store {
                             }
                         }
                         None => {
-                            batch.insert(&key_node_key(*node_id), public_key.as_slice());
+                            batch.insert(key_node_key(*node_id), public_key.as_slice());
                             new_keys.insert(*node_id, *public_key);
                             ApplyOutcome::NodeRegistered { node_id: *node_id }
                         }
@@ -520,14 +650,24 @@ impl Store {
             };
             outcomes.push(outcome);
         }
-        batch.insert(META_SIZE, &frontier.size().to_be_bytes());
-        batch.insert(META_LAYOUT, &[LAYOUT][..]);
-        for (name, value) in meta {
-            batch.insert(key_meta(name), value.as_slice());
+        if !w.layout_written {
+            batch.insert(META_LAYOUT, [LAYOUT]);
         }
-        self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
+        let mut metas = w.metas.clone();
+        for (name, value) in meta {
+            metas.insert((*name).to_owned(), value.clone());
+        }
+        let record = SizeRecord::encode(frontier.size(), &metas)
+            .ok_or_else(|| self.corrupt("metadata too large for the size record"))?;
+        // The size record goes last: it is what makes the apply count (see the doc above).
+        batch.insert(META_SIZE, record);
+        for (k, v) in batch.0 {
+            self.tree.insert(k, v).map_err(|e| self.storage(e))?;
+        }
         self.applied_size.store(frontier.size(), Ordering::SeqCst);
         w.frontier = frontier;
+        w.metas = metas;
+        w.layout_written = true;
         Ok(outcomes)
     }
 
@@ -539,7 +679,7 @@ impl Store {
         head: &crate::sth::SignedTreeHead,
         applied: u64,
         new_keys: &HashMap<u64, [u8; 32]>,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
     ) -> Result<ApplyOutcome, LedgerError> {
         let refuse = |reason: String| Ok(ApplyOutcome::Refused { reason });
         if head.size > applied {
@@ -594,7 +734,7 @@ impl Store {
         &self,
         a: &AppendCommand,
         frontier: &mut Frontier,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         new_ids: &mut HashMap<String, u64>,
     ) -> Result<ApplyOutcome, LedgerError> {
         let seq = frontier.size();
@@ -645,12 +785,12 @@ impl Store {
         let Some(record) = encode_record(&bytes, &nodes, &a.openings) else {
             return Err(self.corrupt(&format!("entry {seq} is too large for its record")));
         };
-        batch.insert(&key_entry(seq), record);
+        batch.insert(key_entry(seq), record);
         let mut dk = key_device_prefix(&body.device_id);
         dk.extend_from_slice(&seq.to_be_bytes());
         batch.insert(dk, &[][..]);
         if let Some(id) = &body.event_id {
-            batch.insert(key_event_id(id), &seq.to_be_bytes());
+            batch.insert(key_event_id(id), seq.to_be_bytes());
             new_ids.insert(id.clone(), seq);
         }
         Ok(ApplyOutcome::Appended { seq, leaf })
@@ -738,9 +878,11 @@ impl Store {
             batch.insert(k, v);
         }
         self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
-        let frontier = self.load_frontier()?;
+        let (frontier, record) = self.load_frontier()?;
         let size = frontier.size();
         w.frontier = frontier;
+        w.metas = record.metas;
+        w.layout_written = self.get(META_LAYOUT)?.as_deref() == Some(&[LAYOUT][..]);
         self.applied_size.store(size, Ordering::SeqCst);
         self.durable_size.store(size, Ordering::SeqCst);
         Ok(size)
@@ -853,8 +995,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads a metadata value written with [`Store::apply`].
+    /// Reads a metadata value written with [`Store::apply`] (what is applied, flushed or not).
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        if let Some(v) = self.lock_writer().metas.get(name) {
+            return Ok(Some(v.clone()));
+        }
+        // Layout 2 kept each value under its own key.
         Ok(self.get(&key_meta(name))?.map(|v| v.to_vec()))
     }
 
@@ -1054,6 +1200,102 @@ mod tests {
     }
 
     /// A store written with another key layout is refused on open instead of misread.
+    #[test]
+    fn an_apply_without_its_size_record_is_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let cmds: Vec<Command> = (0..6).map(|i| Command::Append(append(i, &key))).collect();
+        let (before, bytes) = {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .apply(&cmds[..4], &[("m", b"one".to_vec())])
+                .expect("apply");
+            let before = store.get(META_SIZE).expect("get").expect("size record");
+            // The next apply writes all of its keys, then "crashes" before its size record
+            // counts: the old record is put back, as a crash after the other writes leaves it.
+            store
+                .apply(&cmds[4..], &[("m", b"two".to_vec())])
+                .expect("apply");
+            store.publish();
+            let bytes = store.entry_bytes(4).expect("entry 4");
+            store
+                .tree
+                .insert(META_SIZE, before.clone())
+                .expect("restore");
+            runtime().block_on(store.flush()).expect("flush");
+            (before, bytes)
+        };
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.size(), 4);
+        assert_eq!(store.meta("m").expect("meta"), Some(b"one".to_vec()));
+        assert_eq!(store.get(META_SIZE).expect("get"), Some(before));
+        assert!(store.get(&key_entry(4)).expect("get").is_none());
+        assert!(store.get(&key_entry(5)).expect("get").is_none());
+        assert_eq!(store.find_event_id("evt-4").expect("find"), None);
+        assert!(store.get(&key_event_id("evt-5")).expect("get").is_none());
+        assert_eq!(
+            store.device_history("pump-1", None, 10).expect("history"),
+            vec![1]
+        );
+        // Applied again, the same commands give the same entries, not duplicates.
+        let out = store.apply(&cmds[4..], &[]).expect("apply again");
+        assert!(
+            matches!(out[0], ApplyOutcome::Appended { seq: 4, .. }),
+            "{out:?}"
+        );
+        store.publish();
+        assert_eq!(store.entry_bytes(4).expect("entry 4"), bytes);
+        assert_eq!(
+            store.device_history("pump-1", None, 10).expect("history"),
+            vec![1, 4]
+        );
+    }
+
+    #[test]
+    fn a_layout_2_store_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[4; 32]);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .apply(&[Command::Append(append(1, &key))], &[])
+                .expect("apply");
+            // What layout 2 wrote: an 8-byte size and metadata under its own key.
+            store
+                .tree
+                .insert(META_SIZE, &1u64.to_be_bytes())
+                .expect("size");
+            store.tree.insert(META_LAYOUT, &[2u8]).expect("layout");
+            store
+                .tree
+                .insert(key_meta("raft_applied"), &b"old"[..])
+                .expect("meta");
+            runtime().block_on(store.flush()).expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("reopen a layout-2 store");
+        assert_eq!(store.size(), 1);
+        assert_eq!(
+            store.meta("raft_applied").expect("meta"),
+            Some(b"old".to_vec())
+        );
+        store
+            .apply(
+                &[Command::Append(append(2, &key))],
+                &[("raft_applied", b"new".to_vec())],
+            )
+            .expect("apply");
+        assert_eq!(
+            store.meta("raft_applied").expect("meta"),
+            Some(b"new".to_vec())
+        );
+        assert_eq!(
+            store.get(META_LAYOUT).expect("get").as_deref(),
+            Some(&[LAYOUT][..])
+        );
+        let snap = store.snapshot_pairs().expect("snapshot");
+        assert_eq!(snap.meta("raft_applied"), Some(b"new".to_vec()));
+    }
+
     #[test]
     fn another_layout_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");

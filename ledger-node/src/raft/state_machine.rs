@@ -351,8 +351,8 @@ impl SnapshotBuilder {
         // disk first. Any sync that starts now covers the copy just taken.
         self.durability.sync().await?;
         let (last_log_id, last_membership) = decode_applied(
-            copy.meta(META_APPLIED),
-            copy.meta(META_MEMBERSHIP),
+            copy.meta(META_APPLIED).as_deref(),
+            copy.meta(META_MEMBERSHIP).as_deref(),
             self.durability.dir(),
         )?;
         let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
