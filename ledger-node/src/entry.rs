@@ -491,18 +491,67 @@ impl Entry {
 
 /// Serde helper: a 32-byte array as 64 hex digits.
 pub mod hex32 {
-    use serde::{Deserialize, Deserializer, Serializer};
-    /// Serialises as hex.
+    use serde::{Deserializer, Serializer};
+    /// Serialises as hex in text formats (JSON), as raw bytes in binary ones (MessagePack).
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
+        super::fixed_bytes::serialize(v, s)
     }
-    /// Parses 64 hex digits.
+    /// Parses 64 lowercase hex digits, or (binary formats) 32 raw bytes.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if s.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(serde::de::Error::custom("expected lowercase hex"));
+        super::fixed_bytes::deserialize(d)
+    }
+}
+
+/// Fixed-size byte strings (hashes, keys, signatures): lowercase hex in human-readable formats
+/// (JSON exports, receipts, the API), raw bytes in binary ones (the Raft log and Raft RPC in
+/// MessagePack), where hex doubled the size and its encoding and decoding cost a measurable
+/// share of the CPU. Both forms are accepted when reading a binary format, so Raft log entries
+/// written by earlier versions (hex strings) still decode.
+pub mod fixed_bytes {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(v))
+        } else {
+            s.serialize_bytes(v)
         }
-        crate::hash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    }
+
+    struct Fixed<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for Fixed<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "{} lowercase hex digits or {N} bytes", 2 * N)
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<[u8; N], E> {
+            if v.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(E::custom("expected lowercase hex"));
+            }
+            let mut out = [0u8; N];
+            hex::decode_to_slice(v.as_bytes(), &mut out)
+                .map_err(|_| E::custom(format!("expected {} hex digits", 2 * N)))?;
+            Ok(out)
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<[u8; N], E> {
+            v.try_into()
+                .map_err(|_| E::custom(format!("expected {N} bytes, got {}", v.len())))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_str(Fixed::<N>)
+        } else {
+            d.deserialize_any(Fixed::<N>)
+        }
     }
 }
 

@@ -67,20 +67,14 @@ impl SignedTreeHead {
 
 /// Serde helper: a 64-byte signature as 128 hex digits.
 pub mod hex64 {
-    use serde::{Deserialize, Deserializer, Serializer};
-    /// Serialises as hex.
+    use serde::{Deserializer, Serializer};
+    /// Serialises as hex in text formats, as raw bytes in binary ones (see
+    /// [`crate::entry::fixed_bytes`]).
     pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
+        crate::entry::fixed_bytes::serialize(v, s)
     }
-    /// Parses 128 hex digits.
+    /// Parses 128 lowercase hex digits, or (binary formats) 64 raw bytes.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if s.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(serde::de::Error::custom("expected lowercase hex"));
-        }
-        let mut out = [0u8; 64];
-        hex::decode_to_slice(s.as_bytes(), &mut out)
-            .map_err(|_| serde::de::Error::custom("expected 128 hex digits"))?;
-        Ok(out)
+        crate::entry::fixed_bytes::deserialize(d)
     }
 }

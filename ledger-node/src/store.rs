@@ -74,17 +74,43 @@ pub struct AppendCommand {
     pub openings: Vec<Opening>,
 }
 
+/// The signed body: base64 in text formats, raw bytes in binary ones (the Raft log and RPC);
+/// both accepted from a binary format, so log entries written by earlier versions decode.
 mod b64 {
     use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+        if s.is_human_readable() {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+        } else {
+            s.serialize_bytes(v)
+        }
+    }
+    struct Body;
+    impl<'de> Visitor<'de> for Body {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("base64 or bytes")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .map_err(E::custom)
+        }
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.as_bytes())
-            .map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            d.deserialize_str(Body)
+        } else {
+            d.deserialize_any(Body)
+        }
     }
 }
 
@@ -1294,6 +1320,55 @@ mod tests {
         );
         let snap = store.snapshot_pairs().expect("snapshot");
         assert_eq!(snap.meta("raft_applied"), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn commands_are_binary_in_messagepack_and_old_text_entries_still_decode() {
+        use serde::Serialize;
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let cmds = vec![
+            Command::Append(append(7, &key)),
+            Command::RegisterNode {
+                node_id: 2,
+                public_key: key.verifying_key().to_bytes(),
+            },
+            Command::Checkpoint(crate::sth::SignedTreeHead::sign(
+                1,
+                [5; 32],
+                1_700_000_000_000,
+                2,
+                &key,
+            )),
+        ];
+        let binary = rmp_serde::to_vec_named(&cmds).expect("encode");
+        // What earlier versions wrote: base64 body and hex keys, hashes and signatures.
+        let mut text = Vec::new();
+        cmds.serialize(
+            &mut rmp_serde::Serializer::new(&mut text)
+                .with_struct_map()
+                .with_human_readable(),
+        )
+        .expect("encode as text");
+        assert!(
+            binary.len() + 200 < text.len(),
+            "{} vs {}",
+            binary.len(),
+            text.len()
+        );
+        for bytes in [&binary, &text] {
+            let back: Vec<Command> = rmp_serde::from_slice(bytes).expect("decode");
+            assert_eq!(back, cmds);
+        }
+        // JSON keeps its text forms.
+        let json = serde_json::to_string(&cmds).expect("json");
+        assert!(
+            json.contains(&hex::encode(key.verifying_key().to_bytes())),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Vec<Command>>(&json).expect("json back"),
+            cmds
+        );
     }
 
     #[test]
