@@ -3,7 +3,8 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `raft_log` | index (u64 BE) | the entry as MessagePack |
+//! | `raft_log` | index (u64 BE) | the entry as MessagePack, or for entries over 6 KiB 0xc1, length (u32 BE), piece count (u32 BE) |
+//! | `raft_log_chunks` | index (u64 BE), piece (u32 BE) | 6 KiB pieces of a large entry |
 //! | `raft_meta` | `vote` | the vote as JSON |
 //! | `raft_meta` | `committed` | the committed log id as JSON |
 //! | `raft_meta` | `last_purged` | the last purged log id as JSON |
@@ -35,6 +36,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     log: sled::Tree,
+    /// Pieces of entries too large to store whole (see [`CHUNK`]).
+    chunks: sled::Tree,
     meta: sled::Tree,
     durability: Arc<Durability>,
     path: PathBuf,
@@ -42,6 +45,25 @@ pub struct LogStore {
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// Largest entry stored as one value; larger ones are cut into pieces of this size.
+///
+/// sled splits its tree nodes by item count (16 per leaf), not by size, and writes a node whose
+/// encoding exceeds a quarter of a segment (128 KiB) as a file of its own ("blob"), which must
+/// then be `fsync`ed with its directory before a flush counts. Raft entries of 100+ events are
+/// 100+ KiB each, so before this every flush on a busy gateway created and synced several
+/// blob files of ~400 KiB. Pieces of at most 6 KiB keep every node under the threshold.
+const CHUNK: usize = 6 * 1024;
+
+/// First byte of the value of a cut entry; never the first byte of a MessagePack map (an entry).
+const CHUNKED: u8 = 0xc1;
+
+fn chunk_key(index: u64, piece: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&index.to_be_bytes());
+    k[8..].copy_from_slice(&piece.to_be_bytes());
+    k
 }
 
 /// `[start, end)` of a range of indexes, `end` `None` for unbounded; `None` for an empty range.
@@ -74,6 +96,7 @@ impl LogStore {
         };
         Ok(Self {
             log: db.open_tree("raft_log").map_err(storage)?,
+            chunks: db.open_tree("raft_log_chunks").map_err(storage)?,
             meta: db.open_tree("raft_meta").map_err(storage)?,
             durability,
             path: dir.to_owned(),
@@ -110,10 +133,72 @@ impl LogStore {
     }
 
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<Entry, LedgerError> {
-        rmp_serde::from_slice(value).map_err(|e| {
-            let index = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-            self.corrupt(&format!("raft log entry {index}"), e)
-        })
+        let index = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+        let whole;
+        let bytes = match value.split_first() {
+            Some((&CHUNKED, head)) => {
+                whole = self.reassemble(index, head)?;
+                &whole[..]
+            }
+            _ => value,
+        };
+        rmp_serde::from_slice(bytes)
+            .map_err(|e| self.corrupt(&format!("raft log entry {index}"), e))
+    }
+
+    /// The bytes of a cut entry from its pieces; `head` is its value after the marker: total
+    /// length and piece count (u32 BE each).
+    fn reassemble(&self, index: u64, head: &[u8]) -> Result<Vec<u8>, LedgerError> {
+        let bad = |what: &str| self.corrupt(&format!("raft log entry {index}"), what);
+        let (len, rest) = head
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("short head"))?;
+        let pieces = rest
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| bad("bad head"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let mut out = Vec::with_capacity(len.min(pieces as usize * CHUNK));
+        for piece in 0..pieces {
+            let v = self
+                .chunks
+                .get(chunk_key(index, piece))
+                .map_err(|e| self.storage(e))?
+                .ok_or_else(|| bad("a piece is missing"))?;
+            out.extend_from_slice(&v);
+        }
+        if out.len() != len {
+            return Err(bad("pieces do not add up to its length"));
+        }
+        Ok(out)
+    }
+
+    /// Stores one entry's bytes under its index: whole, or cut into pieces written before the
+    /// head that points to them (sled recovers a prefix, so a head never lacks its pieces).
+    fn put(&self, index: u64, v: Vec<u8>) -> Result<(), LedgerError> {
+        if v.len() <= CHUNK {
+            self.log
+                .insert(index_key(index), v)
+                .map_err(|e| self.storage(e))?;
+            return Ok(());
+        }
+        let mut pieces = 0u32;
+        for piece in v.chunks(CHUNK) {
+            self.chunks
+                .insert(chunk_key(index, pieces), piece)
+                .map_err(|e| self.storage(e))?;
+            pieces += 1;
+        }
+        let len = u32::try_from(v.len())
+            .map_err(|_| self.corrupt(&format!("raft log entry {index}"), "over 4 GiB"))?;
+        let mut head = Vec::with_capacity(9);
+        head.push(CHUNKED);
+        head.extend_from_slice(&len.to_be_bytes());
+        head.extend_from_slice(&pieces.to_be_bytes());
+        self.log
+            .insert(index_key(index), head)
+            .map_err(|e| self.storage(e))?;
+        Ok(())
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, LedgerError> {
@@ -161,7 +246,19 @@ impl LogStore {
         for k in iter.keys() {
             batch.remove(k.map_err(|e| self.storage(e))?);
         }
-        self.log.apply_batch(batch).map_err(|e| self.storage(e))
+        self.log.apply_batch(batch).map_err(|e| self.storage(e))?;
+        // Pieces after their heads: a crash in between leaves pieces nothing points to, which
+        // the next entry with that index overwrites or a later removal takes.
+        let lo = chunk_key(start, 0);
+        let iter = match end {
+            Some(e) => self.chunks.range(lo..chunk_key(e, 0)),
+            None => self.chunks.range(lo..),
+        };
+        let mut batch = sled::Batch::default();
+        for k in iter.keys() {
+            batch.remove(k.map_err(|e| self.storage(e))?);
+        }
+        self.chunks.apply_batch(batch).map_err(|e| self.storage(e))
     }
 
     async fn sync(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
@@ -262,8 +359,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     &self.corrupt("raft log entry", e),
                 )
             })?;
-            if let Err(e) = self.log.insert(index_key(entry.log_id.index), v) {
-                let e = self.storage(e);
+            if let Err(e) = self.put(entry.log_id.index, v) {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 return Err(sto_err(ErrorSubject::Logs, ErrorVerb::Write, &e));
             }
@@ -305,6 +401,62 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(index: u64, filler: usize) -> Entry {
+        let commands = (0..filler)
+            .map(|i| crate::store::Command::RegisterNode {
+                node_id: index * 1000 + i as u64,
+                public_key: [(i % 251) as u8; 32],
+            })
+            .collect();
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(super::super::RaftRequest { commands }),
+        }
+    }
+
+    #[test]
+    fn large_entries_are_cut_into_pieces_and_come_back_whole() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::open_db(tmp.path()).expect("open");
+        let durability = Arc::new(Durability::new(db.clone(), tmp.path().to_owned()));
+        let store = LogStore::open(&db, tmp.path(), durability).expect("log store");
+        // 0 commands: a few bytes; 400: ~20 KiB, four pieces; 123: just over one piece.
+        let entries: Vec<Entry> = [0usize, 400, 3, 123, 400, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| entry(i as u64 + 1, *n))
+            .collect();
+        for e in &entries {
+            let v = rmp_serde::to_vec_named(e).expect("encode");
+            store.put(e.log_id.index, v).expect("put");
+        }
+        assert!(store.chunks.len() >= 8, "{} pieces", store.chunks.len());
+        let back = store.read_range(1, None).expect("read");
+        assert_eq!(
+            rmp_serde::to_vec_named(&back).expect("encode"),
+            rmp_serde::to_vec_named(&entries).expect("encode")
+        );
+        assert_eq!(
+            store.last_entry_id().expect("last"),
+            Some(entries[5].log_id)
+        );
+        // Truncating from 4 removes the heads and the pieces of 4 and 5, not those of 2.
+        store.remove_range(4, None).expect("truncate");
+        assert_eq!(store.read_range(1, None).expect("read").len(), 3);
+        assert!(store.chunks.range(chunk_key(4, 0)..).next().is_none());
+        // Purging up to 3 leaves nothing.
+        store.remove_range(0, Some(4)).expect("purge");
+        assert!(store.read_range(0, None).expect("read").is_empty());
+        assert_eq!(store.chunks.len(), 0);
+        // A head whose pieces are gone is a clear error, not a panic.
+        store
+            .put(9, rmp_serde::to_vec_named(&entry(9, 400)).expect("encode"))
+            .expect("put");
+        store.chunks.remove(chunk_key(9, 1)).expect("remove");
+        let err = store.read_range(9, None).expect_err("a missing piece");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
 
     #[test]
     fn bounds_of_index_ranges() {
