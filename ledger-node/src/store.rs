@@ -509,7 +509,7 @@ impl Store {
             let mut w = store.lock_writer();
             w.frontier = frontier;
             w.metas = record.metas;
-            w.layout_written = store.get(META_LAYOUT)?.as_deref() == Some(&[LAYOUT][..]);
+            w.layout_written = store.layout_is_current()?;
         }
         store.applied_size.store(size, Ordering::SeqCst);
         store.durable_size.store(size, Ordering::SeqCst);
@@ -577,6 +577,11 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Whether `Mlayout` already says [`LAYOUT`] (an older store is upgraded by its next apply).
+    fn layout_is_current(&self) -> Result<bool, LedgerError> {
+        Ok(self.get(META_LAYOUT)?.as_deref() == Some(&[LAYOUT][..]))
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
@@ -908,7 +913,7 @@ impl Store {
         let size = frontier.size();
         w.frontier = frontier;
         w.metas = record.metas;
-        w.layout_written = self.get(META_LAYOUT)?.as_deref() == Some(&[LAYOUT][..]);
+        w.layout_written = self.layout_is_current()?;
         self.applied_size.store(size, Ordering::SeqCst);
         self.durable_size.store(size, Ordering::SeqCst);
         Ok(size)

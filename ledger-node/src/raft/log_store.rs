@@ -237,28 +237,36 @@ impl LogStore {
 
     /// Removes the entries with indexes in `[start, end)` (`end` `None`: to the end) in one batch.
     fn remove_range(&self, start: u64, end: Option<u64>) -> Result<(), LedgerError> {
-        let lo = index_key(start);
-        let iter = match end {
-            Some(e) => self.log.range(lo..index_key(e)),
-            None => self.log.range(lo..),
-        };
-        let mut batch = sled::Batch::default();
-        for k in iter.keys() {
-            batch.remove(k.map_err(|e| self.storage(e))?);
-        }
-        self.log.apply_batch(batch).map_err(|e| self.storage(e))?;
+        self.remove_keys(
+            &self.log,
+            &index_key(start),
+            end.map(index_key).as_ref().map(|k| &k[..]),
+        )?;
         // Pieces after their heads: a crash in between leaves pieces nothing points to, which
         // the next entry with that index overwrites or a later removal takes.
-        let lo = chunk_key(start, 0);
-        let iter = match end {
-            Some(e) => self.chunks.range(lo..chunk_key(e, 0)),
-            None => self.chunks.range(lo..),
+        self.remove_keys(
+            &self.chunks,
+            &chunk_key(start, 0),
+            end.map(|e| chunk_key(e, 0)).as_ref().map(|k| &k[..]),
+        )
+    }
+
+    /// Removes the keys of `tree` in `[lo, hi)` (`hi` `None`: to the end) in one batch.
+    fn remove_keys(
+        &self,
+        tree: &sled::Tree,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+    ) -> Result<(), LedgerError> {
+        let iter = match hi {
+            Some(hi) => tree.range(lo..hi),
+            None => tree.range(lo..),
         };
         let mut batch = sled::Batch::default();
         for k in iter.keys() {
             batch.remove(k.map_err(|e| self.storage(e))?);
         }
-        self.chunks.apply_batch(batch).map_err(|e| self.storage(e))
+        tree.apply_batch(batch).map_err(|e| self.storage(e))
     }
 
     async fn sync(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
