@@ -373,20 +373,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             count += 1;
         }
-        // Only now, with the entries on disk, may openraft count them as stored (openraft #618).
-        // openraft 0.9 waits for this callback inside its core task before it replicates, so a
-        // flush completed from another task would not start replication any earlier.
-        match self.durability.sync().await {
-            Ok(()) => {
-                tracing::trace!(entries = count, "raft log entries on disk");
-                callback.log_io_completed(Ok(()));
-                Ok(())
+        // Only with the entries on disk may openraft count them as stored (openraft #618). The
+        // flush runs in its own task and completes the callback when done, so that the leader
+        // replicates these entries while they are flushed (our openraft patch counts the
+        // leader's copy towards the quorum only on this callback; followers still wait for it
+        // before they answer). Flushes complete in order: each covers every earlier insert.
+        let durability = self.durability.clone();
+        tokio::spawn(async move {
+            match durability.sync().await {
+                Ok(()) => {
+                    tracing::trace!(entries = count, "raft log entries on disk");
+                    callback.log_io_completed(Ok(()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the raft log could not be flushed");
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                }
             }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(sto_err(ErrorSubject::Logs, ErrorVerb::Write, &e))
-            }
-        }
+        });
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

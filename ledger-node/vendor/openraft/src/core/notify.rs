@@ -42,6 +42,17 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
+    /// The leader's own log store reported entries up to `last_log_id` flushed (or failed).
+    ///
+    /// MedLedger patch: a leader does not wait for its own flush before replicating; the flush
+    /// is counted towards the quorum only when this notification arrives.
+    LocalLogFlushed {
+        /// The leader vote under which the entries were appended.
+        vote: Vote<C::NodeId>,
+        last_log_id: crate::LogId<C::NodeId>,
+        result: Result<(), std::io::Error>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -84,6 +95,13 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                format!("LocalLogFlushed: vote: {}, upto: {}, result: {:?}", vote, last_log_id, result)
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)
