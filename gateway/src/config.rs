@@ -132,9 +132,14 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ms: u64,
-    /// Take a snapshot after this many log entries.
+    /// Take a snapshot only after at least this many log entries since the last one...
     #[serde(default = "default_snapshot_logs")]
     pub snapshot_after_logs: u64,
+    /// ...and once the events applied since the last snapshot are at least this percentage of
+    /// the ledger's events at that snapshot (each snapshot copies the whole ledger, so its
+    /// interval grows with the ledger; 0 = by log entries only).
+    #[serde(default = "default_snapshot_growth")]
+    pub snapshot_growth_percent: u64,
     /// Log entries kept behind a snapshot (a peer further behind catches up from the snapshot).
     #[serde(default = "default_keep_logs")]
     pub keep_logs_after_snapshot: u64,
@@ -153,7 +158,10 @@ fn default_election_max() -> u64 {
     2000
 }
 fn default_snapshot_logs() -> u64 {
-    5000
+    20_000
+}
+fn default_snapshot_growth() -> u64 {
+    50
 }
 fn default_keep_logs() -> u64 {
     1000
@@ -169,6 +177,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
             snapshot_after_logs: default_snapshot_logs(),
+            snapshot_growth_percent: default_snapshot_growth(),
             keep_logs_after_snapshot: default_keep_logs(),
             rpc_timeout_ms: default_rpc_timeout(),
         }
@@ -278,6 +287,22 @@ impl Config {
             return Err(invalid(
                 "raft.election_timeout_max_ms",
                 "must be larger than raft.election_timeout_min_ms".into(),
+            ));
+        }
+        if r.snapshot_after_logs == 0 {
+            return Err(invalid(
+                "raft.snapshot_after_logs",
+                "must be at least 1".into(),
+            ));
+        }
+        if r.snapshot_growth_percent > 1000 {
+            return Err(invalid(
+                "raft.snapshot_growth_percent",
+                format!(
+                    "{} would let the Raft log grow to {} times the ledger; at most 1000",
+                    r.snapshot_growth_percent,
+                    r.snapshot_growth_percent / 100
+                ),
             ));
         }
         if c.ledger.checkpoint_interval_ms < 100 {

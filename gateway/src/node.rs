@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ledger_node::keys::NodeKey;
 use ledger_node::raft::types::Raft;
@@ -65,7 +65,8 @@ impl Node {
             heartbeat_interval: r.heartbeat_ms,
             election_timeout_min: r.election_timeout_min_ms,
             election_timeout_max: r.election_timeout_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+            // Snapshots are triggered by `snapshot_policy` below, which also weighs the ledger.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
             install_snapshot_timeout: r.rpc_timeout_ms.max(10_000),
             max_payload_entries: 64,
@@ -98,6 +99,14 @@ impl Node {
             rx,
             config.ledger.max_batch,
             config.ledger.max_inflight_batches,
+            shutdown.clone(),
+        ));
+        tokio::spawn(snapshot_policy(
+            node.clone(),
+            SnapshotRule {
+                min_logs: r.snapshot_after_logs,
+                growth_percent: r.snapshot_growth_percent,
+            },
             shutdown.clone(),
         ));
         tokio::spawn(register_key(node.clone(), shutdown.clone()));
@@ -345,6 +354,72 @@ async fn proposer(
     }
 }
 
+/// When this node takes a Raft snapshot. A snapshot is a copy of the whole ledger, so taking one
+/// every N log entries (openraft's own policy) would cost more and more as the ledger grows; a
+/// snapshot is due once the log since the last one has at least `min_logs` entries **and** the
+/// events applied since then are at least `growth_percent` % of the ledger at the last snapshot.
+/// The Raft log then stays within about `growth_percent` % of the ledger (or `min_logs` entries),
+/// and each event pays for a bounded number of snapshot copies.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotRule {
+    pub min_logs: u64,
+    pub growth_percent: u64,
+}
+
+impl SnapshotRule {
+    /// `logs_since`: log entries applied since the last snapshot; `events_since` and
+    /// `events_at_snapshot`: ledger entries applied since it and contained in it.
+    pub fn due(&self, logs_since: u64, events_since: u64, events_at_snapshot: u64) -> bool {
+        logs_since >= self.min_logs
+            && u128::from(events_since) * 100
+                >= u128::from(events_at_snapshot) * u128::from(self.growth_percent)
+    }
+}
+
+/// Triggers snapshots by [`SnapshotRule`] (openraft's own policy is off).
+async fn snapshot_policy(node: Arc<Node>, rule: SnapshotRule, shutdown: CancellationToken) {
+    let mut metrics = node.raft.metrics();
+    let mut last = metrics.borrow().snapshot;
+    // How many ledger entries the last snapshot holds. Not recorded across restarts: then the
+    // ledger's size now, which errs towards a later snapshot.
+    let mut events_at_snapshot = if last.is_some() { node.store.size() } else { 0 };
+    let mut requested: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+        let (snapshot, applied) = {
+            let m = metrics.borrow_and_update();
+            (m.snapshot, m.last_applied)
+        };
+        if snapshot != last {
+            last = snapshot;
+            events_at_snapshot = node.store.size();
+            requested = None;
+        }
+        // A requested snapshot is being built; ask again only if it never came.
+        if requested.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            continue;
+        }
+        let next_index = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index + 1);
+        let logs_since = next_index(applied).saturating_sub(next_index(snapshot));
+        let events_since = node.store.size().saturating_sub(events_at_snapshot);
+        if rule.due(logs_since, events_since, events_at_snapshot) {
+            tracing::info!(
+                logs_since,
+                events_since,
+                events_at_snapshot,
+                "taking a snapshot"
+            );
+            if node.raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            requested = Some(Instant::now());
+        }
+    }
+}
+
 /// Makes this node's public key part of the replicated ledger, so that every replica and every
 /// export can check the entries this node signs.
 async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
@@ -396,5 +471,39 @@ async fn checkpointer(node: Arc<Node>, every: Duration, shutdown: CancellationTo
         if let Err(e) = node.checkpoint().await {
             tracing::debug!(error = %e, "checkpoint not recorded");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRule;
+
+    #[test]
+    fn snapshots_wait_for_enough_log_and_a_share_of_new_events() {
+        let rule = SnapshotRule {
+            min_logs: 20_000,
+            growth_percent: 50,
+        };
+        // A fresh ledger: by log entries alone.
+        assert!(!rule.due(19_999, 19_999, 0));
+        assert!(rule.due(20_000, 20_000, 0));
+        // A ledger of 1,000,000 entries at the last snapshot: 500,000 new events are needed,
+        // however many log entries they came in.
+        assert!(!rule.due(400_000, 499_999, 1_000_000));
+        assert!(rule.due(20_000, 500_000, 1_000_000));
+        // ...but never fewer log entries than the minimum.
+        assert!(!rule.due(19_999, 5_000_000, 1_000_000));
+        // 0 % = by log entries only; large counts do not overflow.
+        let by_logs = SnapshotRule {
+            min_logs: 10,
+            growth_percent: 0,
+        };
+        assert!(by_logs.due(10, 0, u64::MAX));
+        let big = SnapshotRule {
+            min_logs: 1,
+            growth_percent: 1000,
+        };
+        assert!(!big.due(1, u64::MAX / 11, u64::MAX / 100));
+        assert!(big.due(1, u64::MAX, u64::MAX / 10));
     }
 }
