@@ -89,6 +89,7 @@ use crate::storage::RaftLogReaderExt;
 use crate::storage::RaftLogStorage;
 use crate::storage::RaftStateMachine;
 use crate::type_config::alias::InstantOf;
+use crate::type_config::alias::OneshotReceiverOf;
 use crate::type_config::alias::ResponderOf;
 use crate::type_config::TypeConfigExt;
 use crate::AsyncRuntime;
@@ -718,16 +719,33 @@ where
     {
         tracing::debug!("append_to_log");
 
+        let rx = self.submit_append(entries, vote, last_log_id).await?;
+        rx.await
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        Ok(())
+    }
+
+    /// Hands `entries` to the log store with a flush callback; returns the receiver the
+    /// callback reports to. (MedLedger patch: shared by `append_to_log`, which waits for it, and
+    /// `append_to_log_in_background`, which does not.)
+    async fn submit_append<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<OneshotReceiverOf<C, Result<LogIOId<C::NodeId>, std::io::Error>>, StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
         let (tx, rx) = C::AsyncRuntime::oneshot();
         let log_io_id = LogIOId::new(vote, Some(last_log_id));
 
         let callback = LogFlushed::new(log_io_id, tx);
 
         self.log_store.append(entries, callback).await?;
-        rx.await
-            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
-            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
-        Ok(())
+        Ok(rx)
     }
 
     /// MedLedger patch: hands `entries` to the log store and returns without waiting for the
@@ -749,12 +767,7 @@ where
     {
         tracing::debug!("append_to_log_in_background");
 
-        let (tx, rx) = C::AsyncRuntime::oneshot();
-        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
-
-        let callback = LogFlushed::new(log_io_id, tx);
-
-        self.log_store.append(entries, callback).await?;
+        let rx = self.submit_append(entries, vote.clone(), last_log_id.clone()).await?;
 
         let tx_notify = self.tx_notify.clone();
         let _ = C::spawn(async move {
