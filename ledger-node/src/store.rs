@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -129,34 +129,150 @@ pub enum ApplyOutcome {
     Refused { reason: String },
 }
 
-/// A consistent copy of the whole store (see [`Store::snapshot_pairs`]).
-pub struct StoreSnapshot {
-    /// Every key/value pair, in key order.
-    pub pairs: Vec<(sled::IVec, sled::IVec)>,
-    /// Number of entries.
-    pub size: u64,
-    /// Root hash of the entries.
-    pub root: Hash,
+/// The store as of one moment, read lazily: what a Raft snapshot copies (see [`Store::view`]).
+///
+/// Entries, their device index and their event ids are only ever added, so the keys that belong
+/// to the first [`StoreView::size`] entries are read from the live tree and the ones added since
+/// are left out; node keys and metadata change in place and are copied when the view is taken.
+/// The view keeps the tree it reads alive, also across [`Store::install`].
+pub struct StoreView {
+    tree: Arc<LedgerTree>,
+    size: u64,
+    root: Hash,
+    metas: std::collections::BTreeMap<String, Vec<u8>>,
+    /// The `K` and `M` pairs as they were when the view was taken.
+    small: Vec<(sled::IVec, sled::IVec)>,
+    path: PathBuf,
 }
 
-impl StoreSnapshot {
-    /// A metadata value written with [`Store::apply`], as it is in this copy.
+impl StoreView {
+    /// Number of entries.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Root hash of the entries.
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+
+    /// A metadata value written with [`Store::apply`], as it was when the view was taken.
     pub fn meta(&self, name: &str) -> Option<Vec<u8>> {
-        let get = |key: &[u8]| {
-            self.pairs
-                .binary_search_by(|(k, _)| k.as_ref().cmp(key))
-                .ok()
-                .and_then(|i| self.pairs.get(i))
-                .map(|(_, v)| v.as_ref())
-        };
-        if let Some(v) = get(META_SIZE)
-            .and_then(SizeRecord::decode)
-            .and_then(|mut r| r.metas.remove(name))
-        {
-            return Some(v);
+        if let Some(v) = self.metas.get(name) {
+            return Some(v.clone());
         }
         // Layout 2 kept each value under its own key.
-        get(&key_meta(name)).map(<[u8]>::to_vec)
+        let key = key_meta(name);
+        self.small
+            .iter()
+            .find(|(k, _)| k.as_ref() == key.as_slice())
+            .map(|(_, v)| v.to_vec())
+    }
+
+    /// Calls `f` with every key/value pair of the view, in key order, and returns how many there
+    /// were. Reads the tree as it goes: memory stays small whatever the size of the ledger.
+    pub fn for_each_pair(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), LedgerError>,
+    ) -> Result<u64, LedgerError> {
+        let corrupt = |what: &str| LedgerError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("{what} is malformed"),
+        };
+        let storage = |source| LedgerError::Storage {
+            path: self.path.clone(),
+            source,
+        };
+        let mut count = 0u64;
+        for kv in self.tree.range(..&b"K"[..]) {
+            let (k, v) = kv.map_err(storage)?;
+            let seq = match k.first() {
+                Some(b'E') => Some(be_u64(&k[1..]).ok_or_else(|| corrupt("entry key"))?),
+                Some(b'D') => Some(
+                    k.len()
+                        .checked_sub(8)
+                        .filter(|at| *at > 1)
+                        .and_then(|at| be_u64(&k[at..]))
+                        .ok_or_else(|| corrupt("device index key"))?,
+                ),
+                Some(b'I') => Some(be_u64(&v).ok_or_else(|| corrupt("event id index value"))?),
+                _ => None,
+            };
+            // Written by an apply after the view was taken.
+            if seq.is_some_and(|s| s >= self.size) {
+                continue;
+            }
+            f(&k, &v)?;
+            count += 1;
+        }
+        for (k, v) in &self.small {
+            f(k, v)?;
+            count += 1;
+        }
+        for kv in self.tree.range(&b"N"[..]..) {
+            let (k, v) = kv.map_err(storage)?;
+            f(&k, &v)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+/// Key, in the database's default tree, of the name of the sled tree that holds the ledger
+/// (absent: [`FIRST_TREE`]). [`Store::install`] fills a new tree and then switches this key.
+const CURRENT_TREE_KEY: &[u8] = b"medledger.ledger_tree";
+/// The ledger's tree until a snapshot is installed; later ones are `ledger.N`.
+const FIRST_TREE: &[u8] = b"ledger";
+
+fn is_ledger_tree(name: &[u8]) -> bool {
+    name == FIRST_TREE || name.strip_prefix(b"ledger.").is_some_and(|n| !n.is_empty())
+}
+
+/// The name after `current` in the series `ledger`, `ledger.1`, `ledger.2`, ...
+fn next_tree_name(current: &[u8]) -> Vec<u8> {
+    let n = current
+        .strip_prefix(b"ledger.")
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("ledger.{}", n.saturating_add(1)).into_bytes()
+}
+
+/// The sled tree that holds the ledger, shared by the store, its readers and snapshot views.
+/// When [`Store::install`] replaces it, it is marked retired and dropped from the database once
+/// the last of them lets go of it (a crash before that leaves it to [`Store::open_in`]).
+struct LedgerTree {
+    tree: sled::Tree,
+    db: sled::Db,
+    retired: std::sync::atomic::AtomicBool,
+}
+
+impl std::ops::Deref for LedgerTree {
+    type Target = sled::Tree;
+    fn deref(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+impl Drop for LedgerTree {
+    fn drop(&mut self) {
+        if !self.retired.load(Ordering::SeqCst) {
+            return;
+        }
+        let db = self.db.clone();
+        let name = self.tree.name();
+        // Freeing every page of a large ledger takes a while: not on the thread of whoever
+        // happened to hold the tree last (it may be an async worker).
+        let spawned = std::thread::Builder::new()
+            .name("medledger-drop-tree".into())
+            .spawn(move || {
+                if let Err(e) = db.drop_tree(&name) {
+                    tracing::warn!(error = %e, tree = %String::from_utf8_lossy(&name),
+                        "could not drop the replaced ledger tree; it is dropped at the next open");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a thread to drop the replaced ledger tree; it is dropped at the next open");
+        }
     }
 }
 
@@ -164,7 +280,8 @@ impl StoreSnapshot {
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
-    tree: sled::Tree,
+    /// The tree holding the ledger; replaced whole by [`Store::install`].
+    tree: std::sync::RwLock<Arc<LedgerTree>>,
     /// The writer's view, including applied but not yet flushed entries.
     writer: Mutex<WriterState>,
     /// Entries whose batch `apply_batch` has completed (the writer's frontier size, readable
@@ -485,16 +602,31 @@ impl Store {
     /// other trees of the same database (Raft's log) share its flushes. `dir` must be the
     /// database's directory: [`Store::flush`] syncs the data file in it.
     pub fn open_in(db: &sled::Db, dir: &Path) -> Result<Self, LedgerError> {
-        let tree = db
-            .open_tree("ledger")
-            .map_err(|source| LedgerError::Storage {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let storage = |source| LedgerError::Storage {
+            path: dir.to_owned(),
+            source,
+        };
+        let current = db
+            .get(CURRENT_TREE_KEY)
+            .map_err(storage)?
+            .map_or_else(|| FIRST_TREE.to_vec(), |v| v.to_vec());
+        // A tree that is not the current one was being filled by an install that did not finish,
+        // or was replaced by one that did.
+        for name in db.tree_names() {
+            if is_ledger_tree(&name) && name.as_ref() != current.as_slice() {
+                tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping a ledger tree left by a snapshot install");
+                db.drop_tree(&name).map_err(storage)?;
+            }
+        }
+        let tree = db.open_tree(&current).map_err(storage)?;
         let store = Store {
             path: dir.to_owned(),
             db: db.clone(),
-            tree,
+            tree: std::sync::RwLock::new(Arc::new(LedgerTree {
+                tree,
+                db: db.clone(),
+                retired: false.into(),
+            })),
             writer: Mutex::new(WriterState {
                 frontier: Frontier::new(),
                 metas: Default::default(),
@@ -503,13 +635,13 @@ impl Store {
             applied_size: AtomicU64::new(0),
             durable_size: AtomicU64::new(0),
         };
-        let (frontier, record) = store.load_frontier()?;
+        let (frontier, record) = store.load_frontier(&store.tree())?;
         let size = frontier.size();
         {
             let mut w = store.lock_writer();
             w.frontier = frontier;
             w.metas = record.metas;
-            w.layout_written = store.layout_is_current()?;
+            w.layout_written = store.layout_is_current(&store.tree())?;
         }
         store.applied_size.store(size, Ordering::SeqCst);
         store.durable_size.store(size, Ordering::SeqCst);
@@ -520,8 +652,9 @@ impl Store {
     ///
     /// Entries beyond the recorded size are what a crash left of an apply that did not count
     /// (its size record was never written): they are removed here, see [`Store::apply`].
-    fn load_frontier(&self) -> Result<(Frontier, SizeRecord), LedgerError> {
-        let record = match self.get(META_SIZE)? {
+    fn load_frontier(&self, tree: &sled::Tree) -> Result<(Frontier, SizeRecord), LedgerError> {
+        let get = |key: &[u8]| tree.get(key).map_err(|e| self.storage(e));
+        let record = match get(META_SIZE)? {
             None => SizeRecord::default(),
             Some(v) => {
                 SizeRecord::decode(&v).ok_or_else(|| self.corrupt("size record is malformed"))?
@@ -529,7 +662,7 @@ impl Store {
         };
         let size = record.size;
         if size > 0 {
-            let layout = self.get(META_LAYOUT)?;
+            let layout = get(META_LAYOUT)?;
             if !layout
                 .as_deref()
                 .is_some_and(|l| l.len() == 1 && LAYOUTS_READ.contains(&l[0]))
@@ -540,18 +673,19 @@ impl Store {
                 )));
             }
         }
-        if size > 0 && self.get(&key_entry(size - 1))?.is_none() {
+        if size > 0 && get(&key_entry(size - 1))?.is_none() {
             return Err(self.corrupt(&format!("size is {size} but entry {} is missing", size - 1)));
         }
-        self.remove_uncounted(size)?;
-        Ok((Frontier::from_reader(self, size)?, record))
+        self.remove_uncounted(tree, size)?;
+        let reader = TreeReader { store: self, tree };
+        Ok((Frontier::from_reader(&reader, size)?, record))
     }
 
     /// Removes the entries at `size` and beyond with their index keys. Index keys are removed
     /// before their entry, so that a crash in here leaves an entry to find them by next time.
-    fn remove_uncounted(&self, size: u64) -> Result<(), LedgerError> {
+    fn remove_uncounted(&self, tree: &sled::Tree, size: u64) -> Result<(), LedgerError> {
         let mut removed = 0u64;
-        for kv in self.tree.range(key_entry(size)..=key_entry(u64::MAX)) {
+        for kv in tree.range(key_entry(size)..=key_entry(u64::MAX)) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
             let record = self.parse_record(seq, &v)?;
@@ -559,14 +693,16 @@ impl Store {
                 Entry::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
             let mut dk = key_device_prefix(&entry.body.device_id);
             dk.extend_from_slice(&seq.to_be_bytes());
-            self.tree.remove(dk).map_err(|e| self.storage(e))?;
+            tree.remove(dk).map_err(|e| self.storage(e))?;
             if let Some(id) = &entry.body.event_id {
                 let ik = key_event_id(id);
-                if self.get(&ik)?.as_deref() == Some(&seq.to_be_bytes()[..]) {
-                    self.tree.remove(ik).map_err(|e| self.storage(e))?;
+                if tree.get(&ik).map_err(|e| self.storage(e))?.as_deref()
+                    == Some(&seq.to_be_bytes()[..])
+                {
+                    tree.remove(ik).map_err(|e| self.storage(e))?;
                 }
             }
-            self.tree.remove(k).map_err(|e| self.storage(e))?;
+            tree.remove(k).map_err(|e| self.storage(e))?;
             removed += 1;
         }
         if removed > 0 {
@@ -580,8 +716,15 @@ impl Store {
     }
 
     /// Whether `Mlayout` already says [`LAYOUT`] (an older store is upgraded by its next apply).
-    fn layout_is_current(&self) -> Result<bool, LedgerError> {
-        Ok(self.get(META_LAYOUT)?.as_deref() == Some(&[LAYOUT][..]))
+    fn layout_is_current(&self, tree: &sled::Tree) -> Result<bool, LedgerError> {
+        let layout = tree.get(META_LAYOUT).map_err(|e| self.storage(e))?;
+        Ok(layout.as_deref() == Some(&[LAYOUT][..]))
+    }
+
+    /// The tree holding the ledger now.
+    fn tree(&self) -> Arc<LedgerTree> {
+        // Only `install` writes the lock, and it cannot panic while holding it.
+        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
@@ -605,7 +748,7 @@ impl Store {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, LedgerError> {
-        self.tree.get(key).map_err(|e| self.storage(e))
+        self.tree().get(key).map_err(|e| self.storage(e))
     }
 
     /// The directory of the store.
@@ -692,8 +835,9 @@ impl Store {
             .ok_or_else(|| self.corrupt("metadata too large for the size record"))?;
         // The size record goes last: it is what makes the apply count (see the doc above).
         batch.insert(META_SIZE, record);
+        let tree = self.tree();
         for (k, v) in batch.0 {
-            self.tree.insert(k, v).map_err(|e| self.storage(e))?;
+            tree.insert(k, v).map_err(|e| self.storage(e))?;
         }
         self.applied_size.store(frontier.size(), Ordering::SeqCst);
         w.frontier = frontier;
@@ -867,53 +1011,88 @@ impl Store {
         &self.db
     }
 
-    /// Every key/value pair of the store with the size and root they give, read under the writer
-    /// lock so that no apply lands half-way through: a consistent copy of the state for a
-    /// snapshot. Values are sled's reference-counted buffers, so the copy costs little beyond the
-    /// keys.
-    pub fn snapshot_pairs(&self) -> Result<StoreSnapshot, LedgerError> {
+    /// The store as of now, for a snapshot (see [`StoreView`]). Takes the writer lock only to
+    /// note the size, the root and the node keys and metadata; the entries are read later.
+    pub fn view(&self) -> Result<StoreView, LedgerError> {
         let w = self.lock_writer();
-        let pairs = self
-            .tree
-            .iter()
+        let tree = self.tree();
+        let small = tree
+            .range(&b"K"[..]..&b"N"[..])
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.storage(e))?;
-        Ok(StoreSnapshot {
-            pairs,
+        Ok(StoreView {
+            tree,
             size: w.frontier.size(),
             root: w.frontier.root(),
+            metas: w.metas.clone(),
+            small,
+            path: self.path.clone(),
         })
     }
 
-    /// Replaces the whole state with `pairs` (as [`Store::snapshot_pairs`] returned them on another
-    /// node) in one atomic batch, then checks the result and rebuilds the in-memory frontier.
-    /// Readers see the new size at once; call [`Store::flush`] to make it durable.
+    /// Replaces the whole state with `pairs` (another node's [`StoreView`], through a snapshot),
+    /// so that a crash at any point leaves either the old state or the new one, and returns the
+    /// new number of entries. Blocks on disk I/O.
     ///
-    /// If the pairs do not form a consistent ledger the batch has already been applied and an
-    /// error is returned: the caller must treat the store as broken (Raft stops on it).
-    pub fn replace_all<K, V>(
-        &self,
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<u64, LedgerError>
+    /// The pairs go into a new sled tree, streamed, never all in memory; the database is flushed
+    /// and the new tree checked (size record, last entry, Merkle frontier) before the database's
+    /// pointer to the ledger tree ([`CURRENT_TREE_KEY`]) is switched to it and flushed again.
+    /// [`Store::open_in`] drops whichever tree the pointer does not name. If `pairs` fails or
+    /// does not form a consistent ledger, the new tree is dropped and the old state stays.
+    pub fn install<I>(&self, pairs: I) -> Result<u64, LedgerError>
     where
-        K: Into<sled::IVec>,
-        V: Into<sled::IVec>,
+        I: IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), LedgerError>>,
     {
         let mut w = self.lock_writer();
-        let mut batch = sled::Batch::default();
-        for k in self.tree.iter().keys() {
-            batch.remove(k.map_err(|e| self.storage(e))?);
+        let old = self.tree();
+        let name = next_tree_name(&old.name());
+        let storage = |e| self.storage(e);
+        // Left by an install that failed in this process (none survives an open).
+        self.db.drop_tree(&name).map_err(storage)?;
+        let tree = self.db.open_tree(&name).map_err(storage)?;
+        let filled = (|| {
+            for pair in pairs {
+                let (k, v) = pair?;
+                tree.insert(k, v).map_err(storage)?;
+            }
+            self.db.flush().map_err(storage)?;
+            sync_files(&self.path)?;
+            let loaded = self.load_frontier(&tree)?;
+            let layout = self.layout_is_current(&tree)?;
+            Ok::<_, LedgerError>((loaded, layout))
+        })();
+        let ((frontier, record), layout_written) = match filled {
+            Ok(f) => f,
+            Err(e) => {
+                drop(tree);
+                if let Err(d) = self.db.drop_tree(&name) {
+                    tracing::warn!(error = %d, "could not drop the tree of a failed snapshot install");
+                }
+                return Err(e);
+            }
+        };
+        self.db.insert(CURRENT_TREE_KEY, name).map_err(storage)?;
+        self.db.flush().map_err(storage)?;
+        sync_files(&self.path)?;
+        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LedgerTree {
+            tree,
+            db: self.db.clone(),
+            retired: false.into(),
+        });
+        // Nobody can get hold of the old tree any more. Dropped here if this is its last user;
+        // otherwise by the last snapshot view that still reads it.
+        match Arc::try_unwrap(old) {
+            Ok(old) => {
+                let name = old.tree.name();
+                drop(old);
+                self.db.drop_tree(&name).map_err(storage)?;
+            }
+            Err(old) => old.retired.store(true, Ordering::SeqCst),
         }
-        // A batch is a map: an insert after the remove of the same key wins.
-        for (k, v) in pairs {
-            batch.insert(k, v);
-        }
-        self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
-        let (frontier, record) = self.load_frontier()?;
         let size = frontier.size();
         w.frontier = frontier;
         w.metas = record.metas;
-        w.layout_written = self.layout_is_current()?;
+        w.layout_written = layout_written;
         self.applied_size.store(size, Ordering::SeqCst);
         self.durable_size.store(size, Ordering::SeqCst);
         Ok(size)
@@ -975,7 +1154,7 @@ impl Store {
         let mut start = prefix.clone();
         start.extend_from_slice(&after.map_or(0, |a| a.saturating_add(1)).to_be_bytes());
         let mut out = Vec::new();
-        for kv in self.tree.range(start..) {
+        for kv in self.tree().range(start..) {
             let (k, _) = kv.map_err(|e| self.storage(e))?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
@@ -1014,7 +1193,7 @@ impl Store {
     /// Every registered node key, by node id.
     pub fn node_keys(&self) -> Result<Vec<(u64, [u8; 32])>, LedgerError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"K") {
+        for kv in self.tree().scan_prefix(b"K") {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             let id = be_u64(&k[1..]).ok_or_else(|| self.corrupt("node key id"))?;
             let key: [u8; 32] = v
@@ -1068,21 +1247,43 @@ impl Store {
 impl NodeReader for Store {
     type Error = LedgerError;
     fn perfect(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        TreeReader {
+            store: self,
+            tree: &self.tree(),
+        }
+        .perfect(level, index)
+    }
+}
+
+/// Reads the Merkle tree of one ledger tree (the current one, or one being installed).
+struct TreeReader<'a> {
+    store: &'a Store,
+    tree: &'a sled::Tree,
+}
+
+impl NodeReader for TreeReader<'_> {
+    type Error = LedgerError;
+    fn perfect(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let store = self.store;
         // The subtree's last leaf is entry ((index + 1) << level) - 1, whose record holds the
         // subtree's hash (level 0: the leaf hash of its bytes).
         let last = 1u64
             .checked_shl(level.into())
             .and_then(|width| index.checked_add(1)?.checked_mul(width))
             .map(|end| end - 1)
-            .ok_or_else(|| self.corrupt(&format!("tree node {level}/{index} is out of range")))?;
-        let v = self.record(last)?;
-        let record = self.parse_record(last, &v)?;
+            .ok_or_else(|| store.corrupt(&format!("tree node {level}/{index} is out of range")))?;
+        let v = self
+            .tree
+            .get(key_entry(last))
+            .map_err(|e| store.storage(e))?
+            .ok_or_else(|| store.corrupt(&format!("entry {last} is missing")))?;
+        let record = store.parse_record(last, &v)?;
         if level == 0 {
             return Ok(leaf_hash(record.entry));
         }
         record
             .node(level)
-            .ok_or_else(|| self.corrupt(&format!("tree node {level}/{index} is missing")))
+            .ok_or_else(|| store.corrupt(&format!("tree node {level}/{index} is missing")))
     }
 }
 
@@ -1231,6 +1432,145 @@ mod tests {
     }
 
     /// A store written with another key layout is refused on open instead of misread.
+    /// Collects a view's pairs, as a snapshot file would carry them.
+    fn view_pairs(view: &StoreView) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        view.for_each_pair(|k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .expect("pairs");
+        out
+    }
+
+    /// A view copies the store as it was when taken, even while applies go on; installed on
+    /// another store (which had a history of its own) it gives the same size, root, entries and
+    /// indexes, also after a reopen, and the replaced tree is gone.
+    #[test]
+    fn a_view_installed_elsewhere_is_the_store_as_it_was() {
+        let a_dir = tempfile::tempdir().expect("tempdir");
+        let b_dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let cmds: Vec<Command> = (0..40).map(|i| Command::Append(append(i, &key))).collect();
+        let a = Store::open(a_dir.path()).expect("open a");
+        a.apply(&cmds[..25], &[("m", b"at 25".to_vec())])
+            .expect("apply");
+        a.publish();
+        let view = a.view().expect("view");
+        let (size, root) = (view.size(), view.root());
+        // Applies after the view: none of it may show up in the copy.
+        a.apply(&cmds[25..], &[("m", b"at 40".to_vec())])
+            .expect("apply");
+        a.publish();
+        let pairs = view_pairs(&view);
+        assert_eq!(view.meta("m"), Some(b"at 25".to_vec()));
+        {
+            let b = Store::open(b_dir.path()).expect("open b");
+            let other = SigningKey::from_bytes(&[5; 32]);
+            b.apply(
+                &(100..103)
+                    .map(|i| Command::Append(append(i, &other)))
+                    .collect::<Vec<_>>(),
+                &[],
+            )
+            .expect("apply b");
+            let installed = b.install(pairs.iter().cloned().map(Ok)).expect("install");
+            assert_eq!(installed, size);
+            assert_eq!(b.applied_root(), (size, root));
+            assert_eq!(b.meta("m").expect("meta"), Some(b"at 25".to_vec()));
+            assert_eq!(view_pairs(&b.view().expect("view b")), pairs);
+        }
+        let b = Store::open(b_dir.path()).expect("reopen b");
+        assert_eq!((b.size(), b.root(size).expect("root")), (size, root));
+        for seq in 0..size {
+            assert_eq!(
+                b.entry_bytes(seq).expect("b"),
+                a.entry_bytes(seq).expect("a")
+            );
+        }
+        assert_eq!(b.find_event_id("evt-24").expect("find"), Some(24));
+        assert_eq!(b.find_event_id("evt-25").expect("find"), None);
+        assert_eq!(b.find_event_id("evt-101").expect("find"), None);
+        assert_eq!(
+            b.device_history("pump-1", None, 100).expect("history"),
+            a.device_history("pump-1", None, 100)
+                .expect("history")
+                .into_iter()
+                .filter(|s| *s < size)
+                .collect::<Vec<_>>()
+        );
+        let names: Vec<Vec<u8>> = b
+            .db()
+            .tree_names()
+            .into_iter()
+            .map(|n| n.to_vec())
+            .filter(|n| is_ledger_tree(n))
+            .collect();
+        assert_eq!(names, vec![b"ledger.1".to_vec()], "one ledger tree left");
+        // Applying goes on from the installed state.
+        let out = b.apply(&cmds[25..26], &[]).expect("apply after install");
+        assert!(
+            matches!(out[0], ApplyOutcome::Appended { seq: 25, .. }),
+            "{out:?}"
+        );
+    }
+
+    /// An install whose pairs fail half-way or do not form a ledger changes nothing, and a tree
+    /// left by an install that crashed before it switched over is dropped at the next open.
+    #[test]
+    fn a_failed_or_interrupted_install_leaves_the_old_state() {
+        let a_dir = tempfile::tempdir().expect("tempdir");
+        let b_dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[6; 32]);
+        let cmds: Vec<Command> = (0..20).map(|i| Command::Append(append(i, &key))).collect();
+        let a = Store::open(a_dir.path()).expect("open a");
+        a.apply(&cmds, &[]).expect("apply");
+        a.publish();
+        let pairs = view_pairs(&a.view().expect("view"));
+        let b = Store::open(b_dir.path()).expect("open b");
+        b.apply(&cmds[..3], &[]).expect("apply b");
+        b.publish();
+        let before = b.applied_root();
+        // The stream breaks off.
+        let broken = pairs
+            .iter()
+            .cloned()
+            .map(Ok)
+            .take(5)
+            .chain(std::iter::once(Err(LedgerError::Refused("cut".into()))));
+        assert!(b.install(broken).is_err());
+        // The last entry is missing: the size record does not match the entries.
+        let last = key_entry(19);
+        let holed = pairs
+            .iter()
+            .filter(|(k, _)| k.as_slice() != last.as_slice())
+            .cloned()
+            .map(Ok);
+        assert!(b.install(holed).is_err());
+        assert_eq!(b.applied_root(), before);
+        assert_eq!(
+            b.entry_bytes(2).expect("entry"),
+            a.entry_bytes(2).expect("a")
+        );
+        // A crash after filling a new tree but before switching: the tree stays behind.
+        let left = b.db().open_tree("ledger.1").expect("tree");
+        for (k, v) in &pairs {
+            left.insert(k.as_slice(), v.as_slice()).expect("insert");
+        }
+        drop(left);
+        runtime().block_on(b.flush()).expect("flush");
+        drop(b);
+        let b = Store::open(b_dir.path()).expect("reopen");
+        assert_eq!(b.applied_root(), before);
+        assert!(
+            !b.db()
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"ledger.1"),
+            "the unfinished tree was dropped"
+        );
+    }
+
     #[test]
     fn an_apply_without_its_size_record_is_removed_on_open() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1250,7 +1590,7 @@ mod tests {
             store.publish();
             let bytes = store.entry_bytes(4).expect("entry 4");
             store
-                .tree
+                .tree()
                 .insert(META_SIZE, before.clone())
                 .expect("restore");
             runtime().block_on(store.flush()).expect("flush");
@@ -1293,12 +1633,12 @@ mod tests {
                 .expect("apply");
             // What layout 2 wrote: an 8-byte size and metadata under its own key.
             store
-                .tree
+                .tree()
                 .insert(META_SIZE, &1u64.to_be_bytes())
                 .expect("size");
-            store.tree.insert(META_LAYOUT, &[2u8]).expect("layout");
+            store.tree().insert(META_LAYOUT, &[2u8]).expect("layout");
             store
-                .tree
+                .tree()
                 .insert(key_meta("raft_applied"), &b"old"[..])
                 .expect("meta");
             runtime().block_on(store.flush()).expect("flush");
@@ -1323,8 +1663,8 @@ mod tests {
             store.get(META_LAYOUT).expect("get").as_deref(),
             Some(&[LAYOUT][..])
         );
-        let snap = store.snapshot_pairs().expect("snapshot");
-        assert_eq!(snap.meta("raft_applied"), Some(b"new".to_vec()));
+        let view = store.view().expect("view");
+        assert_eq!(view.meta("raft_applied"), Some(b"new".to_vec()));
     }
 
     #[test]
@@ -1385,7 +1725,7 @@ mod tests {
             store
                 .apply(&[Command::Append(append(1, &key))], &[])
                 .expect("apply");
-            store.tree.remove(META_LAYOUT).expect("remove layout");
+            store.tree().remove(META_LAYOUT).expect("remove layout");
             runtime().block_on(store.flush()).expect("flush");
         }
         match Store::open(dir.path()) {

@@ -24,6 +24,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct SledBuilder;
 
@@ -255,7 +256,7 @@ async fn snapshot_installs_the_whole_ledger_on_another_node() {
         .build_snapshot()
         .await
         .expect("build");
-    let bytes = snap.snapshot.get_ref().len();
+    let bytes = snap.snapshot.metadata().await.expect("metadata").len();
     eprintln!("built a snapshot of {bytes} bytes in {:?}", t.elapsed());
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, next - 1)));
     let current = sm_a
@@ -265,9 +266,23 @@ async fn snapshot_installs_the_whole_ledger_on_another_node() {
         .expect("a snapshot");
     assert_eq!(current.meta, snap.meta);
 
+    // Sent as openraft sends it: read from the leader's snapshot file in chunks, written into
+    // the file the follower receives into.
     let t = Instant::now();
     let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
-    *rx = *snap.snapshot;
+    let mut src = current.snapshot;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = src.read(&mut chunk).await.expect("read snapshot");
+        if n == 0 {
+            break;
+        }
+        rx.write_all(&chunk[..n]).await.expect("write chunk");
+        sent += n as u64;
+    }
+    rx.shutdown().await.expect("shutdown");
+    assert_eq!(sent, bytes);
     sm_b.install_snapshot(&snap.meta, rx)
         .await
         .expect("install");
@@ -323,10 +338,13 @@ async fn a_damaged_snapshot_is_refused() {
         .expect("build");
 
     let (_log_b, mut sm_b, store_b) = open_storage(&tmp.path().join("b")).expect("open b");
-    let mut bytes = snap.snapshot.into_inner();
+    let mut bytes = Vec::new();
+    let mut src = snap.snapshot;
+    src.read_to_end(&mut bytes).await.expect("read snapshot");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
-    let rx = Box::new(std::io::Cursor::new(bytes));
+    let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
+    rx.write_all(&bytes).await.expect("write");
     assert!(sm_b.install_snapshot(&snap.meta, rx).await.is_err());
     assert_eq!(
         store_b.size(),

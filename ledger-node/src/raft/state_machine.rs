@@ -14,22 +14,33 @@
 //! state it covers must be durable before the log that could rebuild it goes), and installing one
 //! (the log before it is purged as well).
 //!
-//! # Snapshot format
+//! # Snapshots
 //!
 //! A snapshot is the whole ledger tree, so a new node receives every entry, proof node and index
-//! and serves reads at once. It is one byte string, the same in transit and in the snapshot file:
+//! and serves reads at once. It is a file, built, sent, received and installed as a stream: a
+//! ledger of millions of entries is gigabytes, and none of it is held in memory. The builder
+//! copies a [`StoreView`] of the store (the entries present when it was taken, read from the live
+//! tree) into a temporary file, syncing every [`SNAPSHOT_SYNC_CHUNK`] bytes, and renames it to
+//! `raft-snapshot.bin`; openraft sends it in chunks read from the file. The receiver writes the
+//! chunks into `raft-snapshot.recv`, checks its checksum and header, installs the pairs with
+//! [`Store::install`] (a new sled tree, switched to only once complete and checked) and renames
+//! the file to `raft-snapshot.bin`. The format, the same on disk and in transit:
 //!
 //! ```text
-//! "MLSNAP01"                       8 bytes
+//! "MLSNAP02"                       8 bytes
 //! header length                    u32 BE
-//! header                           JSON: {meta, size, root, pairs}
+//! header                           JSON: {meta, size, root}
 //! pairs times: key length u32 BE, key, value length u32 BE, value
+//! end of pairs                     u32 BE 0xFFFF_FFFF
+//! pair count                       u64 BE
 //! SHA-256 of all bytes before it   32 bytes
 //! ```
 //!
-//! `size` and `root` are checked against the installed ledger.
+//! Version 1 (`"MLSNAP01"`, written by earlier versions, still read) has the pair count in the
+//! header and no end marker or count after the pairs. `size` and `root` are checked against the
+//! installed ledger.
 
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +49,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 use super::types::{
     Entry, LogId, RaftResponse, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -45,14 +57,19 @@ use super::types::{
 use super::{sto_err, Durability};
 use crate::error::LedgerError;
 use crate::hash::Hash;
-use crate::store::{Command, Store, StoreSnapshot};
+use crate::store::{Command, Store, StoreView};
 
 /// Store metadata name of Raft's last applied log id.
 pub const META_APPLIED: &str = "raft_applied";
 /// Store metadata name of Raft's last applied membership.
 pub const META_MEMBERSHIP: &str = "raft_membership";
 
-const MAGIC: &[u8; 8] = b"MLSNAP01";
+const MAGIC_V1: &[u8; 8] = b"MLSNAP01";
+const MAGIC: &[u8; 8] = b"MLSNAP02";
+/// Key length that ends the pairs of a version 2 snapshot (no key is 4 GiB long).
+const END_OF_PAIRS: u32 = u32::MAX;
+/// Read and write buffer of snapshot files.
+const IO_BUFFER: usize = 1 << 20;
 
 /// The replicated state machine: the ledger store plus where its snapshot is kept.
 pub struct StateMachine {
@@ -74,13 +91,22 @@ struct Header {
     size: u64,
     #[serde(with = "crate::entry::hex32")]
     root: Hash,
-    pairs: u64,
+    /// Version 1 only: the number of pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pairs: Option<u64>,
 }
 
 fn corrupt(path: &Path, reason: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt {
         path: path.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LedgerError + '_ {
+    move |source| LedgerError::Io {
+        path: path.to_owned(),
+        source,
     }
 }
 
@@ -111,135 +137,312 @@ fn decode_applied(
     Ok((applied, membership))
 }
 
-fn push_len(out: &mut Vec<u8>, len: usize, path: &Path) -> Result<(), LedgerError> {
-    let len = u32::try_from(len).map_err(|_| corrupt(path, "snapshot item over 4 GiB"))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    Ok(())
+/// Writes a snapshot in the format above, hashing as it goes.
+struct SnapshotWriter<W: Write> {
+    out: W,
+    hasher: Sha256,
+    pairs: u64,
+    path: PathBuf,
 }
 
-/// Serialises a consistent copy of the store into the snapshot format.
-fn encode(meta: &SnapshotMeta, snap: &StoreSnapshot, path: &Path) -> Result<Vec<u8>, LedgerError> {
-    let header = Header {
-        meta: meta.clone(),
-        size: snap.size,
-        root: snap.root,
-        pairs: snap.pairs.len() as u64,
-    };
-    let header = serde_json::to_vec(&header).map_err(|e| corrupt(path, e))?;
-    let body: usize = snap.pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + body + 32);
-    out.extend_from_slice(MAGIC);
-    push_len(&mut out, header.len(), path)?;
-    out.extend_from_slice(&header);
-    for (k, v) in &snap.pairs {
-        push_len(&mut out, k.len(), path)?;
-        out.extend_from_slice(k);
-        push_len(&mut out, v.len(), path)?;
-        out.extend_from_slice(v);
+impl<W: Write> SnapshotWriter<W> {
+    fn new(out: W, header: &Header, path: &Path) -> Result<Self, LedgerError> {
+        let header = serde_json::to_vec(header).map_err(|e| corrupt(path, e))?;
+        let mut w = Self {
+            out,
+            hasher: Sha256::new(),
+            pairs: 0,
+            path: path.to_owned(),
+        };
+        w.put(MAGIC)?;
+        w.put_len(header.len())?;
+        w.put(&header)?;
+        Ok(w)
     }
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    Ok(out)
-}
 
-/// Reads `n` bytes at `*at`, advancing it.
-fn take<'a>(buf: &'a [u8], at: &mut usize, n: usize, path: &Path) -> Result<&'a [u8], LedgerError> {
-    let end = at
-        .checked_add(n)
-        .filter(|e| *e <= buf.len())
-        .ok_or_else(|| corrupt(path, "snapshot is truncated"))?;
-    let s = &buf[*at..end];
-    *at = end;
-    Ok(s)
-}
-
-fn take_len(buf: &[u8], at: &mut usize, path: &Path) -> Result<usize, LedgerError> {
-    let b = take(buf, at, 4, path)?;
-    let mut a = [0u8; 4];
-    a.copy_from_slice(b);
-    Ok(u32::from_be_bytes(a) as usize)
-}
-
-/// Checks the checksum and reads the header; returns the header and the offset of the first
-/// pair. The last 32 bytes are the checksum, so pairs end at `buf.len() - 32`.
-fn decode_header(buf: &[u8], path: &Path) -> Result<(Header, usize), LedgerError> {
-    if buf.len() < MAGIC.len() + 4 + 32 || &buf[..MAGIC.len()] != MAGIC {
-        return Err(corrupt(path, "not a medledger snapshot"));
+    fn put(&mut self, bytes: &[u8]) -> Result<(), LedgerError> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes).map_err(io_err(&self.path))
     }
-    let (content, sum) = buf.split_at(buf.len() - 32);
-    if Sha256::digest(content).as_slice() != sum {
-        return Err(corrupt(path, "snapshot checksum does not match"));
-    }
-    let mut at = MAGIC.len();
-    let len = take_len(content, &mut at, path)?;
-    let header = take(content, &mut at, len, path)?;
-    let header: Header = serde_json::from_slice(header)
-        .map_err(|e| corrupt(path, format!("snapshot header: {e}")))?;
-    Ok((header, at))
-}
 
-/// A key/value pair borrowed from snapshot bytes.
-type Pair<'a> = (&'a [u8], &'a [u8]);
+    fn put_len(&mut self, len: usize) -> Result<(), LedgerError> {
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|l| *l != END_OF_PAIRS)
+            .ok_or_else(|| corrupt(&self.path, "snapshot item of 4 GiB or more"))?;
+        self.put(&len.to_be_bytes())
+    }
 
-/// Decodes a whole snapshot: header and pairs (borrowed from `buf`).
-fn decode<'a>(buf: &'a [u8], path: &Path) -> Result<(Header, Vec<Pair<'a>>), LedgerError> {
-    let (header, mut at) = decode_header(buf, path)?;
-    let content = &buf[..buf.len() - 32];
-    // The header's count is only a hint for the allocation, capped by what the bytes can hold.
-    let cap = usize::try_from(header.pairs)
-        .unwrap_or(usize::MAX)
-        .min(content.len() / 8);
-    let mut pairs = Vec::with_capacity(cap);
-    while at < content.len() {
-        let kl = take_len(content, &mut at, path)?;
-        let k = take(content, &mut at, kl, path)?;
-        let vl = take_len(content, &mut at, path)?;
-        let v = take(content, &mut at, vl, path)?;
-        pairs.push((k, v));
+    fn pair(&mut self, key: &[u8], value: &[u8]) -> Result<(), LedgerError> {
+        self.put_len(key.len())?;
+        self.put(key)?;
+        self.put_len(value.len())?;
+        self.put(value)?;
+        self.pairs += 1;
+        Ok(())
     }
-    if pairs.len() as u64 != header.pairs {
-        return Err(corrupt(
-            path,
-            format!(
-                "snapshot has {} pairs, header says {}",
-                pairs.len(),
-                header.pairs
-            ),
-        ));
+
+    /// Writes the end of the pairs, their count and the checksum; returns the writer.
+    fn finish(mut self) -> Result<W, LedgerError> {
+        self.put(&END_OF_PAIRS.to_be_bytes())?;
+        self.put(&self.pairs.to_be_bytes())?;
+        let sum = self.hasher.finalize_reset();
+        self.out.write_all(&sum).map_err(io_err(&self.path))?;
+        Ok(self.out)
     }
-    Ok((header, pairs))
 }
 
 /// How much of a snapshot file is written before it is synced: a snapshot is the whole ledger
 /// (100 MB and more), and writing it in one go queued every Raft log flush of this gateway
 /// behind the writeback of all of it (measured: a 114 MB snapshot during the 256-client bench
 /// timed out AppendEntries and took the maximum latency to 551 ms).
-const SNAPSHOT_SYNC_CHUNK: usize = 4 * 1024 * 1024;
+const SNAPSHOT_SYNC_CHUNK: u64 = 4 * 1024 * 1024;
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: a
-/// temporary file, synced (every [`SNAPSHOT_SYNC_CHUNK`] bytes, so that at most that much is
-/// waiting for the disk in front of other flushes), renamed over, and the directory synced.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
-    use std::io::Write;
-    let io = |p: &Path| {
-        let p = p.to_owned();
-        move |source| LedgerError::Io { path: p, source }
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    for chunk in bytes.chunks(SNAPSHOT_SYNC_CHUNK) {
-        f.write_all(chunk).map_err(io(&tmp))?;
-        f.sync_data().map_err(io(&tmp))?;
+/// A file that syncs its data every [`SNAPSHOT_SYNC_CHUNK`] bytes written, so that at most that
+/// much is waiting for the disk in front of other flushes.
+struct SyncingFile {
+    file: std::fs::File,
+    unsynced: u64,
+}
+
+impl Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SNAPSHOT_SYNC_CHUNK {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
     }
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes `view` as the snapshot `meta` into `path` so that a crash leaves either the old file or
+/// the new one (a temporary file, synced, renamed over, the directory synced), and returns the
+/// new file opened for reading.
+fn write_snapshot_file(
+    path: &Path,
+    meta: &SnapshotMeta,
+    view: &StoreView,
+) -> Result<(std::fs::File, u64), LedgerError> {
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let header = Header {
+        meta: meta.clone(),
+        size: view.size(),
+        root: view.root(),
+        pairs: None,
+    };
+    let out = BufWriter::with_capacity(IO_BUFFER, SyncingFile { file, unsynced: 0 });
+    let mut w = SnapshotWriter::new(out, &header, &tmp)?;
+    view.for_each_pair(|k, v| w.pair(k, v))?;
+    let out = w.finish()?;
+    let file = out
+        .into_inner()
+        .map_err(|e| LedgerError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?
+        .file;
+    file.sync_all().map_err(io_err(&tmp))?;
+    let len = file.metadata().map_err(io_err(&tmp))?.len();
+    drop(file);
+    // Opened before the rename: a build that renames over this one meanwhile does not change
+    // what this snapshot's reader sees.
+    let reader = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
+    rename_synced(&tmp, path)?;
+    Ok((reader, len))
+}
+
+/// Renames `from` to `to` and syncs the directory, so that the rename survives a crash.
+fn rename_synced(from: &Path, to: &Path) -> Result<(), LedgerError> {
+    std::fs::rename(from, to).map_err(io_err(to))?;
+    if let Some(dir) = to.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+            .map_err(io_err(dir))?;
     }
     Ok(())
+}
+
+/// A key/value pair read from a snapshot.
+type OwnedPair = (Vec<u8>, Vec<u8>);
+
+/// Reads a snapshot's pairs from `r`, which holds `content` bytes before the checksum (checked
+/// beforehand by [`check_sum`]). Every length is checked against what is left, so damaged or
+/// hostile input is an error, never a panic or a huge allocation.
+struct SnapshotReader<R: Read> {
+    r: R,
+    left: u64,
+    v1: bool,
+    header: Header,
+    pairs: u64,
+    done: bool,
+    path: PathBuf,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    fn new(mut r: R, content: u64, path: &Path) -> Result<Self, LedgerError> {
+        let mut reader = |n: usize, left: &mut u64| -> Result<Vec<u8>, LedgerError> {
+            if (n as u64) > *left {
+                return Err(corrupt(path, "snapshot is truncated"));
+            }
+            let mut buf = vec![0; n];
+            r.read_exact(&mut buf).map_err(io_err(path))?;
+            *left -= n as u64;
+            Ok(buf)
+        };
+        let mut left = content;
+        let magic = reader(MAGIC.len(), &mut left)
+            .map_err(|_| corrupt(path, "not a medledger snapshot"))?;
+        let v1 = match magic.as_slice() {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            _ => return Err(corrupt(path, "not a medledger snapshot")),
+        };
+        let len = reader(4, &mut left)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let header = reader(len, &mut left)?;
+        let header: Header = serde_json::from_slice(&header)
+            .map_err(|e| corrupt(path, format!("snapshot header: {e}")))?;
+        if v1 != header.pairs.is_some() {
+            return Err(corrupt(path, "snapshot header does not match its version"));
+        }
+        Ok(Self {
+            r,
+            left,
+            v1,
+            header,
+            pairs: 0,
+            done: false,
+            path: path.to_owned(),
+        })
+    }
+
+    fn take(&mut self, n: u64) -> Result<Vec<u8>, LedgerError> {
+        if n > self.left {
+            return Err(corrupt(&self.path, "snapshot is truncated"));
+        }
+        let mut buf = vec![0; n as usize];
+        self.r.read_exact(&mut buf).map_err(io_err(&self.path))?;
+        self.left -= n;
+        Ok(buf)
+    }
+
+    fn take_u32(&mut self) -> Result<u32, LedgerError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The next pair, or `None` after the last one (once the count has been checked).
+    fn next_pair(&mut self) -> Result<Option<OwnedPair>, LedgerError> {
+        if self.done {
+            return Ok(None);
+        }
+        let expected = if self.v1 && self.left == 0 {
+            self.header.pairs
+        } else if self.v1 {
+            None
+        } else {
+            match self.take_u32()? {
+                END_OF_PAIRS => {
+                    let n = self.take(8)?;
+                    let mut c = [0u8; 8];
+                    c.copy_from_slice(&n);
+                    if self.left != 0 {
+                        return Err(corrupt(&self.path, "snapshot has bytes after its pairs"));
+                    }
+                    Some(u64::from_be_bytes(c))
+                }
+                kl => {
+                    let k = self.take(kl.into())?;
+                    return self.value_for(k).map(Some);
+                }
+            }
+        };
+        if let Some(count) = expected {
+            self.done = true;
+            if count != self.pairs {
+                return Err(corrupt(
+                    &self.path,
+                    format!("snapshot has {} pairs, it says {count}", self.pairs),
+                ));
+            }
+            return Ok(None);
+        }
+        let kl = self.take_u32()?;
+        let k = self.take(kl.into())?;
+        self.value_for(k).map(Some)
+    }
+
+    fn value_for(&mut self, k: Vec<u8>) -> Result<OwnedPair, LedgerError> {
+        let vl = self.take_u32()?;
+        let v = self.take(vl.into())?;
+        self.pairs += 1;
+        Ok((k, v))
+    }
+}
+
+impl<R: Read> Iterator for SnapshotReader<R> {
+    type Item = Result<OwnedPair, LedgerError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_pair() {
+            Ok(p) => p.map(Ok),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Checks the SHA-256 at the end of a snapshot of `len` bytes read from `r`; returns the length
+/// of the content before it.
+fn check_sum(mut r: impl Read, len: u64, path: &Path) -> Result<u64, LedgerError> {
+    let content = len
+        .checked_sub(32)
+        .ok_or_else(|| corrupt(path, "not a medledger snapshot"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; IO_BUFFER];
+    let mut left = content;
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        r.read_exact(&mut buf[..n]).map_err(io_err(path))?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut sum = [0u8; 32];
+    r.read_exact(&mut sum).map_err(io_err(path))?;
+    if hasher.finalize().as_slice() != sum {
+        return Err(corrupt(path, "snapshot checksum does not match"));
+    }
+    Ok(content)
+}
+
+/// Reads a snapshot file from its start: checks the checksum, then returns a reader of its
+/// header and pairs.
+fn open_checked(
+    file: &std::fs::File,
+    path: &Path,
+) -> Result<SnapshotReader<BufReader<std::fs::File>>, LedgerError> {
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut f = file.try_clone().map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let content = check_sum(BufReader::with_capacity(IO_BUFFER, &f), len, path)?;
+    f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    SnapshotReader::new(BufReader::with_capacity(IO_BUFFER, f), content, path)
+}
+
+/// Whether `file` is the file at `path`.
+fn is_file_at(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -275,35 +478,74 @@ impl StateMachine {
         )
     }
 
-    /// Reads the current snapshot file, if there is one.
+    /// Where a snapshot from the leader is received before it is installed.
+    fn receive_path(&self) -> PathBuf {
+        self.snapshot_path.with_extension("recv")
+    }
+
+    /// The current snapshot, if there is one: its metadata from the file's header, and the file
+    /// to read it from. The checksum is checked by whoever installs it.
     async fn read_snapshot(&self) -> Result<Option<Snapshot>, LedgerError> {
         let path = self.snapshot_path.clone();
         let read = tokio::task::spawn_blocking(move || -> Result<_, LedgerError> {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => return Err(LedgerError::Io { path, source }),
             };
-            let (header, _) = decode_header(&bytes, &path)?;
-            Ok(Some((header.meta, bytes)))
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            let content = len
+                .checked_sub(32)
+                .ok_or_else(|| corrupt(&path, "not a medledger snapshot"))?;
+            let header = SnapshotReader::new(BufReader::new(&file), content, &path)?.header;
+            let mut file = file;
+            file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
+            Ok(Some((header.meta, file)))
         })
         .await
         .map_err(|e| join_err(&self.snapshot_path, e))??;
-        Ok(read.map(|(meta, bytes)| Snapshot {
+        Ok(read.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 
-    async fn install(&self, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), LedgerError> {
+    /// Installs a received snapshot: checks it, replaces the store with its pairs (streamed) and
+    /// keeps it as this node's current snapshot.
+    async fn install(
+        &self,
+        meta: &SnapshotMeta,
+        mut data: tokio::fs::File,
+    ) -> Result<(), LedgerError> {
+        let recv = self.receive_path();
+        data.flush().await.map_err(io_err(&recv))?;
+        let data = data.into_std().await;
         let store = self.store.clone();
         let snapshot_path = self.snapshot_path.clone();
         let expected = meta.clone();
-        let bytes = Arc::new(bytes);
-        let data = bytes.clone();
         let (size, root) = tokio::task::spawn_blocking(move || -> Result<_, LedgerError> {
+            // openraft writes what it receives into the file `begin_receiving_snapshot` made;
+            // other callers (openraft's storage test suite) hand over another node's file, which
+            // is copied here first so that what is installed is kept under this node's name.
+            let file = if is_file_at(&data, &recv) {
+                data
+            } else {
+                let mut from = data.try_clone().map_err(io_err(&recv))?;
+                from.seek(SeekFrom::Start(0)).map_err(io_err(&recv))?;
+                let mut to = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&recv)
+                    .map_err(io_err(&recv))?;
+                std::io::copy(&mut from, &mut to).map_err(io_err(&recv))?;
+                to
+            };
+            file.sync_all().map_err(io_err(&recv))?;
             let from = Path::new("snapshot from leader");
-            let (header, pairs) = decode(&data, from)?;
+            let reader = open_checked(&file, from)?;
+            let header = &reader.header;
             if header.meta.last_log_id != expected.last_log_id
                 || header.meta.last_membership != expected.last_membership
             {
@@ -315,20 +557,22 @@ impl StateMachine {
                     ),
                 ));
             }
-            let size = store.replace_all(pairs)?;
+            let (want_size, want_root) = (header.size, header.root);
+            let size = store.install(reader)?;
             let (_, root) = store.applied_root();
-            if size != header.size || root != header.root {
+            if size != want_size || root != want_root {
                 return Err(corrupt(
                     &snapshot_path,
                     format!(
                         "installed snapshot gives {size} entries with root {}, expected {} with \
                          root {}",
                         hex::encode(root),
-                        header.size,
-                        hex::encode(header.root)
+                        want_size,
+                        hex::encode(want_root)
                     ),
                 ));
             }
+            rename_synced(&recv, &snapshot_path)?;
             Ok((size, root))
         })
         .await
@@ -340,11 +584,6 @@ impl StateMachine {
                 format!("installed snapshot records {applied:?} as last applied, not {meta}"),
             ));
         }
-        self.durability.sync().await?;
-        let path = self.snapshot_path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| join_err(&self.snapshot_path, e))??;
         tracing::info!(snapshot = %meta, size, root = %hex::encode(root), "installed snapshot");
         Ok(())
     }
@@ -353,16 +592,15 @@ impl StateMachine {
 impl SnapshotBuilder {
     async fn build(&self) -> Result<Snapshot, LedgerError> {
         let store = self.store.clone();
-        let path = self.snapshot_path.clone();
-        let copy = tokio::task::spawn_blocking(move || store.snapshot_pairs())
+        let view = tokio::task::spawn_blocking(move || store.view())
             .await
             .map_err(|e| join_err(&self.snapshot_path, e))??;
         // The log is purged up to this snapshot once it is built: the state it covers must be on
-        // disk first. Any sync that starts now covers the copy just taken.
+        // disk first. Any sync that starts now covers the view just taken.
         self.durability.sync().await?;
         let (last_log_id, last_membership) = decode_applied(
-            copy.meta(META_APPLIED).as_deref(),
-            copy.meta(META_MEMBERSHIP).as_deref(),
+            view.meta(META_APPLIED).as_deref(),
+            view.meta(META_MEMBERSHIP).as_deref(),
             self.durability.dir(),
         )?;
         let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -381,18 +619,15 @@ impl SnapshotBuilder {
             snapshot_id,
         };
         let m = meta.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> Result<_, LedgerError> {
-            let bytes = encode(&m, &copy, &path)?;
-            drop(copy);
-            write_atomic(&path, &bytes)?;
-            Ok(bytes)
-        })
-        .await
-        .map_err(|e| join_err(&self.snapshot_path, e))??;
-        tracing::info!(snapshot = %meta, bytes = bytes.len(), "built snapshot");
+        let path = self.snapshot_path.clone();
+        let (file, bytes) =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m, &view))
+                .await
+                .map_err(|e| join_err(&self.snapshot_path, e))??;
+        tracing::info!(snapshot = %meta, bytes, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -488,24 +723,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.receive_path();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|source| {
+                sto_err(
+                    ErrorSubject::Snapshot(None),
+                    ErrorVerb::Write,
+                    &LedgerError::Io { path, source },
+                )
+            })?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        self.install(meta, snapshot.into_inner())
-            .await
-            .map_err(|e| {
-                sto_err(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Write,
-                    &e,
-                )
-            })
+        self.install(meta, *snapshot).await.map_err(|e| {
+            sto_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                &e,
+            )
+        })
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
@@ -519,50 +767,118 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
-    fn sample() -> (SnapshotMeta, StoreSnapshot) {
-        let meta = SnapshotMeta {
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
             last_log_id: Some(openraft::testing::log_id(2, 1, 7)),
             last_membership: StoredMembership::default(),
             snapshot_id: "s".into(),
-        };
-        let snap = StoreSnapshot {
-            pairs: vec![
-                (b"Ea".as_slice().into(), b"one".as_slice().into()),
-                (b"Eb".as_slice().into(), b"".as_slice().into()),
-            ],
+        }
+    }
+
+    fn pairs() -> Vec<OwnedPair> {
+        vec![
+            (b"Ea".to_vec(), b"one".to_vec()),
+            (b"Eb".to_vec(), b"".to_vec()),
+        ]
+    }
+
+    fn encode() -> Vec<u8> {
+        let header = Header {
+            meta: meta(),
             size: 2,
             root: [7; 32],
+            pairs: None,
         };
-        (meta, snap)
+        let p = Path::new("t");
+        let mut w = SnapshotWriter::new(Vec::new(), &header, p).expect("header");
+        for (k, v) in pairs() {
+            w.pair(&k, &v).expect("pair");
+        }
+        w.finish().expect("finish")
+    }
+
+    /// What version 1 wrote: the pair count in the header, no end marker.
+    fn encode_v1() -> Vec<u8> {
+        let header = serde_json::to_vec(&Header {
+            meta: meta(),
+            size: 2,
+            root: [7; 32],
+            pairs: Some(2),
+        })
+        .expect("header");
+        let mut out = MAGIC_V1.to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header);
+        for (k, v) in pairs() {
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(&k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
+        }
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<(Header, Vec<OwnedPair>), LedgerError> {
+        let p = Path::new("t");
+        let content = check_sum(bytes, bytes.len() as u64, p)?;
+        let mut r = SnapshotReader::new(bytes, content, p)?;
+        let pairs = r.by_ref().collect::<Result<Vec<_>, _>>()?;
+        Ok((r.header, pairs))
     }
 
     #[test]
-    fn snapshot_bytes_round_trip() {
-        let (meta, snap) = sample();
-        let p = Path::new("t");
-        let bytes = encode(&meta, &snap, p).expect("encode");
-        let (h, pairs) = decode(&bytes, p).expect("decode");
-        assert_eq!(h.meta, meta);
-        assert_eq!(h.size, 2);
-        assert_eq!(h.root, [7; 32]);
-        assert_eq!(
-            pairs,
-            vec![(&b"Ea"[..], &b"one"[..]), (&b"Eb"[..], &b""[..])]
-        );
+    fn snapshot_bytes_round_trip_and_version_1_still_reads() {
+        for bytes in [encode(), encode_v1()] {
+            let (h, got) = decode(&bytes).expect("decode");
+            assert_eq!(h.meta, meta());
+            assert_eq!(h.size, 2);
+            assert_eq!(h.root, [7; 32]);
+            assert_eq!(got, pairs());
+        }
     }
 
     #[test]
     fn damaged_snapshots_are_refused_not_panicked_on() {
-        let (meta, snap) = sample();
-        let p = Path::new("t");
-        let bytes = encode(&meta, &snap, p).expect("encode");
-        for i in 0..bytes.len() {
-            let mut b = bytes.clone();
-            b[i] ^= 0x40;
-            assert!(decode(&b, p).is_err(), "flipped byte {i} accepted");
+        for bytes in [encode(), encode_v1()] {
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x40;
+                assert!(decode(&b).is_err(), "flipped byte {i} accepted");
+            }
+            for n in 0..bytes.len() {
+                assert!(decode(&bytes[..n]).is_err(), "truncated to {n} accepted");
+            }
         }
-        for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n], p).is_err(), "truncated to {n} accepted");
+    }
+
+    /// Damage behind a checksum that matches (a peer that computes it over bad content): lengths
+    /// that run past the end, a wrong count, bytes after the pairs are errors, not panics.
+    #[test]
+    fn bad_structure_with_a_good_checksum_is_refused() {
+        let good = encode();
+        let content = &good[..good.len() - 32];
+        let reseal = |c: &[u8]| {
+            let mut v = c.to_vec();
+            let sum = Sha256::digest(&v);
+            v.extend_from_slice(&sum);
+            v
+        };
+        // The pair count (the last 8 content bytes) off by one.
+        let mut c = content.to_vec();
+        let n = c.len();
+        c[n - 1] ^= 1;
+        assert!(decode(&reseal(&c)).is_err(), "wrong count accepted");
+        // A byte after the count.
+        let mut c = content.to_vec();
+        c.push(0);
+        assert!(decode(&reseal(&c)).is_err(), "trailing byte accepted");
+        // Every 4-byte window set to a huge length.
+        for i in 8..content.len() - 4 {
+            let mut c = content.to_vec();
+            c[i..i + 4].copy_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
+            assert!(decode(&reseal(&c)).is_err(), "huge length at {i} accepted");
         }
     }
 }

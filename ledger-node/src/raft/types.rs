@@ -1,8 +1,6 @@
 //! The openraft type configuration of the replicated ledger and the request/response of one Raft
 //! entry.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::store::{ApplyOutcome, Command};
@@ -10,14 +8,14 @@ use crate::store::{ApplyOutcome, Command};
 openraft::declare_raft_types!(
     /// Type configuration of MedLedger's Raft group: node ids are the gateways' `u64` node ids,
     /// a node's address is a [`openraft::BasicNode`] (`host:port` of its Raft endpoint) and a
-    /// snapshot travels as one in-memory buffer (see `state_machine` for its format).
+    /// snapshot is a file, streamed in chunks (see `state_machine` for its format).
     pub TypeConfig:
         D = RaftRequest,
         R = RaftResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
