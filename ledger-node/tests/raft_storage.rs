@@ -249,6 +249,9 @@ async fn snapshot_installs_the_whole_ledger_on_another_node() {
     apply_in_groups(&mut sm_b, &cmds[..cmds.len() / 3], 1).await;
     assert!(store_b.size() < store_a.size());
 
+    // Peak memory from here to the end of the install (VmHWM, reset by clear_refs 5).
+    let mem_before = proc_status_kb("VmRSS");
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
     let snap = sm_a
         .get_snapshot_builder()
@@ -286,7 +289,13 @@ async fn snapshot_installs_the_whole_ledger_on_another_node() {
     sm_b.install_snapshot(&snap.meta, rx)
         .await
         .expect("install");
-    eprintln!("installed it in {:?}", t.elapsed());
+    eprintln!(
+        "installed it in {:?}; memory while building, sending and installing: peak {} KiB, {} KiB \
+         before",
+        t.elapsed(),
+        proc_status_kb("VmHWM"),
+        mem_before
+    );
 
     assert_same_ledger(&store_a, &store_b);
     assert_eq!(
@@ -356,6 +365,18 @@ async fn a_damaged_snapshot_is_refused() {
         .await
         .expect("current")
         .is_none());
+}
+
+/// A `kB` field of `/proc/self/status` (0 where there is none).
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Opens the storage in `dir` again after the previous handles were dropped: sled's own threads
