@@ -1,7 +1,9 @@
 //! Durable storage of the ledger in sled, and the one deterministic apply path.
 //!
 //! Everything lives in one sled tree under one-letter key prefixes; an apply counts once its
-//! size record (`Msize`, written last) is in (see [`Store::apply`]):
+//! size record (`Msize`, written last) is in (see [`Store::apply`]). The tree is `ledger` until a
+//! snapshot is installed and `ledger.N` after the N-th install ([`Store::install`]); the key
+//! `medledger.ledger_tree` of the database's default tree names the current one:
 //!
 //! | key | value |
 //! |---|---|
