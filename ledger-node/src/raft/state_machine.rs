@@ -268,6 +268,24 @@ fn rename_synced(from: &Path, to: &Path) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// Reads `n` of the `left` bytes of a snapshot's content; more than are left is an error, before
+/// anything is allocated.
+fn take_bounded(
+    r: &mut impl Read,
+    n: u64,
+    left: &mut u64,
+    path: &Path,
+) -> Result<Vec<u8>, LedgerError> {
+    if n > *left {
+        return Err(corrupt(path, "snapshot is truncated"));
+    }
+    let len = usize::try_from(n).map_err(|_| corrupt(path, "snapshot item too large"))?;
+    let mut buf = vec![0; len];
+    r.read_exact(&mut buf).map_err(io_err(path))?;
+    *left -= n;
+    Ok(buf)
+}
+
 /// A key/value pair read from a snapshot.
 type OwnedPair = (Vec<u8>, Vec<u8>);
 
@@ -286,17 +304,9 @@ struct SnapshotReader<R: Read> {
 
 impl<R: Read> SnapshotReader<R> {
     fn new(mut r: R, content: u64, path: &Path) -> Result<Self, LedgerError> {
-        let mut reader = |n: usize, left: &mut u64| -> Result<Vec<u8>, LedgerError> {
-            if (n as u64) > *left {
-                return Err(corrupt(path, "snapshot is truncated"));
-            }
-            let mut buf = vec![0; n];
-            r.read_exact(&mut buf).map_err(io_err(path))?;
-            *left -= n as u64;
-            Ok(buf)
-        };
         let mut left = content;
-        let magic = reader(MAGIC.len(), &mut left)
+        let mut reader = |n: u64, left: &mut u64| take_bounded(&mut r, n, left, path);
+        let magic = reader(MAGIC.len() as u64, &mut left)
             .map_err(|_| corrupt(path, "not a medledger snapshot"))?;
         let v1 = match magic.as_slice() {
             m if m == MAGIC => false,
@@ -304,8 +314,8 @@ impl<R: Read> SnapshotReader<R> {
             _ => return Err(corrupt(path, "not a medledger snapshot")),
         };
         let len = reader(4, &mut left)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let header = reader(len, &mut left)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        let header = reader(len.into(), &mut left)?;
         let header: Header = serde_json::from_slice(&header)
             .map_err(|e| corrupt(path, format!("snapshot header: {e}")))?;
         if v1 != header.pairs.is_some() {
@@ -323,13 +333,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     fn take(&mut self, n: u64) -> Result<Vec<u8>, LedgerError> {
-        if n > self.left {
-            return Err(corrupt(&self.path, "snapshot is truncated"));
-        }
-        let mut buf = vec![0; n as usize];
-        self.r.read_exact(&mut buf).map_err(io_err(&self.path))?;
-        self.left -= n;
-        Ok(buf)
+        take_bounded(&mut self.r, n, &mut self.left, &self.path)
     }
 
     fn take_u32(&mut self) -> Result<u32, LedgerError> {
