@@ -21,9 +21,9 @@ use ledger_node::entry::EventInput;
 use ledger_node::{ApplyOutcome, Ledger};
 use serde_json::json;
 
-use crate::cluster_cmd;
+use crate::cli::cluster;
 use crate::config::Config;
-use crate::revocation::{self, IdentityIndex};
+use crate::service::revocation::{self, IdentityIndex};
 
 /// Author of the entries the CLI writes into a local ledger.
 const CLI_AUTHOR: &str = "local:cli";
@@ -301,14 +301,14 @@ impl Ctx {
     async fn sink(&self) -> anyhow::Result<Sink> {
         if let Some(c) = &self.config {
             return Ok(Sink::Api {
-                http: cluster_cmd::client(c)?,
-                addr: cluster_cmd::local_addr(c),
+                http: cluster::client(c)?,
+                addr: cluster::local_addr(c),
             });
         }
         if let Some(msg) = cluster_member_refusal(&self.data_dir) {
             bail!(msg);
         }
-        let ledger = crate::ledger_cmd::open_ledger(&self.data_dir, 1).await?;
+        let ledger = crate::cli::ledger::open_ledger(&self.data_dir, 1).await?;
         Ok(Sink::Local(Box::new(ledger)))
     }
 }
@@ -353,7 +353,7 @@ impl Sink {
                     "components": components,
                 });
                 let url = format!("https://{addr}/v1/events");
-                let resp = cluster_cmd::post_json(http, &url, &body).await?;
+                let resp = cluster::post_json(http, &url, &body).await?;
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
                 if !status.is_success() {

@@ -110,7 +110,7 @@ pub fn issued_event_from_record(rec: &certs::IssuedRecord, ca: &IssuingCa) -> Ev
 /// does not hold yet; retries until a leader accepts them. Idempotent: the event id is derived
 /// from the serial.
 pub async fn record_local_issuances(
-    node: Arc<crate::node::Node>,
+    node: Arc<crate::service::node::Node>,
     ca: Arc<IssuingCa>,
     shutdown: CancellationToken,
 ) {
@@ -357,11 +357,11 @@ pub fn load_ca(pki_dir: &Path) -> anyhow::Result<Option<Arc<IssuingCa>>> {
 /// Everything a change of the revocation list reaches.
 pub struct Enforcers {
     /// Checked on every request of an already open connection.
-    pub revoked: crate::server::RevokedSerials,
+    pub revoked: crate::service::server::RevokedSerials,
     /// The listeners' TLS config (next handshake).
     pub server: Arc<ReloadableServerConfig>,
     /// This gateway's client towards its peers.
-    pub peers: Arc<crate::raft_net::PeerHttp>,
+    pub peers: Arc<crate::service::raft_net::PeerHttp>,
 }
 
 fn refresh(

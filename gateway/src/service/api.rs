@@ -19,8 +19,8 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::node::{Node, WriteError};
-use crate::server::Peer;
+use crate::service::node::{Node, WriteError};
+use crate::service::server::Peer;
 
 /// An error answer: a status and a message naming what was wrong.
 pub struct ApiError(StatusCode, String);
@@ -196,7 +196,7 @@ async fn append_event(
             );
         }
     }
-    let ev = crate::import::parse_line(1, &value.to_string()).map_err(|e| bad(e.reason))?;
+    let ev = crate::event::parse_line(1, &value.to_string()).map_err(|e| bad(e.reason))?;
     // Identity events change who the gateways trust: only gateways and administrators record them.
     if matches!(
         ev.event.kind,
@@ -294,7 +294,7 @@ async fn ensure_fresh(node: &Node, opts: &ReadOptions) -> Result<(), ApiError> {
                                 format!("leader unreachable: {e}"),
                             )
                         })?;
-                    let status: crate::node::ClusterStatus = resp
+                    let status: crate::service::node::ClusterStatus = resp
                         .json()
                         .await
                         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
@@ -360,7 +360,7 @@ async fn history(
             "seq": seq,
             "kind": e.body.kind.as_str(),
             "occurred_at": e.body.occurred_at,
-            "recorded_at": crate::ledger_cmd::format_ms(e.body.recorded_at_ms),
+            "recorded_at": crate::cli::ledger::format_ms(e.body.recorded_at_ms),
             "author": e.body.author,
             "node_id": e.body.node_id,
             "corrects": e.body.corrects,
@@ -419,14 +419,17 @@ async fn export(
 /// Parses a Raft RPC body (MessagePack) after the caller was authorised, so that callers who
 /// may not use a route learn nothing about its body.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    crate::raft_net::decode(body).map_err(|e| bad(format!("bad request body: {e}")))
+    crate::service::raft_net::decode(body).map_err(|e| bad(format!("bad request body: {e}")))
 }
 
 /// A Raft RPC answer in MessagePack.
 fn msgpack<T: Serialize>(v: &T) -> Result<Response, ApiError> {
-    let body = crate::raft_net::encode(v).map_err(internal)?;
+    let body = crate::service::raft_net::encode(v).map_err(internal)?;
     Ok((
-        [(axum::http::header::CONTENT_TYPE, crate::raft_net::MSGPACK)],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::service::raft_net::MSGPACK,
+        )],
         body,
     )
         .into_response())
@@ -462,7 +465,7 @@ async fn raft_snapshot(
 ) -> Result<Response, ApiError> {
     require_gateway(&peer)?;
     let meta = headers
-        .get(crate::raft_net::SNAPSHOT_HEADER)
+        .get(crate::service::raft_net::SNAPSHOT_HEADER)
         .ok_or_else(|| bad("missing snapshot metadata header"))?;
     let mut req: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(meta.as_bytes())
         .map_err(|e| bad(format!("bad snapshot metadata header: {e}")))?;
@@ -603,7 +606,7 @@ async fn cluster_status(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     Query(opts): Query<ReadOptions>,
-) -> Result<Json<crate::node::ClusterStatus>, ApiError> {
+) -> Result<Json<crate::service::node::ClusterStatus>, ApiError> {
     require_reader(&peer)?;
     ensure_fresh(&node, &opts).await?;
     Ok(Json(node.status()))

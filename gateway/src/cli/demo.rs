@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::{import, ledger_cmd};
+use crate::cli::ledger;
+use crate::event;
 
 /// The sample maintenance history shipped with the docs.
-const SAMPLE: &str = include_str!("../../docs/examples/maintenance-history.jsonl");
+const SAMPLE: &str = include_str!("../../../docs/examples/maintenance-history.jsonl");
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -27,23 +28,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let data = dir.join("data");
     println!("MedLedger demo in {}", dir.display());
-    let ledger = ledger_cmd::open_ledger(&data, 1).await?;
-    let events = import::parse_file(SAMPLE)?;
+    let ledger = ledger::open_ledger(&data, 1).await?;
+    let events = event::parse_file(SAMPLE)?;
     let n = events.len();
-    let s = ledger_cmd::import_events(&ledger, events, "demo:biomed", "sample history").await?;
+    let s = ledger::import_events(&ledger, events, "demo:biomed", "sample history").await?;
     println!(
         "1. recorded {} of {n} sample maintenance events (calibrations, repairs, PM, alarms, a correction); ledger size {}",
         s.appended, s.size
     );
     let export = dir.join("export.jsonl");
-    ledger_cmd::export(&ledger, &export, &None).await?;
+    ledger::export(&ledger, &export, &None).await?;
     println!("2. exported the ledger to {}", export.display());
-    let report = match ledger_cmd::verify(&export, vec![], false)? {
+    let report = match ledger::verify(&export, vec![], false)? {
         Ok(r) => r,
         Err(f) => anyhow::bail!("the demo's own export does not verify: {f}"),
     };
     println!("3. verified the export offline:");
-    for l in ledger_cmd::describe(&report).lines() {
+    for l in ledger::describe(&report).lines() {
         println!("   {l}");
     }
     let entries: Vec<_> = (0..s.size)
@@ -68,15 +69,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .map_or(0, |e| e.seq);
     let auditor = dir.join("receipt-auditor.json");
-    let disclose = ledger_cmd::parse_disclosure(Some("device,maintenance"))?;
-    ledger_cmd::receipt(&ledger, alarm, &auditor, &disclose).await?;
+    let disclose = ledger::parse_disclosure(Some("device,maintenance"))?;
+    ledger::receipt(&ledger, alarm, &auditor, &disclose).await?;
     println!(
         "5. wrote an auditor's receipt for entry {alarm}: device and maintenance fields shown, patient data withheld: {}",
         auditor.display()
     );
-    match ledger_cmd::verify(&auditor, vec![], false)? {
+    match ledger::verify(&auditor, vec![], false)? {
         Ok(r) => {
-            for l in ledger_cmd::describe(&r).lines() {
+            for l in ledger::describe(&r).lines() {
                 println!("   {l}");
             }
         }

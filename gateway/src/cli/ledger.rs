@@ -9,7 +9,7 @@ use ledger_node::entry::DisclosureClass;
 use ledger_node::export::{self, NodeKey, VerifyOptions};
 use ledger_node::{ApplyOutcome, Command, Ledger, LedgerOptions};
 
-use crate::import;
+use crate::event;
 
 /// Parses `--disclose device,maintenance`.
 pub fn parse_disclosure(list: Option<&str>) -> anyhow::Result<export::Disclosure> {
@@ -59,14 +59,14 @@ pub async fn import_file(
 ) -> anyhow::Result<ImportSummary> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let events = import::parse_file(&text).with_context(|| format!("{}", file.display()))?;
+    let events = event::parse_file(&text).with_context(|| format!("{}", file.display()))?;
     import_events(ledger, events, author, &file.display().to_string()).await
 }
 
 /// Appends parsed events in file order.
 pub async fn import_events(
     ledger: &Ledger,
-    events: Vec<import::ImportEvent>,
+    events: Vec<event::ImportEvent>,
     author: &str,
     source: &str,
 ) -> anyhow::Result<ImportSummary> {

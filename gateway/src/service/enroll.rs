@@ -32,8 +32,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::node::Node;
-use crate::server::Peer;
+use crate::service::node::Node;
+use crate::service::server::Peer;
 
 /// Validity of device certificates issued by enrollment and renewal.
 pub const DEVICE_CERT_DAYS: u32 = 365;
@@ -71,7 +71,7 @@ impl EnrollState {
             .context("the gateway certificate chain is empty")?;
         let me = certs::parse_identity(leaf).context("tls.cert_file")?;
         Ok(Self {
-            tokens: TokenStore::open(ca.dir().join(crate::pki_cmd::TOKENS_FILE)),
+            tokens: TokenStore::open(ca.dir().join(crate::cli::pki::TOKENS_FILE)),
             node,
             ca,
             gateway_author: format!("sha256:{}", me.fingerprint),
@@ -186,7 +186,7 @@ async fn enroll(
     tracing::info!(device_id = %issued.identity.id, serial = %issued.identity.serial, "device enrolled");
     record(
         &s,
-        crate::revocation::issued_event(&issued.identity, &s.ca),
+        crate::service::revocation::issued_event(&issued.identity, &s.ca),
         s.gateway_author.clone(),
     )
     .await;
@@ -231,14 +231,14 @@ async fn renew(
     let author = format!("sha256:{}", current.fingerprint);
     record(
         &s,
-        crate::revocation::issued_event(&issued.identity, &s.ca),
+        crate::service::revocation::issued_event(&issued.identity, &s.ca),
         author.clone(),
     )
     .await;
     if req.revoke_previous {
-        let ev = crate::revocation::revoked_event(
+        let ev = crate::service::revocation::revoked_event(
             &current.serial,
-            &crate::revocation::subject_of(&current),
+            &crate::service::revocation::subject_of(&current),
             RevocationReason::Superseded,
         );
         record(&s, ev, author).await;
@@ -303,16 +303,16 @@ pub async fn start(
     node: &Arc<Node>,
     gateway: &CertifiedKey,
     server: Arc<ReloadableServerConfig>,
-    revoked: crate::server::RevokedSerials,
+    revoked: crate::service::server::RevokedSerials,
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Router> {
-    let ca = crate::revocation::load_ca(&config.tls.pki_dir)?;
-    let crl_path = config.tls.pki_dir.join(crate::pki_cmd::CRL_FILE);
+    let ca = crate::service::revocation::load_ca(&config.tls.pki_dir)?;
+    let crl_path = config.tls.pki_dir.join(crate::cli::pki::CRL_FILE);
     let crl_path_for_routes = crl_path.clone();
-    let watcher = crate::revocation::start_watcher(
+    let watcher = crate::service::revocation::start_watcher(
         node.store.clone(),
-        crate::revocation::Enforcers {
+        crate::service::revocation::Enforcers {
             revoked,
             server,
             peers: node.peers.clone(),
@@ -332,7 +332,7 @@ pub async fn start(
         }
         return Ok(Router::new());
     };
-    tasks.spawn(crate::revocation::record_local_issuances(
+    tasks.spawn(crate::service::revocation::record_local_issuances(
         node.clone(),
         ca.clone(),
         shutdown.clone(),
@@ -350,7 +350,7 @@ pub async fn start(
             .with_context(|| format!("api.enroll_listen {addr}: cannot bind"))?;
         let bound = listener.local_addr()?;
         let tls = certs::enrollment_server_config(gateway).context("api.enroll_listen")?;
-        tasks.spawn(crate::server::serve_tls_no_client_auth(
+        tasks.spawn(crate::service::server::serve_tls_no_client_auth(
             listener,
             tls,
             enroll_routes(state.clone()),

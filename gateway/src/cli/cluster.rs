@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::node::ClusterStatus;
+use crate::service::node::ClusterStatus;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -63,9 +63,9 @@ pub enum ClusterCmd {
 /// The HTTPS client the CLI talks to a running gateway with: the gateway's own certificate and
 /// roots, 30 s timeout.
 pub(crate) fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
-    let tls = crate::run::TlsMaterial::load(config)?;
-    let cfg = tls.client_config(&crate::run::base_revocation())?;
-    crate::raft_net::http_client((*cfg).clone(), None, Duration::from_secs(30))
+    let tls = crate::service::run::TlsMaterial::load(config)?;
+    let cfg = tls.client_config(&crate::service::run::base_revocation())?;
+    crate::service::raft_net::http_client((*cfg).clone(), None, Duration::from_secs(30))
 }
 
 /// The address to reach `config`'s own gateway from this machine.

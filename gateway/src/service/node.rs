@@ -40,7 +40,7 @@ pub struct Node {
     pub store: Arc<Store>,
     pub key: NodeKey,
     /// HTTPS client with the gateway certificate, for forwarding to the leader.
-    pub peers: Arc<crate::raft_net::PeerHttp>,
+    pub peers: Arc<crate::service::raft_net::PeerHttp>,
     /// The address peers reach this node at.
     pub advertise: String,
     proposals: mpsc::Sender<(Command, Reply)>,
@@ -51,7 +51,7 @@ impl Node {
     /// Opens the storage and starts Raft and the proposer.
     pub async fn start(
         config: &Config,
-        network: crate::raft_net::Network,
+        network: crate::service::raft_net::Network,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Node>> {
         let dir = &config.node.data_dir;
@@ -169,15 +169,18 @@ impl Node {
             .peers
             .get()
             .post(format!("https://{}/raft/forward", leader.addr))
-            .header(reqwest::header::CONTENT_TYPE, crate::raft_net::MSGPACK)
-            .body(crate::raft_net::encode(req)?)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                crate::service::raft_net::MSGPACK,
+            )
+            .body(crate::service::raft_net::encode(req)?)
             .send()
             .await?;
         let status = resp.status();
         if !status.is_success() {
             anyhow::bail!("{status}: {}", resp.text().await.unwrap_or_default());
         }
-        let r: RaftResponse = crate::raft_net::decode(&resp.bytes().await?)?;
+        let r: RaftResponse = crate::service::raft_net::decode(&resp.bytes().await?)?;
         Ok(r.outcomes)
     }
 

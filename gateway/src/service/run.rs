@@ -9,7 +9,7 @@ use certs::{CertifiedKey, MtlsAcceptor, Profile, ReloadableServerConfig, Revocat
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::node::Node;
+use crate::service::node::Node;
 
 /// Loads the TLS material named by the config.
 pub struct TlsMaterial {
@@ -55,8 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let tls = TlsMaterial::load(&config)?;
     let revocation = base_revocation();
     let shutdown = CancellationToken::new();
-    let network = crate::raft_net::Network {
-        http: Arc::new(crate::raft_net::PeerHttp::new(
+    let network = crate::service::raft_net::Network {
+        http: Arc::new(crate::service::raft_net::PeerHttp::new(
             tls.roots.clone(),
             tls.gateway.clone(),
             &revocation,
@@ -79,12 +79,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("api.listen {}: cannot bind", config.api.listen))?;
     let bound = listener.local_addr()?;
-    let router = crate::api::router(node.clone());
+    let router = crate::service::api::router(node.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    let revoked = crate::server::RevokedSerials::default();
+    let revoked = crate::service::server::RevokedSerials::default();
     // identity layer: ledger revocations into every listener (watcher), enrollment listener, renewal route
     let router = router.merge(
-        crate::enroll_api::start(
+        crate::service::enroll::start(
             &config,
             &node,
             &tls.gateway,
@@ -95,7 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         )
         .await?,
     );
-    tasks.spawn(crate::server::serve_mtls(
+    tasks.spawn(crate::service::server::serve_mtls(
         listener,
         acceptor,
         router,

@@ -1,0 +1,197 @@
+//! The `medledger` command line: the commands, their flags and their output. Each command is a
+//! module of its own; `run` is the service's entry point and lives in `crate::service`. Exit
+//! codes: 0 success, 1 failure (or an invalid document for `verify`), 64 bad usage or
+//! configuration.
+
+pub mod cluster;
+pub mod demo;
+pub mod ledger;
+pub mod pki;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// MedLedger: a verifiable maintenance ledger for hospital medical devices.
+#[derive(Parser, Debug)]
+#[command(name = "medledger", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build a sample ledger of maintenance events in a temporary directory, export it, verify
+    /// the export and print a receipt.
+    Demo(demo::DemoArgs),
+    /// Append maintenance events from a JSON Lines file (schema: docs/import-format.md). Every
+    /// line is checked first; a bad line is reported with its number and nothing is written.
+    Import(ImportArgs),
+    /// Export the ledger or write receipts.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// Verify an export or a receipt offline: every hash, signature, commitment and the Merkle
+    /// root against the signed tree head. Exit 0 when valid, 1 otherwise.
+    Verify(VerifyArgs),
+    /// Run the gateway service (HTTPS API, Raft replication) with a configuration file
+    /// (commented example: systemd/gateway.toml).
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/medledger/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Administer the cluster of gateways through a running gateway.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Site root CA and this gateway's issuing CA (docs/identity.md).
+    #[command(subcommand)]
+    Ca(pki::CaCmd),
+    /// Issue and revoke certificates (recorded in the ledger), write the CRL.
+    #[command(subcommand)]
+    Cert(pki::CertCmd),
+    /// Device enrollment tokens.
+    #[command(subcommand)]
+    Device(pki::DeviceCmd),
+    /// Write a Mosquitto TLS listener config, ACL, broker certificate and CRL for the site broker.
+    MosquittoConfig(pki::MosquittoArgs),
+}
+
+#[derive(Args, Debug)]
+struct DataDir {
+    /// The gateway's state directory.
+    #[arg(long, default_value = "/var/lib/medledger")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Identity recorded as the author of every imported event.
+    #[arg(long, default_value = "local:import")]
+    author: String,
+    /// The JSON Lines file.
+    file: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCmd {
+    /// Write a self-contained export: every entry, the node public keys and a signed tree head.
+    Export {
+        #[command(flatten)]
+        data: DataDir,
+        /// Output file (JSON Lines, docs/ledger-format.md).
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated disclosure classes whose values to include (default: all); the others
+        /// are exported as commitments only.
+        #[arg(long)]
+        disclose: Option<String>,
+    },
+    /// Write a receipt for one entry: the entry, its inclusion proof and a signed tree head.
+    Receipt {
+        #[command(flatten)]
+        data: DataDir,
+        /// Sequence number of the entry.
+        #[arg(long)]
+        seq: u64,
+        /// Output file (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated disclosure classes whose values to include (default: all).
+        #[arg(long)]
+        disclose: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// An export or a receipt.
+    file: PathBuf,
+    /// Pin a node's public key (NODE_ID=HEX, repeatable); the document's keys must then match.
+    #[arg(long = "trusted-key", value_parser = ledger::parse_trusted_key)]
+    trusted_keys: Vec<ledger_node::export::NodeKey>,
+    /// Print only the verdict line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Runs one command to its end.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Run { config } => match crate::config::Config::load(&config) {
+            Ok(c) => crate::service::run::run(c).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(64))
+            }
+        },
+        Cmd::Ca(c) => pki::run_ca(c).await,
+        Cmd::Cert(c) => pki::run_cert(c).await,
+        Cmd::Device(c) => pki::run_device(c).await,
+        Cmd::MosquittoConfig(a) => pki::run_mosquitto(a).await,
+        Cmd::Cluster(c) => {
+            cluster::run(c).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Import(a) => {
+            let ledger = ledger::open_ledger(&a.data.data_dir, 1).await?;
+            let s = ledger::import_file(&ledger, &a.file, &a.author).await?;
+            println!(
+                "imported {} events from {} ({} already present); the ledger now has {} entries",
+                s.appended,
+                a.file.display(),
+                s.already_present,
+                s.size
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ledger(LedgerCmd::Export {
+            data,
+            out,
+            disclose,
+        }) => {
+            let disclose = ledger::parse_disclosure(disclose.as_deref())?;
+            let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
+            let n = ledger::export(&ledger, &out, &disclose).await?;
+            println!("exported {n} entries to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ledger(LedgerCmd::Receipt {
+            data,
+            seq,
+            out,
+            disclose,
+        }) => {
+            let disclose = ledger::parse_disclosure(disclose.as_deref())?;
+            let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
+            ledger::receipt(&ledger, seq, &out, &disclose).await?;
+            println!("wrote a receipt for entry {seq} to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify(a) => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let file = a.file.clone();
+            let result =
+                tokio::task::spawn_blocking(move || ledger::verify(&file, a.trusted_keys, tty))
+                    .await??;
+            match result {
+                Ok(report) => {
+                    if a.quiet {
+                        println!("valid {}", report.document);
+                    } else {
+                        print!("{}", ledger::describe(&report));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    println!("INVALID {}: {failure}", a.file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
