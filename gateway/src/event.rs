@@ -125,6 +125,17 @@ pub fn parse_file(text: &str) -> Result<Vec<ImportEvent>, LineError> {
     Ok(out)
 }
 
+/// Unix milliseconds as RFC 3339.
+pub fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,4 +10,5 @@
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod paths;
 pub mod service;

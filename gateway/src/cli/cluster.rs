@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
+use crate::cli::client::{
+    call, call_leader, call_waiting, client, fetch_status, local_addr, ELECTION_WAIT,
+};
 use crate::config::Config;
-use crate::service::node::ClusterStatus;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -28,6 +30,8 @@ pub enum ClusterCmd {
         /// Address (HOST:PORT) of any member of the cluster.
         #[arg(long)]
         via: String,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Make a learner a voter.
     Promote {
@@ -38,6 +42,8 @@ pub enum ClusterCmd {
         /// Gateway to ask (default: this one).
         #[arg(long)]
         via: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Remove a node from the cluster.
     Remove {
@@ -47,6 +53,18 @@ pub enum ClusterCmd {
         node: u64,
         #[arg(long)]
         via: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Record a signed tree head over everything applied now, replicated to every gateway
+    /// (exports are cut at the latest one). Any member may be asked; a follower forwards it.
+    Checkpoint {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long)]
+        via: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Leader, term, and every node's last index and lag.
     Status {
@@ -60,91 +78,38 @@ pub enum ClusterCmd {
     },
 }
 
-/// The HTTPS client the CLI talks to a running gateway with: the gateway's own certificate and
-/// roots, 30 s timeout.
-pub(crate) fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
-    let tls = crate::service::run::TlsMaterial::load(config)?;
-    let cfg = tls.client_config(&crate::service::run::base_revocation())?;
-    crate::service::raft_net::http_client((*cfg).clone(), None, Duration::from_secs(30))
+/// How long a command waits for a leader.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Wait {
+    /// Seconds to wait for an election to finish (no leader, the leader unreachable) before
+    /// giving up.
+    #[arg(long = "wait", default_value_t = ELECTION_WAIT.as_secs(), value_name = "SECONDS")]
+    secs: u64,
 }
 
-/// The address to reach `config`'s own gateway from this machine.
-pub(crate) fn local_addr(config: &Config) -> String {
-    let a = config.advertise();
-    match config.api.listen.ip().is_unspecified() {
-        true if a == config.api.listen.to_string() => {
-            format!("127.0.0.1:{}", config.api.listen.port())
-        }
-        _ => a,
+impl Wait {
+    fn duration(self) -> Duration {
+        Duration::from_secs(self.secs)
     }
-}
-
-async fn call(
-    http: &reqwest::Client,
-    addr: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    let url = format!("https://{addr}{path}");
-    let resp = post_json(http, &url, &body).await?;
-    let status = resp.status();
-    let v: serde_json::Value = resp.json().await.unwrap_or(json!({}));
-    if !status.is_success() {
-        bail!(
-            "{url}: {status}: {}",
-            v.get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("no detail")
-        );
-    }
-    Ok(v)
-}
-
-/// POSTs `body` as JSON to `url`; the error names `url` when the gateway cannot be reached.
-pub(crate) async fn post_json(
-    http: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-) -> anyhow::Result<reqwest::Response> {
-    http.post(url)
-        .json(body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))
-}
-
-/// Asks the leader (found through `addr`) to run a membership call, following one redirect.
-async fn call_leader(
-    http: &reqwest::Client,
-    addr: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    let status = fetch_status(http, addr).await?;
-    let leader_addr = match status.leader.and_then(|l| status.nodes.get(&l)) {
-        Some(n) => n.addr.clone(),
-        None => bail!("{addr} knows no leader (is the cluster initialised and a quorum up?)"),
-    };
-    call(http, &leader_addr, path, body).await
-}
-
-pub async fn fetch_status(http: &reqwest::Client, addr: &str) -> anyhow::Result<ClusterStatus> {
-    let url = format!("https://{addr}/cluster/status");
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    if !resp.status().is_success() {
-        bail!("{url}: {}", resp.status());
-    }
-    Ok(resp.json().await?)
 }
 
 /// Asks the leader (found through `via`, this gateway by default) to change `node`'s membership.
-async fn membership(c: &Config, via: Option<String>, path: &str, node: u64) -> anyhow::Result<()> {
+async fn membership(
+    c: &Config,
+    via: Option<String>,
+    path: &str,
+    node: u64,
+    wait: Wait,
+) -> anyhow::Result<()> {
     let via = via.unwrap_or_else(|| local_addr(c));
-    call_leader(&client(c)?, &via, path, json!({ "node_id": node })).await?;
+    call_leader(
+        &client(c)?,
+        &via,
+        path,
+        json!({ "node_id": node }),
+        wait.duration(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -172,24 +137,54 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             .await?;
             println!("cluster initialised with voters {}", v["initialized"]);
         }
-        ClusterCmd::Join { config, via } => {
+        ClusterCmd::Join { config, via, wait } => {
             let c = load(&config)?;
             call_leader(
                 &client(&c)?,
                 &via,
                 "/cluster/learner",
                 json!({ "node_id": c.node.id, "addr": c.advertise() }),
+                wait.duration(),
             )
             .await?;
-            println!("node {} joined as a learner; it catches up from the leader (promote it with `medledger cluster promote --node {}`)", c.node.id, c.node.id);
+            println!(
+                "node {} joined as a learner; it catches up from the leader. Promote it with:\n  \
+                 medledger cluster promote --config {} --node {}",
+                c.node.id,
+                config.display(),
+                c.node.id
+            );
         }
-        ClusterCmd::Promote { config, node, via } => {
-            membership(&load(&config)?, via, "/cluster/promote", node).await?;
+        ClusterCmd::Promote {
+            config,
+            node,
+            via,
+            wait,
+        } => {
+            membership(&load(&config)?, via, "/cluster/promote", node, wait).await?;
             println!("node {node} is now a voter");
         }
-        ClusterCmd::Remove { config, node, via } => {
-            membership(&load(&config)?, via, "/cluster/remove", node).await?;
+        ClusterCmd::Remove {
+            config,
+            node,
+            via,
+            wait,
+        } => {
+            membership(&load(&config)?, via, "/cluster/remove", node, wait).await?;
             println!("node {node} removed");
+        }
+        ClusterCmd::Checkpoint { config, via, wait } => {
+            let c = load(&config)?;
+            let via = via.unwrap_or_else(|| local_addr(&c));
+            let v = call_waiting(
+                &client(&c)?,
+                &via,
+                "/cluster/checkpoint",
+                json!({}),
+                wait.duration(),
+            )
+            .await?;
+            println!("checkpoint at ledger size {}", v["checkpoint_size"]);
         }
         ClusterCmd::Status { config, via, json } => {
             let c = load(&config)?;

@@ -259,7 +259,7 @@ pub fn describe(report: &export::VerifyReport) -> String {
         head.size,
         hex::encode(head.root),
         head.node_id,
-        format_ms(head.time_ms),
+        crate::event::format_ms(head.time_ms),
     );
     s += &format!(
         "components: {} disclosed and matching their commitments, {} withheld (commitment only)\n",
@@ -279,7 +279,7 @@ pub fn describe(report: &export::VerifyReport) -> String {
             e.body.kind.as_str(),
             e.body.device_id,
             e.body.author,
-            format_ms(e.body.recorded_at_ms),
+            crate::event::format_ms(e.body.recorded_at_ms),
             e.body
                 .occurred_at
                 .as_ref()
@@ -294,15 +294,4 @@ pub fn describe(report: &export::VerifyReport) -> String {
         }
     }
     s
-}
-
-/// Unix milliseconds as RFC 3339.
-pub fn format_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms} ms"))
 }

@@ -3,6 +3,7 @@
 //! codes: 0 success, 1 failure (or an invalid document for `verify`), 64 bad usage or
 //! configuration.
 
+pub mod client;
 pub mod cluster;
 pub mod demo;
 pub mod ledger;

@@ -21,16 +21,13 @@ use ledger_node::entry::EventInput;
 use ledger_node::{ApplyOutcome, Ledger};
 use serde_json::json;
 
-use crate::cli::cluster;
+use crate::cli::client;
 use crate::config::Config;
+use crate::paths::{CRL_FILE, TOKENS_FILE};
 use crate::service::revocation::{self, IdentityIndex};
 
 /// Author of the entries the CLI writes into a local ledger.
 const CLI_AUTHOR: &str = "local:cli";
-/// Enrollment token store, next to the CA.
-pub const TOKENS_FILE: &str = "tokens.json";
-/// This gateway's CRL (PEM), kept current by the running gateway.
-pub const CRL_FILE: &str = "crl.pem";
 
 /// Where the command works: a stopped gateway's data directory, or a running gateway.
 #[derive(Args, Debug, Clone)]
@@ -301,8 +298,8 @@ impl Ctx {
     async fn sink(&self) -> anyhow::Result<Sink> {
         if let Some(c) = &self.config {
             return Ok(Sink::Api {
-                http: cluster::client(c)?,
-                addr: cluster::local_addr(c),
+                http: client::client(c)?,
+                addr: client::local_addr(c),
             });
         }
         if let Some(msg) = cluster_member_refusal(&self.data_dir) {
@@ -353,7 +350,7 @@ impl Sink {
                     "components": components,
                 });
                 let url = format!("https://{addr}/v1/events");
-                let resp = cluster::post_json(http, &url, &body).await?;
+                let resp = client::post_json(http, &url, &body).await?;
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
                 if !status.is_success() {

@@ -51,6 +51,7 @@ impl From<WriteError> for ApiError {
             WriteError::NoLeader(_) | WriteError::ShuttingDown => {
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
+            WriteError::Refused(_) => conflict(e),
             WriteError::Failed(_) => internal(e),
         }
     }
@@ -360,7 +361,7 @@ async fn history(
             "seq": seq,
             "kind": e.body.kind.as_str(),
             "occurred_at": e.body.occurred_at,
-            "recorded_at": crate::cli::ledger::format_ms(e.body.recorded_at_ms),
+            "recorded_at": crate::event::format_ms(e.body.recorded_at_ms),
             "author": e.body.author,
             "node_id": e.body.node_id,
             "corrects": e.body.corrects,
@@ -595,10 +596,7 @@ async fn cluster_checkpoint(
     Extension(peer): Extension<Peer>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&peer)?;
-    let size = node
-        .checkpoint()
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let size = node.checkpoint().await?;
     Ok(Json(json!({ "checkpoint_size": size })))
 }
 

@@ -71,7 +71,7 @@ impl EnrollState {
             .context("the gateway certificate chain is empty")?;
         let me = certs::parse_identity(leaf).context("tls.cert_file")?;
         Ok(Self {
-            tokens: TokenStore::open(ca.dir().join(crate::cli::pki::TOKENS_FILE)),
+            tokens: TokenStore::open(ca.dir().join(crate::paths::TOKENS_FILE)),
             node,
             ca,
             gateway_author: format!("sha256:{}", me.fingerprint),
@@ -308,7 +308,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Router> {
     let ca = crate::service::revocation::load_ca(&config.tls.pki_dir)?;
-    let crl_path = config.tls.pki_dir.join(crate::cli::pki::CRL_FILE);
+    let crl_path = config.tls.pki_dir.join(crate::paths::CRL_FILE);
     let crl_path_for_routes = crl_path.clone();
     let watcher = crate::service::revocation::start_watcher(
         node.store.clone(),

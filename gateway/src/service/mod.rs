@@ -9,3 +9,4 @@ pub mod raft_net;
 pub mod revocation;
 pub mod run;
 pub mod server;
+pub mod tls;

@@ -26,6 +26,9 @@ pub enum WriteError {
     /// The node is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The ledger refused the command (a stale checkpoint, an unknown key...).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Raft or storage failed.
     #[error("write failed: {0}")]
     Failed(String),
@@ -186,17 +189,19 @@ impl Node {
 
     /// Records a checkpoint over everything applied here, unless the latest one already covers
     /// it. Returns the checkpoint's size.
-    pub async fn checkpoint(&self) -> anyhow::Result<u64> {
+    pub async fn checkpoint(&self) -> Result<u64, WriteError> {
+        let failed = |e: &dyn std::fmt::Display| WriteError::Failed(e.to_string());
         let size = self.store.size();
-        if let Some(c) = self.store.latest_checkpoint()? {
+        if let Some(c) = self.store.latest_checkpoint().map_err(|e| failed(&e))? {
             if c.size >= size {
                 return Ok(c.size);
             }
         }
-        match self.submit(Command::Checkpoint(self.tree_head()?)).await? {
+        let head = self.tree_head().map_err(|e| failed(&e))?;
+        match self.submit(Command::Checkpoint(head)).await? {
             ApplyOutcome::Checkpointed { size } => Ok(size),
-            ApplyOutcome::Refused { reason } => anyhow::bail!("checkpoint refused: {reason}"),
-            other => anyhow::bail!("unexpected outcome {other:?}"),
+            ApplyOutcome::Refused { reason } => Err(WriteError::Refused(reason)),
+            other => Err(WriteError::Failed(format!("unexpected outcome {other:?}"))),
         }
     }
 

@@ -333,7 +333,7 @@ pub fn build_crl(ca: &IssuingCa, idx: &IdentityIndex) -> anyhow::Result<Crl> {
 
 /// The policy every listener applies: the ledger's revoked serials (any issuer), this gateway's
 /// own CRL, and certificates of other gateways' issuing CAs accepted without their CRL because
-/// the replicated ledger is the revocation source of truth (see `run::base_revocation`).
+/// the replicated ledger is the revocation source of truth (see `tls::base_revocation`).
 pub fn policy(idx: &IdentityIndex, crl: Option<&Crl>) -> RevocationPolicy {
     RevocationPolicy {
         crls: crl.map(|c| vec![c.der.clone()]).unwrap_or_default(),

@@ -1,0 +1,7 @@
+//! Names of the files in a gateway's data and PKI directories, in one place: the CLI writes them
+//! on a stopped gateway and the service reads and rewrites them while it runs.
+
+/// Enrollment token store, next to the issuing CA.
+pub const TOKENS_FILE: &str = "tokens.json";
+/// This gateway's CRL (PEM), kept current by the running gateway.
+pub const CRL_FILE: &str = "crl.pem";
