@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's test command: installs what a fresh Debian machine lacks for the end-to-end tests
+# (a real Mosquitto broker and its clients, OpenSSL, Python), then runs the whole test suite.
+# Needs root (or sudo) only when something is missing. MEDLEDGER_LONG_TESTS=1 runs the long
+# scenarios as well.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command:package pairs; a package is installed when its command is missing.
+need=()
+for pkg in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl python3:python3; do
+  command -v "${pkg%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pkg%%:*}" ] || need+=("${pkg##*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # The package enables its own service; the tests start their own brokers on free ports.
+  "${sudo[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+cargo test --workspace "$@"
