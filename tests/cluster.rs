@@ -21,7 +21,12 @@ pub fn staff_tls(
     id: &str,
     role: StaffRole,
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let issued = ca.issue(&CertSpec::staff(id, id, role), Validity::days(2)?)?;
+    client_tls(ca, &CertSpec::staff(id, id, role))
+}
+
+/// The TLS client config of a certificate of `spec` from `ca`, trusting only `ca`'s root.
+pub fn client_tls(ca: &IssuingCa, spec: &CertSpec) -> anyhow::Result<rustls::ClientConfig> {
+    let issued = ca.issue(spec, Validity::days(2)?)?;
     let key = certs::CertifiedKey::from_pem(
         &issued.chain_pem,
         issued.key_pem.as_deref().context("issued key")?,
@@ -87,7 +92,12 @@ impl Site {
 
     /// An HTTPS client presenting a staff certificate of `role`.
     pub fn staff_client(&self, id: &str, role: StaffRole) -> reqwest::Client {
-        let tls = staff_tls(&self.ca, id, role).expect("staff client config");
+        self.client_for(&CertSpec::staff(id, id, role))
+    }
+
+    /// An HTTPS client presenting a certificate of `spec` (any profile) from the site CA.
+    pub fn client_for(&self, spec: &CertSpec) -> reqwest::Client {
+        let tls = client_tls(&self.ca, spec).expect("client config");
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(15))

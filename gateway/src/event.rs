@@ -5,28 +5,49 @@ use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind}
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// One line of an import file.
-#[derive(Debug, Deserialize)]
+/// The largest event request, in bytes of JSON: one line of an import file or the body of
+/// `POST /v1/events`. Entries themselves allow more (docs/ledger-format.md); a maintenance event
+/// of 1 MiB is already far beyond any a CMMS exports, and the API reads bodies up to this size
+/// only, so one request cannot hold tens of MiB of a gateway's memory.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// One maintenance event as a client sends it: a line of an import file, the body of
+/// `POST /v1/events`, or what the CLI records. Every way in goes through [`parse_line`].
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Line {
-    event_id: Option<String>,
-    kind: String,
-    device_id: String,
-    occurred_at: Option<String>,
+pub struct EventRequest {
+    /// A stable id: an event recorded again with the same id is a no-op. Derived from the line
+    /// when missing (import) or random (API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// calibration, repair, preventive-maintenance, inspection, alarm, firmware-update,
+    /// status-change, device-registered, device-decommissioned, certificate-issued,
+    /// certificate-revoked.
+    pub kind: String,
+    pub device_id: String,
+    /// RFC 3339; normalised to UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
     #[serde(default)]
-    components: Vec<LineComponent>,
+    pub components: Vec<ComponentRequest>,
     /// Sequence number of the corrected entry, when it is already in the ledger.
-    corrects: Option<u64>,
-    /// Event id of the corrected event (earlier in the file or already in the ledger).
-    corrects_event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects: Option<u64>,
+    /// Event id of the corrected event (earlier in the file or already in the ledger; import
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects_event_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One component of an event: a named value with its disclosure class.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LineComponent {
-    name: String,
-    class: String,
-    value: serde_json::Value,
+pub struct ComponentRequest {
+    pub name: String,
+    /// device, maintenance, patient or financial.
+    pub class: String,
+    /// Any JSON value.
+    pub value: serde_json::Value,
 }
 
 /// A parsed, validated line.
@@ -51,54 +72,77 @@ pub struct LineError {
 /// the SHA-256 of its line, so importing the same file twice adds nothing the second time.
 pub fn parse_line(line: usize, text: &str) -> Result<ImportEvent, LineError> {
     let err = |reason: String| LineError { line, reason };
-    let l: Line = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-    let kind = EventKind::parse(&l.kind).ok_or_else(|| {
-        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-        err(format!(
-            "unknown kind {:?} (known: {})",
-            l.kind,
-            known.join(", ")
-        ))
-    })?;
-    let mut components = Vec::with_capacity(l.components.len());
-    for c in l.components {
-        let class = DisclosureClass::parse(&c.class).ok_or_else(|| {
+    if text.len() > MAX_EVENT_BYTES {
+        return Err(err(format!(
+            "the event is {} bytes, more than the {MAX_EVENT_BYTES} an event may have",
+            text.len()
+        )));
+    }
+    let l: EventRequest = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
+    let fallback_id = || {
+        format!(
+            "import:{}",
+            hex::encode(Sha256::digest(text.trim().as_bytes()))
+        )
+    };
+    l.into_event(line, fallback_id)
+}
+
+impl EventRequest {
+    /// Checks the request and turns it into the ledger's event input; `fallback_id` names the
+    /// event when the request carries no `event_id`.
+    pub fn into_event(
+        self,
+        line: usize,
+        fallback_id: impl FnOnce() -> String,
+    ) -> Result<ImportEvent, LineError> {
+        let err = |reason: String| LineError { line, reason };
+        let l = self;
+        let kind = EventKind::parse(&l.kind).ok_or_else(|| {
+            let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+            err(format!(
+                "unknown kind {:?} (known: {})",
+                l.kind,
+                known.join(", ")
+            ))
+        })?;
+        let mut components = Vec::with_capacity(l.components.len());
+        for c in l.components {
+            let class = DisclosureClass::parse(&c.class).ok_or_else(|| {
             err(format!(
                 "component {:?}: unknown class {:?} (known: device, maintenance, patient, financial)",
                 c.name, c.class
             ))
         })?;
-        components.push(ComponentInput {
-            name: c.name,
-            class,
-            value: c.value.to_string(),
-        });
+            components.push(ComponentInput {
+                name: c.name,
+                class,
+                value: c.value.to_string(),
+            });
+        }
+        if l.corrects.is_some() && l.corrects_event_id.is_some() {
+            return Err(err("give corrects or corrects_event_id, not both".into()));
+        }
+        let event_id = match l.event_id {
+            Some(id) => id,
+            None => fallback_id(),
+        };
+        let event = EventInput {
+            kind,
+            device_id: l.device_id,
+            occurred_at: l.occurred_at,
+            components,
+            corrects: l.corrects,
+            event_id: Some(event_id),
+        }
+        .validate()
+        .map_err(|e| err(e.to_string()))?;
+        Ok(ImportEvent {
+            line,
+            event,
+            corrects_event_id: l.corrects_event_id,
+        })
     }
-    if l.corrects.is_some() && l.corrects_event_id.is_some() {
-        return Err(err("give corrects or corrects_event_id, not both".into()));
-    }
-    let event_id = match l.event_id {
-        Some(id) => id,
-        None => format!(
-            "import:{}",
-            hex::encode(Sha256::digest(text.trim().as_bytes()))
-        ),
-    };
-    let event = EventInput {
-        kind,
-        device_id: l.device_id,
-        occurred_at: l.occurred_at,
-        components,
-        corrects: l.corrects,
-        event_id: Some(event_id),
-    }
-    .validate()
-    .map_err(|e| err(e.to_string()))?;
-    Ok(ImportEvent {
-        line,
-        event,
-        corrects_event_id: l.corrects_event_id,
-    })
 }
 
 /// Parses a whole file; blank lines and lines starting with `#` are skipped. Returns every event

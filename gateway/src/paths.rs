@@ -5,3 +5,6 @@
 pub const TOKENS_FILE: &str = "tokens.json";
 /// This gateway's CRL (PEM), kept current by the running gateway.
 pub const CRL_FILE: &str = "crl.pem";
+/// The single-node ledger of the CLI (`import`, `cert issue/revoke --data-dir` on a gateway that
+/// is not running yet), inside the data directory.
+pub const LOCAL_LEDGER_DIR: &str = "ledger";

@@ -571,7 +571,7 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/v1/devices/pump-0001/history",
             None,
             403,
-            "device pump-0001 may not read the ledger",
+            "device pump-0001 may not read the ledger or the cluster's state",
         ),
         (
             "device reads the export",
@@ -607,7 +607,7 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/raft/vote",
             Some(json!({})),
             403,
-            "is not a gateway",
+            "may not use a route of the gateways' replication",
         ),
         (
             "device records an event (staff route)",
@@ -616,7 +616,7 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/v1/events",
             Some(event_for("pump-0001")),
             403,
-            "device pump-0001 may not record events",
+            "device pump-0001 may not record preventive-maintenance events",
         ),
         (
             "staff calls /raft/vote",
@@ -625,7 +625,7 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/raft/vote",
             Some(vote.clone()),
             403,
-            "staff it-biomed is not a gateway",
+            "staff it-biomed (biomed) may not use a route of the gateways' replication",
         ),
         (
             "device calls /raft/vote",
@@ -634,7 +634,7 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/raft/vote",
             Some(vote.clone()),
             403,
-            "device pump-0001 is not a gateway",
+            "device pump-0001 may not use a route of the gateways' replication",
         ),
         (
             "auditor takes a checkpoint (admin route)",
@@ -643,7 +643,7 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/cluster/checkpoint",
             None,
             403,
-            "may not administer the cluster",
+            "may not administer identities, membership or erasure",
         ),
         (
             "staff calls /v1/renew (device route)",
@@ -652,18 +652,9 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             "/v1/renew",
             Some(json!({"csr_pem": "x"})),
             403,
-            "only devices renew here",
+            "may not use a route for devices only",
         ),
         // the same routes with the right profile, so that the 403s above are about the profile
-        (
-            "biomed reads a device history",
-            &biomed,
-            "GET",
-            "/v1/devices/pump-0001/history",
-            None,
-            200,
-            "\"device_id\":\"pump-0001\"",
-        ),
         (
             "biomed records an event",
             &biomed,
@@ -672,6 +663,15 @@ async fn gateway_mtls_matrix_live_revocation_and_route_profiles() {
             Some(event_for("pump-0001")),
             201,
             "\"seq\"",
+        ),
+        (
+            "biomed reads a device history",
+            &biomed,
+            "GET",
+            "/v1/devices/pump-0001/history",
+            None,
+            200,
+            "\"device_id\":\"pump-0001\"",
         ),
         (
             "admin takes a checkpoint",
@@ -1086,7 +1086,118 @@ async fn gateway_enrollment_token_renewal_and_history() {
     // a failed enrollment recorded nothing for the other devices
     let cfg = client_config(&root, Some(&staff), ALL_VERSIONS);
     let (_, got) = call(addr, cfg, "GET", "/v1/devices/pump-enr-2/history", None).await;
-    let h2 = got.expect("history").json();
-    assert_eq!(h2["entries"].as_array().map(Vec::len), Some(0), "{h2}");
+    let h2 = got.expect("history");
+    assert_eq!(h2.status, 404, "{}", h2.body);
     still_running(&mut gw);
+}
+
+/// A certificate revoked with `medledger cert revoke --data-dir` while the gateway is stopped
+/// (the revocation sits in the CA's local ledger only) is refused from the gateway's first
+/// handshake on, stays in the CRL file the gateway rewrites, reaches the replicated ledger, and
+/// is still refused after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_while_stopped_holds_after_start_and_restart() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki_dir = dir.path().join("node1").join("pki");
+    let ca = init_site_ca(&pki_dir, &CaInit::new("test hospital", "1")).expect("site ca");
+    let site = Site { dir, ca };
+    let gw = Gateway::new(&site, 1, "");
+    let data_dir = gw.dir.display().to_string();
+    // Issued and revoked before the gateway ever ran.
+    let ca = IssuingCa::load(&pki_dir).expect("load ca");
+    let issued = ca
+        .issue(&CertSpec::device("pump-early"), days(30))
+        .expect("issue");
+    let key = CertifiedKey::from_pem(&issued.chain_pem, issued.key_pem.as_deref().expect("key"))
+        .expect("key");
+    let serial = issued.identity.serial.clone();
+    let out = medledger(&[
+        "cert",
+        "revoke",
+        "--data-dir",
+        &data_dir,
+        &serial,
+        "--reason",
+        "key-compromise",
+    ])
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let root = site.ca.root_der().clone();
+    let crl_refuses = |pki_dir: PathBuf, chain: PathBuf| async move {
+        let s = |p: &Path| p.display().to_string();
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile", &s(&pki_dir.join("root.crt"))])
+            .args([
+                "-crl_check",
+                "-CRLfile",
+                &s(&pki_dir.join("crl.pem")),
+                &s(&chain),
+            ])
+            .output()
+            .expect("openssl verify");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        !out.status.success() && text.contains("certificate revoked")
+    };
+    let chain = site.dir.path().join("early.pem");
+    std::fs::write(&chain, &issued.chain_pem).expect("write chain");
+    assert!(
+        crl_refuses(pki_dir.clone(), chain.clone()).await,
+        "the CLI's CRL"
+    );
+
+    // Started and made a cluster: refused from the first request on.
+    let voters = [(1, gw.addr())];
+    let mut nodes = medledger_tests::cluster::start_nodes(&site, vec![gw], &voters).await;
+    let gw = &mut nodes[0];
+    let addr = sock(gw);
+    let (_, got) = whoami(addr, &root, Some(&key)).await;
+    assert!(got.is_err(), "accepted right after start: {got:?}");
+    // The revocation reaches the replicated ledger ...
+    let staff = site.staff_client("rv-admin", StaffRole::Admin);
+    let history = format!("https://{}/v1/devices/pump-early/history", gw.addr());
+    eventually(
+        "the local revocation in the replicated ledger",
+        Duration::from_secs(30),
+        || {
+            let (staff, url) = (staff.clone(), history.clone());
+            async move {
+                let v: Value = staff.get(&url).send().await.ok()?.json().await.ok()?;
+                v["entries"]
+                    .as_array()?
+                    .iter()
+                    .any(|e| e["kind"] == "certificate-revoked")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // ... and the CRL the gateway rewrote at start and since still has it.
+    assert!(
+        crl_refuses(pki_dir.clone(), chain.clone()).await,
+        "the gateway's CRL lost a revocation made while it was stopped"
+    );
+    let (_, got) = whoami(addr, &root, Some(&key)).await;
+    assert!(
+        got.is_err(),
+        "accepted once the ledger has the revocation: {got:?}"
+    );
+
+    // After a restart: still refused, still in the CRL.
+    gw.kill();
+    gw.start();
+    let url = format!("https://{}/cluster/status", gw.addr());
+    eventually("the gateway back", Duration::from_secs(30), || {
+        let (staff, url) = (staff.clone(), url.clone());
+        async move { staff.get(&url).send().await.ok().map(|_| ()) }
+    })
+    .await;
+    let (_, got) = whoami(addr, &root, Some(&key)).await;
+    assert!(got.is_err(), "accepted after a restart: {got:?}");
+    assert!(crl_refuses(pki_dir, chain).await, "the CRL after a restart");
 }

@@ -1,4 +1,5 @@
 //! end-to-end tests
+mod api;
 mod cluster;
 mod format;
 mod gateway_tls;

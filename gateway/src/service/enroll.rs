@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use certs::{
     CertifiedKey, IssuedCert, IssuingCa, Profile, ReloadableServerConfig, RevocationReason,
     TokenStore, Validity,
@@ -27,11 +27,14 @@ use certs::{
 use ledger_node::entry::EventInput;
 use ledger_node::{ApplyOutcome, Command};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
+use crate::service::api::extract::{parse_json, require_json};
+use crate::service::api::{guarded, ApiError, Need};
 use crate::service::node::Node;
 use crate::service::server::Peer;
 
@@ -81,15 +84,6 @@ impl EnrollState {
     }
 }
 
-/// An error answer naming what was wrong.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
 fn certs_error(e: certs::Error) -> ApiError {
     use certs::Error as E;
     let status = match &e {
@@ -107,7 +101,7 @@ fn certs_error(e: certs::Error) -> ApiError {
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!(error = %e, "issuing a certificate failed");
     }
-    ApiError(status, e.to_string())
+    ApiError::new(status, e.to_string())
 }
 
 fn pem_response(issued: &IssuedCert) -> Response {
@@ -121,9 +115,12 @@ fn pem_response(issued: &IssuedCert) -> Response {
 
 /// `GET /crl.pem`: this gateway's current CRL, for brokers and devices that check revocation
 /// themselves. A CRL is signed and public, so it is served to anyone who can connect.
+#[utoipa::path(get, path = "/crl.pem", tag = "identity",
+    responses((status = 200, description = "This gateway's CRL (PEM)", body = String, content_type = "application/x-pem-file"),
+              (status = 503, description = "No CRL written yet", body = crate::service::api::Problem, content_type = "application/problem+json")))]
 async fn crl(State(state): State<EnrollState>) -> Result<Response, ApiError> {
     let pem = tokio::fs::read(&state.crl_path).await.map_err(|e| {
-        ApiError(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no CRL at {}: {e}", state.crl_path.display()),
         )
@@ -137,16 +134,16 @@ pub fn enroll_routes(state: EnrollState) -> Router {
         .route("/enroll", post(enroll))
         .route("/crl.pem", get(crl))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(crate::service::api::uniform))
         .with_state(state)
 }
 
 /// Routes to merge into the mutual-TLS router (they read the [`Peer`] extension):
 /// `POST /v1/renew`, `GET /crl.pem`.
-pub fn renew_routes(state: EnrollState) -> Router {
-    Router::new()
-        .route("/v1/renew", post(renew))
-        .route("/crl.pem", get(crl))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+pub fn renew_routes<S>(state: EnrollState) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(guarded(Need::Device, MAX_BODY, routes!(renew)))
+        .routes(guarded(Need::Anyone, MAX_BODY, routes!(crl)))
         .with_state(state)
 }
 
@@ -160,10 +157,11 @@ struct EnrollRequest {
 
 async fn enroll(
     State(s): State<EnrollState>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let req: EnrollRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    require_json(&headers)?;
+    let req: EnrollRequest = parse_json(&body)?;
     let validity = Validity::days(DEVICE_CERT_DAYS.min(days_left(&s.ca))).map_err(certs_error)?;
     let (ca, tokens) = (s.ca.clone(), s.tokens.clone());
     // the token store waits on a lock file: keep it off the async workers
@@ -178,7 +176,7 @@ async fn enroll(
         )
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| {
         tracing::warn!(error = %e, "enrollment refused");
         certs_error(e)
@@ -193,7 +191,7 @@ async fn enroll(
     Ok(pem_response(&issued))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RenewRequest {
     csr_pem: String,
@@ -202,14 +200,22 @@ struct RenewRequest {
     revoke_previous: bool,
 }
 
+/// A device renews its certificate with its current, unrevoked one: posts a CSR for the same
+/// id and gets a new chain (PEM).
+#[utoipa::path(post, path = "/v1/renew", tag = "identity",
+    request_body(content = RenewRequest, content_type = "application/json"),
+    responses((status = 200, description = "The new certificate chain (PEM)", body = String, content_type = "application/pem-certificate-chain"),
+              (status = 400, description = "Bad CSR", body = crate::service::api::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not a device", body = crate::service::api::Problem, content_type = "application/problem+json")))]
 async fn renew(
     State(s): State<EnrollState>,
     Extension(peer): Extension<Peer>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let current = peer.0.clone();
     if current.profile != Profile::Device {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "{} {} is not a device: only devices renew here",
@@ -217,15 +223,15 @@ async fn renew(
             ),
         ));
     }
-    let req: RenewRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    require_json(&headers)?;
+    let req: RenewRequest = parse_json(&body)?;
     let validity = Validity::days(DEVICE_CERT_DAYS.min(days_left(&s.ca))).map_err(certs_error)?;
     let ca = s.ca.clone();
     let who = current.clone();
     let csr = req.csr_pem;
     let issued = tokio::task::spawn_blocking(move || certs::renew(&ca, &csr, &who, validity))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(certs_error)?;
     tracing::info!(device_id = %current.id, old = %current.serial, new = %issued.identity.serial, "device certificate renewed");
     let author = format!("sha256:{}", current.fingerprint);
@@ -306,12 +312,16 @@ pub async fn start(
     revoked: crate::service::server::RevokedSerials,
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<OpenApiRouter<Arc<Node>>> {
     let ca = crate::service::revocation::load_ca(&config.tls.pki_dir)?;
     let crl_path = config.tls.pki_dir.join(crate::paths::CRL_FILE);
     let crl_path_for_routes = crl_path.clone();
+    // What `cert revoke --data-dir` recorded before this gateway ran holds from the start, and
+    // goes into the replicated ledger so that every gateway refuses it.
+    let local = crate::service::revocation::local_index(&config.node.data_dir)?;
     let watcher = crate::service::revocation::start_watcher(
         node.store.clone(),
+        local.as_ref(),
         crate::service::revocation::Enforcers {
             revoked,
             server,
@@ -323,6 +333,14 @@ pub async fn start(
     )
     .await?;
     tasks.spawn(watcher);
+    if let Some(local) = &local {
+        tasks.spawn(crate::service::revocation::record_events(
+            node.clone(),
+            local.revocation_events(),
+            "local:cli".into(),
+            shutdown.clone(),
+        ));
+    }
     let Some(ca) = ca else {
         if let Some(addr) = config.api.enroll_listen {
             anyhow::bail!(
@@ -330,7 +348,7 @@ pub async fn start(
                 config.tls.pki_dir.display()
             );
         }
-        return Ok(Router::new());
+        return Ok(OpenApiRouter::new());
     };
     tasks.spawn(crate::service::revocation::record_local_issuances(
         node.clone(),

@@ -278,7 +278,7 @@ impl Node {
 }
 
 /// `cluster status` output.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub node_id: u64,
     pub state: String,
@@ -295,7 +295,7 @@ pub struct ClusterStatus {
 }
 
 /// One member in `cluster status`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NodeStatus {
     pub addr: String,
     pub voter: bool,

@@ -122,19 +122,45 @@ pub async fn record_local_issuances(
         }
     };
     let author = format!("sha256:{}", ca_fingerprint(&ca));
-    for rec in records {
+    let events = records
+        .iter()
+        .map(|rec| issued_event_from_record(rec, &ca))
+        .collect();
+    record_events(node, events, author, shutdown).await;
+}
+
+/// The identity events of this gateway's local CLI ledger (`DATA_DIR/ledger`): what `medledger
+/// cert issue` / `cert revoke --data-dir` recorded before the gateway first ran as a cluster
+/// member. `None` when there is no such ledger.
+pub fn local_index(data_dir: &Path) -> anyhow::Result<Option<IdentityIndex>> {
+    let dir = data_dir.join(crate::paths::LOCAL_LEDGER_DIR);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let store = Store::open(&dir)
+        .with_context(|| format!("reading the local ledger {} for revocations", dir.display()))?;
+    Ok(Some(IdentityIndex::load(&store)?))
+}
+
+/// Records `events` in the replicated ledger, each unless its event id is already there;
+/// retries each until a leader accepts it, so that nothing recorded locally while the gateway was
+/// stopped is left out of the cluster's ledger.
+pub async fn record_events(
+    node: Arc<crate::service::node::Node>,
+    events: Vec<EventInput>,
+    author: String,
+    shutdown: CancellationToken,
+) {
+    for event in events {
+        let Some(id) = event.event_id.clone() else {
+            continue;
+        };
         loop {
-            if node
-                .store
-                .find_event_id(&issued_event_id(&rec.serial))
-                .ok()
-                .flatten()
-                .is_some()
-            {
+            if node.store.find_event_id(&id).ok().flatten().is_some() {
                 break;
             }
             let cmd = ledger_node::ledger::prepare(
-                issued_event_from_record(&rec, &ca),
+                event.clone(),
                 &author,
                 node.id,
                 &node.key,
@@ -143,7 +169,7 @@ pub async fn record_local_issuances(
             let done = match cmd {
                 Ok(cmd) => node.submit(ledger_node::Command::Append(cmd)).await.is_ok(),
                 Err(e) => {
-                    tracing::warn!(serial = %rec.serial, error = %e, "local issuance record refused");
+                    tracing::warn!(event_id = %id, error = %e, "local identity record refused");
                     true
                 }
             };
@@ -189,6 +215,8 @@ pub struct IdentityIndex {
     issued: HashMap<String, IssuedInfo>,
     /// Serial -> first revocation.
     revoked: BTreeMap<String, Revoked>,
+    /// Serial -> the subject its revocation entry names.
+    revoked_subject: HashMap<String, String>,
 }
 
 impl IdentityIndex {
@@ -251,6 +279,8 @@ impl IdentityIndex {
                             let reason = field("reason")
                                 .and_then(|r| r.parse().ok())
                                 .unwrap_or(RevocationReason::Unspecified);
+                            self.revoked_subject
+                                .insert(serial.clone(), entry.body.device_id.clone());
                             self.revoked.insert(
                                 serial.clone(),
                                 Revoked {
@@ -272,6 +302,42 @@ impl IdentityIndex {
             self.scanned = seq + 1;
         }
         Ok(new)
+    }
+
+    /// Adds what `other` (another ledger's index) knows and this one does not: revocations are
+    /// never forgotten, whichever ledger recorded them.
+    pub fn merge(&mut self, other: &IdentityIndex) {
+        for (serial, info) in &other.issued {
+            self.issued
+                .entry(serial.clone())
+                .or_insert_with(|| info.clone());
+        }
+        for (serial, r) in &other.revoked {
+            if !self.revoked.contains_key(serial) {
+                self.revoked.insert(serial.clone(), r.clone());
+                if let Some(s) = other.revoked_subject.get(serial) {
+                    self.revoked_subject.insert(serial.clone(), s.clone());
+                }
+            }
+        }
+    }
+
+    /// The `certificate-revoked` events of this index, to record them in another ledger (the
+    /// same event ids, so recording one twice is a no-op).
+    pub fn revocation_events(&self) -> Vec<EventInput> {
+        self.revoked
+            .values()
+            .map(|r| {
+                let subject = self
+                    .revoked_subject
+                    .get(&r.serial)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut e = revoked_event(&r.serial, &subject, r.reason);
+                e.occurred_at = Some(rfc3339(r.revoked_at));
+                e
+            })
+            .collect()
     }
 
     /// Number of entries read.
@@ -392,15 +458,21 @@ fn refresh(
 /// `shutdown` is cancelled.
 pub async fn start_watcher(
     store: Arc<Store>,
+    local: Option<&IdentityIndex>,
     to: Enforcers,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let (idx, store) =
+    let (mut idx, store) =
         tokio::task::spawn_blocking(move || IdentityIndex::load(&store).map(|i| (i, store)))
             .await
             .context("reading the ledger's identity events")??;
+    // Revocations recorded while the gateway was stopped hold from the first handshake on, before
+    // (and whether or not) they reach the replicated ledger.
+    if let Some(local) = local {
+        idx.merge(local);
+    }
     refresh(&idx, &to, ca.as_deref(), &crl_path)?;
     tracing::info!(revoked = idx.revoked.len(), crl = %crl_path.display(), "revocation watcher started");
     Ok(watch(idx, store, to, ca, crl_path, shutdown))

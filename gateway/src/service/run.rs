@@ -40,22 +40,20 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("api.listen {}: cannot bind", config.api.listen))?;
     let bound = listener.local_addr()?;
-    let router = crate::service::api::router(node.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let revoked = crate::service::server::RevokedSerials::default();
     // identity layer: ledger revocations into every listener (watcher), enrollment listener, renewal route
-    let router = router.merge(
-        crate::service::enroll::start(
-            &config,
-            &node,
-            &tls.gateway,
-            server_config.clone(),
-            revoked.clone(),
-            &mut tasks,
-            shutdown.clone(),
-        )
-        .await?,
-    );
+    let identity = crate::service::enroll::start(
+        &config,
+        &node,
+        &tls.gateway,
+        server_config.clone(),
+        revoked.clone(),
+        &mut tasks,
+        shutdown.clone(),
+    )
+    .await?;
+    let router = crate::service::api::router(node.clone(), identity);
     tasks.spawn(crate::service::server::serve_mtls(
         listener,
         acceptor,
