@@ -89,6 +89,33 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportEvent, LineError> {
 }
 
 impl EventRequest {
+    /// The request that records `event` (the CLI sends what it built as an entry input through
+    /// the API). Every field is kept; a component value that is not JSON is an error, not null.
+    pub fn from_input(event: &EventInput) -> Result<Self, String> {
+        let components = event
+            .components
+            .iter()
+            .map(|c| {
+                serde_json::from_str(&c.value)
+                    .map(|value| ComponentRequest {
+                        name: c.name.clone(),
+                        class: c.class.as_str().to_owned(),
+                        value,
+                    })
+                    .map_err(|e| format!("component {:?}: value is not JSON: {e}", c.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            event_id: event.event_id.clone(),
+            kind: event.kind.as_str().to_owned(),
+            device_id: event.device_id.clone(),
+            occurred_at: event.occurred_at.clone(),
+            components,
+            corrects: event.corrects,
+            corrects_event_id: None,
+        })
+    }
+
     /// Checks the request and turns it into the ledger's event input; `fallback_id` names the
     /// event when the request carries no `event_id`.
     pub fn into_event(

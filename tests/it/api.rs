@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/whoami"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/devices/{id}/history"),
+    ("GET", "/v1/certificates/{serial}"),
     ("POST", "/raft/append"),
     ("POST", "/raft/vote"),
     ("POST", "/raft/snapshot"),
@@ -46,6 +47,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/cluster/remove"),
     ("POST", "/cluster/checkpoint"),
     ("GET", "/cluster/status"),
+    ("GET", "/cluster/health"),
     ("POST", "/v1/renew"),
     ("GET", "/crl.pem"),
 ];
@@ -100,7 +102,9 @@ fn problem(status: StatusCode, ct: &str, body: &[u8], expect: u16, what: &str) -
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{seq}", "0").replace("{id}", "pump-1")
+    path.replace("{seq}", "0")
+        .replace("{id}", "pump-1")
+        .replace("{serial}", "01")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +424,7 @@ async fn authorization_matrix_refuses_every_cross_object_access() {
         ("GET", "/v1/whoami", "anyone"),
         ("GET", "/v1/openapi.json", "anyone"),
         ("GET", "/v1/devices/{device}/history", "reader"),
+        ("GET", "/v1/certificates/ff", "reader"),
         ("POST", "/raft/append", "gateway"),
         ("POST", "/raft/vote", "gateway"),
         ("POST", "/raft/snapshot", "gateway"),
@@ -430,6 +435,7 @@ async fn authorization_matrix_refuses_every_cross_object_access() {
         ("POST", "/cluster/remove", "admin"),
         ("POST", "/cluster/checkpoint", "admin"),
         ("GET", "/cluster/status", "reader"),
+        ("GET", "/cluster/health", "reader"),
         ("POST", "/v1/renew", "device"),
         ("GET", "/crl.pem", "anyone"),
     ];
@@ -461,6 +467,10 @@ async fn authorization_matrix_refuses_every_cross_object_access() {
                         &format!("{who} {method} {path}"),
                     );
                     refused += 1;
+                } else if path.starts_with("/v1/certificates/") {
+                    // Allowed, and no such certificate.
+                    let (s, ct, b) = send(client, &addr, method, &path, None).await;
+                    problem(s, &ct, &b, 404, &format!("{who} {method} {path}"));
                 } else if *method == "GET" {
                     let (s, _, b) = send(client, &addr, method, &path, None).await;
                     assert_eq!(

@@ -1132,6 +1132,7 @@ async fn a_revocation_made_while_stopped_holds_after_start_and_restart() {
         let s = |p: &Path| p.display().to_string();
         let out = std::process::Command::new("openssl")
             .args(["verify", "-CAfile", &s(&pki_dir.join("root.crt"))])
+            .args(["-untrusted", &s(&chain)])
             .args([
                 "-crl_check",
                 "-CRLfile",

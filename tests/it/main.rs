@@ -8,4 +8,5 @@ mod modbus;
 mod mosquitto;
 mod mqtt;
 mod mtls;
+mod ops;
 mod pki_cli;

@@ -189,7 +189,16 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Status { config, via, json } => {
             let c = load(&config)?;
             let via = via.unwrap_or_else(|| local_addr(&c));
-            let s = fetch_status(&client(&c)?, &via).await?;
+            let http = client(&c)?;
+            let s = fetch_status(&http, &via).await?;
+            // A follower knows only its own index: the leader's view fills in the others.
+            let leader_view = match s.leader.filter(|l| *l != s.node_id) {
+                Some(l) => match s.nodes.get(&l) {
+                    Some(n) => fetch_status(&http, &n.addr).await.ok(),
+                    None => None,
+                },
+                None => None,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -205,7 +214,11 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                     "{:>6}  {:<8} {:<24} {:>12} {:>8}",
                     "node", "role", "address", "last index", "lag"
                 );
-                for (id, n) in &s.nodes {
+                let table = leader_view.as_ref().map_or(&s.nodes, |l| &l.nodes);
+                if let Some(l) = &leader_view {
+                    println!("(indexes and lag as leader {} sees them)", l.node_id);
+                }
+                for (id, n) in table {
                     println!(
                         "{:>6}  {:<8} {:<24} {:>12} {:>8}",
                         id,
@@ -215,6 +228,14 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                         n.lag.map_or("-".into(), |l| l.to_string())
                     );
                 }
+            }
+            if s.leader.is_none() {
+                anyhow::bail!(
+                    "node {} knows no leader in term {} ({}): not initialised, or no quorum",
+                    s.node_id,
+                    s.term,
+                    s.state.to_lowercase()
+                );
             }
         }
     }

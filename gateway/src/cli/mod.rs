@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod demo;
 pub mod ledger;
 pub mod pki;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Cmd {
     /// Administer the cluster of gateways through a running gateway.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Whether this gateway is healthy and why not (quorum, lag, disk, certificates, CRL); exit
+    /// 0 ok, 1 degraded, 2 failing, 3 no answer.
+    Status(status::StatusArgs),
     /// Site root CA and this gateway's issuing CA (docs/identity.md).
     #[command(subcommand)]
     Ca(pki::CaCmd),
@@ -134,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Cert(c) => pki::run_cert(c).await,
         Cmd::Device(c) => pki::run_device(c).await,
         Cmd::MosquittoConfig(a) => pki::run_mosquitto(a).await,
+        Cmd::Status(a) => status::run(a).await,
         Cmd::Cluster(c) => {
             cluster::run(c).await?;
             Ok(ExitCode::SUCCESS)

@@ -19,7 +19,6 @@ use certs::{
 use clap::{Args, Subcommand};
 use ledger_node::entry::EventInput;
 use ledger_node::{ApplyOutcome, Ledger};
-use serde_json::json;
 
 use crate::cli::client;
 use crate::config::Config;
@@ -77,9 +76,10 @@ pub enum CaCmd {
         /// The site root certificate (root.crt).
         #[arg(long)]
         root: PathBuf,
-        /// This gateway's node id, as given to `ca init --issuing-only`.
-        #[arg(long, default_value = "1")]
-        node_id: String,
+        /// This gateway's node id; read from the issuing CA certificate (made for the id given
+        /// to `ca init --issuing-only`) when not given, and refused when it differs.
+        #[arg(long)]
+        node_id: Option<String>,
         #[command(flatten)]
         server: ServerNames,
     },
@@ -332,23 +332,9 @@ impl Sink {
                 other => bail!("unexpected ledger outcome {other:?}"),
             },
             Sink::Api { http, addr } => {
-                // the line schema of docs/import-format.md
-                let components: Vec<_> = event
-                    .components
-                    .iter()
-                    .map(|c| {
-                        let value: serde_json::Value =
-                            serde_json::from_str(&c.value).unwrap_or(serde_json::Value::Null);
-                        json!({"name": c.name, "class": c.class.as_str(), "value": value})
-                    })
-                    .collect();
-                let body = json!({
-                    "event_id": event.event_id,
-                    "kind": event.kind.as_str(),
-                    "device_id": event.device_id,
-                    "occurred_at": event.occurred_at,
-                    "components": components,
-                });
+                let body = serde_json::to_value(
+                    crate::event::EventRequest::from_input(&event).map_err(anyhow::Error::msg)?,
+                )?;
                 let url = format!("https://{addr}/v1/events");
                 let resp = client::post_json(http, &url, &body).await?;
                 let status = resp.status();
@@ -356,13 +342,44 @@ impl Sink {
                 if !status.is_success() {
                     bail!("{url}: {status}: {text}");
                 }
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{url}: answer is not JSON: {text}"))?;
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    seq: u64,
+                    duplicate: bool,
+                }
+                let v: Answer = serde_json::from_str(&text)
+                    .with_context(|| format!("{url}: unexpected answer: {text}"))?;
                 Ok(Recorded {
-                    seq: v["seq"].as_u64().unwrap_or_default(),
-                    duplicate: v["duplicate"].as_bool().unwrap_or(false),
+                    seq: v.seq,
+                    duplicate: v.duplicate,
                 })
             }
+        }
+    }
+
+    /// What a running gateway's replicated ledger records about `serial` (`None` for a local
+    /// ledger, read through [`Sink::index`], or when the ledger knows nothing of it).
+    async fn certificate(
+        &self,
+        serial: &str,
+    ) -> anyhow::Result<Option<crate::service::api::certificates::CertificateStatus>> {
+        let Sink::Api { http, addr } = self else {
+            return Ok(None);
+        };
+        let url = format!("https://{addr}/v1/certificates/{serial}");
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(
+                resp.json()
+                    .await
+                    .with_context(|| format!("{url}: unexpected answer"))?,
+            )),
+            s => bail!("{url}: {s}: {}", resp.text().await.unwrap_or_default()),
         }
     }
 
@@ -473,9 +490,17 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
                 );
                 println!("       medledger ca sign-issuing --root-dir ROOT_DIR --csr issuing.csr --out issuing.crt");
                 println!("  2. copy issuing.crt and the site root.crt back here and run:");
+                let names: String = a
+                    .server
+                    .dns
+                    .iter()
+                    .map(|d| format!(" --dns {d}"))
+                    .chain(a.server.ip.iter().map(|i| format!(" --ip {i}")))
+                    .collect();
                 println!(
-                    "       medledger ca install-issuing --data-dir {} --cert issuing.crt --root root.crt",
-                    a.data_dir.display()
+                    "       medledger ca install-issuing --data-dir {} --cert issuing.crt --root root.crt --node-id {}{names}",
+                    a.data_dir.display(),
+                    a.node_id
                 );
                 return Ok(ExitCode::SUCCESS);
             }
@@ -532,7 +557,19 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
                 std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
             };
             let pki = data_dir.join("pki");
-            let ca = certs::install_issuing_ca(&pki, &read(&cert)?, &read(&root)?)?;
+            let cert_pem = read(&cert)?;
+            let made_for = issuing_ca_node_id(&cert_pem)
+                .with_context(|| format!("{}: not an issuing CA certificate", cert.display()))?;
+            let node_id = match node_id {
+                Some(given) if given != made_for => bail!(
+                    "{} is the issuing CA of node {made_for}, not of --node-id {given}: \
+                     install it on gateway {made_for}, or make a request with \
+                     `medledger ca init --issuing-only --node-id {given}`",
+                    cert.display()
+                ),
+                _ => made_for,
+            };
+            let ca = certs::install_issuing_ca(&pki, &cert_pem, &read(&root)?)?;
             println!("installed this gateway's issuing CA in {}", pki.display());
             issue_gateway_cert(&data_dir, &ca, &node_id, &server, 825).await?;
             Ok(ExitCode::SUCCESS)
@@ -672,10 +709,18 @@ async fn revoke(
     let ca = ctx.load_ca().ok();
     let sink = ctx.sink().await?;
     let idx = sink.index()?;
+    // A running gateway answers for the whole replicated ledger, whichever gateway issued it.
+    let remote = sink.certificate(&serial).await?;
     let from_ledger = idx
         .as_ref()
         .and_then(|i| i.issued(&serial))
-        .map(|i| i.subject.clone());
+        .map(|i| i.subject.clone())
+        .or_else(|| {
+            remote
+                .as_ref()
+                .and_then(|c| c.issued.as_ref().or(c.revoked.as_ref()))
+                .map(|e| e.subject.clone())
+        });
     let from_records = match &ca {
         Some(ca) => ca
             .issued_records()?
@@ -700,6 +745,14 @@ async fn revoke(
             "serial {serial} ({subject}) was already revoked at {} ({}); nothing recorded",
             fmt_time(prev.revoked_at),
             prev.reason
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(prev) = remote.as_ref().and_then(|c| c.revoked.as_ref()) {
+        println!(
+            "serial {serial} ({subject}) was already revoked at {} ({}); nothing recorded",
+            prev.occurred_at.as_deref().unwrap_or("an unknown time"),
+            prev.reason.as_deref().unwrap_or("no reason recorded")
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -842,6 +895,25 @@ pub async fn run_mosquitto(a: MosquittoArgs) -> anyhow::Result<ExitCode> {
     println!("start it with: mosquitto -c {}", files.conf.display());
     println!("Mosquitto reads crl.pem only at start: after a revocation, copy the new CRL there and restart it");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node id an issuing CA certificate was made for (its subject CN is
+/// `MedLedger issuing CA <node-id>`).
+fn issuing_ca_node_id(pem: &str) -> anyhow::Result<String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not PEM: {e}"))?;
+    let cert = p
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not a certificate: {e}"))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .context("no subject CN")?;
+    cn.strip_prefix("MedLedger issuing CA ")
+        .map(str::to_owned)
+        .with_context(|| format!("subject CN {cn:?} is not \"MedLedger issuing CA <node-id>\""))
 }
 
 #[cfg(test)]

@@ -4,9 +4,69 @@
 
 pub mod api;
 pub mod enroll;
+pub mod health;
+pub mod metrics;
 pub mod node;
 pub mod raft_net;
 pub mod revocation;
 pub mod run;
 pub mod server;
 pub mod tls;
+
+/// Routes of the plain-HTTP loopback health listener (`[api] health_listen`): `/healthz` (200
+/// unless a check is critical: not a cluster member, no leader or quorum, disk nearly full, an
+/// expired certificate), `/readyz` (200 only when this gateway takes reads and writes now) and
+/// `/metrics` (Prometheus text format). The health documents are JSON with every check.
+pub fn health_routes(node: std::sync::Arc<node::Node>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let (n1, n2, n3) = (node.clone(), node.clone(), node);
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let node = n1.clone();
+                async move {
+                    let r = node.health_report();
+                    let code = if r.level() == health::Level::Critical {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    };
+                    (code, axum::Json(r))
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let node = n2.clone();
+                async move {
+                    let r = node.health_report();
+                    let code = if r.ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, axum::Json(r))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let node = n3.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        node.metrics.render(&node),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}

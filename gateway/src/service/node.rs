@@ -46,6 +46,10 @@ pub struct Node {
     pub peers: Arc<crate::service::raft_net::PeerHttp>,
     /// The address peers reach this node at.
     pub advertise: String,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<crate::service::metrics::Metrics>,
+    /// What the health checks read besides the node; set once the TLS material is loaded.
+    pub health: std::sync::OnceLock<crate::service::health::Inputs>,
     proposals: mpsc::Sender<(Command, Reply)>,
     write_timeout: Duration,
 }
@@ -94,6 +98,8 @@ impl Node {
             key,
             peers,
             advertise: config.advertise(),
+            metrics: Arc::new(crate::service::metrics::Metrics::new()),
+            health: std::sync::OnceLock::new(),
             proposals: tx,
             write_timeout: Duration::from_secs(10),
         });
@@ -123,12 +129,45 @@ impl Node {
 
     /// Submits a prepared command and waits until it is committed by a quorum and applied.
     pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, WriteError> {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.proposals
             .send((cmd, reply))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
-        rx.await.map_err(|_| WriteError::ShuttingDown)?
+        let r = rx.await.map_err(|_| WriteError::ShuttingDown)?;
+        self.metrics
+            .commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.write_outcome(match &r {
+            Ok(ApplyOutcome::Appended { .. }) => "appended",
+            Ok(ApplyOutcome::Duplicate { .. }) => "duplicate",
+            Ok(ApplyOutcome::Refused { .. }) => "refused",
+            Ok(ApplyOutcome::Checkpointed { .. }) => "checkpointed",
+            Ok(ApplyOutcome::NodeRegistered { .. }) => "node_registered",
+            Err(WriteError::NoLeader(_)) => "no_leader",
+            Err(WriteError::ShuttingDown) => "shutting_down",
+            Err(WriteError::Refused(_)) => "refused",
+            Err(WriteError::Failed(_)) => "failed",
+        });
+        r
+    }
+
+    /// This gateway's health now (`/healthz`, `/cluster/health`, `medledger status`).
+    pub fn health_report(&self) -> crate::service::health::HealthReport {
+        match self.health.get() {
+            Some(inputs) => crate::service::health::evaluate(self, inputs),
+            None => crate::service::health::HealthReport {
+                node_id: self.id,
+                status: "failing".into(),
+                ready: false,
+                checks: vec![crate::service::health::Check {
+                    name: "startup".into(),
+                    level: crate::service::health::Level::Critical,
+                    detail: "the gateway is still starting".into(),
+                }],
+            },
+        }
     }
 
     /// Writes a batch as one Raft entry on this node if it leads, otherwise forwards it to the

@@ -62,21 +62,24 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         config.api.max_connections,
         shutdown.clone(),
     ));
+    let node_for_health = node.clone();
+    let _ = node.health.set(crate::service::health::Inputs {
+        data_dir: config.node.data_dir.clone(),
+        crl_path: crate::service::revocation::load_ca(&config.tls.pki_dir)
+            .ok()
+            .flatten()
+            .map(|_| config.tls.pki_dir.join(crate::paths::CRL_FILE)),
+        certificates: certificate_expiries(&tls, &node.metrics),
+        election_timeout: Duration::from_millis(config.raft.election_timeout_max_ms),
+    });
     if let Some(addr) = config.api.health_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("api.health_listen {addr}: cannot bind"))?;
-        let node = node.clone();
-        let app = axum::Router::new().route(
-            "/healthz",
-            axum::routing::get(move || {
-                let node = node.clone();
-                async move { axum::Json(node.status()) }
-            }),
-        );
         let sd = shutdown.clone();
+        tracing::info!(listen = %addr, "health and metrics listening (plain HTTP, loopback)");
         tasks.spawn(async move {
-            let _ = axum::serve(l, app)
+            let _ = axum::serve(l, crate::service::health_routes(node_for_health))
                 .with_graceful_shutdown(async move { sd.cancelled().await })
                 .await;
         });
@@ -109,4 +112,26 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The certificates the health checks and metrics watch: this gateway's chain (its own
+/// certificate and the CAs above it) and every trusted root, by subject.
+fn certificate_expiries(
+    tls: &TlsMaterial,
+    metrics: &crate::service::metrics::Metrics,
+) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let certs = tls.gateway.chain.iter().chain(tls.roots.iter());
+    for der in certs {
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, c)) => {
+                let name = c.subject().to_string();
+                let not_after = c.validity().not_after.timestamp();
+                metrics.certificate(&name, not_after);
+                out.push((name, not_after));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read a certificate's validity"),
+        }
+    }
+    out
 }

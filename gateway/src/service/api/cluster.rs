@@ -204,3 +204,12 @@ pub async fn status(
     ensure_fresh(&node, q.consistency.as_deref()).await?;
     Ok(Json(node.status()))
 }
+
+/// This gateway's health: the verdict (`ok`, `degraded`, `failing`), whether it takes reads and
+/// writes now, and every check (membership, quorum, lag, disk, certificates, CRL). What
+/// `medledger status` prints.
+#[utoipa::path(get, path = "/cluster/health", tag = "cluster",
+    responses((status = 200, description = "Health report", body = crate::service::health::HealthReport)))]
+pub async fn health(State(node): State<Arc<Node>>) -> Json<crate::service::health::HealthReport> {
+    Json(node.health_report())
+}

@@ -9,6 +9,7 @@
 //! error is an RFC 9457 problem document ([`ApiError`]). The OpenAPI 3.1 document is generated
 //! from the same route registrations that serve the routes, and served at `/v1/openapi.json`.
 
+pub mod certificates;
 mod cluster;
 mod devices;
 mod events;
@@ -206,6 +207,11 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .routes(guarded(Anyone, SMALL_BODY, routes!(ledger::whoami)))
         .routes(guarded(Anyone, SMALL_BODY, routes!(openapi)))
         .routes(guarded(Reader, SMALL_BODY, routes!(devices::history)))
+        .routes(guarded(
+            Reader,
+            SMALL_BODY,
+            routes!(certificates::certificate),
+        ))
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::append)))
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::vote)))
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::snapshot)))
@@ -216,6 +222,7 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::remove)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::checkpoint)))
         .routes(guarded(Reader, SMALL_BODY, routes!(cluster::status)))
+        .routes(guarded(Reader, SMALL_BODY, routes!(cluster::health)))
         .merge(identity)
         .split_for_parts();
     let json = doc
