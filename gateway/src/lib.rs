@@ -10,5 +10,6 @@
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod logging;
 pub mod paths;
 pub mod service;
