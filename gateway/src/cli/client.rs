@@ -85,18 +85,17 @@ pub async fn call(
     })
 }
 
-/// Like [`call`], but while the gateway has no leader (503, 409) or cannot be reached, tries
-/// again until `wait` has passed, then gives up with the last reason.
-pub async fn call_waiting(
-    http: &reqwest::Client,
-    addr: &str,
-    path: &str,
-    body: serde_json::Value,
-    wait: Duration,
-) -> anyhow::Result<serde_json::Value> {
+/// Runs `once` until it succeeds or fails for good; while it fails in a way an election may
+/// mend ([`Attempt::Retry`]), tries again every 200 ms until `wait` has passed, then gives up with
+/// the last reason.
+async fn retrying<F, Fut>(wait: Duration, mut once: F) -> anyhow::Result<serde_json::Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, Attempt>>,
+{
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let why = match attempt(http, addr, path, &body).await {
+        let why = match once().await {
             Ok(v) => return Ok(v),
             Err(Attempt::Fail(e)) => return Err(e),
             Err(Attempt::Retry(e)) => e,
@@ -106,6 +105,18 @@ pub async fn call_waiting(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Like [`call`], but while the gateway has no leader (503, 409) or cannot be reached, tries
+/// again until `wait` has passed, then gives up with the last reason.
+pub async fn call_waiting(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    body: serde_json::Value,
+    wait: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    retrying(wait, || attempt(http, addr, path, &body)).await
 }
 
 fn give_up(why: anyhow::Error, wait: Duration) -> anyhow::Error {
@@ -139,31 +150,19 @@ pub async fn call_leader(
     body: serde_json::Value,
     wait: Duration,
 ) -> anyhow::Result<serde_json::Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let why = match fetch_status(http, addr).await {
-            Ok(status) => match status
-                .leader
-                .and_then(|l| status.nodes.get(&l).map(|n| (l, n)))
-            {
-                Some((_, n)) => match attempt(http, &n.addr, path, &body).await {
-                    Ok(v) => return Ok(v),
-                    Err(Attempt::Fail(e)) => return Err(e),
-                    Err(Attempt::Retry(e)) => e,
-                },
-                None => anyhow::anyhow!(
-                    "{addr} knows no leader (it is {} in term {})",
-                    status.state.to_lowercase(),
-                    status.term
-                ),
-            },
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(give_up(why, wait));
+    let body = &body;
+    retrying(wait, || async move {
+        let status = fetch_status(http, addr).await.map_err(Attempt::Retry)?;
+        match status.leader.and_then(|l| status.nodes.get(&l)) {
+            Some(n) => attempt(http, &n.addr, path, body).await,
+            None => Err(Attempt::Retry(anyhow::anyhow!(
+                "{addr} knows no leader (it is {} in term {})",
+                status.state.to_lowercase(),
+                status.term
+            ))),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// This gateway's view of the cluster (`GET /cluster/status`).

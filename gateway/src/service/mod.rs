@@ -21,36 +21,33 @@ pub fn health_routes(node: std::sync::Arc<node::Node>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     use axum::routing::get;
+    /// The report, answered 503 when `fails` says so.
+    fn answer(
+        node: &node::Node,
+        fails: fn(&health::HealthReport) -> bool,
+    ) -> (StatusCode, axum::Json<health::HealthReport>) {
+        let r = node.health_report();
+        let code = if fails(&r) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        (code, axum::Json(r))
+    }
     let (n1, n2, n3) = (node.clone(), node.clone(), node);
     axum::Router::new()
         .route(
             "/healthz",
             get(move || {
                 let node = n1.clone();
-                async move {
-                    let r = node.health_report();
-                    let code = if r.level() == health::Level::Critical {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::OK
-                    };
-                    (code, axum::Json(r))
-                }
+                async move { answer(&node, |r| r.level() == health::Level::Critical) }
             }),
         )
         .route(
             "/readyz",
             get(move || {
                 let node = n2.clone();
-                async move {
-                    let r = node.health_report();
-                    let code = if r.ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (code, axum::Json(r))
-                }
+                async move { answer(&node, |r| !r.ready) }
             }),
         )
         .route(
