@@ -18,16 +18,26 @@ fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
     (gw, health)
 }
 
-/// `GET http://{addr}{path}` on the plain health listener: status and body.
+/// `GET http://{addr}{path}` on the plain health listener (HTTP/1.0 over a real TCP
+/// connection): status and body.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let r = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .timeout(Duration::from_secs(5))
-        .send()
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
         .await
-        .ok()?;
-    let s = r.status().as_u16();
-    Some((s, r.text().await.ok()?))
+        .ok()
+        .flatten()
 }
 
 /// `medledger status --config` of a gateway: exit code and output.
