@@ -6,9 +6,7 @@
 //! replaced atomically and guarded by a lock file, so the CLI and the running gateway can both
 //! use it.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::time::{Duration as StdDuration, Instant, SystemTime};
 
 use rcgen::{CertificateSigningRequestParams, DnType, SanType};
 use sha2::{Digest, Sha256};
@@ -20,11 +18,6 @@ use crate::fsutil;
 use crate::identity::{identity_uri, Identity, Profile};
 use crate::profile::{CertSpec, DeviceSpec, IssuedCert};
 use crate::udi::validate_device_id;
-
-/// A lock file older than this is left over from a crashed process and is removed.
-const STALE_LOCK: StdDuration = StdDuration::from_secs(30);
-/// How long to wait for the lock.
-const LOCK_WAIT: StdDuration = StdDuration::from_secs(5);
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct TokenRecord {
@@ -62,14 +55,6 @@ pub struct TokenStore {
     lock: PathBuf,
 }
 
-struct LockGuard(PathBuf);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
@@ -91,36 +76,8 @@ impl TokenStore {
         &self.path
     }
 
-    fn lock(&self) -> Result<LockGuard> {
-        let start = Instant::now();
-        loop {
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&self.lock)
-            {
-                Ok(_) => return Ok(LockGuard(self.lock.clone())),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&self.lock)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|m| SystemTime::now().duration_since(m).ok())
-                        .is_some_and(|age| age > STALE_LOCK);
-                    if stale {
-                        tracing::warn!(path = %self.lock.display(), "removing stale token store lock");
-                        let _ = std::fs::remove_file(&self.lock);
-                        continue;
-                    }
-                    if start.elapsed() > LOCK_WAIT {
-                        return Err(Error::StoreLocked {
-                            path: self.lock.clone(),
-                        });
-                    }
-                    std::thread::sleep(StdDuration::from_millis(10));
-                }
-                Err(e) => return Err(Error::io(&self.lock, e)),
-            }
-        }
+    fn lock(&self) -> Result<fsutil::FileLock> {
+        fsutil::FileLock::acquire(&self.lock)
     }
 
     fn load(&self) -> Result<StoreFile> {
@@ -241,7 +198,8 @@ fn refuse(reason: impl Into<String>) -> Error {
 }
 
 /// Parse and verify a CSR (signature, key type) and check it names `device_id`: subject CN equal
-/// to the id, and SAN URIs (if any) only `urn:medledger:device:<id>`.
+/// to the id or to its MQTT username `devices/<segment>` (the CN the certificate gets either
+/// way), and SAN URIs (if any) only `urn:medledger:device:<id>`.
 pub fn verify_device_csr(
     csr_pem: &str,
     device_id: &str,
@@ -254,7 +212,7 @@ pub fn verify_device_csr(
         .get(&DnType::CommonName)
         .and_then(dn_value_string)
         .ok_or_else(|| refuse("no subject cn"))?;
-    if cn != device_id {
+    if cn != device_id && cn != crate::device_id::mqtt_username(device_id) {
         return Err(refuse(format!(
             "subject cn {cn:?} does not match device id {device_id:?}"
         )));
@@ -344,7 +302,7 @@ pub fn device_csr(device_id: &str) -> Result<(String, String)> {
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
-        .push(DnType::CommonName, device_id);
+        .push(DnType::CommonName, crate::device_id::mqtt_username(device_id));
     let csr = params
         .serialize_request(&key)
         .map_err(Error::gen("making device request"))?;

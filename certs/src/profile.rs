@@ -2,14 +2,15 @@
 //!
 //! | profile | subject | SAN | EKU |
 //! |---|---|---|---|
-//! | device | `CN=<id>` (Mosquitto maps CN to the MQTT username) | `URI:urn:medledger:device:<id>` | clientAuth (+ serverAuth for a Modbus server) |
+//! | device | `CN=devices/<segment>` (Mosquitto maps CN to the MQTT username; [`crate::device_id`]) | `URI:urn:medledger:device:<id>` | clientAuth (+ serverAuth for a Modbus server) |
 //! | staff | `CN=staff:<id>`, `OU=<role>`, `name=<person's name>` | `URI:urn:medledger:staff:<id>` | clientAuth |
 //! | gateway | `CN=gateway:<node-id>` | `URI:urn:medledger:gateway:<node-id>`, `DNS:localhost`, `IP:127.0.0.1`, `IP:::1` + given names | serverAuth, clientAuth |
 //! | service | `CN=service:<name>` | `URI:urn:medledger:service:<name>`, same DNS/IP as gateway | serverAuth |
 //!
 //! Every subject also has `O=MedLedger`; key usage is digitalSignature; keys are ECDSA P-256.
-//! Only device CNs are bare ids: staff, gateway and service CNs carry a `profile:` prefix so that
-//! no staff member or service can ever have the same MQTT username (= CN) as a device.
+//! Only device CNs start with `devices/`: staff, gateway and service CNs carry a `profile:`
+//! prefix and no `/`, so no staff member or service can ever have a device's MQTT username
+//! (= CN) or write below `medledger/devices/` (see [`crate::device_id`]).
 //! The identity is read from the SAN URI, never the CN ([`crate::parse_identity`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -171,8 +172,18 @@ impl CertSpec {
     }
 }
 
-/// The subject CN for a profile and id (see the module table).
+/// The subject CN for a profile and id (see the module table): for a device its MQTT username
+/// `devices/<segment>`, otherwise `<profile>:<id>`.
 pub fn common_name(profile: Profile, id: &str) -> String {
+    match profile {
+        Profile::Device => crate::device_id::mqtt_username(id),
+        other => format!("{}:{id}", other.as_str()),
+    }
+}
+
+/// How the ledger names the subject of a certificate (`device_id` of its `certificate-issued`
+/// entry): the device id itself for a device, `<profile>:<id>` otherwise.
+pub fn subject_label(profile: Profile, id: &str) -> String {
     match profile {
         Profile::Device => id.to_string(),
         other => format!("{}:{id}", other.as_str()),
@@ -490,7 +501,13 @@ mod tests {
         assert_eq!(g.identity.role, None);
         assert!(g.identity.require(&[Profile::Gateway]).is_ok());
         assert_eq!(CertSpec::gateway("gw1").common_name(), "gateway:gw1");
-        assert_eq!(CertSpec::device("pump-1").common_name(), "pump-1");
+        assert_eq!(CertSpec::device("pump-1").common_name(), "devices/pump-1");
+        assert_eq!(
+            CertSpec::device("+A123BJC5D6E71G").common_name(),
+            "devices/%2BA123BJC5D6E71G"
+        );
+        assert_eq!(subject_label(Profile::Device, "pump-1"), "pump-1");
+        assert_eq!(subject_label(Profile::Staff, "e1"), "staff:e1");
     }
 
     #[test]

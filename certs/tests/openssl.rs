@@ -91,7 +91,7 @@ fn openssl_agrees_with_every_profile() {
             }),
             file: "device.crt",
             text: vec![
-                "CN = (01)00884838035249(21)SN123",
+                "CN = devices/(01)00884838035249(21)SN123",
                 "URI:urn:medledger:device:(01)00884838035249(21)SN123",
                 "Digital Signature",
                 "TLS Web Client Authentication",
@@ -107,7 +107,7 @@ fn openssl_agrees_with_every_profile() {
             spec: CertSpec::device("pump-0042"),
             file: "pump.crt",
             text: vec![
-                "CN = pump-0042",
+                "CN = devices/pump-0042",
                 "URI:urn:medledger:device:pump-0042",
                 "TLS Web Client Authentication",
             ],

@@ -726,7 +726,7 @@ async fn revoke(
             .issued_records()?
             .into_iter()
             .find(|r| r.serial == serial)
-            .map(|r| certs::profile::common_name(r.profile, &r.id)),
+            .map(|r| certs::profile::subject_label(r.profile, &r.id)),
         None => None,
     };
     let subject = match (from_ledger.or(from_records), subject) {
