@@ -168,6 +168,8 @@ impl TokenStore {
             id: rec.device_id.clone(),
             modbus_role: rec.modbus_role.clone(),
             modbus_server: rec.modbus_server,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         };
         let out = issue(&spec)?;
         rec.used_at = Some(now);
@@ -290,6 +292,17 @@ pub fn renew(
         id: current.id.clone(),
         modbus_role: current.role.clone(),
         modbus_server: current.server_auth,
+        // a Modbus/TCP Security server keeps the names it is verified by
+        dns_names: if current.server_auth {
+            current.dns_names.clone()
+        } else {
+            Vec::new()
+        },
+        ip_addrs: if current.server_auth {
+            current.ip_addrs.clone()
+        } else {
+            Vec::new()
+        },
     });
     ca.issue_for_key(&spec, validity, &csr.public_key, None)
 }
@@ -329,6 +342,8 @@ mod tests {
             id: id.into(),
             modbus_role: None,
             modbus_server: false,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         }
     }
 
@@ -426,6 +441,8 @@ mod tests {
             id: "plc-7".into(),
             modbus_role: Some("operator".into()),
             modbus_server: true,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         };
         let token = store.create(&spec, Duration::hours(1)).unwrap();
         let (_, csr) = device_csr("plc-7").unwrap();

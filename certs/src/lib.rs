@@ -93,5 +93,5 @@ pub use udi::{validate_device_id, DeviceIdKind};
 
 /// File helpers that create private keys 0600 and replace files atomically.
 pub mod files {
-    pub use crate::fsutil::{atomic_write, write_private};
+    pub use crate::fsutil::{atomic_write, group_id, write_private};
 }

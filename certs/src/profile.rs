@@ -43,6 +43,12 @@ pub struct DeviceSpec {
     pub modbus_role: Option<String>,
     /// The device is a Modbus/TCP Security server (adds EKU serverAuth).
     pub modbus_server: bool,
+    /// DNS names a Modbus/TCP Security server is reached by (SAN `DNS:`), so OpenSSL and
+    /// rustls can verify it by name; only with `modbus_server`.
+    pub dns_names: Vec<String>,
+    /// IP addresses a Modbus/TCP Security server is reached by (SAN `IP:`); only with
+    /// `modbus_server`.
+    pub ip_addrs: Vec<IpAddr>,
 }
 
 /// Staff profile parameters.
@@ -87,6 +93,8 @@ impl CertSpec {
             id: id.into(),
             modbus_role: None,
             modbus_server: false,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         })
     }
 
@@ -148,6 +156,15 @@ impl CertSpec {
                 validate_device_id(&d.id)?;
                 if let Some(role) = &d.modbus_role {
                     check_text("modbus role", role, 64)?;
+                }
+                if !d.modbus_server && !(d.dns_names.is_empty() && d.ip_addrs.is_empty()) {
+                    return Err(Error::input(
+                        "dns name",
+                        "dns names and ip addresses go only into the certificate of a modbus/tcp security server (modbus_server)",
+                    ));
+                }
+                for n in &d.dns_names {
+                    check_dns_name(n)?;
                 }
             }
             CertSpec::Staff(s) => {
@@ -309,6 +326,23 @@ impl IssuingCa {
     }
 }
 
+fn push_dns_names(p: &mut CertificateParams, names: &[String]) -> Result<()> {
+    for n in names {
+        if p.subject_alt_names
+            .iter()
+            .any(|s| matches!(s, SanType::DnsName(d) if d.as_str() == n))
+        {
+            continue;
+        }
+        p.subject_alt_names.push(SanType::DnsName(
+            n.clone()
+                .try_into()
+                .map_err(|_| Error::input("dns name", format!("{n:?} is not ascii")))?,
+        ));
+    }
+    Ok(())
+}
+
 fn leaf_params(spec: &CertSpec, validity: Validity) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -345,6 +379,17 @@ fn leaf_params(spec: &CertSpec, validity: Validity) -> Result<CertificateParams>
                     encode_utf8string(role),
                 ));
             }
+            // a Modbus/TCP Security server is verified by the address its clients dial; unlike
+            // a gateway, it is not localhost, so only the names given are added
+            push_dns_names(&mut p, &d.dns_names)?;
+            let mut ips: Vec<IpAddr> = Vec::new();
+            for ip in &d.ip_addrs {
+                if !ips.contains(ip) {
+                    ips.push(*ip);
+                }
+            }
+            p.subject_alt_names
+                .extend(ips.into_iter().map(SanType::IpAddress));
         }
         CertSpec::Staff(_) => p
             .extended_key_usages
@@ -363,13 +408,7 @@ fn leaf_params(spec: &CertSpec, validity: Validity) -> Result<CertificateParams>
                     .filter(|n| n.as_str() != "localhost")
                     .cloned(),
             );
-            for n in dns {
-                p.subject_alt_names.push(SanType::DnsName(
-                    n.clone()
-                        .try_into()
-                        .map_err(|_| Error::input("dns name", format!("{n:?} is not ascii")))?,
-                ));
-            }
+            push_dns_names(&mut p, &dns)?;
             let mut ips = vec![
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -448,8 +487,18 @@ mod tests {
             id: "(01)00884838035249(21)SN 1".replace(' ', ""),
             modbus_role: Some("operator".into()),
             modbus_server: true,
+            dns_names: vec!["pump-1.devices.hospital.local".into()],
+            ip_addrs: vec!["10.20.0.7".parse().unwrap()],
         });
         let issued = ca.issue(&spec, Validity::days(30).unwrap()).unwrap();
+        assert_eq!(
+            issued.identity.dns_names,
+            vec!["pump-1.devices.hospital.local".to_string()]
+        );
+        assert_eq!(
+            issued.identity.ip_addrs,
+            vec!["10.20.0.7".parse::<IpAddr>().unwrap()]
+        );
         let id = &issued.identity;
         assert_eq!(id.profile, Profile::Device);
         assert_eq!(id.id, "(01)00884838035249(21)SN1");
@@ -520,6 +569,24 @@ mod tests {
             .to_string();
         assert!(err.contains("gtin check digit is 3, expected 9"), "{err}");
         assert!(ca.issue(&CertSpec::device("bad id"), v).is_err());
+        // names only for a Modbus/TCP Security server
+        let mut d = DeviceSpec {
+            id: "pump-1".into(),
+            modbus_role: None,
+            modbus_server: false,
+            dns_names: vec!["pump-1.local".into()],
+            ip_addrs: vec![],
+        };
+        let err = ca
+            .issue(&CertSpec::Device(d.clone()), v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("modbus/tcp security server"), "{err}");
+        d.modbus_server = true;
+        d.dns_names = vec!["-bad".into()];
+        assert!(ca.issue(&CertSpec::Device(d.clone()), v).is_err());
+        d.dns_names = vec!["pump-1.local".into()];
+        assert!(ca.issue(&CertSpec::Device(d), v).is_ok());
         assert!(ca
             .issue(&CertSpec::staff("e1", " ", StaffRole::Admin), v)
             .is_err());
