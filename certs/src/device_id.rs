@@ -118,7 +118,10 @@ pub fn device_id_from_topic(topic: &str) -> Result<String> {
         .and_then(|r| r.strip_suffix("/telemetry"))
         .ok_or_else(|| refuse(topic, "topic is not medledger/devices/<device>/telemetry"))?;
     if segment.contains('/') {
-        return Err(refuse(topic, "topic has more than one level for the device"));
+        return Err(refuse(
+            topic,
+            "topic has more than one level for the device",
+        ));
     }
     device_id_from_segment(segment)
 }
@@ -197,7 +200,14 @@ mod tests {
                 .chars()
                 .collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        let prefixes = ["", "+", "=<", "=/", "(01)00884838035249(21)", "01008848380352492"];
+        let prefixes = [
+            "",
+            "+",
+            "=<",
+            "=/",
+            "(01)00884838035249(21)",
+            "01008848380352492",
+        ];
         for _ in 0..20_000 {
             let len = rng.gen_range(0..24);
             let mut s: String = prefixes[rng.gen_range(0..prefixes.len())].into();

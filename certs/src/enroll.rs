@@ -313,9 +313,10 @@ pub fn device_csr(device_id: &str) -> Result<(String, String)> {
     validate_device_id(device_id)?;
     let key = crate::ca::generate_key()?;
     let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, crate::device_id::mqtt_username(device_id));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        crate::device_id::mqtt_username(device_id),
+    );
     let csr = params
         .serialize_request(&key)
         .map_err(Error::gen("making device request"))?;

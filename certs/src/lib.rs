@@ -74,6 +74,9 @@ pub use ca::{
     Validity,
 };
 pub use crl::{Crl, RevocationReason, Revoked};
+pub use device_id::{
+    device_id_from_segment, device_id_from_topic, mqtt_segment, mqtt_username, telemetry_topic,
+};
 pub use enroll::{device_csr, renew, sign_csr, verify_device_csr, TokenStore};
 pub use error::{Error, Result};
 pub use identity::{modbus_role_of, parse_identity, Identity, Profile, StaffRole};
@@ -85,9 +88,6 @@ pub use tls::{
     client_config, enrollment_server_config, modbus_client_config, mqtt_client_config,
     peer_identity, raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor,
     ReloadableServerConfig, RevocationPolicy,
-};
-pub use device_id::{
-    device_id_from_segment, device_id_from_topic, mqtt_segment, mqtt_username, telemetry_topic,
 };
 pub use udi::{validate_device_id, DeviceIdKind};
 

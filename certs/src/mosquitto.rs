@@ -140,7 +140,10 @@ pub fn write_mosquitto_config(
     }
     let gid = match &opts.group {
         Some(g) => Some(fsutil::group_id(g)?.ok_or_else(|| {
-            Error::input("mosquitto group", format!("there is no group {g:?} (/etc/group)"))
+            Error::input(
+                "mosquitto group",
+                format!("there is no group {g:?} (/etc/group)"),
+            )
         })?),
         None => None,
     };

@@ -422,7 +422,11 @@ async fn udi_device_ids_publish_through_mosquitto_as_its_own_user_and_staff_is_d
 
     let now = OffsetDateTime::now_utc();
     let crl = ca
-        .build_crl(&[], now - time::Duration::minutes(1), now + time::Duration::days(1))
+        .build_crl(
+            &[],
+            now - time::Duration::minutes(1),
+            now + time::Duration::days(1),
+        )
         .expect("crl");
     let port = medledger_tests::free_port();
     let mut opts = MosquittoOptions::new(port, vec!["gw1".into()]);
@@ -439,7 +443,9 @@ async fn udi_device_ids_publish_through_mosquitto_as_its_own_user_and_staff_is_d
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let key = std::fs::metadata(&files.keyfile).expect("key");
         assert_eq!(key.permissions().mode() & 0o777, 0o640);
-        let gid = certs::files::group_id("mosquitto").expect("group").expect("gid");
+        let gid = certs::files::group_id("mosquitto")
+            .expect("group")
+            .expect("gid");
         assert_eq!(key.gid(), gid);
         let conf = std::fs::read_to_string(&files.conf).expect("conf");
         assert!(!conf.contains("\nuser "), "{conf}");
@@ -483,8 +489,16 @@ async fn udi_device_ids_publish_through_mosquitto_as_its_own_user_and_staff_is_d
     // a staff certificate and another gateway's certificate try device topics: their own
     // "device" topic (what used to be accepted) and a real device's topic
     let attempts = [
-        (&staff, "staff-jdoe", "medledger/devices/staff:jdoe/telemetry"),
-        (&staff, "staff-jdoe", "medledger/devices/pump-0042/telemetry"),
+        (
+            &staff,
+            "staff-jdoe",
+            "medledger/devices/staff:jdoe/telemetry",
+        ),
+        (
+            &staff,
+            "staff-jdoe",
+            "medledger/devices/pump-0042/telemetry",
+        ),
         (&other_gw, "gw2", "medledger/devices/gateway:gw2/telemetry"),
         (&other_gw, "gw2", "medledger/devices/pump-0042/telemetry"),
     ];
@@ -585,7 +599,11 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
     let gw = issue(CertSpec::gateway("gw1"));
     let now = OffsetDateTime::now_utc();
     let crl = ca
-        .build_crl(&[], now - time::Duration::minutes(1), now + time::Duration::days(1))
+        .build_crl(
+            &[],
+            now - time::Duration::minutes(1),
+            now + time::Duration::days(1),
+        )
         .expect("crl");
     let port = medledger_tests::free_port();
     let mut opts = MosquittoOptions::new(port, vec!["gw1".into()]);
@@ -640,7 +658,8 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
             .expect("start medledger-sim"),
     );
     let lines = collect_lines(sim.0.stdout.take().expect("stdout"));
-    let has_line = |f: &dyn Fn(&serde_json::Value) -> bool| lines.lock().expect("lines").iter().any(f);
+    let has_line =
+        |f: &dyn Fn(&serde_json::Value) -> bool| lines.lock().expect("lines").iter().any(f);
 
     // both devices' telemetry reaches the subscriber under their own ids
     let until = Instant::now() + DEADLINE;
@@ -652,7 +671,11 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
         assert!(
             Instant::now() < until,
             "simulated devices' telemetry did not arrive: {:?}\n{}",
-            gateway.got.iter().map(|t| &t.device_id).collect::<std::collections::BTreeSet<_>>(),
+            gateway
+                .got
+                .iter()
+                .map(|t| &t.device_id)
+                .collect::<std::collections::BTreeSet<_>>(),
             broker.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -701,10 +724,16 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
     };
     for id in [gs1, hibcc] {
         let s = stats(id);
-        assert!(s["acked"].as_u64() > Some(0) && s["denied"] == 0, "{id}: {s}");
+        assert!(
+            s["acked"].as_u64() > Some(0) && s["denied"] == 0,
+            "{id}: {s}"
+        );
     }
     let s = stats("jdoe");
-    assert!(s["denied"].as_u64() > Some(0) && s["acked"] == 0, "jdoe: {s}");
+    assert!(
+        s["denied"].as_u64() > Some(0) && s["acked"] == 0,
+        "jdoe: {s}"
+    );
     assert!(broker.log().contains("Denied PUBLISH from sim-jdoe"));
     gateway.stop().await;
 }

@@ -157,7 +157,13 @@ fn load_identity(ca: &PathBuf, cert: &PathBuf, k: &PathBuf) -> anyhow::Result<Mq
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(chain, key(k)?)
-        .with_context(|| format!("{} and {} do not make a client identity", cert.display(), k.display()))?;
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a client identity",
+                cert.display(),
+                k.display()
+            )
+        })?;
     Ok(MqttIdentity {
         id: who.id,
         transport: MqttTransport::Tls(Arc::new(cfg)),
@@ -186,7 +192,9 @@ fn mqtt_identities(a: &Args) -> anyhow::Result<Option<Vec<MqttIdentity>>> {
     };
     let mut pairs = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
         if path.extension().is_some_and(|e| e == "crt") {
             let key = path.with_extension("key");
             if !key.exists() {
@@ -368,7 +376,9 @@ async fn main() -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     for (dev, st) in &mqtt_devices {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        line(serde_json::json!({"event": "mqtt_stats", "device_id": dev.id(), "published": g(&st.published), "acked": g(&st.acked), "denied": g(&st.denied), "connect_failures": g(&st.connect_failures)}));
+        line(
+            serde_json::json!({"event": "mqtt_stats", "device_id": dev.id(), "published": g(&st.published), "acked": g(&st.acked), "denied": g(&st.denied), "connect_failures": g(&st.connect_failures)}),
+        );
     }
     Ok(())
 }

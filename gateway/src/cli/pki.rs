@@ -663,8 +663,8 @@ async fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
             CertSpec::Gateway(server_spec(&a.id, &a.server))
         }
     };
-    let server_names_ok = a.profile == ProfileArg::Gateway
-        || (a.profile == ProfileArg::Device && a.modbus_server);
+    let server_names_ok =
+        a.profile == ProfileArg::Gateway || (a.profile == ProfileArg::Device && a.modbus_server);
     if !server_names_ok && (!a.server.dns.is_empty() || !a.server.ip.is_empty()) {
         bail!("--dns and --ip apply only to --profile gateway and to --profile device with --modbus-server");
     }
