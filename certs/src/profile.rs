@@ -157,7 +157,8 @@ impl CertSpec {
                 if let Some(role) = &d.modbus_role {
                     check_text("modbus role", role, 64)?;
                 }
-                if !d.modbus_server && !(d.dns_names.is_empty() && d.ip_addrs.is_empty()) {
+                let has_names = !d.dns_names.is_empty() || !d.ip_addrs.is_empty();
+                if has_names && !d.modbus_server {
                     return Err(Error::input(
                         "dns name",
                         "dns names and ip addresses go only into the certificate of a modbus/tcp security server (modbus_server)",

@@ -902,7 +902,7 @@ pub async fn run_mosquitto(a: MosquittoArgs) -> anyhow::Result<ExitCode> {
         files.conf.display(),
         a.port
     );
-    println!("wrote {} (devices publish only under medledger/devices/<id>/#; gateways {} read medledger/#)", files.acl.display(), gateway_ids.join(", "));
+    println!("wrote {} (only device certificates publish, each only under medledger/devices/<its id escaped for mqtt>/#; gateways {} read medledger/#)", files.acl.display(), gateway_ids.join(", "));
     let key_mode = match &opts.group {
         Some(g) => format!("mode 0640, group {g}"),
         None => "mode 0600".to_string(),
