@@ -596,11 +596,19 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
         "c-staff",
         issue(CertSpec::staff("jdoe", "J. Doe", certs::StaffRole::Biomed)),
     );
+    // and a revoked device, which the broker refuses at the TLS handshake
+    let stolen = issue(CertSpec::device("pump-stolen"));
+    let stolen_serial = stolen.identity.serial.clone();
+    write_client(&ids_dir, "d-stolen", stolen);
     let gw = issue(CertSpec::gateway("gw1"));
     let now = OffsetDateTime::now_utc();
     let crl = ca
         .build_crl(
-            &[],
+            &[Revoked {
+                serial: stolen_serial,
+                revoked_at: now,
+                reason: RevocationReason::KeyCompromise,
+            }],
             now - time::Duration::minutes(1),
             now + time::Duration::days(1),
         )
@@ -648,7 +656,7 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
 
     let mut sim = ChildGuard(
         Command::new(&sim_bin)
-            .args(sim_args("3"))
+            .args(sim_args("4"))
             .arg("--mqtt-cert-dir")
             .arg(&ids_dir)
             .stdin(Stdio::piped())
@@ -690,6 +698,21 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // the revoked device's refused connection is reported too
+    let until = Instant::now() + DEADLINE;
+    while !has_line(&|v| v["event"] == "connect_failed" && v["device_id"] == "pump-stolen") {
+        assert!(
+            Instant::now() < until,
+            "no refused connection reported: {:?}",
+            lines.lock().expect("lines")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !has_line(&|v| v["event"] == "connect_failed" && v["device_id"] != "pump-stolen"),
+        "a good identity's connection failed: {:?}",
+        lines.lock().expect("lines")
+    );
     assert!(
         !has_line(&|v| v["event"] == "denied" && v["device_id"] != "jdoe"),
         "a device's own publish was reported denied: {:?}",
@@ -733,6 +756,15 @@ async fn simulator_devices_each_have_their_own_certificate_and_denials_are_repor
     assert!(
         s["denied"].as_u64() > Some(0) && s["acked"] == 0,
         "jdoe: {s}"
+    );
+    let s = stats("pump-stolen");
+    assert!(
+        s["connect_failures"].as_u64() > Some(0) && s["acked"] == 0,
+        "pump-stolen: {s}"
+    );
+    assert!(
+        !gateway.has("pump-stolen", "flow_rate"),
+        "the revoked device's telemetry arrived"
     );
     assert!(broker.log().contains("Denied PUBLISH from sim-jdoe"));
     gateway.stop().await;
