@@ -67,8 +67,26 @@ impl Mosquitto {
     /// Starts mosquitto on an existing config and waits until it accepts TCP connections on
     /// `127.0.0.1:port`; panics with the broker's log if it exits or does not listen in time.
     pub fn start(conf: PathBuf, port: u16) -> Mosquitto {
+        Mosquitto::start_as(conf, port, None)
+    }
+
+    /// [`Mosquitto::start`], run as `user` (and its groups) from the start when given: the
+    /// tests run as root, and `setpriv` execs mosquitto in place (unlike `runuser`, which stays
+    /// as its parent), so killing the child kills the broker.
+    pub fn start_as(conf: PathBuf, port: u16, user: Option<&str>) -> Mosquitto {
         let log = conf.with_extension("log");
-        let child = Command::new(require("mosquitto"))
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={u}"))
+                    .arg(format!("--regid={u}"))
+                    .arg("--init-groups")
+                    .arg(require("mosquitto"));
+                c
+            }
+            None => Command::new(require("mosquitto")),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&conf)
             .arg("-v")
@@ -94,6 +112,18 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         b
+    }
+
+    /// The user the broker process runs as now (from `ps`), e.g. `mosquitto` after it dropped
+    /// root.
+    pub fn process_user(&self) -> Option<String> {
+        let pid = self.child.as_ref()?.id();
+        let out = Command::new("ps")
+            .args(["-o", "user=", "-p", &pid.to_string()])
+            .output()
+            .ok()?;
+        let user = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!user.is_empty()).then_some(user)
     }
 
     /// What the broker has logged so far.

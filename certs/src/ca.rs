@@ -40,6 +40,8 @@ pub const ISSUING_KEY: &str = "issuing.key";
 pub const ISSUING_CSR: &str = "issuing.csr";
 /// Local record of issued certificates.
 pub const ISSUED_LOG: &str = "issued.jsonl";
+/// The number of the last CRL this issuing CA signed (decimal), so CRL numbers only grow.
+pub const CRL_NUMBER: &str = "crl_number";
 
 const ORG: &str = "MedLedger";
 

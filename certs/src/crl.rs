@@ -13,7 +13,7 @@ use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, Ser
 use rustls_pki_types::CertificateRevocationListDer;
 use time::OffsetDateTime;
 
-use crate::ca::IssuingCa;
+use crate::ca::{IssuingCa, CRL_NUMBER};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -159,8 +159,10 @@ impl Crl {
 impl IssuingCa {
     /// Sign a CRL listing `revoked`, valid from `this_update` until `next_update`.
     ///
-    /// The CRL number is `this_update` in Unix seconds, so CRLs built later (by any code path,
-    /// after a restart) always carry a larger number.
+    /// The CRL number increases with every CRL this CA signs (RFC 5280 §5.2.3): it is one more
+    /// than the last one, kept in `DIR/crl_number` under a lock file (the CLI and the running
+    /// gateway may both sign), and at least `this_update` in Unix seconds, so it also stays above
+    /// the numbers of CRLs signed before the counter existed (they used those seconds).
     pub fn build_crl(
         &self,
         revoked: &[Revoked],
@@ -179,7 +181,8 @@ impl IssuingCa {
                 invalidity_date: None,
             });
         }
-        let number = u64::try_from(this_update.unix_timestamp()).unwrap_or(0);
+        let _lock = fsutil::FileLock::acquire(&self.dir().join(format!("{CRL_NUMBER}.lock")))?;
+        let number = self.next_crl_number(this_update)?;
         let params = CertificateRevocationListParams {
             this_update,
             next_update,
@@ -193,11 +196,38 @@ impl IssuingCa {
             .signed_by(&issuer)
             .map_err(Error::gen("signing crl"))?;
         let pem = crl.pem().map_err(Error::gen("encoding crl"))?;
-        tracing::info!(revoked = revoked.len(), %next_update, "built crl");
+        // written only once the CRL is signed: a failed build leaves no gap-causing state,
+        // and a crash after this write costs an unused number, never a repeated one
+        fsutil::atomic_write(&self.dir().join(CRL_NUMBER), number.to_string().as_bytes())?;
+        tracing::info!(revoked = revoked.len(), %next_update, crl_number = number, "built crl");
         Ok(Crl {
             der: crl.der().clone(),
             pem,
         })
+    }
+}
+
+impl IssuingCa {
+    /// max(last + 1, this_update in Unix seconds); the caller holds the lock.
+    fn next_crl_number(&self, this_update: OffsetDateTime) -> Result<u64> {
+        let path = self.dir().join(CRL_NUMBER);
+        let last = match std::fs::read_to_string(&path) {
+            Ok(t) => Some(t.trim().parse::<u64>().map_err(|_| Error::BadState {
+                path: path.clone(),
+                reason: format!("crl number {:?} is not a decimal number", t.trim()),
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let seconds = u64::try_from(this_update.unix_timestamp()).unwrap_or(0);
+        let next = match last {
+            Some(l) => l.checked_add(1).ok_or_else(|| Error::BadState {
+                path: path.clone(),
+                reason: "crl number is at its maximum".into(),
+            })?,
+            None => 1,
+        };
+        Ok(next.max(seconds))
     }
 }
 
@@ -241,6 +271,7 @@ mod tests {
         assert!(!serials.contains(&b.identity.serial));
         let (_, issuing) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
         parsed.verify_signature(issuing.public_key()).unwrap();
+        // the first CRL's number is this_update in seconds (above those of older versions)
         assert_eq!(
             parsed.crl_number().map(|n| n.to_string()),
             Some(now.unix_timestamp().to_string())
@@ -272,5 +303,59 @@ mod tests {
         assert!("stolen".parse::<RevocationReason>().is_err());
         assert_eq!(normalize_serial("0x00:AB:01").unwrap(), "ab01");
         assert_eq!(normalize_serial("abc").unwrap(), "0abc");
+    }
+
+    fn crl_number(crl: &Crl) -> u64 {
+        let (_, parsed) = CertificateRevocationList::from_der(&crl.der).unwrap();
+        parsed.crl_number().unwrap().to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn crl_numbers_increase_within_one_second_and_across_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init_site_ca(dir.path(), &CaInit::new("Site", "gw1")).unwrap();
+        // one this_update for all: what two CRLs built within the same second look like
+        let now = OffsetDateTime::now_utc();
+        let next = now + Duration::days(1);
+        let mut numbers = Vec::new();
+        for _ in 0..3 {
+            numbers.push(crl_number(&ca.build_crl(&[], now, next).unwrap()));
+        }
+        // a CRL with an earlier this_update (clock stepped back) still gets a larger number
+        numbers.push(crl_number(
+            &ca.build_crl(&[], now - Duration::hours(1), next).unwrap(),
+        ));
+        // another process (the CLI while the gateway runs) loads the same CA directory
+        let again = crate::IssuingCa::load(dir.path()).unwrap();
+        numbers.push(crl_number(&again.build_crl(&[], now, next).unwrap()));
+        for w in numbers.windows(2) {
+            assert!(w[1] > w[0], "crl numbers do not increase: {numbers:?}");
+        }
+        assert_eq!(numbers[0], u64::try_from(now.unix_timestamp()).unwrap());
+        assert_eq!(numbers[4], numbers[0] + 4);
+        // concurrent builders never share a number
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let ca = crate::IssuingCa::load(&dir).unwrap();
+                    (0..5)
+                        .map(|_| crl_number(&ca.build_crl(&[], now, next).unwrap()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 20);
+        assert!(all[0] > numbers[4]);
+        // a corrupt counter is reported, not silently restarted
+        std::fs::write(dir.path().join(CRL_NUMBER), "seven").unwrap();
+        let err = ca.build_crl(&[], now, next).unwrap_err().to_string();
+        assert!(err.contains("crl_number") && err.contains("seven"), "{err}");
     }
 }

@@ -6,9 +6,7 @@
 //! replaced atomically and guarded by a lock file, so the CLI and the running gateway can both
 //! use it.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::time::{Duration as StdDuration, Instant, SystemTime};
 
 use rcgen::{CertificateSigningRequestParams, DnType, SanType};
 use sha2::{Digest, Sha256};
@@ -20,11 +18,6 @@ use crate::fsutil;
 use crate::identity::{identity_uri, Identity, Profile};
 use crate::profile::{CertSpec, DeviceSpec, IssuedCert};
 use crate::udi::validate_device_id;
-
-/// A lock file older than this is left over from a crashed process and is removed.
-const STALE_LOCK: StdDuration = StdDuration::from_secs(30);
-/// How long to wait for the lock.
-const LOCK_WAIT: StdDuration = StdDuration::from_secs(5);
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct TokenRecord {
@@ -62,14 +55,6 @@ pub struct TokenStore {
     lock: PathBuf,
 }
 
-struct LockGuard(PathBuf);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
@@ -91,36 +76,8 @@ impl TokenStore {
         &self.path
     }
 
-    fn lock(&self) -> Result<LockGuard> {
-        let start = Instant::now();
-        loop {
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&self.lock)
-            {
-                Ok(_) => return Ok(LockGuard(self.lock.clone())),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&self.lock)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|m| SystemTime::now().duration_since(m).ok())
-                        .is_some_and(|age| age > STALE_LOCK);
-                    if stale {
-                        tracing::warn!(path = %self.lock.display(), "removing stale token store lock");
-                        let _ = std::fs::remove_file(&self.lock);
-                        continue;
-                    }
-                    if start.elapsed() > LOCK_WAIT {
-                        return Err(Error::StoreLocked {
-                            path: self.lock.clone(),
-                        });
-                    }
-                    std::thread::sleep(StdDuration::from_millis(10));
-                }
-                Err(e) => return Err(Error::io(&self.lock, e)),
-            }
-        }
+    fn lock(&self) -> Result<fsutil::FileLock> {
+        fsutil::FileLock::acquire(&self.lock)
     }
 
     fn load(&self) -> Result<StoreFile> {
@@ -211,6 +168,8 @@ impl TokenStore {
             id: rec.device_id.clone(),
             modbus_role: rec.modbus_role.clone(),
             modbus_server: rec.modbus_server,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         };
         let out = issue(&spec)?;
         rec.used_at = Some(now);
@@ -241,7 +200,8 @@ fn refuse(reason: impl Into<String>) -> Error {
 }
 
 /// Parse and verify a CSR (signature, key type) and check it names `device_id`: subject CN equal
-/// to the id, and SAN URIs (if any) only `urn:medledger:device:<id>`.
+/// to the id or to its MQTT username `devices/<segment>` (the CN the certificate gets either
+/// way), and SAN URIs (if any) only `urn:medledger:device:<id>`.
 pub fn verify_device_csr(
     csr_pem: &str,
     device_id: &str,
@@ -254,7 +214,7 @@ pub fn verify_device_csr(
         .get(&DnType::CommonName)
         .and_then(dn_value_string)
         .ok_or_else(|| refuse("no subject cn"))?;
-    if cn != device_id {
+    if cn != device_id && cn != crate::device_id::mqtt_username(device_id) {
         return Err(refuse(format!(
             "subject cn {cn:?} does not match device id {device_id:?}"
         )));
@@ -332,6 +292,17 @@ pub fn renew(
         id: current.id.clone(),
         modbus_role: current.role.clone(),
         modbus_server: current.server_auth,
+        // a Modbus/TCP Security server keeps the names it is verified by
+        dns_names: if current.server_auth {
+            current.dns_names.clone()
+        } else {
+            Vec::new()
+        },
+        ip_addrs: if current.server_auth {
+            current.ip_addrs.clone()
+        } else {
+            Vec::new()
+        },
     });
     ca.issue_for_key(&spec, validity, &csr.public_key, None)
 }
@@ -342,9 +313,10 @@ pub fn device_csr(device_id: &str) -> Result<(String, String)> {
     validate_device_id(device_id)?;
     let key = crate::ca::generate_key()?;
     let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, device_id);
+    params.distinguished_name.push(
+        DnType::CommonName,
+        crate::device_id::mqtt_username(device_id),
+    );
     let csr = params
         .serialize_request(&key)
         .map_err(Error::gen("making device request"))?;
@@ -371,6 +343,8 @@ mod tests {
             id: id.into(),
             modbus_role: None,
             modbus_server: false,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         }
     }
 
@@ -468,6 +442,8 @@ mod tests {
             id: "plc-7".into(),
             modbus_role: Some("operator".into()),
             modbus_server: true,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         };
         let token = store.create(&spec, Duration::hours(1)).unwrap();
         let (_, csr) = device_csr("plc-7").unwrap();

@@ -93,8 +93,8 @@ pub enum Error {
         /// The device that presented it.
         got: String,
     },
-    /// The token store file is locked by another process for too long.
-    #[error("token store {path} is locked")]
+    /// A state file (token store, CRL number) is locked by another process for too long.
+    #[error("{path} is locked by another process")]
     StoreLocked {
         /// The lock file.
         path: PathBuf,

@@ -141,6 +141,13 @@ pub struct Identity {
     /// The certificate allows TLS server use (EKU serverAuth): gateways, services, Modbus
     /// servers.
     pub server_auth: bool,
+    /// DNS names in the subject alternative name (gateways, services, Modbus/TCP Security
+    /// servers), so a renewal keeps them.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// IP addresses in the subject alternative name.
+    #[serde(default)]
+    pub ip_addrs: Vec<std::net::IpAddr>,
     /// Start of validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
@@ -336,8 +343,21 @@ pub fn parse_identity(der: &[u8]) -> Result<Identity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| not_identity(format!("certificate does not parse: {e}")))?;
     let mut found: Option<(Profile, String)> = None;
+    let mut dns_names = Vec::new();
+    let mut ip_addrs = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns_names.push((*d).to_string()),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        ip_addrs.push(std::net::IpAddr::from(a));
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        ip_addrs.push(std::net::IpAddr::from(a));
+                    }
+                }
+                _ => {}
+            }
             if let GeneralName::URI(uri) = name {
                 if uri.starts_with(URI_PREFIX) {
                     let parsed = parse_identity_uri(uri)
@@ -396,6 +416,8 @@ pub fn parse_identity(der: &[u8]) -> Result<Identity> {
             .flatten()
             .is_some_and(|e| e.value.server_auth),
         serial: serial_hex(cert.raw_serial()),
+        dns_names,
+        ip_addrs,
         not_before: ts(cert.validity().not_before.timestamp())?,
         not_after: ts(cert.validity().not_after.timestamp())?,
     })

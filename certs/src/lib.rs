@@ -31,6 +31,9 @@
 //! parse_identity(der) -> Result<Identity { profile, id, role, name, fingerprint, serial, server_auth, not_before, not_after }>
 //! identity.require(&[Profile::Gateway]) -> Result<()>   // wrong profile -> Error::WrongProfile
 //! validate_device_id(id) -> Result<DeviceIdKind>          // plain id, GS1, HIBCC, ISBT 128
+//! // Device ids over MQTT (device_id.rs): the one rule shared with device-adapters
+//! mqtt_segment(id) / device_id_from_segment(seg)          // reversible %XX escaping of + # / % ...
+//! mqtt_username(id) = device cert CN = "devices/<segment>"; telemetry_topic(id); device_id_from_topic(t)
 //! // Enrollment (enroll.rs)                                                         // `device add`
 //! TokenStore::open(dir.join("tokens.json")).create(&DeviceSpec, ttl) -> Result<String /*token*/>
 //! sign_csr(&ca, &tokens, csr_pem, token, device_id, validity) -> Result<IssuedCert>
@@ -55,6 +58,7 @@
 
 pub mod ca;
 pub mod crl;
+pub mod device_id;
 pub mod enroll;
 pub mod error;
 mod fsutil;
@@ -70,6 +74,9 @@ pub use ca::{
     Validity,
 };
 pub use crl::{Crl, RevocationReason, Revoked};
+pub use device_id::{
+    device_id_from_segment, device_id_from_topic, mqtt_segment, mqtt_username, telemetry_topic,
+};
 pub use enroll::{device_csr, renew, sign_csr, verify_device_csr, TokenStore};
 pub use error::{Error, Result};
 pub use identity::{modbus_role_of, parse_identity, Identity, Profile, StaffRole};
@@ -86,5 +93,5 @@ pub use udi::{validate_device_id, DeviceIdKind};
 
 /// File helpers that create private keys 0600 and replace files atomically.
 pub mod files {
-    pub use crate::fsutil::{atomic_write, write_private};
+    pub use crate::fsutil::{atomic_write, group_id, write_private};
 }

@@ -2,14 +2,15 @@
 //!
 //! | profile | subject | SAN | EKU |
 //! |---|---|---|---|
-//! | device | `CN=<id>` (Mosquitto maps CN to the MQTT username) | `URI:urn:medledger:device:<id>` | clientAuth (+ serverAuth for a Modbus server) |
+//! | device | `CN=devices/<segment>` (Mosquitto maps CN to the MQTT username; [`crate::device_id`]) | `URI:urn:medledger:device:<id>` | clientAuth (+ serverAuth for a Modbus server) |
 //! | staff | `CN=staff:<id>`, `OU=<role>`, `name=<person's name>` | `URI:urn:medledger:staff:<id>` | clientAuth |
 //! | gateway | `CN=gateway:<node-id>` | `URI:urn:medledger:gateway:<node-id>`, `DNS:localhost`, `IP:127.0.0.1`, `IP:::1` + given names | serverAuth, clientAuth |
 //! | service | `CN=service:<name>` | `URI:urn:medledger:service:<name>`, same DNS/IP as gateway | serverAuth |
 //!
 //! Every subject also has `O=MedLedger`; key usage is digitalSignature; keys are ECDSA P-256.
-//! Only device CNs are bare ids: staff, gateway and service CNs carry a `profile:` prefix so that
-//! no staff member or service can ever have the same MQTT username (= CN) as a device.
+//! Only device CNs start with `devices/`: staff, gateway and service CNs carry a `profile:`
+//! prefix and no `/`, so no staff member or service can ever have a device's MQTT username
+//! (= CN) or write below `medledger/devices/` (see [`crate::device_id`]).
 //! The identity is read from the SAN URI, never the CN ([`crate::parse_identity`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -42,6 +43,12 @@ pub struct DeviceSpec {
     pub modbus_role: Option<String>,
     /// The device is a Modbus/TCP Security server (adds EKU serverAuth).
     pub modbus_server: bool,
+    /// DNS names a Modbus/TCP Security server is reached by (SAN `DNS:`), so OpenSSL and
+    /// rustls can verify it by name; only with `modbus_server`.
+    pub dns_names: Vec<String>,
+    /// IP addresses a Modbus/TCP Security server is reached by (SAN `IP:`); only with
+    /// `modbus_server`.
+    pub ip_addrs: Vec<IpAddr>,
 }
 
 /// Staff profile parameters.
@@ -86,6 +93,8 @@ impl CertSpec {
             id: id.into(),
             modbus_role: None,
             modbus_server: false,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
         })
     }
 
@@ -148,6 +157,16 @@ impl CertSpec {
                 if let Some(role) = &d.modbus_role {
                     check_text("modbus role", role, 64)?;
                 }
+                let has_names = !d.dns_names.is_empty() || !d.ip_addrs.is_empty();
+                if has_names && !d.modbus_server {
+                    return Err(Error::input(
+                        "dns name",
+                        "dns names and ip addresses go only into the certificate of a modbus/tcp security server (modbus_server)",
+                    ));
+                }
+                for n in &d.dns_names {
+                    check_dns_name(n)?;
+                }
             }
             CertSpec::Staff(s) => {
                 validate_plain_id(&s.id, "staff id")?;
@@ -171,8 +190,18 @@ impl CertSpec {
     }
 }
 
-/// The subject CN for a profile and id (see the module table).
+/// The subject CN for a profile and id (see the module table): for a device its MQTT username
+/// `devices/<segment>`, otherwise `<profile>:<id>`.
 pub fn common_name(profile: Profile, id: &str) -> String {
+    match profile {
+        Profile::Device => crate::device_id::mqtt_username(id),
+        other => format!("{}:{id}", other.as_str()),
+    }
+}
+
+/// How the ledger names the subject of a certificate (`device_id` of its `certificate-issued`
+/// entry): the device id itself for a device, `<profile>:<id>` otherwise.
+pub fn subject_label(profile: Profile, id: &str) -> String {
     match profile {
         Profile::Device => id.to_string(),
         other => format!("{}:{id}", other.as_str()),
@@ -298,6 +327,23 @@ impl IssuingCa {
     }
 }
 
+fn push_dns_names(p: &mut CertificateParams, names: &[String]) -> Result<()> {
+    for n in names {
+        if p.subject_alt_names
+            .iter()
+            .any(|s| matches!(s, SanType::DnsName(d) if d.as_str() == n))
+        {
+            continue;
+        }
+        p.subject_alt_names.push(SanType::DnsName(
+            n.clone()
+                .try_into()
+                .map_err(|_| Error::input("dns name", format!("{n:?} is not ascii")))?,
+        ));
+    }
+    Ok(())
+}
+
 fn leaf_params(spec: &CertSpec, validity: Validity) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -334,6 +380,17 @@ fn leaf_params(spec: &CertSpec, validity: Validity) -> Result<CertificateParams>
                     encode_utf8string(role),
                 ));
             }
+            // a Modbus/TCP Security server is verified by the address its clients dial; unlike
+            // a gateway, it is not localhost, so only the names given are added
+            push_dns_names(&mut p, &d.dns_names)?;
+            let mut ips: Vec<IpAddr> = Vec::new();
+            for ip in &d.ip_addrs {
+                if !ips.contains(ip) {
+                    ips.push(*ip);
+                }
+            }
+            p.subject_alt_names
+                .extend(ips.into_iter().map(SanType::IpAddress));
         }
         CertSpec::Staff(_) => p
             .extended_key_usages
@@ -352,13 +409,7 @@ fn leaf_params(spec: &CertSpec, validity: Validity) -> Result<CertificateParams>
                     .filter(|n| n.as_str() != "localhost")
                     .cloned(),
             );
-            for n in dns {
-                p.subject_alt_names.push(SanType::DnsName(
-                    n.clone()
-                        .try_into()
-                        .map_err(|_| Error::input("dns name", format!("{n:?} is not ascii")))?,
-                ));
-            }
+            push_dns_names(&mut p, &dns)?;
             let mut ips = vec![
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -437,8 +488,18 @@ mod tests {
             id: "(01)00884838035249(21)SN 1".replace(' ', ""),
             modbus_role: Some("operator".into()),
             modbus_server: true,
+            dns_names: vec!["pump-1.devices.hospital.local".into()],
+            ip_addrs: vec!["10.20.0.7".parse().unwrap()],
         });
         let issued = ca.issue(&spec, Validity::days(30).unwrap()).unwrap();
+        assert_eq!(
+            issued.identity.dns_names,
+            vec!["pump-1.devices.hospital.local".to_string()]
+        );
+        assert_eq!(
+            issued.identity.ip_addrs,
+            vec!["10.20.0.7".parse::<IpAddr>().unwrap()]
+        );
         let id = &issued.identity;
         assert_eq!(id.profile, Profile::Device);
         assert_eq!(id.id, "(01)00884838035249(21)SN1");
@@ -490,7 +551,13 @@ mod tests {
         assert_eq!(g.identity.role, None);
         assert!(g.identity.require(&[Profile::Gateway]).is_ok());
         assert_eq!(CertSpec::gateway("gw1").common_name(), "gateway:gw1");
-        assert_eq!(CertSpec::device("pump-1").common_name(), "pump-1");
+        assert_eq!(CertSpec::device("pump-1").common_name(), "devices/pump-1");
+        assert_eq!(
+            CertSpec::device("+A123BJC5D6E71G").common_name(),
+            "devices/%2BA123BJC5D6E71G"
+        );
+        assert_eq!(subject_label(Profile::Device, "pump-1"), "pump-1");
+        assert_eq!(subject_label(Profile::Staff, "e1"), "staff:e1");
     }
 
     #[test]
@@ -503,6 +570,24 @@ mod tests {
             .to_string();
         assert!(err.contains("gtin check digit is 3, expected 9"), "{err}");
         assert!(ca.issue(&CertSpec::device("bad id"), v).is_err());
+        // names only for a Modbus/TCP Security server
+        let mut d = DeviceSpec {
+            id: "pump-1".into(),
+            modbus_role: None,
+            modbus_server: false,
+            dns_names: vec!["pump-1.local".into()],
+            ip_addrs: vec![],
+        };
+        let err = ca
+            .issue(&CertSpec::Device(d.clone()), v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("modbus/tcp security server"), "{err}");
+        d.modbus_server = true;
+        d.dns_names = vec!["-bad".into()];
+        assert!(ca.issue(&CertSpec::Device(d.clone()), v).is_err());
+        d.dns_names = vec!["pump-1.local".into()];
+        assert!(ca.issue(&CertSpec::Device(d), v).is_ok());
         assert!(ca
             .issue(&CertSpec::staff("e1", " ", StaffRole::Admin), v)
             .is_err());

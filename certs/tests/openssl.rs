@@ -88,10 +88,12 @@ fn openssl_agrees_with_every_profile() {
                 id: "(01)00884838035249(21)SN123".into(),
                 modbus_role: Some("operator".into()),
                 modbus_server: true,
+                dns_names: Vec::new(),
+                ip_addrs: Vec::new(),
             }),
             file: "device.crt",
             text: vec![
-                "CN = (01)00884838035249(21)SN123",
+                "CN = devices/(01)00884838035249(21)SN123",
                 "URI:urn:medledger:device:(01)00884838035249(21)SN123",
                 "Digital Signature",
                 "TLS Web Client Authentication",
@@ -107,7 +109,7 @@ fn openssl_agrees_with_every_profile() {
             spec: CertSpec::device("pump-0042"),
             file: "pump.crt",
             text: vec![
-                "CN = pump-0042",
+                "CN = devices/pump-0042",
                 "URI:urn:medledger:device:pump-0042",
                 "TLS Web Client Authentication",
             ],
@@ -304,6 +306,8 @@ fn openssl_reads_our_crl_and_signs_csrs_we_accept() {
                 id: "pump-9".into(),
                 modbus_role: None,
                 modbus_server: false,
+                dns_names: Vec::new(),
+                ip_addrs: Vec::new(),
             },
             time::Duration::hours(1),
         )

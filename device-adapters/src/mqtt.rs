@@ -1,7 +1,9 @@
 //! MQTT subscriber: telemetry from devices through the site broker.
 //!
-//! Topic layout `medledger/devices/<device-id>/telemetry`; the device id is taken from the topic
-//! (which the broker's ACL ties to the device's certificate), never from the payload. The payload
+//! Topic layout `medledger/devices/<segment>/telemetry`, where the segment is the device id
+//! escaped for MQTT ([`certs::device_id`]: `+`, `#`, `/`, `%` ... become `%XX`); the device id is
+//! taken from the topic (which the broker's ACL ties to the device's certificate), never from the
+//! payload. The payload
 //! schema is in `docs/device-adapters.md` and [`parse_payload`].
 //!
 //! Delivery: QoS 1, persistent session (clean_session false, fixed client id), manual acks.
@@ -25,28 +27,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{AdapterEvent, Error, Result, Source, Telemetry, TimestampSource, Value};
 
-/// Topic prefix before the device id.
-pub const TOPIC_PREFIX: &str = "medledger/devices/";
+/// Topic prefix before the device's segment.
+pub const TOPIC_PREFIX: &str = certs::device_id::TOPIC_PREFIX;
 /// The filter the gateway subscribes to.
-pub const TELEMETRY_FILTER: &str = "medledger/devices/+/telemetry";
+pub const TELEMETRY_FILTER: &str = certs::device_id::TELEMETRY_FILTER;
 
-/// The topic a device publishes its telemetry on.
+/// The topic a device publishes its telemetry on: `medledger/devices/<segment>/telemetry`, the
+/// id escaped for MQTT by the rule the certificates and the broker's ACL use
+/// ([`certs::device_id`]).
 pub fn telemetry_topic(device_id: &str) -> String {
-    format!("{TOPIC_PREFIX}{device_id}/telemetry")
+    certs::device_id::telemetry_topic(device_id)
 }
 
-/// Device id from a telemetry topic, if the topic has exactly our layout and the id is made of
-/// `[A-Za-z0-9._:-]`, 1..=128 characters.
-pub fn device_id_from_topic(topic: &str) -> Option<&str> {
-    let id = topic
-        .strip_prefix(TOPIC_PREFIX)?
-        .strip_suffix("/telemetry")?;
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    ok.then_some(id)
+/// Device id from a telemetry topic, if the topic has exactly our layout and its segment is the
+/// canonical MQTT form of a valid device id (GS1, HIBCC, ISBT 128 or plain,
+/// [`certs::device_id::device_id_from_topic`]). A staff or gateway name (`staff:jdoe`) is not.
+pub fn device_id_from_topic(topic: &str) -> Option<String> {
+    certs::device_id::device_id_from_topic(topic).ok()
 }
 
 /// How to reach the broker.
@@ -81,6 +78,19 @@ impl BrokerAddr {
     pub fn options(&self, client_id: &str, clean_session: bool) -> MqttOptions {
         let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_clean_session(clean_session);
+        if let MqttTransport::Tls(cfg) = &self.transport {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                cfg.clone(),
+            )));
+        }
+        o
+    }
+
+    /// rumqttc MQTT v5 options for this broker (the simulator's publishers: under v5 a denied
+    /// publish is acknowledged with a failure reason instead of silently).
+    pub fn options_v5(&self, client_id: &str, clean_start: bool) -> rumqttc::v5::MqttOptions {
+        let mut o = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_clean_start(clean_start);
         if let MqttTransport::Tls(cfg) = &self.transport {
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 cfg.clone(),
@@ -133,7 +143,7 @@ pub enum DropReason {
     Malformed,
     /// JSON, but not our schema (missing/mistyped field, bad timestamp, unsupported value).
     UnknownSchema,
-    /// Topic is not `medledger/devices/<valid-id>/telemetry`.
+    /// Topic is not `medledger/devices/<segment of a valid device id>/telemetry`.
     BadTopic,
 }
 
@@ -282,7 +292,7 @@ pub fn parse_payload(
                 _ => return Err(DropReason::UnknownSchema),
             };
             Ok(Telemetry {
-                device_id: device_id.to_owned(),
+                device_id: device_id.clone(),
                 metric: m.name,
                 value,
                 unit: m.unit,
@@ -531,6 +541,36 @@ mod tests {
             parse_payload(T, big.as_bytes(), 1024, now()).map(|_| ()),
             Err(DropReason::Oversized)
         );
+    }
+
+    #[test]
+    fn udi_topics_parse_to_their_ids_and_staff_topics_do_not() {
+        let p = br#"{"seq":1,"metrics":[{"name":"x","value":1}]}"#;
+        for id in [
+            "(01)00884838035249(21)PMP1",
+            "+A123BJC5D6E71G",
+            "+H123ABC01/$$32001510X3",
+            "=<E0001V00",
+            "=/A9999PPIC01",
+            "pump-7",
+        ] {
+            let topic = telemetry_topic(id);
+            let v = parse_payload(&topic, p, 1024, now()).expect(id);
+            assert_eq!(v[0].device_id, id, "{topic}");
+        }
+        for topic in [
+            "medledger/devices/staff:jdoe/telemetry",
+            "medledger/devices/gateway:gw1/telemetry",
+            "medledger/devices/+A123BJC5D6E71G/telemetry",
+            "medledger/devices/pump%2D7/telemetry",
+            "medledger/devices/(01)00884838035243/telemetry",
+        ] {
+            assert_eq!(
+                parse_payload(topic, p, 1024, now()).map(|_| ()),
+                Err(DropReason::BadTopic),
+                "{topic}"
+            );
+        }
     }
 
     #[test]

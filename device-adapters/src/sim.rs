@@ -9,7 +9,10 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -564,23 +567,100 @@ impl Drop for ModbusSimServer {
     }
 }
 
-/// Publish `device`'s values to `medledger/devices/<id>/telemetry` every `interval` at QoS 1
-/// until `shutdown`. Reconnects on its own (rumqttc); honours the silent and malformed faults.
+/// What a simulated MQTT device learned from the broker, as counters.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    /// PUBLISH packets sent (QoS 1).
+    pub published: AtomicU64,
+    /// PUBACKs with a success reason.
+    pub acked: AtomicU64,
+    /// PUBACKs with a failure reason (e.g. 0x87 not authorized: the broker's ACL denied the
+    /// topic and dropped the message).
+    pub denied: AtomicU64,
+    /// Connection attempts that failed or were refused (TLS handshake refused for a revoked or
+    /// unknown certificate, CONNACK refusal, broker unreachable).
+    pub connect_failures: AtomicU64,
+}
+
+/// A problem a simulated MQTT device reports (see [`run_mqtt_publisher`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishReport {
+    /// The broker acknowledged a publish with a failure reason and dropped it.
+    Denied {
+        device_id: String,
+        topic: String,
+        /// The MQTT v5 reason, e.g. `NotAuthorized`.
+        reason: String,
+    },
+    /// The connection failed or was refused.
+    ConnectFailed { device_id: String, error: String },
+}
+
+/// Publish `device`'s values to its telemetry topic (`medledger/devices/<segment>/telemetry`,
+/// [`crate::mqtt::telemetry_topic`]) every `interval` at QoS 1 until `shutdown`; honours the
+/// silent and malformed faults and reconnects on its own.
+///
+/// It speaks MQTT v5 so that a publish the broker's ACL denies is not lost silently: under
+/// MQTT 3.1.1 Mosquitto acknowledges such a publish as if it was accepted and drops it, under
+/// v5 its PUBACK carries reason 0x87 (not authorized). Denials and failed connections are
+/// counted in `stats` and sent to `reports` (best effort: `try_send`, a full channel loses
+/// reports, never blocks publishing). The client id is `sim-<segment>`: Mosquitto refuses every
+/// ACL check for a client id with `+` or `#`, which HIBCC ids contain.
 pub async fn run_mqtt_publisher(
     device: Arc<SimDevice>,
     broker: crate::mqtt::BrokerAddr,
     interval: Duration,
+    stats: Arc<PublisherStats>,
+    reports: Option<tokio::sync::mpsc::Sender<PublishReport>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    use rumqttc::{AsyncClient, QoS};
-    let opts = broker.options(&format!("sim-{}", device.id()), true);
+    use rumqttc::v5::{mqttbytes::v5::Packet, mqttbytes::QoS, AsyncClient, Event};
+    let client_id = format!("sim-{}", certs::mqtt_segment(device.id()));
+    let opts = broker.options_v5(&client_id, true);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let topic = crate::mqtt::telemetry_topic(device.id());
+    let report = |r: PublishReport| {
+        if let Some(tx) = &reports {
+            let _ = tx.try_send(r);
+        }
+    };
     let pump = async {
+        // one report per streak of failures, not one per retry
+        let mut failing = false;
         loop {
-            if let Err(e) = eventloop.poll().await {
-                tracing::debug!(error = %e, "sim mqtt connection error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => failing = false,
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+                    if matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) {
+                        stats.acked.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let n = stats.denied.fetch_add(1, Ordering::Relaxed) + 1;
+                        let reason = format!("{:?}", ack.reason);
+                        tracing::warn!(device = %device.id(), %topic, %reason, denied = n, "broker denied a publish");
+                        report(PublishReport::Denied {
+                            device_id: device.id().to_string(),
+                            topic: topic.clone(),
+                            reason,
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(device = %device.id(), error = %e, "sim mqtt connection failed");
+                        report(PublishReport::ConnectFailed {
+                            device_id: device.id().to_string(),
+                            error: e.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     };
@@ -596,6 +676,7 @@ pub async fn run_mqtt_publisher(
                 {
                     return;
                 }
+                stats.published.fetch_add(1, Ordering::Relaxed);
             }
         }
     };

@@ -508,6 +508,8 @@ async fn modbus_tcp_security_over_tls_with_certificates_from_our_ca() {
                 id: "gw1-modbus".into(),
                 modbus_role: Some("operator".into()),
                 modbus_server: false,
+                dns_names: Vec::new(),
+                ip_addrs: Vec::new(),
             }),
             validity(),
         )

@@ -1,8 +1,10 @@
 //! The identity CLI of the real `medledger` binary: `ca init`, `cert issue` of every profile
 //! checked with `openssl verify`, a malformed UDI refused with the reason, `cert revoke` + `cert
 //! crl` checked with `openssl crl` and `-crl_check`, the ledger entries read back from the store,
-//! `device add`, a cluster member's directory refused, and `mosquitto-config` run by a real
-//! Mosquitto that accepts a device and refuses the revoked one.
+//! `device add`, a cluster member's directory refused, `mosquitto-config` run as printed by a
+//! real Mosquitto (as the mosquitto user, also included from Debian's own config) that accepts
+//! a device and refuses the revoked one, and a Modbus/TCP Security server certificate verified
+//! by address with OpenSSL and rustls.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -10,7 +12,7 @@ use std::process::{Command, Output};
 use ledger_node::entry::EventKind;
 use ledger_node::Store;
 use medledger_tests::bin;
-use medledger_tests::mosquitto::{is_root, require, Mosquitto};
+use medledger_tests::mosquitto::{is_root, require, Mosquitto, DEADLINE};
 
 fn medledger(args: &[&str]) -> Output {
     Command::new(bin("medledger"))
@@ -292,6 +294,25 @@ fn ca_init_issue_every_profile_revoke_and_crl() {
 
     let crl = dir.path().join("crl.pem");
     ok(&["cert", "crl", "--data-dir", d, "--out", s(&crl)]);
+    // CRL numbers only grow (RFC 5280 5.2.3), also for CRLs made right after each other
+    let crl_number = |p: &Path| -> u128 {
+        let t = text(&openssl(&["crl", "-in", s(p), "-noout", "-crlnumber"]).stdout);
+        let hex = t
+            .trim()
+            .trim_start_matches("crlNumber=")
+            .trim_start_matches("0x");
+        u128::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("crl number {t:?}"))
+    };
+    let crl2 = dir.path().join("crl2.pem");
+    ok(&["cert", "crl", "--data-dir", d, "--out", s(&crl2)]);
+    assert!(
+        crl_number(&crl2) > crl_number(&crl),
+        "crl numbers {} then {}",
+        crl_number(&crl),
+        crl_number(&crl2)
+    );
+    // and above the CRL `cert revoke` wrote into pki/ before
+    assert!(crl_number(&crl) > crl_number(&pki.join("crl.pem")));
     let t = text(&openssl(&["crl", "-in", s(&crl), "-noout", "-text"]).stdout).to_lowercase();
     assert!(t.contains(&pump_serial), "crl lacks {pump_serial}:\n{t}");
     assert!(
@@ -486,8 +507,17 @@ fn mosquitto_config_from_the_cli_runs_and_enforces_the_ledger_crl() {
     ]);
 
     let port = medledger_tests::free_port();
+    // the operator picks a directory Mosquitto can reach (a tempdir is 0700)
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let conf_dir = dir.path().join("mosquitto");
     let port_s = port.to_string();
+    let me = text(&Command::new("id").arg("-un").output().expect("id").stdout)
+        .trim()
+        .to_string();
     let mut args = vec![
         "mosquitto-config",
         "--data-dir",
@@ -499,11 +529,17 @@ fn mosquitto_config_from_the_cli_runs_and_enforces_the_ledger_crl() {
         "--bind",
         "127.0.0.1",
     ];
-    if is_root() {
-        args.extend(["--run-as-user", "root"]);
+    // as root, nothing but the defaults: the files are for Debian's mosquitto group and the
+    // broker runs as the mosquitto user. Not as root, the caller cannot give files to that
+    // group, so the broker runs as the caller.
+    if !is_root() {
+        args.extend(["--run-as-user", &me]);
     }
-    let out = ok(&args);
-    assert!(out.contains("gw1"), "{out}");
+    let cfg_out = ok(&args);
+    assert!(cfg_out.contains("gw1"), "{cfg_out}");
+    if is_root() {
+        assert!(cfg_out.contains("group mosquitto"), "{cfg_out}");
+    }
     let crl = text(
         &openssl(&[
             "crl",
@@ -517,7 +553,19 @@ fn mosquitto_config_from_the_cli_runs_and_enforces_the_ledger_crl() {
     .to_lowercase();
     assert!(crl.contains(&serial), "{crl}");
 
+    // started as printed ("start it with: mosquitto -c ..."): as root it switches to the
+    // mosquitto user before it reads the ACL
+    let printed = out_line(&cfg_out, "start it with: ");
+    assert_eq!(
+        printed,
+        format!("mosquitto -c {}", conf_dir.join("mosquitto.conf").display())
+    );
     let mut broker = Mosquitto::start(conf_dir.join("mosquitto.conf"), port);
+    if is_root() {
+        medledger_tests::wait_for("mosquitto to run as its own user", DEADLINE, || {
+            (broker.process_user().as_deref() == Some("mosquitto")).then_some(())
+        });
+    }
     let publish = |client: &Path, id: &str| -> Output {
         Command::new(&publisher)
             .args(["-h", "localhost", "-p", &port_s, "-q", "1", "-i", id, "-t"])
@@ -544,4 +592,235 @@ fn mosquitto_config_from_the_cli_runs_and_enforces_the_ledger_crl() {
         "the revoked pump-b was accepted by the broker"
     );
     broker.kill();
+    if !is_root() {
+        return;
+    }
+
+    // the same files, read by mosquitto running as the mosquitto user from the start
+    let mut broker = Mosquitto::start_as(conf_dir.join("mosquitto.conf"), port, Some("mosquitto"));
+    assert_eq!(broker.process_user().as_deref(), Some("mosquitto"));
+    let out = publish(&good, "pump-a");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        broker.log()
+    );
+    broker.kill();
+
+    // and as printed for Debian's service: Debian's own /etc/mosquitto/mosquitto.conf as
+    // installed, with only its pid, log, persistence and conf.d paths moved into the test's
+    // directory, including the generated file from conf.d through a symlink
+    let printed = out_line(&cfg_out, "or with Debian's mosquitto service: ");
+    assert!(
+        printed.starts_with(&format!(
+            "ln -s {} /etc/mosquitto/conf.d/",
+            conf_dir.join("mosquitto.conf").display()
+        )),
+        "{printed}"
+    );
+    let deb = dir.path().join("debian");
+    let conf_d = deb.join("conf.d");
+    std::fs::create_dir_all(&conf_d).expect("mkdir");
+    std::os::unix::fs::symlink(
+        conf_dir.join("mosquitto.conf"),
+        conf_d.join("medledger.conf"),
+    )
+    .expect("symlink");
+    let own = Command::new("chown")
+        .args(["-R", "mosquitto:mosquitto"])
+        .arg(&deb)
+        .status()
+        .expect("chown");
+    assert!(own.success());
+    let installed =
+        std::fs::read_to_string("/etc/mosquitto/mosquitto.conf").expect("debian's mosquitto.conf");
+    let mut main = installed.clone();
+    for (from, to) in [
+        (
+            "pid_file /run/mosquitto/mosquitto.pid".to_string(),
+            format!("pid_file {}", deb.join("mosquitto.pid").display()),
+        ),
+        (
+            "persistence_location /var/lib/mosquitto/".to_string(),
+            format!("persistence_location {}/", deb.display()),
+        ),
+        (
+            "log_dest file /var/log/mosquitto/mosquitto.log".to_string(),
+            "log_dest stderr".to_string(),
+        ),
+        (
+            "include_dir /etc/mosquitto/conf.d".to_string(),
+            format!("include_dir {}", conf_d.display()),
+        ),
+    ] {
+        assert!(
+            main.contains(&from),
+            "{from:?} not in debian's config:\n{installed}"
+        );
+        main = main.replace(&from, &to);
+    }
+    let main_conf = deb.join("mosquitto.conf");
+    std::fs::write(&main_conf, main).expect("write");
+    let mut broker = Mosquitto::start(main_conf, port);
+    medledger_tests::wait_for("mosquitto to run as its own user", DEADLINE, || {
+        (broker.process_user().as_deref() == Some("mosquitto")).then_some(())
+    });
+    let out = publish(&good, "pump-a");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        broker.log()
+    );
+    let out = publish(&stolen, "pump-b");
+    assert!(!out.status.success());
+    broker.kill();
+}
+
+fn out_line(out: &str, prefix: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{out}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_server_certificate_verifies_by_address() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let d = s(&data);
+    ok(&["ca", "init", "--data-dir", d, "--node-id", "gw1"]);
+    let root = data.join("pki/root.crt");
+    let p = dir.path().join("pump-77");
+    // names only for a Modbus/TCP Security server
+    let refused = medledger(&[
+        "cert",
+        "issue",
+        "--data-dir",
+        d,
+        "--profile",
+        "device",
+        "--id",
+        "pump-77",
+        "--dns",
+        "pump-77.devices.local",
+        "--out",
+        s(&p),
+    ]);
+    assert!(
+        !refused.status.success() && text(&refused.stderr).contains("--modbus-server"),
+        "{}",
+        text(&refused.stderr)
+    );
+    ok(&[
+        "cert",
+        "issue",
+        "--data-dir",
+        d,
+        "--profile",
+        "device",
+        "--id",
+        "pump-77",
+        "--modbus-server",
+        "--modbus-role",
+        "operator",
+        "--dns",
+        "pump-77.devices.local",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        s(&p),
+    ]);
+    let crt = p.with_extension("crt");
+    let by = |how: &str, what: &str| {
+        openssl(&[
+            "verify",
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            s(&crt),
+            "-purpose",
+            "sslserver",
+            how,
+            what,
+            s(&crt),
+        ])
+    };
+    for (how, what, good) in [
+        ("-verify_ip", "127.0.0.1", true),
+        ("-verify_hostname", "pump-77.devices.local", true),
+        ("-verify_ip", "10.9.9.9", false),
+        ("-verify_hostname", "other.devices.local", false),
+    ] {
+        let v = by(how, what);
+        assert_eq!(
+            v.status.success(),
+            good,
+            "{how} {what}: {}{}",
+            text(&v.stdout),
+            text(&v.stderr)
+        );
+    }
+
+    // rustls: a TLS server with this certificate, dialled by address and by name
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
+        .expect("chain")
+        .collect::<Result<_, _>>()
+        .expect("chain pem");
+    let key = PrivateKeyDer::from_pem_file(p.with_extension("key")).expect("key");
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&root).expect("root") {
+        roots.add(c.expect("root pem")).expect("add root");
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let dial = |name: ServerName<'static>| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tokio::time::timeout(DEADLINE, connector.connect(name, tcp))
+                .await
+                .expect("handshake timed out")
+        }
+    };
+    for name in ["127.0.0.1", "pump-77.devices.local"] {
+        let sn = ServerName::try_from(name.to_string()).expect("server name");
+        dial(sn)
+            .await
+            .unwrap_or_else(|e| panic!("rustls refused the modbus server as {name}: {e}"));
+    }
+    for name in ["127.0.0.2", "other.devices.local"] {
+        let sn = ServerName::try_from(name.to_string()).expect("server name");
+        assert!(
+            dial(sn).await.is_err(),
+            "rustls accepted the server as {name}"
+        );
+    }
 }

@@ -6,6 +6,13 @@
 //! at run time with commands on stdin, one per line: `<device-id|*> <fault> <arg>`, where fault is
 //! `alarm on|off`, `drift <per-minute>`, `silent on|off`, `exception <code|0>`, `malformed <n>`;
 //! `quit` stops. Each command is answered with `{"event":"ok"}` or `{"event":"error",..}`.
+//!
+//! Over TLS every MQTT device has its own certificate (the broker's ACL ties a topic to one
+//! device identity): `--mqtt-cert-dir DIR` holds `NAME.crt` + `NAME.key` pairs, and each device
+//! takes its id from its certificate. A publish the broker denies (MQTT v5 PUBACK reason) and a
+//! refused connection are reported as `{"event":"denied",..}` (first per device) and
+//! `{"event":"connect_failed",..}` lines; `quit` ends with one `{"event":"mqtt_stats",..}` line
+//! per device.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,7 +21,7 @@ use clap::Parser;
 use device_adapters::{
     mqtt::{telemetry_topic, BrokerAddr, MqttTransport},
     profile::{builtin_profile, DeviceProfile},
-    sim::{run_mqtt_publisher, Fault, ModbusSimServer, SimDevice},
+    sim::{run_mqtt_publisher, Fault, ModbusSimServer, PublishReport, PublisherStats, SimDevice},
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncBufReadExt;
@@ -58,13 +65,19 @@ struct Args {
     /// Publish period per MQTT device, milliseconds.
     #[arg(long, default_value_t = 1000)]
     mqtt_interval_ms: u64,
-    /// CA certificate (PEM) to verify the broker; with --mqtt-cert and --mqtt-key enables TLS.
-    /// Without it the connection is plain TCP (insecure, loopback only).
-    #[arg(long, requires_all = ["mqtt_cert", "mqtt_key"])]
+    /// CA certificate (PEM) to verify the broker; with --mqtt-cert-dir (or --mqtt-cert and
+    /// --mqtt-key) enables TLS. Without it the connection is plain TCP (insecure, loopback only).
+    #[arg(long)]
     mqtt_ca: Option<PathBuf>,
-    #[arg(long)]
+    /// Directory of per-device identities: NAME.crt (chain PEM) + NAME.key, taken in name order,
+    /// one per MQTT device; each device's id is the one in its certificate.
+    #[arg(long, conflicts_with_all = ["mqtt_cert", "mqtt_key"])]
+    mqtt_cert_dir: Option<PathBuf>,
+    /// One device's certificate chain (PEM), only with --mqtt 1: the device's id is the one in
+    /// the certificate.
+    #[arg(long, requires = "mqtt_key")]
     mqtt_cert: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, requires = "mqtt_cert")]
     mqtt_key: Option<PathBuf>,
     /// Device id prefix; ids are <prefix><profile>-<n>.
     #[arg(long, default_value = "sim-")]
@@ -126,15 +139,85 @@ fn roots(path: &PathBuf) -> anyhow::Result<Arc<rustls::RootCertStore>> {
     Ok(Arc::new(r))
 }
 
-fn mqtt_transport(a: &Args) -> anyhow::Result<MqttTransport> {
-    let (Some(ca), Some(cert), Some(k)) = (&a.mqtt_ca, &a.mqtt_cert, &a.mqtt_key) else {
-        return Ok(MqttTransport::PlainInsecure);
-    };
+/// One simulated MQTT device's TLS identity.
+struct MqttIdentity {
+    id: String,
+    transport: MqttTransport,
+}
+
+fn load_identity(ca: &PathBuf, cert: &PathBuf, k: &PathBuf) -> anyhow::Result<MqttIdentity> {
+    let chain = certs(cert)?;
+    let who = certs::parse_identity(&chain[0])
+        .with_context(|| format!("{}: not a medledger certificate", cert.display()))?;
+    if who.profile != certs::Profile::Device {
+        // kept: the simulator also shows what the broker does with a wrong identity
+        tracing::warn!(cert = %cert.display(), profile = %who.profile, id = %who.id, "not a device certificate: the broker will deny its telemetry");
+    }
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?)
-        .with_client_auth_cert(certs(cert)?, key(k)?)?;
-    Ok(MqttTransport::Tls(Arc::new(cfg)))
+        .with_client_auth_cert(chain, key(k)?)
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a client identity",
+                cert.display(),
+                k.display()
+            )
+        })?;
+    Ok(MqttIdentity {
+        id: who.id,
+        transport: MqttTransport::Tls(Arc::new(cfg)),
+    })
+}
+
+/// The TLS identities of the MQTT devices, or `None` for plain TCP.
+fn mqtt_identities(a: &Args) -> anyhow::Result<Option<Vec<MqttIdentity>>> {
+    let Some(ca) = &a.mqtt_ca else {
+        if a.mqtt_cert_dir.is_some() || a.mqtt_cert.is_some() {
+            bail!("--mqtt-cert-dir and --mqtt-cert need --mqtt-ca");
+        }
+        return Ok(None);
+    };
+    if let (Some(cert), Some(k)) = (&a.mqtt_cert, &a.mqtt_key) {
+        if a.mqtt > 1 {
+            bail!(
+                "--mqtt-cert gives all {} devices one identity, and the broker lets only that device publish; use --mqtt-cert-dir with one NAME.crt/NAME.key per device",
+                a.mqtt
+            );
+        }
+        return Ok(Some(vec![load_identity(ca, cert, k)?]));
+    }
+    let Some(dir) = &a.mqtt_cert_dir else {
+        bail!("--mqtt-ca needs --mqtt-cert-dir (or --mqtt-cert and --mqtt-key)");
+    };
+    let mut pairs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "crt") {
+            let key = path.with_extension("key");
+            if !key.exists() {
+                bail!("{} has no key {}", path.display(), key.display());
+            }
+            pairs.push((path, key));
+        }
+    }
+    pairs.sort();
+    if pairs.len() < a.mqtt {
+        bail!(
+            "--mqtt {} but {} holds {} certificate(s) (NAME.crt + NAME.key, one per device)",
+            a.mqtt,
+            dir.display(),
+            pairs.len()
+        );
+    }
+    pairs
+        .iter()
+        .take(a.mqtt)
+        .map(|(c, k)| load_identity(ca, c, k))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
 }
 
 fn modbus_tls(a: &Args) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
@@ -211,28 +294,43 @@ async fn main() -> anyhow::Result<()> {
         all.push(dev);
     }
 
+    let (report_tx, mut reports) = tokio::sync::mpsc::channel::<PublishReport>(1024);
+    let mut mqtt_devices: Vec<(Arc<SimDevice>, Arc<PublisherStats>)> = Vec::new();
     if args.mqtt > 0 {
-        let broker = BrokerAddr {
-            host: args.mqtt_host.clone(),
-            port: args.mqtt_port,
-            transport: mqtt_transport(&args)?,
-        };
+        let identities = mqtt_identities(&args)?;
         for i in 0..args.mqtt {
             let p = profiles[i % profiles.len()].clone();
-            let id = format!("{}{}-m{:04}", args.id_prefix, p.name, i + 1);
+            let (id, transport) = match &identities {
+                Some(ids) => (ids[i].id.clone(), ids[i].transport.clone()),
+                None => (
+                    format!("{}{}-m{:04}", args.id_prefix, p.name, i + 1),
+                    MqttTransport::PlainInsecure,
+                ),
+            };
+            let broker = BrokerAddr {
+                host: args.mqtt_host.clone(),
+                port: args.mqtt_port,
+                transport,
+            };
             let dev = SimDevice::new(id.clone(), p.clone());
             line(
                 serde_json::json!({"event": "mqtt", "device_id": id, "profile": p.name, "topic": telemetry_topic(&id)}),
             );
+            let stats = Arc::new(PublisherStats::default());
             tasks.spawn(run_mqtt_publisher(
                 dev.clone(),
-                broker.clone(),
+                broker,
                 Duration::from_millis(args.mqtt_interval_ms),
+                stats.clone(),
+                Some(report_tx.clone()),
                 shutdown.clone(),
             ));
+            mqtt_devices.push((dev.clone(), stats));
             all.push(dev);
         }
     }
+    drop(report_tx);
+    let mut denied_reported = std::collections::HashSet::new();
 
     for f in &args.faults {
         let spec = f.replacen(':', " ", 1);
@@ -258,6 +356,17 @@ async fn main() -> anyhow::Result<()> {
                 // stdin closed (e.g. started from a script): keep serving until a signal.
                 _ => stdin_open = false,
             },
+            Some(r) = reports.recv() => match r {
+                // the first denial per device; the count is in the stats line at the end
+                PublishReport::Denied { device_id, topic, reason } => {
+                    if denied_reported.insert(device_id.clone()) {
+                        line(serde_json::json!({"event": "denied", "device_id": device_id, "topic": topic, "reason": reason}));
+                    }
+                }
+                PublishReport::ConnectFailed { device_id, error } => {
+                    line(serde_json::json!({"event": "connect_failed", "device_id": device_id, "error": error}));
+                }
+            },
         }
     }
     shutdown.cancel();
@@ -265,5 +374,11 @@ async fn main() -> anyhow::Result<()> {
         s.stop().await;
     }
     while tasks.join_next().await.is_some() {}
+    for (dev, st) in &mqtt_devices {
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        line(
+            serde_json::json!({"event": "mqtt_stats", "device_id": dev.id(), "published": g(&st.published), "acked": g(&st.acked), "denied": g(&st.denied), "connect_failures": g(&st.connect_failures)}),
+        );
+    }
     Ok(())
 }

@@ -88,10 +88,12 @@ pub enum CaCmd {
 /// Extra names for a gateway (or broker) certificate.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServerNames {
-    /// Extra DNS name for the certificate (localhost is always included); repeatable.
+    /// Extra DNS name for the certificate (gateway and broker: localhost is always included;
+    /// a device with --modbus-server: the names its clients dial); repeatable.
     #[arg(long = "dns")]
     pub dns: Vec<String>,
-    /// Extra IP address for the certificate (127.0.0.1 and ::1 are always included); repeatable.
+    /// Extra IP address for the certificate (gateway and broker: 127.0.0.1 and ::1 are always
+    /// included; a device with --modbus-server: the addresses its clients dial); repeatable.
     #[arg(long = "ip")]
     pub ip: Vec<IpAddr>,
 }
@@ -229,9 +231,15 @@ pub struct MosquittoArgs {
     /// from its certificate).
     #[arg(long = "gateway-id")]
     pub gateway_ids: Vec<String>,
-    /// Account Mosquitto switches to after start (it must be able to read broker.key).
+    /// Account Mosquitto switches to after start (`user` line; default: Mosquitto's own,
+    /// `mosquitto`).
     #[arg(long)]
     pub run_as_user: Option<String>,
+    /// Group Mosquitto runs in: --out becomes 0750 and broker.key 0640 in this group, so the
+    /// broker can read them after dropping root. Default: `mosquitto` when that group exists
+    /// (Debian's package creates it), else the files stay readable by the caller only.
+    #[arg(long)]
+    pub group: Option<String>,
     #[command(flatten)]
     pub server: ServerNames,
 }
@@ -635,6 +643,8 @@ async fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
                 id: a.id.clone(),
                 modbus_role: a.modbus_role.clone(),
                 modbus_server: a.modbus_server,
+                dns_names: a.server.dns.clone(),
+                ip_addrs: a.server.ip.clone(),
             })
         }
         ProfileArg::Staff => {
@@ -653,8 +663,10 @@ async fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
             CertSpec::Gateway(server_spec(&a.id, &a.server))
         }
     };
-    if a.profile != ProfileArg::Gateway && (!a.server.dns.is_empty() || !a.server.ip.is_empty()) {
-        bail!("--dns and --ip apply only to --profile gateway");
+    let server_names_ok =
+        a.profile == ProfileArg::Gateway || (a.profile == ProfileArg::Device && a.modbus_server);
+    if !server_names_ok && (!a.server.dns.is_empty() || !a.server.ip.is_empty()) {
+        bail!("--dns and --ip apply only to --profile gateway and to --profile device with --modbus-server");
     }
     // refuse bad input before touching the ledger or the CA
     spec.validate()?;
@@ -726,7 +738,7 @@ async fn revoke(
             .issued_records()?
             .into_iter()
             .find(|r| r.serial == serial)
-            .map(|r| certs::profile::common_name(r.profile, &r.id)),
+            .map(|r| certs::profile::subject_label(r.profile, &r.id)),
         None => None,
     };
     let subject = match (from_ledger.or(from_records), subject) {
@@ -806,6 +818,8 @@ pub async fn run_device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
         id: id.clone(),
         modbus_role,
         modbus_server,
+        dns_names: Vec::new(),
+        ip_addrs: Vec::new(),
     };
     let ttl = time::Duration::hours(i64::from(ttl_hours));
     let token = store.create(&spec, ttl)?;
@@ -864,6 +878,15 @@ pub async fn run_mosquitto(a: MosquittoArgs) -> anyhow::Result<ExitCode> {
     let mut opts = certs::MosquittoOptions::new(a.port, gateway_ids.clone());
     opts.bind_address = a.bind.clone();
     opts.run_as_user = a.run_as_user.clone();
+    opts.group = match &a.group {
+        Some(g) => Some(g.clone()),
+        None if a.run_as_user.is_none()
+            && certs::files::group_id(certs::mosquitto::DEBIAN_GROUP)?.is_some() =>
+        {
+            Some(certs::mosquitto::DEBIAN_GROUP.to_string())
+        }
+        None => None,
+    };
     opts.broker_dns_names = a.server.dns.clone();
     opts.broker_ips = a.server.ip.clone();
     // mosquitto resolves relative paths in its config against its working directory
@@ -879,9 +902,13 @@ pub async fn run_mosquitto(a: MosquittoArgs) -> anyhow::Result<ExitCode> {
         files.conf.display(),
         a.port
     );
-    println!("wrote {} (devices publish only under medledger/devices/<id>/#; gateways {} read medledger/#)", files.acl.display(), gateway_ids.join(", "));
+    println!("wrote {} (only device certificates publish, each only under medledger/devices/<its id escaped for mqtt>/#; gateways {} read medledger/#)", files.acl.display(), gateway_ids.join(", "));
+    let key_mode = match &opts.group {
+        Some(g) => format!("mode 0640, group {g}"),
+        None => "mode 0600".to_string(),
+    };
     println!(
-        "wrote {}, {} (serial {}), {} (mode 0600) and {}",
+        "wrote {}, {} (serial {}), {} ({key_mode}) and {}",
         files.cafile.display(),
         files.certfile.display(),
         broker_id.serial,
@@ -893,6 +920,13 @@ pub async fn run_mosquitto(a: MosquittoArgs) -> anyhow::Result<ExitCode> {
         .await?;
     println!("certificate-issued (broker) {}", sink.describe(&r));
     println!("start it with: mosquitto -c {}", files.conf.display());
+    println!(
+        "or with Debian's mosquitto service: ln -s {} /etc/mosquitto/conf.d/medledger.conf && systemctl restart mosquitto",
+        files.conf.display()
+    );
+    if opts.group.is_none() && opts.run_as_user.is_none() {
+        println!("note: no group {} here, so only this account can read {}; started as root, Mosquitto switches to its own user and needs --group or --run-as-user", certs::mosquitto::DEBIAN_GROUP, out.display());
+    }
     println!("Mosquitto reads crl.pem only at start: after a revocation, copy the new CRL there and restart it");
     Ok(ExitCode::SUCCESS)
 }

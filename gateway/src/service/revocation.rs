@@ -41,7 +41,7 @@ pub fn revoked_event_id(serial: &str) -> String {
 /// The ledger `device_id` of a certificate's subject: the device id for devices,
 /// `staff:<id>`, `gateway:<id>`, `service:<name>` otherwise (the subject CN).
 pub fn subject_of(identity: &Identity) -> String {
-    certs::profile::common_name(identity.profile, &identity.id)
+    certs::profile::subject_label(identity.profile, &identity.id)
 }
 
 fn text(name: &str, value: &str) -> ComponentInput {
@@ -92,7 +92,7 @@ pub fn issued_event(identity: &Identity, ca: &IssuingCa) -> EventInput {
 pub fn issued_event_from_record(rec: &certs::IssuedRecord, ca: &IssuingCa) -> EventInput {
     EventInput {
         kind: EventKind::CertificateIssued,
-        device_id: certs::profile::common_name(rec.profile, &rec.id),
+        device_id: certs::profile::subject_label(rec.profile, &rec.id),
         occurred_at: Some(rfc3339(rec.issued_at)),
         components: vec![
             text("serial", &rec.serial),
