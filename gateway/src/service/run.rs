@@ -95,7 +95,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     );
     // The ledger is open (Node::start) and every listener is bound.
     crate::service::notify::ready(&node);
-    tokio::spawn(crate::service::notify::supervise(node.clone(), shutdown.clone()));
+    tokio::spawn(crate::service::notify::supervise(
+        node.clone(),
+        shutdown.clone(),
+    ));
     wait_for_signal().await;
     crate::service::notify::stopping("stopping: finishing requests in flight");
     tracing::info!("stopping: no new connections, finishing requests in flight");
