@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # dpkg-deb builds the package.
 need=()
 for pkg in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl python3:python3 \
-  systemd-analyze:systemd dpkg-deb:dpkg; do
+  systemd-analyze:systemd dpkg-deb:dpkg strace:strace; do
   command -v "${pkg%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pkg%%:*}" ] || need+=("${pkg##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

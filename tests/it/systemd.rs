@@ -627,3 +627,186 @@ fn run_ok(cmd: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The system calls a group of `systemd-analyze syscall-filter` stands for, groups expanded.
+fn syscall_group(group: &str, out: &mut std::collections::BTreeSet<String>) {
+    let text = run_ok("systemd-analyze", &["syscall-filter", "--no-pager", group]);
+    for line in text.lines().skip(1) {
+        let name = line.trim();
+        if name.is_empty() || name.starts_with('#') {
+            continue;
+        }
+        if name.starts_with('@') {
+            syscall_group(name, out);
+        } else {
+            out.insert(name.to_string());
+        }
+    }
+}
+
+/// The unit's `SystemCallFilter=` refuses nothing the gateway calls. The unit cannot run here
+/// (no systemd as PID 1), so a real `medledger run` runs under strace through what a gateway
+/// does (listener, cluster init, writes, reads, health, SIGTERM) and every system call it made
+/// must be in the unit's allow list and not in its deny list: a refused call would fail with
+/// EPERM only in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_syscall_filter_allows_every_call_the_gateway_makes() {
+    // The filter, from the unit.
+    let unit = std::fs::read_to_string(workspace_root().join("systemd/medledger-gateway.service"))
+        .expect("unit");
+    let (mut allow, mut deny) = (Default::default(), Default::default());
+    for value in unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+    {
+        let (set, names) = match value.strip_prefix('~') {
+            Some(rest) => (&mut deny, rest),
+            None => (&mut allow, value),
+        };
+        for name in names.split_whitespace() {
+            if name.starts_with('@') {
+                syscall_group(name, set);
+            } else {
+                set.insert(name.to_string());
+            }
+        }
+    }
+    assert!(
+        allow.len() > 100 && !deny.is_empty(),
+        "the unit's filter: {} allowed, {} denied",
+        allow.len(),
+        deny.len()
+    );
+
+    let site = Site::new();
+    let health = medledger_tests::free_port();
+    let g = Gateway::new(&site, 1, &format!("health_listen = \"127.0.0.1:{health}\""));
+    let trace = g.dir.join("strace.txt");
+    let log = std::fs::File::create(g.dir.join("gateway.log")).expect("log");
+    let mut strace = ChildGuard(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .arg(bin("medledger"))
+            .args(["run", "--config"])
+            .arg(&g.config)
+            .env("RUST_LOG", "warn,medledger=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("strace (apt install strace)"),
+    );
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let addr = g.addr();
+    if let Err(e) = medledger_tests::cluster::poll(
+        "the traced gateway to listen",
+        Duration::from_secs(90),
+        || status(&admin, &addr),
+    )
+    .await
+    {
+        let log = std::fs::read_to_string(g.dir.join("gateway.log")).unwrap_or_default();
+        panic!("{e}; its log:\n{log}");
+    }
+    let out = Command::new(bin("medledger"))
+        .args(["cluster", "init", "--config"])
+        .arg(&g.config)
+        .arg("--voter")
+        .arg(format!("1={addr}"))
+        .output()
+        .expect("cluster init");
+    assert!(
+        out.status.success(),
+        "cluster init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    for i in 0..10 {
+        let url = format!("https://{addr}/v1/events");
+        eventually("a write", Duration::from_secs(30), || {
+            let (writer, url) = (writer.clone(), url.clone());
+            async move {
+                let r = writer.post(url).json(&drain_event(i)).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+    }
+    let history = writer
+        .get(format!("https://{addr}/v1/devices/pump-drain/history"))
+        .send()
+        .await
+        .expect("history");
+    assert!(
+        history.status().is_success(),
+        "history: {}",
+        history.status()
+    );
+    // The plain-HTTP loopback health listener.
+    let healthz = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", health)).expect("health listener");
+        c.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        let mut r = String::new();
+        c.read_to_string(&mut r).expect("read");
+        r
+    };
+    assert!(
+        healthz.starts_with("HTTP/1.0 200") || healthz.starts_with("HTTP/1.1 200"),
+        "{healthz}"
+    );
+
+    // SIGTERM to the gateway itself (strace's child), which then drains and exits.
+    let strace_pid = strace.0.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+            .expect("strace's children");
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the traced gateway's pid");
+    let kill = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let code = medledger_tests::wait_for(
+        "the traced gateway to exit",
+        Duration::from_secs(60),
+        || strace.0.try_wait().expect("try_wait"),
+    );
+    assert_eq!(code.code(), Some(0), "traced gateway exit: {code}");
+
+    let text = std::fs::read_to_string(&trace).expect("strace output");
+    let mut used = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        // "1234  openat(AT_FDCWD, ..." or "1234  <... futex resumed>..."
+        let rest = line.split_once(char::is_whitespace).map_or("", |(_, r)| r);
+        let rest = rest.trim_start();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() && rest[name.len()..].starts_with('(') {
+            used.insert(name);
+        }
+    }
+    assert!(
+        used.contains("fdatasync") && used.contains("accept4"),
+        "the trace misses the gateway's own calls: {used:?}"
+    );
+    let refused: Vec<&String> = used
+        .iter()
+        .filter(|s| !allow.contains(*s) || deny.contains(*s))
+        .collect();
+    eprintln!(
+        "{} distinct system calls, all allowed by the unit's filter",
+        used.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter= would refuse {refused:?} (used: {used:?})"
+    );
+}
