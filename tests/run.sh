@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The README's test command: installs what a fresh Debian machine lacks for the end-to-end tests
-# (a real Mosquitto broker and its clients, OpenSSL, Python), then runs the whole test suite.
+# (a real Mosquitto broker and its clients, OpenSSL, Python, systemd's tools, dpkg), then runs the
+# whole test suite.
 # Needs root (or sudo) only when something is missing. MEDLEDGER_LONG_TESTS=1 runs the long
 # scenarios as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# command:package pairs; a package is installed when its command is missing.
+# command:package pairs; a package is installed when its command is missing. systemd-analyze,
+# systemd-sysusers and systemd-tmpfiles check the unit and the package (systemd need not run);
+# dpkg-deb builds the package.
 need=()
-for pkg in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl python3:python3; do
+for pkg in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl python3:python3 \
+  systemd-analyze:systemd dpkg-deb:dpkg strace:strace; do
   command -v "${pkg%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pkg%%:*}" ] || need+=("${pkg##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

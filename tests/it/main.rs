@@ -10,3 +10,4 @@ mod mqtt;
 mod mtls;
 mod ops;
 mod pki_cli;
+mod systemd;

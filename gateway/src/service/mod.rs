@@ -7,6 +7,7 @@ pub mod enroll;
 pub mod health;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod raft_net;
 pub mod revocation;
 pub mod run;

@@ -15,6 +15,10 @@ use crate::service::tls::{base_revocation, TlsMaterial};
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let tls = TlsMaterial::load(&config)?;
     let revocation = base_revocation();
+    // Two stages of stopping: `serving` ends the listeners (they drain their requests in
+    // flight), then `shutdown` ends the node's own tasks (proposer, checkpointer, ...), which
+    // the drained requests still needed.
+    let serving = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let network = crate::service::raft_net::Network {
         http: Arc::new(crate::service::raft_net::PeerHttp::new(
@@ -50,7 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         server_config.clone(),
         revoked.clone(),
         &mut tasks,
-        shutdown.clone(),
+        serving.clone(),
     )
     .await?;
     let router = crate::service::api::router(node.clone(), identity);
@@ -60,7 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         router,
         revoked,
         config.api.max_connections,
-        shutdown.clone(),
+        serving.clone(),
     ));
     let node_for_health = node.clone();
     let _ = node.health.set(crate::service::health::Inputs {
@@ -76,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("api.health_listen {addr}: cannot bind"))?;
-        let sd = shutdown.clone();
+        let sd = serving.clone();
         tracing::info!(listen = %addr, "health and metrics listening (plain HTTP, loopback)");
         tasks.spawn(async move {
             let _ = axum::serve(l, crate::service::health_routes(node_for_health))
@@ -89,13 +93,29 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         "medledger gateway node {} listening on https://{bound}",
         config.node.id
     );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    // The ledger is open (Node::start) and every listener is bound.
+    crate::service::notify::ready(&node);
+    tokio::spawn(crate::service::notify::supervise(
+        node.clone(),
+        shutdown.clone(),
+    ));
     wait_for_signal().await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    tracing::info!("shutting down");
+    crate::service::notify::stopping("stopping: finishing requests in flight");
+    tracing::info!("stopping: no new connections, finishing requests in flight");
+    serving.cancel();
+    // The listeners return once their connections are done (bounded by DRAIN_TIMEOUT); the
+    // extra second covers the tasks that end at once.
+    let drain = crate::service::server::DRAIN_TIMEOUT + Duration::from_secs(1);
+    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("listeners did not finish within {drain:?}; stopping anyway");
+    }
+    crate::service::notify::status("stopping: raft");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
-    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -46,8 +46,9 @@ async fn refuse_revoked(
 }
 
 /// Accepts TLS connections with client certificates and serves `router` on each; at most
-/// `max_connections` at once (further clients wait in the kernel's backlog). Returns when
-/// `shutdown` is cancelled.
+/// `max_connections` at once (further clients wait in the kernel's backlog). Once `shutdown` is
+/// cancelled, stops accepting and returns when the open connections have finished (at most
+/// [`DRAIN_TIMEOUT`]).
 pub async fn serve_mtls(
     listener: TcpListener,
     acceptor: MtlsAcceptor,
@@ -63,11 +64,11 @@ pub async fn serve_mtls(
     let limit = Arc::new(Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -92,7 +93,25 @@ pub async fn serve_mtls(
             serve_connection(TokioIo::new(tls), router, addr, shutdown).await;
         });
     }
+    // Drain: no new connections; every open one finishes its requests in flight (writes are
+    // acknowledged or refused, not cut off) and holds its permit until then.
+    drop(listener);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, limit.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = max_connections - limit.available_permits(),
+            "connections still open after the drain timeout"
+        );
+    }
 }
+
+/// How long a stopping gateway lets requests in flight finish. Longer than a write's own
+/// deadline (10 s without a leader), shorter than the unit's `TimeoutStopSec=30s` with room
+/// for Raft to stop.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn serve_connection<IO>(
     io: TokioIo<IO>,
@@ -113,7 +132,7 @@ async fn serve_connection<IO>(
         }
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
         }
     }
 }
