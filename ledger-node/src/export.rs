@@ -344,13 +344,8 @@ impl Keys {
         for k in keys {
             // Every key is checked, used or not: a document carrying a key that no conforming
             // verifier accepts is malformed whatever it signs.
-            let key = StrictKey::new(&k.public_key).map_err(|p| {
-                fail(
-                    None,
-                    None,
-                    format!("public key of node {} {p}", k.node_id),
-                )
-            })?;
+            let key = StrictKey::new(&k.public_key)
+                .map_err(|p| fail(None, None, format!("public key of node {} {p}", k.node_id)))?;
             if map.insert(k.node_id, key).is_some() {
                 return Err(fail(None, None, format!("node {} has two keys", k.node_id)));
             }
@@ -387,7 +382,11 @@ impl Keys {
         let key = self.head_key(head, what)?;
         let msg = SignedTreeHead::message(head.size, &head.root, head.time_ms, head.node_id);
         if !key.verify(&msg, &head.signature) {
-            return Err(fail(None, None, format!("{what} signature does not verify")));
+            return Err(fail(
+                None,
+                None,
+                format!("{what} signature does not verify"),
+            ));
         }
         Ok(())
     }
@@ -434,13 +433,13 @@ fn hex_digit(c: u8) -> Option<u8> {
 fn decode_lower_hex(s: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     out.clear();
     let bad = |s: &[u8]| {
-        if s.len() % 2 == 0 && s.iter().all(u8::is_ascii_hexdigit) {
+        if s.len().is_multiple_of(2) && s.iter().all(u8::is_ascii_hexdigit) {
             "entry bytes are not lowercase hex"
         } else {
             "entry bytes are not hex"
         }
     };
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(bad(s));
     }
     out.reserve(s.len() / 2);
@@ -578,7 +577,9 @@ pub fn verify(
 fn is_export_header(first: &[u8]) -> bool {
     let probe: Option<serde_json::Value> = serde_json::from_slice(first).ok();
     match probe.as_ref().and_then(|v| v.get("format")) {
-        Some(f) => f.as_str().is_some_and(|f| f.starts_with("medledger-export/")),
+        Some(f) => f
+            .as_str()
+            .is_some_and(|f| f.starts_with("medledger-export/")),
         // A pretty-printed receipt's first line is `{`; a line that does not parse but names
         // an export format is a damaged header.
         None => first
@@ -742,8 +743,10 @@ fn verify_export(
         // Moved in, so that it is dropped (and the workers stop) however this returns.
         let work_tx = work_tx;
         let mut spare: Vec<Chunk> = Vec::new();
-        let mut pending: std::collections::BTreeMap<usize, (Chunk, Result<Checked, VerifyFailure>)> =
-            std::collections::BTreeMap::new();
+        let mut pending: std::collections::BTreeMap<
+            usize,
+            (Chunk, Result<Checked, VerifyFailure>),
+        > = std::collections::BTreeMap::new();
         let (mut next_index, mut next_fold, mut in_flight) = (0usize, 0usize, 0usize);
         let (mut next_seq, mut next_line) = (0u64, 2u64);
         let mut at_end = false;
@@ -904,7 +907,7 @@ fn relate_export(
         _ => Err(fork(format!(
             "the export's first {} entries have root {}, the known head of {} entries has root {}",
             known.size,
-            prefix_root.map(|r| hex::encode(r)).unwrap_or_default(),
+            prefix_root.map(hex::encode).unwrap_or_default(),
             known.size,
             hex::encode(known.root)
         ))),
@@ -1077,7 +1080,11 @@ pub fn read_known_head<F: Read + Seek>(file: &mut F) -> Result<SignedTreeHead, V
         return Ok(t.tree_head);
     }
     if len > MAX_DOCUMENT {
-        return Err(fail(None, None, "neither a tree head, an export nor a receipt"));
+        return Err(fail(
+            None,
+            None,
+            "neither a tree head, an export nor a receipt",
+        ));
     }
     file.seek(SeekFrom::Start(0))
         .map_err(|e| fail(None, None, format!("cannot read: {e}")))?;
@@ -1190,7 +1197,10 @@ mod tests {
     #[test]
     fn export_against_a_known_head_rollback_and_fork() {
         let key = SigningKey::from_bytes(&[3u8; 32]);
-        let (da, db) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
         let a = store(da.path(), &key, 8, u64::MAX);
         // The same key signs a second ledger that diverges at entry 3.
         let b = store(db.path(), &key, 8, 3);
@@ -1208,7 +1218,10 @@ mod tests {
         // Rollback: a genuine older export shown after a newer head, named with both sizes.
         let e = check(&export_text(&a, &a5), &known(&a8)).expect_err("rollback");
         assert_eq!(e.kind, FailureKind::Rollback);
-        assert!(e.reason.contains("5 entries") && e.reason.contains("8 entries"), "{e}");
+        assert!(
+            e.reason.contains("5 entries") && e.reason.contains("8 entries"),
+            "{e}"
+        );
 
         // Fork: the second ledger is refused against a head of the first, longer or as long.
         for k in [&a5, &a8] {
@@ -1229,7 +1242,10 @@ mod tests {
     #[test]
     fn receipt_against_a_known_head() {
         let key = SigningKey::from_bytes(&[3u8; 32]);
-        let (da, db) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
         let a = store(da.path(), &key, 8, u64::MAX);
         let b = store(db.path(), &key, 8, 3);
         let (a5, a8, b5) = (head(&a, &key, 5), head(&a, &key, 8), head(&b, &key, 5));
@@ -1269,7 +1285,10 @@ mod tests {
         let old = make_receipt(&a, 2, &a5, &None).expect("receipt");
         let e = check(&receipt_text(&old), &known(&a8)).expect_err("rollback");
         assert_eq!(e.kind, FailureKind::Rollback);
-        assert!(e.reason.contains("5 entries") && e.reason.contains("8 entries"), "{e}");
+        assert!(
+            e.reason.contains("5 entries") && e.reason.contains("8 entries"),
+            "{e}"
+        );
         // The same head: accepted without a proof.
         check(&receipt_text(&old), &known(&a5)).expect("same head");
     }
@@ -1310,7 +1329,10 @@ mod tests {
             }],
             ..VerifyOptions::default()
         };
-        assert_eq!(check(&text, &pinned).expect("pinned").trust, Trust::TrustedKeys);
+        assert_eq!(
+            check(&text, &pinned).expect("pinned").trust,
+            Trust::TrustedKeys
+        );
 
         // Two bad entries in different chunks: every thread count reports the first.
         let s = String::from_utf8(text.clone()).expect("utf-8");
@@ -1325,7 +1347,11 @@ mod tests {
                 ..VerifyOptions::default()
             };
             let e = check(bad.as_bytes(), &opts).expect_err("tampered");
-            assert_eq!(e.seq, Some(CHUNK_ENTRIES as u64 + 3), "{threads} threads: {e}");
+            assert_eq!(
+                e.seq,
+                Some(CHUNK_ENTRIES as u64 + 3),
+                "{threads} threads: {e}"
+            );
             assert!(e.reason.contains("commitment"), "{e}");
             check(&text, &opts).expect("valid");
         }
@@ -1333,7 +1359,10 @@ mod tests {
         let orig: Vec<&str> = s.lines().collect();
         let cut = orig[..orig.len() - 10].join("\n") + "\n";
         let e = check(cut.as_bytes(), &VerifyOptions::default()).expect_err("cut");
-        assert!(e.reason.contains(&format!("ends after {} of {n}", n - 9)), "{e}");
+        assert!(
+            e.reason.contains(&format!("ends after {} of {n}", n - 9)),
+            "{e}"
+        );
 
         // A damaged header is reported as an export header, not as a receipt.
         let broken = s.replacen("\"size\":", "\"size\":\"", 1);
@@ -1362,6 +1391,9 @@ mod tests {
             .push(serde_json::json!({"node_id": 9, "public_key": hex::encode(y)}));
         let extra = format!("{hv}{}", &s[header_end..]);
         let e = check(extra.as_bytes(), &VerifyOptions::default()).expect_err("bad key");
-        assert!(e.reason.contains("node 9") && e.reason.contains("canonical"), "{e}");
+        assert!(
+            e.reason.contains("node 9") && e.reason.contains("canonical"),
+            "{e}"
+        );
     }
 }

@@ -189,7 +189,10 @@ mod tests {
         sig[..32].copy_from_slice(&r);
         sig[32..].copy_from_slice(s.as_bytes());
         let parsed = ParsedPublicKey::new(&ED25519, pk).expect("parses");
-        assert!(parsed.verify_sig(msg, &sig).is_ok(), "aws-lc alone accepts it");
+        assert!(
+            parsed.verify_sig(msg, &sig).is_ok(),
+            "aws-lc alone accepts it"
+        );
         assert!(sk
             .verifying_key()
             .verify_strict(msg, &Signature::from_bytes(&sig))
@@ -223,8 +226,13 @@ mod tests {
         let mut neg_zero = [0u8; 32];
         neg_zero[0] = 1;
         neg_zero[31] = 0x80;
-        assert_eq!(check_public_key(&neg_zero).err(), Some(KeyProblem::NotCanonical));
-        let good = SigningKey::from_bytes(&[7u8; 32]).verifying_key().to_bytes();
+        assert_eq!(
+            check_public_key(&neg_zero).err(),
+            Some(KeyProblem::NotCanonical)
+        );
+        let good = SigningKey::from_bytes(&[7u8; 32])
+            .verifying_key()
+            .to_bytes();
         assert!(check_public_key(&good).is_ok());
     }
 }

@@ -856,7 +856,10 @@ fn verify_known_head_refuses_rollback_and_fork_and_takes_receipt_proofs() {
     assert_eq!(code, 0, "receipt: {o}{e}");
     let (code, out, err) = verify_known(&receipt, &old);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("consistent with the known head of 40 entries"), "{out}");
+    assert!(
+        out.contains("consistent with the known head of 40 entries"),
+        "{out}"
+    );
     // Against the forked ledger's head it is refused.
     let fork_head = p.join("fork-old.jsonl");
     {
@@ -935,6 +938,9 @@ fn verdict_says_whether_a_trust_anchor_was_used() {
     let pin = format!("1={PUBLIC_KEY}");
     let (code, out, _) = medledger(&["verify", "--trusted-key", &pin, e]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("verified against the trusted keys given"), "{out}");
+    assert!(
+        out.contains("verified against the trusted keys given"),
+        "{out}"
+    );
     assert!(!out.contains("not against a trust anchor"), "{out}");
 }

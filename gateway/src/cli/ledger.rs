@@ -294,9 +294,16 @@ fn trust_words(report: &export::VerifyReport) -> &'static str {
 
 /// The one-line verdict (`--quiet`).
 pub fn verdict(report: &export::VerifyReport) -> String {
-    let mut s = format!("valid {}, verified {}", report.document, trust_words(report));
+    let mut s = format!(
+        "valid {}, verified {}",
+        report.document,
+        trust_words(report)
+    );
     if let Some(k) = &report.known_head {
-        s += &format!(", consistent with the known head of {} entries", k.known.size);
+        s += &format!(
+            ", consistent with the known head of {} entries",
+            k.known.size
+        );
     }
     s
 }
