@@ -418,7 +418,6 @@ struct RecordRef<'a> {
 #[derive(Default)]
 struct Scratch {
     bytes: Vec<u8>,
-    msg: Vec<u8>,
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
@@ -485,10 +484,7 @@ fn check_entry(
             ),
         )
     })?;
-    scratch.msg.clear();
-    scratch.msg.extend_from_slice(ENTRY_SIGNING_DOMAIN);
-    scratch.msg.extend_from_slice(entry.body);
-    if !key.verify(&scratch.msg, &entry.signature) {
+    if !key.verify_parts(&[ENTRY_SIGNING_DOMAIN, entry.body], &entry.signature) {
         return Err(fail(seq, line, "entry signature does not verify"));
     }
     if let Some(c) = entry.corrects {
