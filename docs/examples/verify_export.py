@@ -518,8 +518,12 @@ def verify_export(lines, opts):
 
 
 def verify_receipt(text, opts):
+    doc = parse_json(text)
+    # Optional (section 8): a consistency proof from an older tree size, for a reader who checks
+    # the receipt against a head seen before; its structure is checked here.
+    consistency = doc.pop("consistency", None) if isinstance(doc, dict) else None
     fmt, node_keys, record, proof, head = fields(
-        parse_json(text), "receipt",
+        doc, "receipt",
         ("format", "node_keys", "entry", "inclusion_proof", "tree_head"))
     if fmt != RECEIPT_FORMAT:
         raise Invalid("unknown format %r" % (fmt,))
@@ -536,6 +540,16 @@ def verify_receipt(text, opts):
     if not verify_inclusion(leaf, entry["seq"], head["size"], proof, head["root"]):
         raise Invalid("entry %d: inclusion proof does not lead to the signed root" % entry["seq"])
     check_head(head, keys, opts)
+    if consistency is not None:
+        from_size, cproof = fields(consistency, "consistency", ("from_size", "proof"))
+        from_size = uint(from_size, "consistency.from_size")
+        if not 0 < from_size <= head["size"]:
+            raise Invalid("consistency proof from size %d to a tree head of %d entries"
+                          % (from_size, head["size"]))
+        if not isinstance(cproof, list):
+            raise Invalid("consistency.proof is not a list")
+        for i, h in enumerate(cproof):
+            lowhex(h, "consistency.proof[%d]" % i, 32)
     return {"document": "receipt", "head": head, "keys": keys, "entries": 1,
             "disclosed": d, "withheld": w, "entry": entry}
 

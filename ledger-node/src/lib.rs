@@ -16,6 +16,7 @@ pub mod keys;
 pub mod ledger;
 pub mod merkle;
 pub mod raft;
+pub mod sigcheck;
 pub mod sth;
 pub mod store;
 

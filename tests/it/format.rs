@@ -719,3 +719,228 @@ async fn python_verifier_accepts_real_exports_and_refuses_tampered_ones() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---- `medledger verify --known-head`: rollback, fork, receipts with a consistency proof. ----
+
+fn medledger(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(medledger_tests::bin("medledger"))
+        .args(args)
+        .output()
+        .expect("run medledger");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Imports `lines` (JSON Lines text) into the CLI ledger in `data`.
+fn import_lines(dir: &Path, data: &Path, name: &str, lines: &[&str]) {
+    let file = dir.join(name);
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write import");
+    let (code, out, err) = medledger(&[
+        "import",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        file.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "import: {out}{err}");
+}
+
+fn cli_export(data: &Path, out: &Path) {
+    let (code, o, e) = medledger(&[
+        "ledger",
+        "export",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "export: {o}{e}");
+}
+
+fn verify_known(file: &Path, known: &Path) -> (i32, String, String) {
+    medledger(&[
+        "verify",
+        "--known-head",
+        known.to_str().expect("utf8"),
+        file.to_str().expect("utf8"),
+    ])
+}
+
+#[test]
+fn verify_known_head_refuses_rollback_and_fork_and_takes_receipt_proofs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let sample = std::fs::read_to_string(
+        medledger_tests::workspace_root().join("docs/examples/maintenance-history.jsonl"),
+    )
+    .expect("sample");
+    let lines: Vec<&str> = sample.lines().collect();
+    let data = p.join("a");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    // A fixed node key, so that a second ledger can be signed with the same key.
+    std::fs::write(data.join("node.key"), hex::encode(SEED)).expect("write key");
+
+    import_lines(p, &data, "first.jsonl", &lines[..40]);
+    let old = p.join("old.jsonl");
+    cli_export(&data, &old);
+    import_lines(p, &data, "second.jsonl", &lines[40..70]);
+    let new = p.join("new.jsonl");
+    cli_export(&data, &new);
+
+    // The head as `GET /v1/head` serves it: the signed tree head object.
+    let old_text = std::fs::read_to_string(&old).expect("old export");
+    let tail: serde_json::Value =
+        serde_json::from_str(old_text.lines().last().expect("tail")).expect("tail json");
+    let head = p.join("head.json");
+    std::fs::write(&head, tail["tree_head"].to_string()).expect("write head");
+
+    // Newer than the known head (given as an export, or as a served head): consistent.
+    for known in [&old, &head] {
+        let (code, out, err) = verify_known(&new, known);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("consistent with the known head of 40 entries")
+                && out.contains("extends it by 30 entries"),
+            "{out}"
+        );
+    }
+    // The same tree as the known head: consistent.
+    let (code, out, _) = verify_known(&old, &head);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("the same tree"), "{out}");
+
+    // Rollback: the older export after the newer head, naming both sizes.
+    let (code, out, _) = verify_known(&old, &new);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("INVALID")
+            && out.contains("rollback")
+            && out.contains("40 entries")
+            && out.contains("70 entries"),
+        "{out}"
+    );
+
+    // Fork: a second ledger with the same node key, whose history diverges after 20 events.
+    let forked = p.join("b");
+    std::fs::create_dir_all(&forked).expect("mkdir");
+    std::fs::write(forked.join("node.key"), hex::encode(SEED)).expect("write key");
+    let mut other: Vec<&str> = lines[..20].to_vec();
+    other.extend(&lines[50..110]);
+    import_lines(p, &forked, "other.jsonl", &other);
+    let fork = p.join("fork.jsonl");
+    cli_export(&forked, &fork);
+    let (code, out, _) = medledger(&["verify", fork.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "the fork verifies on its own: {out}");
+    for known in [&old, &new] {
+        let (code, out, _) = verify_known(&fork, known);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("INVALID") && out.contains("fork"), "{out}");
+    }
+
+    // A receipt newer than the known head carries the consistency proof from its size.
+    let receipt = p.join("receipt.json");
+    let (code, o, e) = medledger(&[
+        "ledger",
+        "receipt",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--seq",
+        "55",
+        "--since-size",
+        "40",
+        "--out",
+        receipt.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "receipt: {o}{e}");
+    let (code, out, err) = verify_known(&receipt, &old);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("consistent with the known head of 40 entries"),
+        "{out}"
+    );
+    // Against the forked ledger's head it is refused.
+    let fork_head = p.join("fork-old.jsonl");
+    {
+        // The forked ledger's head at 40 entries: export a copy of its first 40 events.
+        let d = p.join("c");
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("node.key"), hex::encode(SEED)).expect("write key");
+        import_lines(p, &d, "other40.jsonl", &other[..40]);
+        cli_export(&d, &fork_head);
+    }
+    let (code, out, _) = verify_known(&receipt, &fork_head);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("fork"), "{out}");
+    // A tampered consistency proof is refused.
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).expect("receipt")).expect("json");
+    let h = v["consistency"]["proof"][0]
+        .as_str()
+        .expect("a proof hash")
+        .to_owned();
+    let flipped = if h.starts_with('0') { "1" } else { "0" };
+    v["consistency"]["proof"][0] = format!("{flipped}{}", &h[1..]).into();
+    let bad = p.join("bad-receipt.json");
+    std::fs::write(&bad, serde_json::to_string_pretty(&v).expect("json")).expect("write");
+    let (code, out, _) = verify_known(&bad, &old);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("consistency proof"), "{out}");
+    // A receipt without the proof (version 1) still verifies on its own, and says what is
+    // missing against a known head.
+    let plain = p.join("plain.json");
+    let (code, o, e) = medledger(&[
+        "ledger",
+        "receipt",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--seq",
+        "55",
+        "--out",
+        plain.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "receipt: {o}{e}");
+    assert!(!std::fs::read_to_string(&plain)
+        .expect("receipt")
+        .contains("consistency"));
+    let (code, out, _) = medledger(&["verify", plain.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = verify_known(&plain, &old);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--since-size 40"), "{out}");
+}
+
+#[test]
+fn verdict_says_whether_a_trust_anchor_was_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let data = p.join("a");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("node.key"), hex::encode(SEED)).expect("write key");
+    let sample = std::fs::read_to_string(
+        medledger_tests::workspace_root().join("docs/examples/maintenance-history.jsonl"),
+    )
+    .expect("sample");
+    let lines: Vec<&str> = sample.lines().take(5).collect();
+    import_lines(p, &data, "five.jsonl", &lines);
+    let exp = p.join("export.jsonl");
+    cli_export(&data, &exp);
+    let e = exp.to_str().expect("utf8");
+    for args in [vec!["verify", e], vec!["verify", "--quiet", e]] {
+        let (code, out, _) = medledger(&args);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("verified against the keys the file carries, not against a trust anchor"),
+            "{args:?}: {out}"
+        );
+    }
+    let pin = format!("1={PUBLIC_KEY}");
+    let (code, out, _) = medledger(&["verify", "--trusted-key", &pin, e]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("verified against the trusted keys given"),
+        "{out}"
+    );
+    assert!(!out.contains("not against a trust anchor"), "{out}");
+}

@@ -193,8 +193,20 @@ pub async fn receipt(
     out: &Path,
     disclose: &export::Disclosure,
 ) -> anyhow::Result<()> {
+    receipt_since(ledger, seq, out, disclose, None).await
+}
+
+/// `ledger receipt --since-size N`: the receipt also carries the consistency proof from the tree
+/// of N entries.
+pub async fn receipt_since(
+    ledger: &Ledger,
+    seq: u64,
+    out: &Path,
+    disclose: &export::Disclosure,
+    since_size: Option<u64>,
+) -> anyhow::Result<()> {
     let head = ledger.tree_head()?;
-    let r = export::make_receipt(ledger.store(), seq, &head, disclose)?;
+    let r = export::make_receipt_since(ledger.store(), seq, &head, disclose, since_size)?;
     write_atomic(out, |w| {
         serde_json::to_writer_pretty(&mut *w, &r)?;
         w.write_all(b"\n")?;
@@ -223,6 +235,28 @@ pub fn verify(
     trusted: Vec<NodeKey>,
     progress_bar: bool,
 ) -> anyhow::Result<Result<export::VerifyReport, export::VerifyFailure>> {
+    verify_with(file, trusted, None, 0, progress_bar)
+}
+
+/// `verify --known-head FILE --threads N`.
+pub fn verify_with(
+    file: &PathBuf,
+    trusted: Vec<NodeKey>,
+    known_head: Option<&Path>,
+    threads: usize,
+    progress_bar: bool,
+) -> anyhow::Result<Result<export::VerifyReport, export::VerifyFailure>> {
+    let known_head = match known_head {
+        None => None,
+        Some(p) => {
+            let mut f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            match export::read_known_head(&mut f) {
+                Ok(h) => Some(h),
+                Err(e) => anyhow::bail!("known head {}: {e}", p.display()),
+            }
+        }
+    };
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut input = BufReader::with_capacity(1 << 20, f);
     let bar = if progress_bar {
@@ -239,6 +273,8 @@ pub fn verify(
     };
     let opts = VerifyOptions {
         trusted_keys: trusted,
+        known_head,
+        threads,
     };
     let result = export::verify(&mut input, &opts, &mut |done, total| {
         bar.set_length(total);
@@ -246,6 +282,30 @@ pub fn verify(
     });
     bar.finish_and_clear();
     Ok(result)
+}
+
+/// What the signatures were checked against, in words.
+fn trust_words(report: &export::VerifyReport) -> &'static str {
+    match report.trust {
+        export::Trust::TrustedKeys => "against the trusted keys given",
+        _ => "against the keys the file carries, not against a trust anchor",
+    }
+}
+
+/// The one-line verdict (`--quiet`).
+pub fn verdict(report: &export::VerifyReport) -> String {
+    let mut s = format!(
+        "valid {}, verified {}",
+        report.document,
+        trust_words(report)
+    );
+    if let Some(k) = &report.known_head {
+        s += &format!(
+            ", consistent with the known head of {} entries",
+            k.known.size
+        );
+    }
+    s
 }
 
 /// Human-readable summary of a verified document.
@@ -265,11 +325,30 @@ pub fn describe(report: &export::VerifyReport) -> String {
         "components: {} disclosed and matching their commitments, {} withheld (commitment only)\n",
         report.disclosed_components, report.withheld_components
     );
+    s += &format!("verified {}", trust_words(report));
+    if report.trust != export::Trust::TrustedKeys {
+        s += " (pin the keys with --trusted-key NODE=HEX to check them)";
+    }
+    s += "\n";
     for k in &report.node_keys {
         s += &format!(
             "node {} public key {}\n",
             k.node_id,
             hex::encode(k.public_key)
+        );
+    }
+    if let Some(k) = &report.known_head {
+        s += &format!(
+            "consistent with the known head of {} entries (root {}, signed by node {} at {}): {}\n",
+            k.known.size,
+            hex::encode(k.known.root),
+            k.known.node_id,
+            crate::event::format_ms(k.known.time_ms),
+            if k.newer_by == 0 {
+                "the same tree".to_owned()
+            } else {
+                format!("this tree extends it by {} entries", k.newer_by)
+            }
         );
     }
     if let Some((e, openings)) = &report.entry {

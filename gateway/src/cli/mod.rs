@@ -108,6 +108,11 @@ enum LedgerCmd {
         /// Comma-separated disclosure classes whose values to include (default: all).
         #[arg(long)]
         disclose: Option<String>,
+        /// Also prove that the ledger extends the tree of this many entries (the size of a head
+        /// the reader saw before): the receipt then carries an RFC 9162 consistency proof, which
+        /// `verify --known-head` needs for a receipt newer than the known head.
+        #[arg(long)]
+        since_size: Option<u64>,
     },
 }
 
@@ -118,6 +123,14 @@ struct VerifyArgs {
     /// Pin a node's public key (NODE_ID=HEX, repeatable); the document's keys must then match.
     #[arg(long = "trusted-key", value_parser = ledger::parse_trusted_key)]
     trusted_keys: Vec<ledger_node::export::NodeKey>,
+    /// A head seen before: a signed tree head as `GET /v1/head` serves it, or an earlier export
+    /// or receipt (its head is used). The file must be the same tree or an extension of it; an
+    /// older head is refused as a rollback, a different tree as a fork.
+    #[arg(long = "known-head")]
+    known_head: Option<PathBuf>,
+    /// Threads that check entries (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Print only the verdict line.
     #[arg(long, short)]
     quiet: bool,
@@ -171,23 +184,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seq,
             out,
             disclose,
+            since_size,
         }) => {
             let disclose = ledger::parse_disclosure(disclose.as_deref())?;
             let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
-            ledger::receipt(&ledger, seq, &out, &disclose).await?;
+            ledger::receipt_since(&ledger, seq, &out, &disclose, since_size).await?;
             println!("wrote a receipt for entry {seq} to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(a) => {
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let file = a.file.clone();
-            let result =
-                tokio::task::spawn_blocking(move || ledger::verify(&file, a.trusted_keys, tty))
-                    .await??;
+            let (trusted, known, threads) = (a.trusted_keys, a.known_head, a.threads);
+            let result = tokio::task::spawn_blocking(move || {
+                ledger::verify_with(&file, trusted, known.as_deref(), threads, tty)
+            })
+            .await??;
             match result {
                 Ok(report) => {
                     if a.quiet {
-                        println!("valid {}", report.document);
+                        println!("{}", ledger::verdict(&report));
                     } else {
                         print!("{}", ledger::describe(&report));
                     }
