@@ -101,6 +101,8 @@ pub struct DeviceHealth {
     pub decode_errors: u64,
     /// Poll results dropped because the channel was full.
     pub shed: u64,
+    /// Polls delivered with some register blocks missing (answered with an exception).
+    pub missing_blocks: u64,
     pub consecutive_failures: u64,
     pub last_error: Option<String>,
 }
@@ -117,6 +119,7 @@ struct DeviceCounters {
     io_errors: AtomicU64,
     decode_errors: AtomicU64,
     shed: AtomicU64,
+    missing_blocks: AtomicU64,
     consecutive_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -211,6 +214,7 @@ impl DeviceCounters {
             io_errors: g(&self.io_errors),
             decode_errors: g(&self.decode_errors),
             shed: g(&self.shed),
+            missing_blocks: g(&self.missing_blocks),
             consecutive_failures: g(&self.consecutive_failures),
             last_error: self
                 .last_error
@@ -572,6 +576,12 @@ impl DevicePoller {
         let now = OffsetDateTime::now_utc();
         let profile = &self.dev.profile;
         let mut out = Vec::with_capacity(profile.registers.len());
+        // A block answered with an exception (one address range the device does not serve right
+        // now) leaves its values missing and keeps the others; only when every block is refused
+        // does the poll fail. Timeouts and I/O errors mean the device itself is not answering.
+        let mut refused: Option<PollError> = None;
+        let mut refused_blocks = 0u64;
+        let mut answered = 0usize;
         for b in &self.plan {
             let what = format!("{:?} {}+{}", b.table, b.start, b.count);
             let fut = async {
@@ -592,12 +602,15 @@ impl DevicePoller {
                 Err(_) => return Err(PollError::Timeout(format!("read {what} timed out"))),
                 Ok(Err(e)) => return Err(PollError::Io(format!("read {what}: {e}"))),
                 Ok(Ok(Err(code))) => {
-                    return Err(PollError::Exception(format!(
-                        "read {what}: exception {code:?}"
-                    )))
+                    let message = format!("read {what}: exception {code:?}");
+                    refused_blocks += 1;
+                    tracing::debug!(device = %self.dev.device_id, error = %message, "modbus block missing");
+                    refused = Some(PollError::Exception(message));
+                    continue;
                 }
                 Ok(Ok(Ok(w))) => w,
             };
+            answered += 1;
             for &(i, off) in &b.members {
                 let Some(r) = profile.registers.get(i) else {
                     continue;
@@ -629,7 +642,23 @@ impl DevicePoller {
                 }
             }
         }
-        Ok(out)
+        match refused {
+            // Counted by the caller as one failed poll.
+            Some(e) if answered == 0 => Err(e),
+            Some(e) => {
+                self.counters
+                    .exceptions
+                    .fetch_add(refused_blocks, Ordering::Relaxed);
+                self.counters.missing_blocks.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .counters
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.message().to_owned());
+                Ok(out)
+            }
+            None => Ok(out),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::{
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{AdapterEvent, Error, Result, Source, Telemetry, TimestampSource, Value};
@@ -315,6 +315,28 @@ pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32) -> Duration
     base.mul_f64(factor)
 }
 
+/// One message's values for a consumer that acknowledges ([`MqttSubscriber::run_acked`]).
+#[derive(Debug)]
+pub struct MqttMessage {
+    pub values: Vec<Telemetry>,
+    ack: oneshot::Sender<()>,
+}
+
+impl MqttMessage {
+    /// Lets the subscriber acknowledge the message to the broker.
+    pub fn ack(self) {
+        let _ = self.ack.send(());
+    }
+}
+
+/// Where a subscriber's values go.
+enum Consumer {
+    /// Value by value; acknowledged once in the channel.
+    Values(mpsc::Sender<AdapterEvent>),
+    /// Message by message; acknowledged when the consumer says so.
+    Messages(mpsc::Sender<MqttMessage>),
+}
+
 /// The MQTT subscriber. Create, keep [`MqttSubscriber::stats`], then [`MqttSubscriber::run`].
 #[derive(Debug)]
 pub struct MqttSubscriber {
@@ -359,6 +381,23 @@ impl MqttSubscriber {
         tx: mpsc::Sender<AdapterEvent>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        self.run_with(Consumer::Values(tx), shutdown).await
+    }
+
+    /// Like [`MqttSubscriber::run`], but hands each message's values to the consumer as one
+    /// [`MqttMessage`] and acknowledges the message to the broker only once the consumer calls
+    /// [`MqttMessage::ack`] (after it made what the message caused durable). A message dropped
+    /// without `ack` stays unacknowledged; the broker redelivers it after the next reconnect.
+    /// While the consumer holds a message, no further message is read: the broker keeps them.
+    pub async fn run_acked(
+        self,
+        tx: mpsc::Sender<MqttMessage>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        self.run_with(Consumer::Messages(tx), shutdown).await
+    }
+
+    async fn run_with(self, consumer: Consumer, shutdown: CancellationToken) -> Result<()> {
         let cfg = &self.config;
         let mut opts = cfg.broker.options(&cfg.client_id, false);
         opts.set_keep_alive(cfg.keep_alive);
@@ -405,12 +444,31 @@ impl MqttSubscriber {
                     match parse_payload(&p.topic, &p.payload, cfg.max_payload_bytes, now) {
                         Ok(values) => {
                             let n = values.len() as u64;
-                            for t in values {
-                                // Blocking here is the backpressure: while we wait, the event
-                                // loop is not polled and the broker holds the rest.
-                                tokio::select! {
-                                    _ = shutdown.cancelled() => return Ok(()),
-                                    r = tx.send(AdapterEvent::Telemetry(t)) => r.map_err(|_| Error::ChannelClosed)?,
+                            match &consumer {
+                                Consumer::Values(tx) => {
+                                    for t in values {
+                                        // Blocking here is the backpressure: while we wait, the
+                                        // event loop is not polled and the broker holds the rest.
+                                        tokio::select! {
+                                            _ = shutdown.cancelled() => return Ok(()),
+                                            r = tx.send(AdapterEvent::Telemetry(t)) => r.map_err(|_| Error::ChannelClosed)?,
+                                        }
+                                    }
+                                }
+                                Consumer::Messages(tx) => {
+                                    let (ack, acked) = oneshot::channel();
+                                    tokio::select! {
+                                        _ = shutdown.cancelled() => return Ok(()),
+                                        r = tx.send(MqttMessage { values, ack }) => r.map_err(|_| Error::ChannelClosed)?,
+                                    }
+                                    let acked = tokio::select! {
+                                        _ = shutdown.cancelled() => return Ok(()),
+                                        r = acked => r.is_ok(),
+                                    };
+                                    if !acked {
+                                        tracing::debug!(topic = %p.topic, "consumer released an mqtt message unacknowledged");
+                                        continue;
+                                    }
                                 }
                             }
                             self.stats

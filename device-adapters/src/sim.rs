@@ -38,12 +38,15 @@ pub enum Fault {
     Exception(u8),
     /// The next n MQTT payloads are malformed.
     Malformed(u32),
+    /// Reads of this table that include this address are answered with exception 2 (illegal
+    /// data address), as a device does for a block it cannot serve; `None` = off.
+    Refuse(Option<(Table, u16)>),
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     /// `alarm on|off`, `drift <per-minute>`, `silent on|off`, `exception <code>`,
-    /// `malformed <n>`.
+    /// `malformed <n>`, `refuse <table>:<address>|off`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let mut it = s.split_whitespace();
         let kind = it.next().ok_or("empty fault")?;
@@ -71,6 +74,25 @@ impl std::str::FromStr for Fault {
                 arg.parse()
                     .map_err(|_| format!("fault malformed: bad count {arg}"))?,
             ),
+            "refuse" => Fault::Refuse(match arg {
+                "off" => None,
+                _ => {
+                    let (t, a) = arg.split_once(':').ok_or_else(|| {
+                        format!("fault refuse: expected table:address, got {arg}")
+                    })?;
+                    let table = match t {
+                        "holding" => Table::Holding,
+                        "input" => Table::Input,
+                        "coil" => Table::Coil,
+                        "discrete" => Table::Discrete,
+                        _ => return Err(format!("fault refuse: unknown table {t}")),
+                    };
+                    let address = a
+                        .parse()
+                        .map_err(|_| format!("fault refuse: bad address {a}"))?;
+                    Some((table, address))
+                }
+            }),
             _ => return Err(format!("unknown fault {kind}")),
         })
     }
@@ -84,6 +106,7 @@ struct Faults {
     silent: bool,
     exception: u8,
     malformed: u32,
+    refuse: Option<(Table, u16)>,
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +205,7 @@ impl SimDevice {
             Fault::Silent(on) => s.faults.silent = on,
             Fault::Exception(c) => s.faults.exception = c,
             Fault::Malformed(n) => s.faults.malformed = n,
+            Fault::Refuse(r) => s.faults.refuse = r,
         }
         drop(s);
         self.tick();
@@ -298,6 +322,20 @@ impl SimDevice {
         }
         if s.faults.exception != 0 {
             return Err(ExceptionCode::new(s.faults.exception));
+        }
+        if let Some((table, address)) = s.faults.refuse {
+            let range = match &req {
+                Request::ReadHoldingRegisters(a, n) => Some((Table::Holding, *a, *n)),
+                Request::ReadInputRegisters(a, n) => Some((Table::Input, *a, *n)),
+                Request::ReadCoils(a, n) => Some((Table::Coil, *a, *n)),
+                Request::ReadDiscreteInputs(a, n) => Some((Table::Discrete, *a, *n)),
+                _ => None,
+            };
+            if let Some((t, a, n)) = range {
+                if t == table && address >= a && u32::from(address) < u32::from(a) + u32::from(n) {
+                    return Err(ExceptionCode::IllegalDataAddress);
+                }
+            }
         }
         let img = &mut s.image;
         let read_words = |m: &HashMap<u16, u16>,
@@ -697,6 +735,12 @@ mod tests {
         assert_eq!("alarm on".parse::<Fault>(), Ok(Fault::Alarm(true)));
         assert_eq!("drift 2.5".parse::<Fault>(), Ok(Fault::Drift(2.5)));
         assert_eq!("exception 4".parse::<Fault>(), Ok(Fault::Exception(4)));
+        assert_eq!(
+            "refuse input:10".parse::<Fault>(),
+            Ok(Fault::Refuse(Some((Table::Input, 10))))
+        );
+        assert_eq!("refuse off".parse::<Fault>(), Ok(Fault::Refuse(None)));
+        assert!("refuse nowhere:1".parse::<Fault>().is_err());
         assert!("bogus 1".parse::<Fault>().is_err());
         assert!("silent maybe".parse::<Fault>().is_err());
     }

@@ -19,6 +19,21 @@ pub struct Config {
     pub raft: RaftConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// `[mqtt]`: the site broker; no MQTT ingestion when absent.
+    pub mqtt: Option<MqttSection>,
+    /// `[[modbus]]`: devices this gateway polls.
+    #[serde(default)]
+    pub modbus: Vec<ModbusDeviceSection>,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+    /// `[[rules]]`: telemetry rules (threshold alarms, maintenance counters, offline detection).
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
+    /// Device profiles named by `[[modbus]]` devices, resolved at load (`telemetry.profiles_dir`
+    /// first, then the built-in ones), so a missing profile is a config error, not a runtime one.
+    #[serde(skip)]
+    pub profiles:
+        std::collections::BTreeMap<String, std::sync::Arc<device_adapters::profile::DeviceProfile>>,
 }
 
 /// `[node]`: who this gateway is and where it keeps its state.
@@ -223,6 +238,9 @@ impl Default for LedgerConfig {
     }
 }
 
+mod telemetry;
+pub use telemetry::*;
+
 /// A configuration problem, naming the file and field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -331,6 +349,7 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        telemetry::check(&mut c, &invalid)?;
         Ok(c)
     }
 

@@ -34,11 +34,14 @@ pub enum EventKind {
     DeviceDecommissioned,
     CertificateIssued,
     CertificateRevoked,
+    /// A telemetry counter (operating hours, cycles) reached its maintenance interval: work to
+    /// open, never a record of work done.
+    MaintenanceDue,
 }
 
 impl EventKind {
     /// Every kind, in the order of `docs/ledger-format.md`.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Calibration,
         EventKind::Repair,
         EventKind::PreventiveMaintenance,
@@ -50,6 +53,7 @@ impl EventKind {
         EventKind::DeviceDecommissioned,
         EventKind::CertificateIssued,
         EventKind::CertificateRevoked,
+        EventKind::MaintenanceDue,
     ];
 
     /// The kebab-case name written into entries.
@@ -66,6 +70,7 @@ impl EventKind {
             EventKind::DeviceDecommissioned => "device-decommissioned",
             EventKind::CertificateIssued => "certificate-issued",
             EventKind::CertificateRevoked => "certificate-revoked",
+            EventKind::MaintenanceDue => "maintenance-due",
         }
     }
 

@@ -12,6 +12,7 @@ pub mod raft_net;
 pub mod revocation;
 pub mod run;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 /// Routes of the plain-HTTP loopback health listener (`[api] health_listen`): `/healthz` (200

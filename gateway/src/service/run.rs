@@ -57,7 +57,20 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         serving.clone(),
     )
     .await?;
-    let router = crate::service::api::router(node.clone(), identity);
+    // telemetry: adapters -> rules -> outbox -> ledger; its staff-view routes join the API
+    let routes = match crate::service::telemetry::start(
+        &config,
+        node.clone(),
+        &tls,
+        &mut tasks,
+        shutdown.clone(),
+    )
+    .await?
+    {
+        Some(t) => identity.merge(crate::service::telemetry::routes(t)),
+        None => identity,
+    };
+    let router = crate::service::api::router(node.clone(), routes);
     tasks.spawn(crate::service::server::serve_mtls(
         listener,
         acceptor,

@@ -1,0 +1,631 @@
+//! Telemetry to ledger: the adapters (MQTT subscriber, Modbus poller) feed bounded channels; one
+//! pipeline task applies the [`rules`] to each value, appends the events they make to the
+//! [`outbox`] on disk (fsync) and only then lets the MQTT message be acknowledged; a drainer
+//! proposes the outbox's events to the ledger oldest first and removes each once applied.
+//! Values are kept in [`recent`] for the staff view; raw samples never enter the ledger.
+//!
+//! ```text
+//! MQTT --run_acked--> msg channel --\
+//! Modbus poller ---> event channel --+--> pipeline: rules -> outbox (fsync) -> ack --> drainer --> Node::submit
+//!                                    \--> recent (bounded, memory)
+//! ```
+//!
+//! Exactly once: an event's id is a hash of device, rule and triggering sample, so a replay
+//! (redelivered MQTT message after a crash, a retried proposal after a leader change, an outbox
+//! file that reappears) is a no-op in the ledger's event-id index.
+
+pub mod outbox;
+pub mod recent;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::Json;
+use device_adapters::modbus::{
+    ModbusDeviceConfig, ModbusPoller, ModbusTls, PollerConfig, PollerStats,
+};
+use device_adapters::mqtt::{
+    BrokerAddr, MqttConfig, MqttMessage, MqttStats, MqttSubscriber, MqttTransport,
+};
+use device_adapters::{AdapterEvent, Telemetry};
+use ledger_node::{ApplyOutcome, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::Config;
+use crate::service::api::extract::PathParams;
+use crate::service::api::ApiError;
+use crate::service::node::{Node, WriteError};
+use crate::service::tls::TlsMaterial;
+
+use outbox::Outbox;
+use recent::Recent;
+use rules::{Engine, Rule, RuleEvent, RuleState};
+
+/// Pipeline counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Values that went through the rules.
+    pub samples: AtomicU64,
+    /// Values that raised no event while the outbox was full: not kept for the staff view.
+    pub samples_dropped: AtomicU64,
+    /// Events the rules made (before outbox de-duplication).
+    pub rule_events: AtomicU64,
+    /// Outbox events the ledger applied (new or duplicate).
+    pub events_applied: AtomicU64,
+    /// Of those, already in the ledger (a replay).
+    pub events_duplicate: AtomicU64,
+}
+
+/// What the telemetry path exposes to the rest of the service.
+pub struct TelemetryService {
+    pub recent: Arc<Recent>,
+    pub outbox: Arc<Outbox>,
+    pub counters: Arc<Counters>,
+    mqtt: Option<Arc<MqttStats>>,
+    modbus: Option<Arc<PollerStats>>,
+}
+
+impl TelemetryService {
+    /// Counters, outbox size and adapter health, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "samples": g(&c.samples),
+            "samples_dropped": g(&c.samples_dropped),
+            "rule_events": g(&c.rule_events),
+            "events_applied": g(&c.events_applied),
+            "events_duplicate": g(&c.events_duplicate),
+            "outbox": self.outbox.stats(),
+            "mqtt": self.mqtt.as_ref().map(|m| m.snapshot()),
+            "modbus": self.modbus.as_ref().map(|m| m.snapshot()),
+        })
+    }
+}
+
+fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("telemetry-state.json")
+}
+
+/// Reads the persisted rule state; an unreadable file is moved aside (reported) and the rules
+/// start afresh rather than keeping the whole gateway down.
+fn load_state(path: &Path) -> RuleState {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let aside = path.with_extension("json.bad");
+                tracing::error!(file = %path.display(), error = %e, moved_to = %aside.display(), "rule state unreadable; rules start afresh");
+                let _ = std::fs::rename(path, aside);
+                RuleState::default()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RuleState::default(),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "rule state unreadable; rules start afresh");
+            RuleState::default()
+        }
+    }
+}
+
+/// Writes the rule state durably (temp file, fsync, rename, fsync of the directory).
+fn save_state(path: &Path, state: &RuleState) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Starts the adapters named in the config, the rules pipeline and the outbox drainer. Returns
+/// `None` when the config names no adapter and no outbox events wait.
+pub async fn start(
+    config: &Config,
+    node: Arc<Node>,
+    tls: &TlsMaterial,
+    tasks: &mut JoinSet<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Arc<TelemetryService>>> {
+    let data_dir = &config.node.data_dir;
+    let outbox_dir = data_dir.join("outbox");
+    let idle = config.mqtt.is_none() && config.modbus.is_empty();
+    if idle && !outbox_dir.exists() {
+        return Ok(None);
+    }
+    let outbox = Arc::new(
+        Outbox::open(&outbox_dir, config.telemetry.outbox_max_bytes).context("telemetry outbox")?,
+    );
+    let counters = Arc::new(Counters::default());
+    let author = format!(
+        "sha256:{}",
+        tls.gateway
+            .chain
+            .first()
+            .map(|c| certs::identity::fingerprint(c.as_ref()))
+            .unwrap_or_default()
+    );
+    tasks.spawn(drain(
+        node.clone(),
+        outbox.clone(),
+        counters.clone(),
+        author,
+        shutdown.clone(),
+    ));
+    let t = &config.telemetry;
+    let recent = Arc::new(Recent::new(
+        t.recent_window_s,
+        t.recent_bucket_s,
+        t.recent_max_devices,
+    ));
+    let (msg_tx, msg_rx) = mpsc::channel::<MqttMessage>(t.channel_capacity / 16);
+    let (ev_tx, ev_rx) = mpsc::channel::<AdapterEvent>(t.channel_capacity);
+    let mut mqtt_stats = None;
+    if let Some(m) = &config.mqtt {
+        let transport = if m.tls {
+            MqttTransport::Tls(
+                certs::mqtt_client_config(&tls.roots, &tls.gateway)
+                    .context("mqtt: tls client config from [tls]")?,
+            )
+        } else {
+            MqttTransport::PlainInsecure
+        };
+        let mut mc = MqttConfig::new(
+            BrokerAddr {
+                host: m.host.clone(),
+                port: m.port,
+                transport,
+            },
+            m.client_id(config.node.id),
+        );
+        mc.topic_filter = m.topic_filter.clone();
+        mc.max_payload_bytes = m.max_payload_bytes;
+        mc.keep_alive = Duration::from_secs(m.keep_alive_s);
+        let sub = MqttSubscriber::new(mc).context("mqtt")?;
+        mqtt_stats = Some(sub.stats());
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = sub.run_acked(msg_tx, sd).await {
+                tracing::error!(error = %e, "mqtt subscriber stopped");
+            }
+        });
+    }
+    let mut modbus_stats = None;
+    if !config.modbus.is_empty() {
+        let mut devices = Vec::new();
+        for d in &config.modbus {
+            let Some(profile) = config.profiles.get(&d.profile) else {
+                anyhow::bail!(
+                    "modbus.profile: device {}: profile {} not loaded",
+                    d.device_id,
+                    d.profile
+                );
+            };
+            let mut profile = (**profile).clone();
+            if let Some(ms) = d.poll_interval_ms {
+                profile.poll_interval_ms = ms;
+            }
+            let Some(addr) = d.socket_addr else {
+                anyhow::bail!("modbus.address: device {}: not resolved", d.device_id);
+            };
+            let tls_cfg = if d.tls {
+                let key = match (&d.role_cert_file, &d.role_key_file) {
+                    (Some(c), Some(k)) => {
+                        certs::CertifiedKey::from_files(c, k).with_context(|| {
+                            format!("modbus.role_cert_file: device {}", d.device_id)
+                        })?
+                    }
+                    _ => {
+                        certs::CertifiedKey::from_files(&config.tls.cert_file, &config.tls.key_file)
+                            .context("tls.cert_file / tls.key_file")?
+                    }
+                };
+                let host = d.server_name.clone().unwrap_or_else(|| {
+                    d.address
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                        .unwrap_or_default()
+                });
+                let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .with_context(|| {
+                        format!("modbus.server_name: device {}: {host:?}", d.device_id)
+                    })?;
+                Some(ModbusTls {
+                    config: certs::modbus_client_config(&tls.roots, &key)?,
+                    server_name,
+                })
+            } else {
+                None
+            };
+            devices.push(ModbusDeviceConfig {
+                device_id: d.device_id.clone(),
+                addr,
+                unit_id: d.unit_id,
+                profile: Arc::new(profile),
+                tls: tls_cfg,
+            });
+        }
+        let poller = ModbusPoller::new(
+            PollerConfig {
+                request_timeout: Duration::from_millis(t.modbus_request_timeout_ms),
+                offline_after: t.modbus_offline_after,
+                ..PollerConfig::default()
+            },
+            devices,
+        )
+        .context("modbus")?;
+        modbus_stats = Some(poller.stats());
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = poller.run(ev_tx, sd).await {
+                tracing::error!(error = %e, "modbus poller stopped");
+            }
+        });
+    } else {
+        drop(ev_tx);
+    }
+    let rules: Vec<Rule> = config.rules.iter().filter_map(Rule::from_config).collect();
+    let profiles: HashMap<String, String> = config
+        .modbus
+        .iter()
+        .map(|d| (d.device_id.clone(), d.profile.clone()))
+        .collect();
+    let known: Vec<String> = config.modbus.iter().map(|d| d.device_id.clone()).collect();
+    let state_file = state_path(data_dir);
+    let engine = Engine::new(
+        rules,
+        profiles,
+        load_state(&state_file),
+        ledger_node::ledger::now_ms(),
+        &known,
+    );
+    let pipeline = Pipeline {
+        engine,
+        outbox: outbox.clone(),
+        recent: recent.clone(),
+        counters: counters.clone(),
+        state_file,
+        shutdown: shutdown.clone(),
+    };
+    tasks.spawn(pipeline.run(msg_rx, ev_rx));
+    tracing::info!(
+        mqtt = config.mqtt.is_some(),
+        modbus_devices = config.modbus.len(),
+        rules = config.rules.len(),
+        outbox_events = outbox.stats().events,
+        "telemetry running"
+    );
+    Ok(Some(Arc::new(TelemetryService {
+        recent,
+        outbox,
+        counters,
+        mqtt: mqtt_stats,
+        modbus: modbus_stats,
+    })))
+}
+
+/// Why a step of the pipeline did not complete.
+enum Stop {
+    Shutdown,
+}
+
+struct Pipeline {
+    engine: Engine,
+    outbox: Arc<Outbox>,
+    recent: Arc<Recent>,
+    counters: Arc<Counters>,
+    state_file: PathBuf,
+    shutdown: CancellationToken,
+}
+
+impl Pipeline {
+    async fn run(
+        mut self,
+        mut msgs: mpsc::Receiver<MqttMessage>,
+        mut events: mpsc::Receiver<AdapterEvent>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut save = tokio::time::interval(Duration::from_secs(5));
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut msgs_open, mut events_open) = (true, true);
+        loop {
+            let step = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                m = msgs.recv(), if msgs_open => match m {
+                    Some(m) => {
+                        let r = self.values(&m.values).await;
+                        if r.is_ok() {
+                            // Only now: the events this message caused are on disk.
+                            m.ack();
+                        }
+                        r
+                    }
+                    None => { msgs_open = false; Ok(()) }
+                },
+                e = events.recv(), if events_open => match e {
+                    Some(AdapterEvent::Telemetry(t)) => self.values(std::slice::from_ref(&t)).await,
+                    Some(AdapterEvent::Status(s)) => {
+                        let evs = self.engine.on_status(&s);
+                        self.commit(evs).await
+                    }
+                    None => { events_open = false; Ok(()) }
+                },
+                _ = tick.tick() => {
+                    let evs = self.engine.on_tick(ledger_node::ledger::now_ms());
+                    self.commit(evs).await
+                }
+                _ = save.tick() => {
+                    self.save().await;
+                    Ok(())
+                }
+            };
+            if let Err(Stop::Shutdown) = step {
+                // The rules' state may hold effects of events not written: not saved, so the
+                // unacknowledged samples make them again after the restart.
+                return;
+            }
+        }
+        self.save().await;
+    }
+
+    async fn values(&mut self, values: &[Telemetry]) -> Result<(), Stop> {
+        let full = self.outbox.is_full();
+        let mut evs = Vec::new();
+        for t in values {
+            evs.extend(self.engine.on_telemetry(t));
+        }
+        let n = values.len() as u64;
+        self.counters.samples.fetch_add(n, Ordering::Relaxed);
+        if full && evs.is_empty() {
+            self.counters
+                .samples_dropped
+                .fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
+        for t in values {
+            self.recent.record(t);
+        }
+        self.commit(evs).await
+    }
+
+    /// Makes events durable in the outbox, waiting for room (never dropping one), then persists
+    /// the rules' state.
+    async fn commit(&mut self, evs: Vec<RuleEvent>) -> Result<(), Stop> {
+        if evs.is_empty() {
+            return Ok(());
+        }
+        self.counters
+            .rule_events
+            .fetch_add(evs.len() as u64, Ordering::Relaxed);
+        for e in &evs {
+            tracing::info!(device = %e.device_id, kind = e.kind.as_str(), event_id = %e.event_id, "rule event");
+        }
+        let encoded = Outbox::encode(&evs);
+        let size: u64 = encoded.iter().map(|b| b.len() as u64).sum();
+        if !self.outbox.has_room(size) {
+            tracing::warn!(
+                bytes = size,
+                outbox = ?self.outbox.stats(),
+                "outbox full: holding the sample (unacknowledged) until the ledger takes events"
+            );
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = self.outbox.wait_for_room(size) => {}
+            }
+        }
+        let evs = Arc::new(evs);
+        let encoded = Arc::new(encoded);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (ob, e2, b2) = (self.outbox.clone(), evs.clone(), encoded.clone());
+            let r = tokio::task::spawn_blocking(move || ob.append(&e2, &b2)).await;
+            match r {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => tracing::error!(error = %e, "outbox append failed; retrying"),
+                Err(e) => tracing::error!(error = %e, "outbox append task failed; retrying"),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        self.save().await;
+        Ok(())
+    }
+
+    async fn save(&mut self) {
+        if !self.engine.dirty() {
+            return;
+        }
+        let state = self.engine.state().clone();
+        let path = self.state_file.clone();
+        match tokio::task::spawn_blocking(move || save_state(&path, &state)).await {
+            Ok(Ok(())) => self.engine.mark_saved(),
+            Ok(Err(e)) => {
+                tracing::error!(file = %self.state_file.display(), error = %e, "cannot save rule state")
+            }
+            Err(e) => tracing::error!(error = %e, "rule state save task failed"),
+        }
+    }
+}
+
+/// Proposes the outbox's events to the ledger one at a time, oldest first (so they land in
+/// order), removing each once applied. Waits while there is no quorum; never drops an event
+/// the ledger could still take.
+async fn drain(
+    node: Arc<Node>,
+    outbox: Arc<Outbox>,
+    counters: Arc<Counters>,
+    author: String,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let sleep = |d: Duration| {
+        let sd = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = sd.cancelled() => false,
+                _ = tokio::time::sleep(d) => true,
+            }
+        }
+    };
+    // Entries signed by this node apply only once its key is in the ledger.
+    loop {
+        let known = node
+            .store
+            .node_keys()
+            .ok()
+            .is_some_and(|k| k.iter().any(|(id, _)| *id == node.id));
+        if known {
+            break;
+        }
+        if !sleep(Duration::from_millis(200)).await {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = outbox.wait_nonempty() => {}
+        }
+        let (seq, ev) = match outbox.oldest() {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "outbox event unreadable; set aside in bad/");
+                if let Some(seq) = bad_seq(&e) {
+                    let _ = outbox.quarantine(seq);
+                }
+                if !sleep(Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let cmd = match ledger_node::ledger::prepare(
+            outbox::event_input(&ev),
+            &author,
+            node.id,
+            &node.key,
+            ledger_node::ledger::now_ms(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(event_id = %ev.event_id, error = %e, "rule event is not a valid ledger event; set aside in outbox/bad/");
+                if let Err(e) = outbox.quarantine(seq) {
+                    tracing::error!(error = %e, "cannot set the event aside");
+                    if !sleep(Duration::from_secs(5)).await {
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        match node.submit(Command::Append(cmd)).await {
+            Ok(ApplyOutcome::Appended { seq: at, .. }) => {
+                tracing::debug!(event_id = %ev.event_id, ledger_seq = at, "rule event applied");
+                counters.events_applied.fetch_add(1, Ordering::Relaxed);
+                remove(&outbox, seq);
+                backoff = Duration::from_millis(100);
+            }
+            Ok(ApplyOutcome::Duplicate { .. }) => {
+                counters.events_applied.fetch_add(1, Ordering::Relaxed);
+                counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                remove(&outbox, seq);
+                backoff = Duration::from_millis(100);
+            }
+            Ok(other) => {
+                tracing::error!(event_id = %ev.event_id, outcome = ?other, "ledger refused a rule event; will retry");
+                if !sleep(backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(WriteError::ShuttingDown) => return,
+            Err(e) => {
+                tracing::debug!(event_id = %ev.event_id, error = %e, "ledger not reachable; outbox waits");
+                if !sleep(backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn remove(outbox: &Outbox, seq: u64) {
+    if let Err(e) = outbox.remove(seq) {
+        // It stays; proposing it again is a no-op (its event id is in the ledger).
+        tracing::warn!(error = %e, "cannot remove an applied outbox event");
+    }
+}
+
+fn bad_seq(e: &outbox::OutboxError) -> Option<u64> {
+    let outbox::OutboxError::Io { path, .. } = e;
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+/// Routes of the staff view, merged into the mutual-TLS API behind its authorization layer:
+/// `GET /v1/devices/{id}/telemetry` (recent values) and `GET /v1/telemetry/status` (counters,
+/// outbox, adapter health). Staff and gateways only.
+pub fn routes<S>(service: Arc<TelemetryService>) -> OpenApiRouter<S> {
+    use crate::service::api::{guarded, Need, SMALL_BODY};
+    OpenApiRouter::new()
+        .routes(guarded(
+            Need::Reader,
+            SMALL_BODY,
+            utoipa_axum::routes!(device_telemetry),
+        ))
+        .routes(guarded(
+            Need::Reader,
+            SMALL_BODY,
+            utoipa_axum::routes!(telemetry_status),
+        ))
+        .with_state(service)
+}
+
+#[derive(serde::Deserialize)]
+struct DeviceParam {
+    id: String,
+}
+
+/// A device's recent telemetry (memory only, never the ledger): the last value of each metric
+/// and min/max/last per bucket over the window.
+#[utoipa::path(get, path = "/v1/devices/{id}/telemetry", tag = "devices",
+    params(("id" = String, Path, description = "Device id (UDI or local id)")),
+    responses((status = 200, description = "Recent values per metric", content_type = "application/json"),
+              (status = 404, description = "No recent telemetry for this device", body = crate::service::api::Problem, content_type = "application/problem+json")))]
+async fn device_telemetry(
+    State(s): State<Arc<TelemetryService>>,
+    PathParams(DeviceParam { id }): PathParams<DeviceParam>,
+) -> Result<Json<recent::DeviceTelemetry>, ApiError> {
+    s.recent.device(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!("no recent telemetry for device {id:?}")).at("id")
+    })
+}
+
+/// Telemetry counters: samples, dropped samples, rule events, applied events, the outbox's
+/// size, MQTT counters and each Modbus device's health.
+#[utoipa::path(get, path = "/v1/telemetry/status", tag = "devices",
+    responses((status = 200, description = "Counters", content_type = "application/json")))]
+async fn telemetry_status(State(s): State<Arc<TelemetryService>>) -> Json<serde_json::Value> {
+    Json(s.status())
+}
