@@ -11,3 +11,4 @@ mod mtls;
 mod ops;
 mod pki_cli;
 mod systemd;
+mod telemetry;

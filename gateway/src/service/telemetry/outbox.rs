@@ -38,6 +38,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
     }
 }
 
+/// Room kept for rule events once the outbox counts as full.
+pub const FULL_HEADROOM: u64 = 64 * 1024;
+
 #[derive(Debug, Default)]
 struct Inner {
     next_seq: u64,
@@ -128,9 +131,12 @@ impl Outbox {
         }
     }
 
-    /// Whether the outbox is at its bound (samples that raise no event are then dropped).
+    /// Whether the outbox is full: within [`FULL_HEADROOM`] (or a quarter of the bound, if
+    /// smaller) of its bound. Samples that raise no event are then dropped and counted; the
+    /// headroom keeps taking rule events until it too runs out, and then they wait.
     pub fn is_full(&self) -> bool {
-        self.lock().bytes >= self.max_bytes
+        let headroom = FULL_HEADROOM.min(self.max_bytes / 4);
+        self.lock().bytes.saturating_add(headroom) >= self.max_bytes
     }
 
     /// Whether `bytes` more fit. An empty outbox takes anything, so one event larger than the
