@@ -157,7 +157,11 @@ fn mqtt_config(broker: &Broker, extra: &str) -> String {
 }
 
 /// The device's ledger history as (kind, state-or-status, event id), in ledger order.
-async fn history(client: &reqwest::Client, addr: &str, device: &str) -> Option<Vec<(String, String, String)>> {
+async fn history(
+    client: &reqwest::Client,
+    addr: &str,
+    device: &str,
+) -> Option<Vec<(String, String, String)>> {
     let r = client
         .get(format!("https://{addr}/v1/devices/{device}/history"))
         .send()
@@ -237,11 +241,9 @@ fn init_single(g: &Gateway) {
 
 async fn wait_listening(client: &reqwest::Client, g: &Gateway) {
     let addr = g.addr();
-    eventually(
-        &format!("gateway {} to listen", g.id),
-        WAIT,
-        || status(client, &addr),
-    )
+    eventually(&format!("gateway {} to listen", g.id), WAIT, || {
+        status(client, &addr)
+    })
     .await;
 }
 
@@ -274,20 +276,40 @@ async fn a_hovering_value_raises_one_alarm_and_counters_one_maintenance_due() {
     for i in 0..21 {
         let flow = if i % 2 == 0 { 130.6 } else { 128.2 };
         let hours = 499.0 + 0.1 * i as f64;
-        msgs.push(payload(i as u64 + 1, t0, i, &[("flow_rate", flow), ("operating_hours", hours)]));
+        msgs.push(payload(
+            i as u64 + 1,
+            t0,
+            i,
+            &[("flow_rate", flow), ("operating_hours", hours)],
+        ));
     }
-    msgs.push(payload(22, t0, 30, &[("flow_rate", 120.0), ("operating_hours", 501.5)]));
+    msgs.push(payload(
+        22,
+        t0,
+        30,
+        &[("flow_rate", 120.0), ("operating_hours", 501.5)],
+    ));
     pump.publish(&broker, &msgs);
-    let h = wait_history(&client, &addr, "pump-1", "raise, due, clear", |h| h.len() >= 3).await;
+    let h = wait_history(&client, &addr, "pump-1", "raise, due, clear", |h| {
+        h.len() >= 3
+    })
+    .await;
     assert_eq!(
         kinds(&h),
-        [("alarm", "raised"), ("maintenance-due", "due"), ("alarm", "cleared")]
+        [
+            ("alarm", "raised"),
+            ("maintenance-due", "due"),
+            ("alarm", "cleared")
+        ]
     );
     // The broker delivering everything again (as after a crash before the acks) adds nothing:
     // same samples, same event ids. A later crossing marks the end of the replay.
     msgs.push(payload(23, t0, 40, &[("flow_rate", 140.0)]));
     pump.publish(&broker, &msgs);
-    let h = wait_history(&client, &addr, "pump-1", "the second raise", |h| h.len() >= 4).await;
+    let h = wait_history(&client, &addr, "pump-1", "the second raise", |h| {
+        h.len() >= 4
+    })
+    .await;
     assert_eq!(
         kinds(&h),
         [
@@ -381,7 +403,12 @@ async fn a_full_outbox_drops_samples_and_keeps_every_rule_event_in_order() {
         let flow = if i % 2 == 0 { 140.0 } else { 100.0 };
         for k in 0..3 {
             seq += 1;
-            msgs.push(payload(seq, t0, seq as i64, &[("flow_rate", flow + k as f64 * 0.1)]));
+            msgs.push(payload(
+                seq,
+                t0,
+                seq as i64,
+                &[("flow_rate", flow + k as f64 * 0.1)],
+            ));
         }
     }
     // Published in the background: the broker holds what the gateway does not acknowledge.
@@ -392,7 +419,8 @@ async fn a_full_outbox_drops_samples_and_keeps_every_rule_event_in_order() {
     let s = eventually("a full outbox and dropped samples", WAIT, || async {
         telemetry_status(&client, &addr).await.filter(|s| {
             s["samples_dropped"].as_u64() > Some(0)
-                && s["outbox"]["bytes"].as_u64() >= s["outbox"]["max_bytes"].as_u64().map(|m| m * 3 / 4)
+                && s["outbox"]["bytes"].as_u64()
+                    >= s["outbox"]["max_bytes"].as_u64().map(|m| m * 3 / 4)
         })
     })
     .await;
@@ -503,7 +531,10 @@ async fn alarms_during_a_lost_quorum_land_in_order_when_it_returns() {
     let pump = Device::new(&site, "pump-q");
     let t0 = OffsetDateTime::now_utc().unix_timestamp() - 3600;
     pump.publish(&broker, &[payload(1, t0, 0, &[("flow_rate", 140.0)])]);
-    wait_history(&client, &addr, "pump-q", "the first alarm", |h| h.len() == 1).await;
+    wait_history(&client, &addr, "pump-q", "the first alarm", |h| {
+        h.len() == 1
+    })
+    .await;
     nodes[1].kill();
     nodes[2].kill();
     let outage = if long_tests() { 60 } else { 10 };
@@ -514,7 +545,10 @@ async fn alarms_during_a_lost_quorum_land_in_order_when_it_returns() {
         seq += 1;
         i += 1;
         let flow = if i % 2 == 0 { 140.0 } else { 100.0 };
-        pump.publish(&broker, &[payload(seq, t0, seq as i64, &[("flow_rate", flow)])]);
+        pump.publish(
+            &broker,
+            &[payload(seq, t0, seq as i64, &[("flow_rate", flow)])],
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let fired = i;

@@ -391,7 +391,7 @@ pub(super) fn check(
                 }
             }
             RuleKindName::Offline => {
-                if !r.expected_interval_ms.is_some_and(|i| i > 0) {
+                if r.expected_interval_ms.is_none_or(|i| i == 0) {
                     return Err(bad("rules.expected_interval_ms", "required, at least 1"));
                 }
                 if r.silent_intervals == 0 {

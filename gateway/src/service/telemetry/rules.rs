@@ -403,7 +403,7 @@ impl Engine {
             if s.online {
                 *last_seen_ms = (*last_seen_ms).max(at_ms);
             }
-            if *offline == !s.online {
+            if *offline != s.online {
                 continue;
             }
             *offline = !s.online;
