@@ -34,6 +34,9 @@ pub struct Config {
     #[serde(skip)]
     pub profiles:
         std::collections::BTreeMap<String, std::sync::Arc<device_adapters::profile::DeviceProfile>>,
+    /// The file this config was loaded from (SIGHUP reads it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[node]`: who this gateway is and where it keeps its state.
@@ -266,7 +269,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let mut c = Self::parse(path, &text)?;
+        c.source = Some(path.to_owned());
+        Ok(c)
     }
 
     /// Parses and validates config text (`path` is only used in messages).

@@ -63,6 +63,10 @@ pub struct Counters {
     pub events_applied: AtomicU64,
     /// Of those, already in the ledger (a replay).
     pub events_duplicate: AtomicU64,
+    /// SIGHUP reloads that took effect...
+    pub reloads: AtomicU64,
+    /// ...and that were refused (the running config kept).
+    pub reloads_refused: AtomicU64,
 }
 
 /// What the telemetry path exposes to the rest of the service.
@@ -70,8 +74,7 @@ pub struct TelemetryService {
     pub recent: Arc<Recent>,
     pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
-    mqtt: Option<Arc<MqttStats>>,
-    modbus: Option<Arc<PollerStats>>,
+    adapters: std::sync::Mutex<AdapterStats>,
 }
 
 impl TelemetryService {
@@ -79,15 +82,18 @@ impl TelemetryService {
     pub fn status(&self) -> serde_json::Value {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
         serde_json::json!({
             "samples": g(&c.samples),
             "samples_dropped": g(&c.samples_dropped),
             "rule_events": g(&c.rule_events),
             "events_applied": g(&c.events_applied),
             "events_duplicate": g(&c.events_duplicate),
+            "reloads": g(&c.reloads),
+            "reloads_refused": g(&c.reloads_refused),
             "outbox": self.outbox.stats(),
-            "mqtt": self.mqtt.as_ref().map(|m| m.snapshot()),
-            "modbus": self.modbus.as_ref().map(|m| m.snapshot()),
+            "mqtt": adapters.mqtt.as_ref().map(|m| m.snapshot()),
+            "modbus": adapters.modbus.as_ref().map(|m| m.snapshot()),
         })
     }
 }
@@ -134,7 +140,9 @@ fn save_state(path: &Path, state: &RuleState) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts the adapters named in the config, the rules pipeline and the outbox drainer. Returns
+/// Starts the outbox drainer and the adapters and rules named in the config, and on SIGHUP
+/// reloads adapters and rules from the config file (the ledger, the outbox and the drainer are
+/// not touched; a config that does not check out is refused and the running one kept). Returns
 /// `None` when the config names no adapter and no outbox events wait.
 pub async fn start(
     config: &Config,
@@ -169,14 +177,147 @@ pub async fn start(
         shutdown.clone(),
     ));
     let t = &config.telemetry;
-    let recent = Arc::new(Recent::new(
-        t.recent_window_s,
-        t.recent_bucket_s,
-        t.recent_max_devices,
+    let service = Arc::new(TelemetryService {
+        recent: Arc::new(Recent::new(
+            t.recent_window_s,
+            t.recent_bucket_s,
+            t.recent_max_devices,
+        )),
+        outbox,
+        counters,
+        adapters: std::sync::Mutex::new(AdapterStats::default()),
+    });
+    // The first generation's errors stop the start (exit naming the field); a reload's only
+    // refuse the reload.
+    let mut generation = JoinSet::new();
+    let token = shutdown.child_token();
+    spawn_generation(config, tls, &service, &mut generation, token.clone())?;
+    tasks.spawn(supervise(
+        config.clone(),
+        service.clone(),
+        generation,
+        token,
+        shutdown,
     ));
+    Ok(Some(service))
+}
+
+/// Adapter counters of the running generation.
+#[derive(Default)]
+struct AdapterStats {
+    mqtt: Option<Arc<MqttStats>>,
+    modbus: Option<Arc<PollerStats>>,
+}
+
+/// Runs the current generation of adapters and rules; on SIGHUP, reads the config file again
+/// and, if it checks out, stops the generation (the pipeline saves the rules' state) and starts
+/// the next from the new config.
+async fn supervise(
+    mut config: Config,
+    service: Arc<TelemetryService>,
+    mut generation: JoinSet<()>,
+    mut token: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: telemetry reloads need a restart");
+            None
+        }
+    };
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hup_recv => {}
+        }
+        let Some(path) = config.source.clone() else {
+            tracing::warn!("SIGHUP: the config was not loaded from a file; nothing to reload");
+            continue;
+        };
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: config refused; telemetry keeps running as it was");
+                service
+                    .counters
+                    .reloads_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        if new.node.id != config.node.id || new.node.data_dir != config.node.data_dir {
+            tracing::error!(
+                "SIGHUP: [node] changed; that takes a restart. Telemetry keeps running as it was"
+            );
+            service
+                .counters
+                .reloads_refused
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let tls = match TlsMaterial::load(&new) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS material unreadable; telemetry keeps running as it was");
+                service
+                    .counters
+                    .reloads_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        token.cancel();
+        while generation.join_next().await.is_some() {}
+        token = shutdown.child_token();
+        let started = spawn_generation(&new, &tls, &service, &mut generation, token.clone());
+        match started {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "SIGHUP: telemetry adapters and rules reloaded");
+                service.counters.reloads.fetch_add(1, Ordering::Relaxed);
+                config = new;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the new telemetry config did not start; back to the previous one");
+                service
+                    .counters
+                    .reloads_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                while generation.join_next().await.is_some() {}
+                token = shutdown.child_token();
+                if let Err(e) =
+                    spawn_generation(&config, &tls, &service, &mut generation, token.clone())
+                {
+                    tracing::error!(error = %e, "telemetry stopped: the previous config no longer starts either");
+                }
+            }
+        }
+    }
+    token.cancel();
+    while generation.join_next().await.is_some() {}
+}
+
+/// Starts one generation: the MQTT subscriber, the Modbus poller and the rules pipeline, all
+/// stopped by `token`.
+fn spawn_generation(
+    config: &Config,
+    tls: &TlsMaterial,
+    service: &Arc<TelemetryService>,
+    tasks: &mut JoinSet<()>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let t = &config.telemetry;
     let (msg_tx, msg_rx) = mpsc::channel::<MqttMessage>(t.channel_capacity / 16);
     let (ev_tx, ev_rx) = mpsc::channel::<AdapterEvent>(t.channel_capacity);
-    let mut mqtt_stats = None;
+    let mut stats = AdapterStats::default();
+    let mut subscriber = None;
     if let Some(m) = &config.mqtt {
         let transport = if m.tls {
             MqttTransport::Tls(
@@ -198,15 +339,10 @@ pub async fn start(
         mc.max_payload_bytes = m.max_payload_bytes;
         mc.keep_alive = Duration::from_secs(m.keep_alive_s);
         let sub = MqttSubscriber::new(mc).context("mqtt")?;
-        mqtt_stats = Some(sub.stats());
-        let sd = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = sub.run_acked(msg_tx, sd).await {
-                tracing::error!(error = %e, "mqtt subscriber stopped");
-            }
-        });
+        stats.mqtt = Some(sub.stats());
+        subscriber = Some(sub);
     }
-    let mut modbus_stats = None;
+    let mut poller = None;
     if !config.modbus.is_empty() {
         let mut devices = Vec::new();
         for d in &config.modbus {
@@ -261,7 +397,7 @@ pub async fn start(
                 tls: tls_cfg,
             });
         }
-        let poller = ModbusPoller::new(
+        let p = ModbusPoller::new(
             PollerConfig {
                 request_timeout: Duration::from_millis(t.modbus_request_timeout_ms),
                 offline_after: t.modbus_offline_after,
@@ -270,15 +406,25 @@ pub async fn start(
             devices,
         )
         .context("modbus")?;
-        modbus_stats = Some(poller.stats());
-        let sd = shutdown.clone();
+        stats.modbus = Some(p.stats());
+        poller = Some(p);
+    }
+    // Everything is checked: start the tasks.
+    if let Some(sub) = subscriber {
+        let sd = token.clone();
         tasks.spawn(async move {
-            if let Err(e) = poller.run(ev_tx, sd).await {
+            if let Err(e) = sub.run_acked(msg_tx, sd).await {
+                tracing::error!(error = %e, "mqtt subscriber stopped");
+            }
+        });
+    }
+    if let Some(p) = poller {
+        let sd = token.clone();
+        tasks.spawn(async move {
+            if let Err(e) = p.run(ev_tx, sd).await {
                 tracing::error!(error = %e, "modbus poller stopped");
             }
         });
-    } else {
-        drop(ev_tx);
     }
     let rules: Vec<Rule> = config.rules.iter().filter_map(Rule::from_config).collect();
     let profiles: HashMap<String, String> = config
@@ -287,7 +433,7 @@ pub async fn start(
         .map(|d| (d.device_id.clone(), d.profile.clone()))
         .collect();
     let known: Vec<String> = config.modbus.iter().map(|d| d.device_id.clone()).collect();
-    let state_file = state_path(data_dir);
+    let state_file = state_path(&config.node.data_dir);
     let engine = Engine::new(
         rules,
         profiles,
@@ -297,27 +443,22 @@ pub async fn start(
     );
     let pipeline = Pipeline {
         engine,
-        outbox: outbox.clone(),
-        recent: recent.clone(),
-        counters: counters.clone(),
+        outbox: service.outbox.clone(),
+        recent: service.recent.clone(),
+        counters: service.counters.clone(),
         state_file,
-        shutdown: shutdown.clone(),
+        shutdown: token,
     };
     tasks.spawn(pipeline.run(msg_rx, ev_rx));
+    *service.adapters.lock().unwrap_or_else(|e| e.into_inner()) = stats;
     tracing::info!(
         mqtt = config.mqtt.is_some(),
         modbus_devices = config.modbus.len(),
         rules = config.rules.len(),
-        outbox_events = outbox.stats().events,
+        outbox_events = service.outbox.stats().events,
         "telemetry running"
     );
-    Ok(Some(Arc::new(TelemetryService {
-        recent,
-        outbox,
-        counters,
-        mqtt: mqtt_stats,
-        modbus: modbus_stats,
-    })))
+    Ok(())
 }
 
 /// Why a step of the pipeline did not complete.
