@@ -334,6 +334,7 @@ async fn a_hovering_value_raises_one_alarm_and_counters_one_maintenance_due() {
     assert_eq!(s["outbox"]["events"], 0, "{s}");
     assert!(s["events_duplicate"].as_u64().is_some(), "{s}");
     assert_eq!(s["samples_dropped"], 0, "{s}");
+    assert!(s["sample_to_outbox_ms"]["p99"].as_u64() >= Some(1), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

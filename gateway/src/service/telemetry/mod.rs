@@ -50,9 +50,58 @@ use outbox::Outbox;
 use recent::Recent;
 use rules::{Engine, Rule, RuleEvent, RuleState};
 
+/// Milliseconds from a value's arrival at the gateway (`received_at`) until the pipeline is done
+/// with it (rules applied; its events, if any, fsynced in the outbox): 1 ms buckets to 1 s, then
+/// one overflow bucket.
+#[derive(Debug)]
+pub struct LatencyMs {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Default for LatencyMs {
+    fn default() -> Self {
+        Self {
+            buckets: (0..=1001).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LatencyMs {
+    fn record(&self, ms: i64) {
+        let i = usize::try_from(ms.max(0))
+            .unwrap_or(usize::MAX)
+            .min(self.buckets.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The q-quantile in whole ms (upper bucket edge; 1002 = over a second), `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(i as u64 + 1);
+            }
+        }
+        Some(counts.len() as u64)
+    }
+}
+
 /// Pipeline counters.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Arrival to done (outbox), per MQTT message or Modbus value.
+    pub latency: LatencyMs,
     /// Values that went through the rules.
     pub samples: AtomicU64,
     /// Values that raised no event while the outbox was full: not kept for the staff view.
@@ -91,6 +140,11 @@ impl TelemetryService {
             "events_duplicate": g(&c.events_duplicate),
             "reloads": g(&c.reloads),
             "reloads_refused": g(&c.reloads_refused),
+            "sample_to_outbox_ms": {
+                "p50": c.latency.quantile(0.5),
+                "p99": c.latency.quantile(0.99),
+                "max": c.latency.quantile(1.0),
+            },
             "outbox": self.outbox.stats(),
             "mqtt": adapters.mqtt.as_ref().map(|m| m.snapshot()),
             "modbus": adapters.modbus.as_ref().map(|m| m.snapshot()),
@@ -543,7 +597,15 @@ impl Pipeline {
         for t in values {
             self.recent.record(t);
         }
-        self.commit(evs).await
+        self.commit(evs).await?;
+        if let Some(first) = values.first() {
+            let arrived = i64::try_from(first.received_at.unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(i64::MAX);
+            self.counters
+                .latency
+                .record(ledger_node::ledger::now_ms().saturating_sub(arrived));
+        }
+        Ok(())
     }
 
     /// Makes events durable in the outbox, waiting for room (never dropping one), then persists
