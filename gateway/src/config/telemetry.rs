@@ -457,6 +457,31 @@ mod tests {
         assert_eq!(c.telemetry.outbox_max_bytes, 64 * 1024 * 1024);
     }
 
+    /// The commented telemetry examples in systemd/ are a valid config once uncommented.
+    #[test]
+    fn the_shipped_telemetry_examples_parse() {
+        let text = include_str!("../../../systemd/gateway.toml");
+        let part = &text[text.find("# ---- Telemetry").expect("telemetry part")..];
+        let mut out = String::from("[node]\nid = 1\n");
+        for line in part.lines() {
+            let body = line.strip_prefix("# ").unwrap_or(line);
+            let header = body.split('#').next().unwrap_or("").trim();
+            let setting = (header.starts_with('[') && header.ends_with(']'))
+                || body
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            if setting || !line.starts_with('#') {
+                out.push_str(body);
+                out.push('\n');
+            }
+        }
+        let c = Config::parse(Path::new("systemd/gateway.toml"), &out).expect(&out);
+        assert!(
+            c.mqtt.is_some() && c.modbus.len() == 1 && c.rules.len() == 3,
+            "{out}"
+        );
+    }
+
     #[test]
     fn telemetry_errors_name_the_field() {
         let cases = [
