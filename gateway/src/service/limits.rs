@@ -272,8 +272,8 @@ impl ConnLimits {
     }
 }
 
-/// Lets through at most `burst` warnings per key (a source address or an identity) in each
-/// `window`, and says how many were left out: a client opening thousands of bad connections
+/// Lets through at most `burst` warnings of one kind about one client (a source address or an
+/// identity) in each `window`, and says how many were left out: a client opening thousands of bad connections
 /// must not flood the journal, and the first warnings about it still name each connection.
 #[derive(Debug)]
 pub struct WarnLimiter {
@@ -291,10 +291,11 @@ impl WarnLimiter {
         }
     }
 
-    /// `Some(n)` when a warning about `key` may be logged now, `n` being how many about it were
-    /// left out since the last one logged; `None` when this one is to be left out.
-    pub fn allow(&self, key: &str) -> Option<u64> {
-        self.allow_at(key, Instant::now())
+    /// `Some(n)` when a warning of kind `what` about client `who` may be logged now, `n` being
+    /// how many of them were left out since the last one logged; `None` when this one is to be
+    /// left out. Kinds are counted apart, so a flood of one does not hide the others.
+    pub fn allow(&self, who: &str, what: &str) -> Option<u64> {
+        self.allow_at(&format!("{who} {what}"), Instant::now())
     }
 
     fn allow_at(&self, key: &str, now: Instant) -> Option<u64> {
@@ -507,7 +508,7 @@ pub async fn request_deadlines(State(d): State<Deadlines>, req: Request, next: N
     let resp = next.run(req).await;
     let resp = if timed_out.load(Ordering::Relaxed) {
         let who = conn.as_ref().map_or("unknown", |c| &c.who);
-        if let Some(left_out) = d.warn.allow(who) {
+        if let Some(left_out) = d.warn.allow(who, "body") {
             tracing::warn!(client = %who, limit_ms = d.timeouts.body.as_millis() as u64, left_out, "request body not received in time (api.body_read_timeout_ms); answered 408 and closing the connection");
         }
         body_timeout_response(d.timeouts.body)
@@ -658,11 +659,14 @@ mod tests {
         let a1 = l.handshake(a).expect("first from a");
         let _a2 = l.handshake(a).expect("second from a");
         assert_eq!(
-            l.handshake(a).unwrap_err(),
+            l.handshake(a).expect_err("over the limit"),
             Refusal::HandshakesFromIp { max: 2 }
         );
         let _b1 = l.handshake(b).expect("b has its own share");
-        assert_eq!(l.handshake(b).unwrap_err(), Refusal::Handshakes { max: 3 });
+        assert_eq!(
+            l.handshake(b).expect_err("over the limit"),
+            Refusal::Handshakes { max: 3 }
+        );
         drop(a1);
         l.handshake(a).expect("a slot given back");
     }
@@ -676,14 +680,20 @@ mod tests {
         let _a1 = l.connection(&alice).expect("alice 1");
         let a2 = l.connection(&alice).expect("alice 2");
         assert_eq!(
-            l.connection(&alice).unwrap_err(),
+            l.connection(&alice).expect_err("over the limit"),
             Refusal::Identity { max: 2 }
         );
         let _b1 = l.connection(&bob).expect("bob 1");
-        assert_eq!(l.connection(&bob).unwrap_err(), Refusal::Clients { max: 3 });
+        assert_eq!(
+            l.connection(&bob).expect_err("over the limit"),
+            Refusal::Clients { max: 3 }
+        );
         // The client pool is full; the peer pool is not touched by it.
         let _g1 = l.connection(&gw).expect("gateway");
-        assert_eq!(l.connection(&gw).unwrap_err(), Refusal::Peers { max: 1 });
+        assert_eq!(
+            l.connection(&gw).expect_err("over the limit"),
+            Refusal::Peers { max: 1 }
+        );
         drop(a2);
         l.connection(&bob).expect("a slot given back");
     }

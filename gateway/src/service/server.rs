@@ -109,7 +109,7 @@ pub async fn serve_mtls(
                         certs::Error::PeerRefused { reason, .. } => reason,
                         other => other.to_string(),
                     };
-                    if let Some(left_out) = warn.allow(&addr.ip().to_string()) {
+                    if let Some(left_out) = warn.allow(&addr.ip().to_string(), "handshake") {
                         tracing::warn!(peer = %addr, %reason, left_out, "tls client refused");
                     }
                     return;
@@ -188,7 +188,7 @@ async fn accept(
                 Ok(x) => return Some(x),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    if let Some(left_out) = warn.allow("accept") {
+                    if let Some(left_out) = warn.allow("listener", "accept") {
                         tracing::warn!(error = %e, left_out, "accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -200,7 +200,7 @@ async fn accept(
 
 /// Logs a connection closed over a limit, rate-limited per `key`.
 fn refused(warn: &WarnLimiter, key: &str, addr: SocketAddr, refusal: &Refusal) {
-    if let Some(left_out) = warn.allow(key) {
+    if let Some(left_out) = warn.allow(key, "limit") {
         tracing::warn!(peer = %addr, client = %key, reason = %refusal, left_out, "connection refused over a limit");
     }
 }
@@ -251,7 +251,7 @@ async fn serve_connection<IO>(
                 // Dropping the connection closes it: nothing is in progress on it.
                 match why {
                     Expiry::Head => {
-                        if let Some(left_out) = warn.allow(&conn.who) {
+                        if let Some(left_out) = warn.allow(&conn.who, "head") {
                             tracing::warn!(peer = %addr, client = %conn.who, limit_ms = timeouts.header.as_millis() as u64, left_out, "request head not received in time (api.header_read_timeout_ms); closing the connection");
                         }
                     }
@@ -308,13 +308,13 @@ pub async fn serve_tls_no_client_auth(
             let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    if let Some(left_out) = warn.allow(&who) {
+                    if let Some(left_out) = warn.allow(&who, "handshake") {
                         tracing::warn!(peer = %addr, error = %e, left_out, "enrollment tls handshake failed");
                     }
                     return;
                 }
                 Err(_) => {
-                    if let Some(left_out) = warn.allow(&who) {
+                    if let Some(left_out) = warn.allow(&who, "handshake") {
                         tracing::warn!(peer = %addr, left_out, "enrollment tls handshake timed out (api.handshake_timeout_ms)");
                     }
                     return;
