@@ -7,6 +7,9 @@
 //! most its per-identity and per-address limits of the hostile connections and close every one of
 //! them within the configured timeouts.
 //!
+//! A second test fills every gateway's staff and device pool before the cluster is initialised
+//! and shows that election, replication and writes go on in the pool reserved for peers.
+//!
 //! Each party has its own loopback address (the gateways send from theirs with
 //! `[api] source_address`), as different machines on a hospital network would.
 
@@ -536,4 +539,193 @@ async fn stalled_connections_of_one_identity_starve_no_one() {
         "{limit_lines} log lines for {} refusals: not rate-limited",
         refused.len()
     );
+}
+
+/// Opens `n` TLS connections of `connector`'s identity from `HOSTILE_IP` to `target`, each left
+/// in the middle of a request head; returns those the gateway holds and the answers of those it
+/// turned away.
+async fn stall_many(
+    connector: &tokio_rustls::TlsConnector,
+    target: SocketAddr,
+    n: usize,
+) -> (
+    Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Vec<String>,
+) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let connector = connector.clone();
+        tasks.push(tokio::spawn(async move {
+            // Even numbers stall in the head.
+            let (mut tls, _, _, _) = open_stalled(connector, target, 2 * i).await;
+            // A refusal comes at once; a held connection says nothing until its head timeout.
+            let mut buf = vec![0u8; 1024];
+            match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await {
+                Err(_) => Ok(tls),
+                Ok(Ok(n)) => Err(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Ok(Err(e)) => Err(e.to_string()),
+            }
+        }));
+    }
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await.expect("stall task") {
+            Ok(tls) => held.push(tls),
+            Err(answer) => refused.push(answer),
+        }
+    }
+    (held, refused)
+}
+
+/// Every gateway's staff and device pool is full (one identity holds all of
+/// `[api] max_connections` with stalled requests) before the cluster is even initialised; the
+/// gateways still elect a leader, replicate and apply writes, because peer gateways' connections
+/// come from their own reserved pool (`peer_connections`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_client_pool_leaves_raft_its_connections() {
+    const POOL: usize = 8;
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let site = Site::new();
+    let mut nodes: Vec<Gateway> = (1..=3u64)
+        .map(|id| {
+            let ip = Ipv4Addr::new(127, 0, 0, 1 + id as u8);
+            Gateway::with_ip(
+                &site,
+                id,
+                ip,
+                &format!(
+                    "source_address = \"{ip}\"\nmax_connections = {POOL}\nmax_connections_per_identity = {POOL}\nheader_read_timeout_ms = 120000\n"
+                ),
+            )
+        })
+        .collect();
+    // The admin's one keep-alive connection per gateway is made before the pools fill.
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    for g in &mut nodes {
+        g.start();
+    }
+    for g in &nodes {
+        let addr = g.addr();
+        eventually(
+            &format!("node {} to listen", g.id),
+            Duration::from_secs(30),
+            || status(&admin, &addr),
+        )
+        .await;
+    }
+
+    let mallory = Arc::new(staff_tls(&site.ca, "mallory", StaffRole::Biomed).expect("mallory"));
+    let connector = tokio_rustls::TlsConnector::from(mallory);
+    let mut hold = Vec::new();
+    for g in &nodes {
+        let target: SocketAddr = g.addr().parse().expect("addr");
+        let (held, refused) = stall_many(&connector, target, POOL + 2).await;
+        println!(
+            "hostile: node {}: mallory holds {} connections, {} refused: {:?}",
+            g.id,
+            held.len(),
+            refused.len(),
+            refused.first().and_then(|a| a.lines().last())
+        );
+        // The admin holds one slot, mallory the rest; the others are refused over the pool.
+        assert_eq!(held.len(), POOL - 1, "node {}: held", g.id);
+        assert!(
+            refused
+                .iter()
+                .all(|a| a.starts_with("HTTP/1.1 503") && a.contains("(api.max_connections)")),
+            "node {}: refusals {refused:?}",
+            g.id
+        );
+        hold.extend(held);
+    }
+
+    // Initialise the cluster now: every election, vote and append opens its connections while
+    // no staff or device slot is free anywhere. The CLI presents the gateway's own certificate.
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--config".into(),
+        nodes[0].config.display().to_string(),
+    ];
+    for g in &nodes {
+        args.push("--voter".into());
+        args.push(format!("{}={}", g.id, g.addr()));
+    }
+    let out = std::process::Command::new(medledger_tests::bin("medledger"))
+        .args(&args)
+        .output()
+        .expect("cluster init");
+    assert!(
+        out.status.success(),
+        "cluster init with full client pools: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut leader = 0;
+    for g in &nodes {
+        let addr = g.addr();
+        let s = eventually(
+            &format!("node {} to know the leader", g.id),
+            Duration::from_secs(30),
+            || {
+                let (admin, addr) = (admin.clone(), addr.clone());
+                async move {
+                    status(&admin, &addr)
+                        .await
+                        .filter(|s| !s["leader"].is_null())
+                }
+            },
+        )
+        .await;
+        leader = s["leader"].as_u64().expect("leader");
+    }
+    let leader_addr = nodes
+        .iter()
+        .find(|g| g.id == leader)
+        .expect("leader")
+        .addr();
+    for i in 0..10 {
+        let r = admin
+            .post(format!("https://{leader_addr}/v1/events"))
+            .json(&event(1000 + i))
+            .send()
+            .await
+            .expect("write");
+        assert_eq!(r.status().as_u16(), 201, "write {i}");
+    }
+    let leader_status = status(&admin, &leader_addr).await.expect("leader status");
+    let last = leader_status["last_log_index"].as_u64().expect("last log");
+    for g in &nodes {
+        let addr = g.addr();
+        let s = eventually(
+            &format!("node {} to apply the writes", g.id),
+            Duration::from_secs(30),
+            || {
+                let (admin, addr) = (admin.clone(), addr.clone());
+                async move {
+                    status(&admin, &addr)
+                        .await
+                        .filter(|s| s["last_applied"].as_u64() >= Some(last))
+                }
+            },
+        )
+        .await;
+        assert!(s["ledger_size"].as_u64() >= Some(10), "node {}: {s}", g.id);
+    }
+    // The pools stayed full all along: another staff member is still refused everywhere.
+    let alice = Arc::new(staff_tls(&site.ca, "alice", StaffRole::Biomed).expect("alice"));
+    let alice = tokio_rustls::TlsConnector::from(alice);
+    for g in &nodes {
+        let target: SocketAddr = g.addr().parse().expect("addr");
+        let (held, refused) = stall_many(&alice, target, 1).await;
+        assert!(
+            held.is_empty() && refused.iter().all(|a| a.contains("(api.max_connections)")),
+            "node {}: the client pool is no longer full: {refused:?}",
+            g.id
+        );
+    }
+    println!(
+        "hostile: with every client pool full ({POOL}), leader {leader} elected and {} log entries replicated and applied on all 3 gateways",
+        last
+    );
+    drop(hold);
 }
