@@ -475,6 +475,8 @@ pub struct Conn {
     pub activity: Arc<Activity>,
     /// `profile:id` of the client, or its address where it has no identity.
     pub who: Arc<str>,
+    /// The client's address and port.
+    pub peer: std::net::SocketAddr,
 }
 
 /// State of [`request_deadlines`].
@@ -508,8 +510,12 @@ pub async fn request_deadlines(State(d): State<Deadlines>, req: Request, next: N
     let resp = next.run(req).await;
     let resp = if timed_out.load(Ordering::Relaxed) {
         let who = conn.as_ref().map_or("unknown", |c| &c.who);
+        let peer = conn
+            .as_ref()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
         if let Some(left_out) = d.warn.allow(who, "body") {
-            tracing::warn!(client = %who, limit_ms = d.timeouts.body.as_millis() as u64, left_out, "request body not received in time (api.body_read_timeout_ms); answered 408 and closing the connection");
+            tracing::warn!(%peer, client = %who, limit_ms = d.timeouts.body.as_millis() as u64, left_out, "request body not received in time (api.body_read_timeout_ms); answered 408 and closing the connection");
         }
         body_timeout_response(d.timeouts.body)
     } else {

@@ -135,6 +135,7 @@ pub async fn serve_mtls(
             let conn = Conn {
                 activity: activity.clone(),
                 who,
+                peer: addr,
             };
             let router = router
                 .layer(axum::Extension(Peer(Arc::new(identity))))
@@ -324,6 +325,7 @@ pub async fn serve_tls_no_client_auth(
             let conn = Conn {
                 activity: activity.clone(),
                 who,
+                peer: addr,
             };
             let router = router.layer(axum::Extension(conn.clone()));
             serve_connection(
