@@ -652,6 +652,8 @@ mod tests {
             fingerprint: String::new(),
             serial: String::new(),
             server_auth: false,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
             not_before: time::OffsetDateTime::UNIX_EPOCH,
             not_after: time::OffsetDateTime::UNIX_EPOCH,
         }
