@@ -332,7 +332,8 @@ impl MtlsAcceptor {
         &self.config
     }
 
-    /// Run the handshake on `io` and return the stream and the peer's identity, or refuse.
+    /// Run the handshake on `io` and return the stream and the peer's identity, or refuse
+    /// (logged at `warn` with the peer and the reason).
     pub async fn accept<IO>(
         &self,
         io: IO,
@@ -341,12 +342,26 @@ impl MtlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let refuse = |reason: String| {
+        let r = self.try_accept(io, peer).await;
+        if let Err(Error::PeerRefused { reason, .. }) = &r {
             tracing::warn!(%peer, %reason, "tls client refused");
-            Error::PeerRefused {
-                peer: peer.to_string(),
-                reason,
-            }
+        }
+        r
+    }
+
+    /// Like [`MtlsAcceptor::accept`] but leaves logging a refusal to the caller: a listener
+    /// facing many hostile connections rate-limits those warnings per source.
+    pub async fn try_accept<IO>(
+        &self,
+        io: IO,
+        peer: SocketAddr,
+    ) -> Result<(tokio_rustls::server::TlsStream<IO>, Identity)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let refuse = |reason: String| Error::PeerRefused {
+            peer: peer.to_string(),
+            reason,
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
         let mut stream =

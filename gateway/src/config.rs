@@ -68,9 +68,39 @@ pub struct ApiConfig {
     pub enroll_listen: Option<SocketAddr>,
     /// Plain-HTTP health and metrics listener; must be a loopback address.
     pub health_listen: Option<SocketAddr>,
-    /// Most requests served at once; further connections wait.
+    /// Most staff and device connections open at once, all identities together; a connection
+    /// beyond it is closed after its handshake. Peer gateways do not count (`peer_connections`).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections one staff member or device (certificate profile and id) holds open at
+    /// once: one certificate cannot take the whole pool.
+    #[serde(default = "default_max_connections_per_identity")]
+    pub max_connections_per_identity: usize,
+    /// Connections reserved for peer gateways (Raft replication, forwarding), counted apart from
+    /// `max_connections`, so staff and device connections never starve replication.
+    #[serde(default = "default_peer_connections")]
+    pub peer_connections: usize,
+    /// Most TLS handshakes in progress at once, from all sources (a client has no identity until
+    /// its handshake ends); a connection beyond it is closed at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Most TLS handshakes in progress at once from one source IP address.
+    #[serde(default = "default_max_handshakes_per_ip")]
+    pub max_handshakes_per_ip: usize,
+    /// Time a client has to finish its TLS handshake, ms.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+    /// Time a request's head (request line and headers) has to arrive once its first byte has,
+    /// and the first request's once the handshake is done, ms; then the connection is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Time a request's whole body has to arrive once its head has, ms; then the request is
+    /// answered 408 and the connection closed.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in progress is closed after this long, ms.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
     /// Source address for outgoing connections to peers (for multi-homed appliances).
     pub source_address: Option<std::net::IpAddr>,
 }
@@ -81,6 +111,30 @@ fn default_listen() -> SocketAddr {
 fn default_max_connections() -> usize {
     1024
 }
+fn default_max_connections_per_identity() -> usize {
+    64
+}
+fn default_peer_connections() -> usize {
+    64
+}
+fn default_max_handshakes() -> usize {
+    256
+}
+fn default_max_handshakes_per_ip() -> usize {
+    16
+}
+fn default_handshake_timeout() -> u64 {
+    5_000
+}
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_body_read_timeout() -> u64 {
+    30_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -90,8 +144,69 @@ impl Default for ApiConfig {
             enroll_listen: None,
             health_listen: None,
             max_connections: default_max_connections(),
+            max_connections_per_identity: default_max_connections_per_identity(),
+            peer_connections: default_peer_connections(),
+            max_handshakes: default_max_handshakes(),
+            max_handshakes_per_ip: default_max_handshakes_per_ip(),
+            handshake_timeout_ms: default_handshake_timeout(),
+            header_read_timeout_ms: default_header_read_timeout(),
+            body_read_timeout_ms: default_body_read_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
             source_address: None,
         }
+    }
+}
+
+impl ApiConfig {
+    /// Checks the limits and timeouts; an error names the field.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let at_least_one = [
+            ("api.max_connections", self.max_connections),
+            (
+                "api.max_connections_per_identity",
+                self.max_connections_per_identity,
+            ),
+            ("api.peer_connections", self.peer_connections),
+            ("api.max_handshakes", self.max_handshakes),
+            ("api.max_handshakes_per_ip", self.max_handshakes_per_ip),
+        ];
+        for (field, v) in at_least_one {
+            if v == 0 {
+                return Err((field, "must be at least 1".into()));
+            }
+        }
+        if self.max_connections_per_identity > self.max_connections {
+            return Err((
+                "api.max_connections_per_identity",
+                format!(
+                    "{} is more than api.max_connections ({})",
+                    self.max_connections_per_identity, self.max_connections
+                ),
+            ));
+        }
+        if self.max_handshakes_per_ip > self.max_handshakes {
+            return Err((
+                "api.max_handshakes_per_ip",
+                format!(
+                    "{} is more than api.max_handshakes ({})",
+                    self.max_handshakes_per_ip, self.max_handshakes
+                ),
+            ));
+        }
+        // Below 100 ms a loaded appliance would cut honest clients; above an hour a timeout no
+        // longer protects anything.
+        let timeouts = [
+            ("api.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("api.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("api.body_read_timeout_ms", self.body_read_timeout_ms),
+            ("api.idle_timeout_ms", self.idle_timeout_ms),
+        ];
+        for (field, ms) in timeouts {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err((field, format!("{ms} is outside 100..=3600000 ms")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -296,8 +411,18 @@ impl Config {
                 ));
             }
         }
-        if c.api.max_connections == 0 {
-            return Err(invalid("api.max_connections", "must be at least 1".into()));
+        c.api
+            .check()
+            .map_err(|(field, message)| invalid(field, message))?;
+        if c.api.idle_timeout_ms <= c.raft.heartbeat_ms {
+            return Err(invalid(
+                "api.idle_timeout_ms",
+                format!(
+                    "must be larger than raft.heartbeat_ms ({}): peers' connections would be \
+                     closed between heartbeats",
+                    c.raft.heartbeat_ms
+                ),
+            ));
         }
         let r = &c.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
@@ -407,6 +532,26 @@ mod tests {
             ("[node]\nid = 1\ncolour = 2\n", "unknown field `colour`"),
             ("[node]\nid = \"x\"\n", "invalid type"),
             ("[api]\nlisten = \"1.2.3.4:1\"\n", "missing field `node`"),
+            (
+                "[node]\nid = 1\n[api]\nmax_connections_per_identity = 0\n",
+                "api.max_connections_per_identity",
+            ),
+            (
+                "[node]\nid = 1\n[api]\nmax_connections = 10\n",
+                "api.max_connections_per_identity",
+            ),
+            (
+                "[node]\nid = 1\n[api]\nmax_handshakes_per_ip = 300\n",
+                "api.max_handshakes_per_ip",
+            ),
+            (
+                "[node]\nid = 1\n[api]\nbody_read_timeout_ms = 5\n",
+                "api.body_read_timeout_ms",
+            ),
+            (
+                "[node]\nid = 1\n[api]\nidle_timeout_ms = 200\n",
+                "api.idle_timeout_ms",
+            ),
         ];
         for (text, want) in cases {
             let e = Config::parse(Path::new("gw.toml"), text)

@@ -3,6 +3,7 @@ mod api;
 mod cluster;
 mod format;
 mod gateway_tls;
+mod hostile;
 mod ledger;
 mod modbus;
 mod mosquitto;

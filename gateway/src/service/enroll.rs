@@ -372,6 +372,7 @@ pub async fn start(
             listener,
             tls,
             enroll_routes(state.clone()),
+            config.api.clone(),
             shutdown,
         ));
         tracing::info!(listen = %bound, "device enrollment listening (token-authenticated, no client certificates)");

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod enroll;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod notify;

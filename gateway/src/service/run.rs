@@ -76,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         acceptor,
         router,
         revoked,
-        config.api.max_connections,
+        config.api.clone(),
         serving.clone(),
     ));
     let node_for_health = node.clone();

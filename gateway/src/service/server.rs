@@ -1,5 +1,6 @@
 //! Listeners: the mutual-TLS listener that serves the axum router with the peer's verified
-//! identity attached to every request, and the plain loopback health listener.
+//! identity attached to every request, and the enrollment listener; both within the connection
+//! limits and timeouts of [`crate::service::limits`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,9 +10,16 @@ use certs::{Identity, MtlsAcceptor};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ApiConfig;
+use crate::service::limits::{
+    refusal_response, request_deadlines, Activity, Conn, ConnLimits, Deadlines, Expiry, Refusal,
+    Timeouts, Tracked, WarnLimiter,
+};
 
 /// The verified identity of the client of a request (a request extension).
 #[derive(Clone, Debug)]
@@ -45,8 +53,9 @@ async fn refuse_revoked(
     next.run(req).await
 }
 
-/// Accepts TLS connections with client certificates and serves `router` on each; at most
-/// `max_connections` at once (further clients wait in the kernel's backlog). Once `shutdown` is
+/// Accepts TLS connections with client certificates and serves `router` on each, within the
+/// limits and timeouts of `api` (see [`crate::service::limits`]): handshakes limited per source
+/// address, connections per identity, peer gateways in a pool of their own. Once `shutdown` is
 /// cancelled, stops accepting and returns when the open connections have finished (at most
 /// [`DRAIN_TIMEOUT`]).
 pub async fn serve_mtls(
@@ -54,55 +63,105 @@ pub async fn serve_mtls(
     acceptor: MtlsAcceptor,
     router: Router,
     revoked: RevokedSerials,
-    max_connections: usize,
+    api: ApiConfig,
     shutdown: CancellationToken,
 ) {
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        revoked,
-        refuse_revoked,
-    ));
-    let limit = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
+    let timeouts = Timeouts::from_config(&api);
+    let limits = Arc::new(ConnLimits::new(&api));
+    let warn = Arc::new(WarnLimiter::new(WARN_WINDOW, WARN_BURST));
+    let acceptor = acceptor.with_handshake_timeout(timeouts.handshake);
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            revoked,
+            refuse_revoked,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Deadlines {
+                timeouts,
+                warn: warn.clone(),
             },
+            request_deadlines,
+        ));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let Some((tcp, addr)) = accept(&listener, &warn, &shutdown).await else {
+            break;
+        };
+        let handshake = match limits.handshake(addr.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Closed before any TLS: a client without a finished handshake gets no answer.
+                refused(&warn, &addr.ip().to_string(), addr, &refusal);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // Refusals are logged by the acceptor with the peer and the reason.
-            let Ok((tls, identity)) = acceptor.accept(tcp, addr).await else {
-                return;
+        let limits = limits.clone();
+        let warn = warn.clone();
+        connections.spawn(async move {
+            let (mut tls, identity) = match acceptor.try_accept(tcp, addr).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let reason = match e {
+                        certs::Error::PeerRefused { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    if let Some(left_out) = warn.allow(&addr.ip().to_string(), "handshake") {
+                        tracing::warn!(peer = %addr, %reason, left_out, "tls client refused");
+                    }
+                    return;
+                }
             };
-            let router = router.layer(axum::Extension(Peer(Arc::new(identity))));
-            serve_connection(TokioIo::new(tls), router, addr, shutdown).await;
+            drop(handshake);
+            let who: Arc<str> = format!("{}:{}", identity.profile, identity.id).into();
+            let _slot = match limits.connection(&identity) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    refused(&warn, &who, addr, &refusal);
+                    // Tell an HTTP/1.1 client why; a client that does not read gets closed all
+                    // the same after a second.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        tls.write_all(&refusal_response(&refusal)).await?;
+                        tls.shutdown().await
+                    })
+                    .await;
+                    return;
+                }
+            };
+            let activity = Activity::new();
+            let conn = Conn {
+                activity: activity.clone(),
+                who,
+                peer: addr,
+            };
+            let router = router
+                .layer(axum::Extension(Peer(Arc::new(identity))))
+                .layer(axum::Extension(conn.clone()));
+            serve_connection(
+                Tracked::new(tls, activity),
+                router,
+                addr,
+                conn,
+                timeouts,
+                &warn,
+                shutdown,
+            )
+            .await;
         });
     }
     // Drain: no new connections; every open one finishes its requests in flight (writes are
-    // acknowledged or refused, not cut off) and holds its permit until then.
+    // acknowledged or refused, not cut off).
     drop(listener);
-    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, limit.acquire_many(all))
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            open = max_connections - limit.available_permits(),
+            open = connections.len(),
             "connections still open after the drain timeout"
         );
     }
@@ -111,70 +170,174 @@ pub async fn serve_mtls(
 /// How long a stopping gateway lets requests in flight finish. Longer than a write's own
 /// deadline (10 s without a leader), shorter than the unit's `TimeoutStopSec=30s` with room
 /// for Raft to stop.
-pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often and how many warnings about one source or identity are logged.
+const WARN_WINDOW: Duration = Duration::from_secs(10);
+const WARN_BURST: u32 = 20;
+
+/// The next connection, or `None` at shutdown.
+async fn accept(
+    listener: &TcpListener,
+    warn: &WarnLimiter,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    if let Some(left_out) = warn.allow("listener", "accept") {
+                        tracing::warn!(error = %e, left_out, "accept failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Logs a connection closed over a limit, rate-limited per `key`.
+fn refused(warn: &WarnLimiter, key: &str, addr: SocketAddr, refusal: &Refusal) {
+    if let Some(left_out) = warn.allow(key, "limit") {
+        tracing::warn!(peer = %addr, client = %key, reason = %refusal, left_out, "connection refused over a limit");
+    }
+}
+
+/// Serves one connection until it ends, `shutdown` (graceful, at most [`DRAIN_TIMEOUT`]) or a timeout of
+/// [`Activity::deadline`] closes it.
 async fn serve_connection<IO>(
-    io: TokioIo<IO>,
+    io: Tracked<IO>,
     router: Router,
     addr: SocketAddr,
+    conn: Conn,
+    timeouts: Timeouts,
+    warn: &WarnLimiter,
     shutdown: CancellationToken,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%addr, error = %e, "connection ended with an error");
+    let served = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    tokio::pin!(served);
+    loop {
+        let due = conn.activity.deadline(&timeouts);
+        let expiry = async {
+            match due {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+        };
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, served).await;
+                return;
+            }
+            _ = conn.activity.changed() => {}
+            _ = expiry => {
+                // The state may have changed since `due` was read: ask again.
+                let Some((at, why)) = conn.activity.deadline(&timeouts) else { continue };
+                if at > tokio::time::Instant::now() {
+                    continue;
+                }
+                // Dropping the connection closes it: nothing is in progress on it.
+                match why {
+                    Expiry::Head => {
+                        if let Some(left_out) = warn.allow(&conn.who, "head") {
+                            tracing::warn!(peer = %addr, client = %conn.who, limit_ms = timeouts.header.as_millis() as u64, left_out, "request head not received in time (api.header_read_timeout_ms); closing the connection");
+                        }
+                    }
+                    Expiry::Idle => {
+                        tracing::debug!(peer = %addr, client = %conn.who, "idle connection closed (api.idle_timeout_ms)");
+                    }
+                }
+                return;
+            }
         }
     }
 }
 
 /// Serves `router` on a TLS listener whose clients need no certificate (device enrollment with a
-/// one-time token).
+/// one-time token). Clients have no identity here, so each connection holds its source
+/// address's share (`api.max_handshakes_per_ip`) of at most 256 for its whole life; the
+/// timeouts are those of the mutual-TLS listener.
 pub async fn serve_tls_no_client_auth(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: Router,
+    api: ApiConfig,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let limit = Arc::new(Semaphore::new(256));
+    let timeouts = Timeouts::from_config(&api);
+    let limits = ConnLimits::enrollment(256, api.max_handshakes_per_ip);
+    let warn = Arc::new(WarnLimiter::new(WARN_WINDOW, WARN_BURST));
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        Deadlines {
+            timeouts,
+            warn: warn.clone(),
+        },
+        request_deadlines,
+    ));
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        let Some((tcp, addr)) = accept(&listener, &warn, &shutdown).await else {
+            return;
         };
-        let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+        let who: Arc<str> = addr.ip().to_string().into();
+        let slot = match limits.handshake(addr.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                refused(&warn, &who, addr, &refusal);
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let warn = warn.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    tracing::warn!(%addr, error = %e, "enrollment tls handshake failed");
+                    if let Some(left_out) = warn.allow(&who, "handshake") {
+                        tracing::warn!(peer = %addr, error = %e, left_out, "enrollment tls handshake failed");
+                    }
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    if let Some(left_out) = warn.allow(&who, "handshake") {
+                        tracing::warn!(peer = %addr, left_out, "enrollment tls handshake timed out (api.handshake_timeout_ms)");
+                    }
+                    return;
+                }
             };
-            serve_connection(TokioIo::new(tls), router, addr, shutdown).await;
+            let activity = Activity::new();
+            let conn = Conn {
+                activity: activity.clone(),
+                who,
+                peer: addr,
+            };
+            let router = router.layer(axum::Extension(conn.clone()));
+            serve_connection(
+                Tracked::new(tls, activity),
+                router,
+                addr,
+                conn,
+                timeouts,
+                &warn,
+                shutdown,
+            )
+            .await;
         });
     }
 }
