@@ -936,8 +936,13 @@ impl Store {
                 return Ok(ApplyOutcome::Duplicate { seq: *seq });
             }
             if let Some(v) = self.get(&key_event_id(id))? {
-                let seq = be_u64(&v).ok_or_else(|| self.corrupt("event id index value"))?;
-                return Ok(ApplyOutcome::Duplicate { seq });
+                let dup = be_u64(&v).ok_or_else(|| self.corrupt("event id index value"))?;
+                // An index key at or beyond the frontier belongs to no counted entry: a power cut
+                // kept it while losing its entry (sled kept a later write of an apply that did
+                // not count). It is not a duplicate; this apply overwrites it.
+                if dup < seq {
+                    return Ok(ApplyOutcome::Duplicate { seq: dup });
+                }
             }
         }
         if let Some(c) = body.corrects {
@@ -1331,6 +1336,41 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime")
+    }
+
+    /// An event-id index key left by an apply that did not count, whose entry a power cut lost
+    /// (found by the power-loss rounds: the gateways then disagreed on the ledger's size), does
+    /// not make the event a duplicate when the apply is replayed.
+    #[test]
+    fn an_orphan_event_id_key_beyond_the_ledger_is_not_a_duplicate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let store = Store::open(dir.path()).expect("open");
+        let first = store
+            .apply(&[Command::Append(append(0, &key))], &[])
+            .expect("apply");
+        assert!(matches!(first[0], ApplyOutcome::Appended { seq: 0, .. }));
+        // What a cut left: the index key of event 1 at seq 1, without its entry or size record.
+        store
+            .tree()
+            .insert(key_event_id("evt-1"), &1u64.to_be_bytes())
+            .expect("insert");
+        assert_eq!(store.find_event_id("evt-1").expect("find"), None);
+        let replay = store
+            .apply(&[Command::Append(append(1, &key))], &[])
+            .expect("apply");
+        assert!(
+            matches!(replay[0], ApplyOutcome::Appended { seq: 1, .. }),
+            "{replay:?}"
+        );
+        // A real duplicate still is one.
+        let again = store
+            .apply(&[Command::Append(append(1, &key))], &[])
+            .expect("apply");
+        assert!(
+            matches!(again[0], ApplyOutcome::Duplicate { seq: 1 }),
+            "{again:?}"
+        );
     }
 
     /// Every perfect subtree the store answers from its entry records is the one a frontier fed
