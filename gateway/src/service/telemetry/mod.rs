@@ -209,6 +209,7 @@ pub async fn start(
     let outbox_dir = data_dir.join("outbox");
     let idle = config.mqtt.is_none() && config.modbus.is_empty();
     if idle && !outbox_dir.exists() {
+        tasks.spawn(ignore_hangups(shutdown));
         return Ok(None);
     }
     let outbox = Arc::new(
@@ -254,6 +255,23 @@ pub async fn start(
         shutdown,
     ));
     Ok(Some(service))
+}
+
+/// Without telemetry there is nothing to reload, but SIGHUP (`systemctl kill -s HUP`) must still
+/// not end the gateway, which is the signal's default action.
+async fn ignore_hangups(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: no [mqtt] or [[modbus]] at start, nothing to reload; starting telemetry takes a restart"
+            ),
+        }
+    }
 }
 
 /// Adapter counters of the running generation.
