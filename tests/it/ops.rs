@@ -85,6 +85,26 @@ async fn health_and_status_follow_membership_and_quorum() {
         out.contains("FAILING") && out.contains("not a member"),
         "{out}"
     );
+    // SIGHUP (systemctl kill -s HUP) reloads telemetry; a gateway without telemetry must not
+    // die of it (the signal's default action).
+    let pid = lone.child.as_ref().expect("child").0.id();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let answered = get(&lone_health, "/healthz").await;
+    let exited = lone
+        .child
+        .as_mut()
+        .expect("child")
+        .0
+        .try_wait()
+        .expect("try_wait");
+    assert!(
+        answered.is_some() && exited.is_none(),
+        "the gateway ended on SIGHUP: {exited:?}"
+    );
     drop(lone);
 
     // Three members: healthy, ready, and `medledger status` exits 0.
