@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::node::Node;
+use crate::service::status::ClusterStatus;
 
 /// How bad one check is.
 #[derive(
@@ -84,11 +84,14 @@ fn check(name: &str, level: Level, detail: String) -> Check {
     }
 }
 
-/// Evaluates every check now.
-pub fn evaluate(node: &Node, inputs: &Inputs) -> HealthReport {
+/// Evaluates every check now, from the node's status `s` and, on a leader, the milliseconds
+/// since a quorum last acknowledged it.
+pub fn evaluate(
+    s: &ClusterStatus,
+    millis_since_quorum_ack: Option<u64>,
+    inputs: &Inputs,
+) -> HealthReport {
     use Level::{Critical, Warning};
-    let s = node.status();
-    let m = node.raft.metrics().borrow().clone();
     let mut checks = Vec::new();
     let member = s.nodes.contains_key(&s.node_id);
     let mut ready = true;
@@ -122,7 +125,7 @@ pub fn evaluate(node: &Node, inputs: &Inputs) -> HealthReport {
             }
             Some(l) if l == s.node_id => {
                 let limit = inputs.election_timeout.as_millis() as u64 * 2;
-                match m.millis_since_quorum_ack {
+                match millis_since_quorum_ack {
                     Some(ms) if ms > limit => {
                         ready = false;
                         checks.push(check(

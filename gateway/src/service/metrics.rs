@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::service::node::Node;
+use crate::service::status::ClusterStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
@@ -164,9 +164,9 @@ impl Metrics {
             .set(not_after_unix);
     }
 
-    /// The metrics in the Prometheus text format, with the node's gauges read now.
-    pub fn render(&self, node: &Node) -> String {
-        let s = node.status();
+    /// The metrics in the Prometheus text format, with the gauges set from `s` (the node's
+    /// status now).
+    pub fn render(&self, s: &ClusterStatus) -> String {
         self.ledger_size
             .set(i64::try_from(s.ledger_size).unwrap_or(i64::MAX));
         self.last_applied.set(

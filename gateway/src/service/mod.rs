@@ -13,6 +13,7 @@ pub mod raft_net;
 pub mod revocation;
 pub mod run;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 
@@ -63,7 +64,7 @@ pub fn health_routes(node: std::sync::Arc<node::Node>) -> axum::Router {
                             header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        node.metrics.render(&node),
+                        node.metrics.render(&node.status()),
                     )
                         .into_response()
                 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+pub use crate::service::status::{ClusterStatus, NodeStatus};
 
 /// Why a write was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -156,7 +157,10 @@ impl Node {
     /// This gateway's health now (`/healthz`, `/cluster/health`, `medledger status`).
     pub fn health_report(&self) -> crate::service::health::HealthReport {
         match self.health.get() {
-            Some(inputs) => crate::service::health::evaluate(self, inputs),
+            Some(inputs) => {
+                let quorum_ack = self.raft.metrics().borrow().millis_since_quorum_ack;
+                crate::service::health::evaluate(&self.status(), quorum_ack, inputs)
+            }
             None => crate::service::health::HealthReport {
                 node_id: self.id,
                 status: "failing".into(),
@@ -314,34 +318,6 @@ impl Node {
             nodes,
         }
     }
-}
-
-/// `cluster status` output.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ClusterStatus {
-    pub node_id: u64,
-    pub state: String,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub last_applied: Option<u64>,
-    pub ledger_size: u64,
-    /// Last log index covered by this node's current snapshot (built or installed).
-    pub snapshot_index: Option<u64>,
-    /// Last log index purged from this node's log.
-    pub purged_index: Option<u64>,
-    pub nodes: BTreeMap<u64, NodeStatus>,
-}
-
-/// One member in `cluster status`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct NodeStatus {
-    pub addr: String,
-    pub voter: bool,
-    /// Last log index known to be on that node (leader's view; this node's own applied index).
-    pub matched_index: Option<u64>,
-    /// How far behind the leader's last log index.
-    pub lag: Option<u64>,
 }
 
 /// Gathers concurrent commands into batches and keeps at most `inflight` batches in flight:
