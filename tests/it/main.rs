@@ -10,4 +10,5 @@ mod mqtt;
 mod mtls;
 mod ops;
 mod pki_cli;
+mod powerloss;
 mod systemd;
