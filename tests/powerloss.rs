@@ -575,6 +575,14 @@ impl PowerFs {
         Ok(v.power_cut(rng))
     }
 
+    /// `sync(1)`: everything written so far becomes durable (an installer that synced, before
+    /// the programs under test run).
+    pub fn sync_everything(&self) {
+        let mut v = self.lock();
+        v.durable = v.current.clone();
+        v.dirty.clear();
+    }
+
     /// How many file and directory syncs the programs asked for so far.
     pub fn sync_counts(&self) -> SyncCounts {
         self.lock().counts
