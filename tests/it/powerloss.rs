@@ -263,16 +263,19 @@ impl PNode {
     fn log_tail(&self) -> String {
         let t = fs::read_to_string(self.gw.dir.join("gateway.log")).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        // A panic is the line that explains the rest: show it even when it scrolled away.
+        let panics = lines.iter().filter(|l| l.contains("panicked")).take(3);
+        let tail = lines[lines.len().saturating_sub(30)..].iter();
+        panics.chain(tail).copied().collect::<Vec<_>>().join("\n")
     }
 }
 
 /// Starts `n` gateways on volumes and makes them one cluster.
-async fn start_site(site: &Site, n: u64) -> Vec<PNode> {
+async fn start_site(site: &Site, n: u64, extra: &str) -> Vec<PNode> {
     let mut gws = Vec::new();
     let mut volumes = Vec::new();
     for id in 1..=n {
-        let (gw, fs, mount) = PNode::prepare(site, id, "");
+        let (gw, fs, mount) = PNode::prepare(site, id, extra);
         gws.push(gw);
         volumes.push((fs, mount));
     }
@@ -576,7 +579,7 @@ async fn power_cut_one_gateway_under_writes() {
     let started = Instant::now();
     let seeds = round_seeds("power_cut_one_gateway_under_writes", FOUND_ONE_GATEWAY, 3);
     let site = Site::new();
-    let mut nodes = start_site(&site, 1).await;
+    let mut nodes = start_site(&site, 1, "").await;
     let admin = site.staff_client("it-admin", StaffRole::Admin);
     let writer = site.staff_client("it-biomed", StaffRole::Biomed);
     let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
@@ -631,7 +634,7 @@ async fn power_cut_whole_site_under_writes() {
     let test = "power_cut_whole_site_under_writes";
     let seeds = round_seeds(test, FOUND_WHOLE_SITE, 3);
     let site = Site::new();
-    let mut nodes = start_site(&site, 3).await;
+    let mut nodes = start_site(&site, 3, "").await;
     let admin = site.staff_client("it-admin", StaffRole::Admin);
     let writer = site.staff_client("it-biomed", StaffRole::Biomed);
     let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
@@ -684,7 +687,7 @@ async fn power_cut_one_of_three_gateways() {
     let test = "power_cut_one_of_three_gateways";
     let seeds = round_seeds(test, FOUND_ONE_OF_THREE, 2);
     let site = Site::new();
-    let mut nodes = start_site(&site, 3).await;
+    let mut nodes = start_site(&site, 3, "").await;
     let admin = site.staff_client("it-admin", StaffRole::Admin);
     let writer = site.staff_client("it-biomed", StaffRole::Biomed);
     let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
@@ -954,4 +957,102 @@ async fn power_cut_after_ca_init_cluster_init_and_issue() {
         drop(node);
     }
     tally.print(test, 0, started);
+}
+
+/// Round seeds of `power_cut_during_snapshot_install` that found a missing sync (none yet).
+const FOUND_SNAPSHOT: &[u64] = &[];
+
+/// Kind 5: a follower that was down while the others took a snapshot and purged their log comes
+/// back, is sent a snapshot, and loses power while it receives or installs it (as soon as
+/// `raft-snapshot.recv` appears on its volume; right after the install if that was quicker than
+/// the test could look). It comes back again and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_during_snapshot_install() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let started = Instant::now();
+    let test = "power_cut_during_snapshot_install";
+    let seeds = round_seeds(test, FOUND_SNAPSHOT, 2);
+    let site = Site::new();
+    let small = "[raft]\nsnapshot_after_logs = 30\nkeep_logs_after_snapshot = 5\n";
+    let mut nodes = start_site(&site, 3, small).await;
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
+    let acked: Acked = Arc::default();
+    let mut tally = Tally::default();
+    let mut caught = 0;
+    for (round, seed) in seeds.into_iter().enumerate() {
+        let mut rng = Rng::new(seed);
+        let t = Instant::now();
+        let leader = poll("a leader", Duration::from_secs(30), || {
+            let (admin, a) = (admin.clone(), addrs[0].clone());
+            async move { status(&admin, &a).await?["leader"].as_u64() }
+        })
+        .await
+        .expect("leader");
+        let followers: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != leader).collect();
+        let victim = followers[rng.range(0, 2) as usize];
+        let applied = status(&admin, &addrs[victim])
+            .await
+            .and_then(|s| s["last_applied"].as_u64())
+            .unwrap_or(0);
+        tally.add(&nodes[victim].cut(&mut rng));
+        let others: Vec<String> = (0..3)
+            .filter(|i| *i != victim)
+            .map(|i| addrs[i].clone())
+            .collect();
+        let writers = Writers::start(&writer, &others, &format!("r{round}"), 12, &acked);
+        // Until the leader purged its log past what the victim has: only a snapshot helps it.
+        let leader_addr = addrs[(leader - 1) as usize].clone();
+        poll(
+            "the leader to purge its log",
+            Duration::from_secs(120),
+            || {
+                let (admin, a) = (admin.clone(), leader_addr.clone());
+                async move {
+                    let s = status(&admin, &a).await?;
+                    (s["purged_index"].as_u64()? > applied + 5).then_some(())
+                }
+            },
+        )
+        .await
+        .expect("purge");
+        writers.stop().await;
+        let recv = nodes[victim].data().join("raft-snapshot.recv");
+        nodes[victim].gw.start();
+        let victim_addr = addrs[victim].clone();
+        let during = poll("the snapshot to arrive", Duration::from_secs(60), || {
+            let (admin, a, recv) = (admin.clone(), victim_addr.clone(), recv.clone());
+            async move {
+                if recv.exists() {
+                    return Some(true);
+                }
+                let s = status(&admin, &a).await?;
+                (s["snapshot_index"].as_u64()? > applied).then_some(false)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", nodes[victim].log_tail()));
+        caught += u32::from(during);
+        tally.add(&nodes[victim].cut(&mut rng));
+        nodes[victim].gw.start();
+        until_serving(&admin, &nodes).await;
+        let acked = acked.lock().expect("lock").clone();
+        check_site(
+            &admin,
+            &nodes,
+            &acked,
+            &site.dir.path().join("export.jsonl"),
+        )
+        .await;
+        eprintln!(
+            "{test} round {round} (seed {seed}, gateway {} cut {} the install): {:?}",
+            victim + 1,
+            if during { "during" } else { "right after" },
+            t.elapsed()
+        );
+        tally.rounds += 1;
+    }
+    eprintln!("{test}: {caught} cuts caught a snapshot being received");
+    tally.print(test, acked_count(&acked), started);
 }
