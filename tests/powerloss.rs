@@ -26,9 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 /// The unit in which unsynced data survives a cut or not, as a drive writes whole sectors and
@@ -265,7 +265,10 @@ impl Volume {
         file.size = size;
         file.trim();
         // Every page between the two sizes changed: cut off, zero-filled or its tail zeroed.
-        let (lo, hi) = (old.min(size) / PAGE as u64, FileData::page_count(old.max(size)));
+        let (lo, hi) = (
+            old.min(size) / PAGE as u64,
+            FileData::page_count(old.max(size)),
+        );
         self.dirty.entry(ino).or_default().extend(lo..hi);
         Ok(())
     }
@@ -416,10 +419,13 @@ impl Volume {
         // The same seed must give the same cut: visit files in a fixed order.
         dirty.sort_by_key(|(ino, _)| *ino);
         for (ino, pages) in dirty {
-            let (Some(Inode {
-                body: Body::File(cur),
-                ..
-            }), true) = (self.current.get(&ino), alive.contains(&ino))
+            let (
+                Some(Inode {
+                    body: Body::File(cur),
+                    ..
+                }),
+                true,
+            ) = (self.current.get(&ino), alive.contains(&ino))
             else {
                 continue;
             };
@@ -977,7 +983,16 @@ impl fuser::Filesystem for Fuse {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // Plenty of room: the test machine's memory is the real limit.
-        reply.statfs(1 << 24, 1 << 24, 1 << 24, 1 << 20, 1 << 20, PAGE as u32, 255, PAGE as u32);
+        reply.statfs(
+            1 << 24,
+            1 << 24,
+            1 << 24,
+            1 << 20,
+            1 << 20,
+            PAGE as u32,
+            255,
+            PAGE as u32,
+        );
     }
 
     fn fallocate(

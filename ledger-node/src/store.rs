@@ -496,7 +496,10 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, LedgerError> {
     let conf = dir.join("conf");
     match std::fs::File::open(&conf).and_then(|f| f.sync_all()) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(LedgerError::Io { path: conf, source: e })
+            return Err(LedgerError::Io {
+                path: conf,
+                source: e,
+            })
         }
         _ => {}
     }
