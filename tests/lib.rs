@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod mosquitto;
+pub mod powerloss;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

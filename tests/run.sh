@@ -26,4 +26,9 @@ if [ "${#need[@]}" -gt 0 ]; then
   "${sudo[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
+# The power-loss tests (tests/powerloss.rs) mount a FUSE file system through /dev/fuse as root.
+if [ ! -e /dev/fuse ]; then
+  if [ "$(id -u)" -eq 0 ]; then modprobe fuse 2>/dev/null || true; else sudo modprobe fuse 2>/dev/null || true; fi
+fi
+
 cargo test --workspace "$@"

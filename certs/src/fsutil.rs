@@ -91,16 +91,31 @@ pub fn read_string(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-/// Create a directory (and parents) with mode 0700.
+/// Create a directory (and parents) with mode 0700, durably: the parent of each directory
+/// created is synced, so that a power cut cannot forget the directory and the keys written into
+/// it (their own writes sync only the directory they are in).
 pub fn create_private_dir(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_private_dir(parent)?;
+    }
     let mut b = fs::DirBuilder::new();
-    b.recursive(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(path).map_err(|e| Error::io(path, e))
+    match b.create(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io(path, e)),
+        _ => {}
+    }
+    let parent = parent.unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(parent, e))
 }
 
 /// A lock file older than this is left over from a crashed process and is removed.

@@ -33,6 +33,11 @@ pub fn load_or_create(path: &Path) -> Result<SigningKey, LedgerError> {
             f.write_all(hex::encode(key.to_bytes()).as_bytes())
                 .map_err(io)?;
             f.sync_all().map_err(io)?;
+            // Without its directory synced, a power cut could forget the key file and the node
+            // would come back with a new key that its ledger does not know.
+            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                crate::store::sync_dir(dir)?;
+            }
             Ok(key)
         }
         Err(source) => Err(LedgerError::Io {

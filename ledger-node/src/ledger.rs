@@ -124,10 +124,7 @@ impl Ledger {
     /// Opens the ledger in `dir` (store in `dir/ledger`, key in `dir/node.key`) and starts the
     /// writer task. Must be called inside a tokio runtime.
     pub async fn open(dir: &Path, options: LedgerOptions) -> Result<Self, LedgerError> {
-        std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        crate::store::create_dir_durable(dir)?;
         let key = NodeKey::new(crate::keys::load_or_create(&dir.join("node.key"))?)?;
         let store_dir = dir.join("ledger");
         let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))

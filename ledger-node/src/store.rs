@@ -478,15 +478,95 @@ impl<'a> Record<'a> {
 
 /// Opens sled in `dir` the way the ledger needs it: no background flusher, because every
 /// acknowledgement is preceded by an explicit [`sync_db`].
+///
+/// Creates `dir` if needed and makes sled's files and their names durable before returning:
+/// sled never syncs the directories it writes to (nor its `conf` file), so after a power cut
+/// a database that was never synced this way could be missing altogether (found by the
+/// power-loss tests, `tests/it/powerloss.rs`).
 pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, LedgerError> {
-    sled::Config::new()
+    create_dir_durable(dir)?;
+    let db = sled::Config::new()
         .path(dir)
         .flush_every_ms(None)
         .open()
         .map_err(|source| LedgerError::Storage {
             path: dir.to_owned(),
             source,
+        })?;
+    let conf = dir.join("conf");
+    match std::fs::File::open(&conf).and_then(|f| f.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(LedgerError::Io {
+                path: conf,
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    // The names sled created (`db`, `conf`, `blobs`, the snapshot it may write on open).
+    sync_dir(dir)?;
+    synced_names()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(dir.to_owned(), dir_names(dir)?);
+    Ok(db)
+}
+
+/// `fsync` of a directory: makes the names created, renamed or removed in it durable.
+pub fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| LedgerError::Io {
+            path: dir.to_owned(),
+            source,
         })
+}
+
+/// `mkdir -p` whose result survives a power cut: every directory it creates is synced, and so
+/// is the parent that got its name.
+pub fn create_dir_durable(dir: &Path) -> Result<(), LedgerError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(LedgerError::Io {
+                path: dir.to_owned(),
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    sync_dir(dir)?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => sync_dir(Path::new(".")),
+    }
+}
+
+fn dir_names(dir: &Path) -> Result<std::collections::BTreeSet<std::ffi::OsString>, LedgerError> {
+    let io = |source| LedgerError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for item in std::fs::read_dir(dir).map_err(io)? {
+        names.insert(item.map_err(io)?.file_name());
+    }
+    Ok(names)
+}
+
+type SyncedNames =
+    std::sync::Mutex<HashMap<PathBuf, std::collections::BTreeSet<std::ffi::OsString>>>;
+
+/// The names of each sled directory as last synced: sled writes a snapshot file now and then
+/// (`snap.*`, renamed into place and the old one removed) without syncing the directory.
+fn synced_names() -> &'static SyncedNames {
+    static NAMES: std::sync::OnceLock<SyncedNames> = std::sync::OnceLock::new();
+    NAMES.get_or_init(Default::default)
 }
 
 /// Makes everything written to the sled database in `dir` so far durable: sled's flush, then
@@ -526,6 +606,21 @@ fn sync_files(dir: &Path) -> Result<(), LedgerError> {
         .open(&data)
         .and_then(|f| f.sync_data())
         .map_err(io(&data))?;
+    // A snapshot sled renamed into place since the last sync (rare: sled takes one every million
+    // operations) becomes durable with its directory.
+    let names = dir_names(dir)?;
+    let changed = synced_names()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(dir)
+        != Some(&names);
+    if changed {
+        sync_dir(dir)?;
+        synced_names()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_owned(), names);
+    }
     let blobs = dir.join("blobs");
     let listing = match std::fs::read_dir(&blobs) {
         Ok(l) => l,
@@ -592,10 +687,6 @@ fn synced_blobs() -> &'static SyncedBlobs {
 impl Store {
     /// Opens (or creates) the store in `dir`, checking that what is on disk agrees with itself.
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
-        std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
         let db = open_db(dir)?;
         Self::open_in(&db, dir)
     }

@@ -11,5 +11,6 @@ mod mqtt;
 mod mtls;
 mod ops;
 mod pki_cli;
+mod powerloss;
 mod systemd;
 mod telemetry;

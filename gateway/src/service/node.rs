@@ -63,7 +63,8 @@ impl Node {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Node>> {
         let dir = &config.node.data_dir;
-        std::fs::create_dir_all(dir)
+        // Durable (directory synced), as everything the node writes here must survive a power cut.
+        ledger_node::store::create_dir_durable(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
         let key = NodeKey::new(ledger_node::keys::load_or_create(&dir.join("node.key"))?)?;
         let (log_store, state_machine, store) = ledger_node::raft::open_storage(dir)?;

@@ -40,10 +40,6 @@ pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 /// recovery): call it from `spawn_blocking` or before the runtime is busy.
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachine, Arc<Store>), LedgerError> {
     let db_dir = data_dir.join(DB_DIR);
-    std::fs::create_dir_all(&db_dir).map_err(|source| LedgerError::Io {
-        path: db_dir.clone(),
-        source,
-    })?;
     let db = open_db(&db_dir)?;
     let store = Arc::new(Store::open_in(&db, &db_dir)?);
     let durability = Arc::new(Durability::new(db.clone(), db_dir.clone()));
