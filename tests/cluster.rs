@@ -57,7 +57,8 @@ pub fn write_gateway_files(
         dns_names: vec![],
         ip_addrs: vec![ip.into()],
     });
-    let issued = ca.issue(&spec, Validity::days(2)?)?;
+    // Long enough that health checks do not warn of an expiring certificate (30 days).
+    let issued = ca.issue(&spec, Validity::days(90)?)?;
     issued.write_files(&pki.join("gateway.crt"), &pki.join("gateway.key"))?;
     std::fs::write(pki.join("root.crt"), ca.root_pem()).context("write root.crt")?;
     let port = free_port();

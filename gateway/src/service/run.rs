@@ -58,11 +58,14 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     )
     .await?;
     // telemetry: adapters -> rules -> outbox -> ledger; its staff-view routes join the API
+    // Telemetry's tasks end on `shutdown`, after the listeners have drained: they are not
+    // waited for with the listeners.
+    let mut background = tokio::task::JoinSet::new();
     let routes = match crate::service::telemetry::start(
         &config,
         node.clone(),
         &tls,
-        &mut tasks,
+        &mut background,
         shutdown.clone(),
     )
     .await?
@@ -127,6 +130,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
     crate::service::notify::status("stopping: raft");
     shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while background.join_next().await.is_some() {}
+    })
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
