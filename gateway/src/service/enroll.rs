@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use certs::{
-    CertifiedKey, IssuedCert, IssuingCa, Profile, ReloadableServerConfig, RevocationReason,
-    TokenStore, Validity,
+    CertifiedKey, IssuedCert, IssuingCa, ReloadableServerConfig, RevocationReason, TokenStore,
+    Validity,
 };
 use ledger_node::entry::EventInput;
 use ledger_node::{ApplyOutcome, Command};
@@ -33,7 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Config;
-use crate::service::api::extract::{parse_json, require_json};
+use crate::service::api::extract::JsonBody;
 use crate::service::api::{guarded, ApiError, Need};
 use crate::service::node::Node;
 use crate::service::server::Peer;
@@ -157,11 +157,8 @@ struct EnrollRequest {
 
 async fn enroll(
     State(s): State<EnrollState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    JsonBody(req): JsonBody<EnrollRequest>,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let req: EnrollRequest = parse_json(&body)?;
     let validity = Validity::days(DEVICE_CERT_DAYS.min(days_left(&s.ca))).map_err(certs_error)?;
     let (ca, tokens) = (s.ca.clone(), s.tokens.clone());
     // the token store waits on a lock file: keep it off the async workers
@@ -210,21 +207,10 @@ struct RenewRequest {
 async fn renew(
     State(s): State<EnrollState>,
     Extension(peer): Extension<Peer>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    JsonBody(req): JsonBody<RenewRequest>,
 ) -> Result<Response, ApiError> {
+    // Only devices reach this route (`Need::Device`, checked before the body is read).
     let current = peer.0.clone();
-    if current.profile != Profile::Device {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} {} is not a device: only devices renew here",
-                current.profile, current.id
-            ),
-        ));
-    }
-    require_json(&headers)?;
-    let req: RenewRequest = parse_json(&body)?;
     let validity = Validity::days(DEVICE_CERT_DAYS.min(days_left(&s.ca))).map_err(certs_error)?;
     let ca = s.ca.clone();
     let who = current.clone();

@@ -86,7 +86,7 @@ where
 }
 
 /// 415 unless the request says its body is JSON.
-pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -108,7 +108,7 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses JSON, naming the field at fault.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();

@@ -140,7 +140,8 @@ pub struct ConsistencyDoc {
     proof: Vec<String>,
     /// A signed head of size `to` when `to` is the ledger's current size.
     #[serde(skip_serializing_if = "Option::is_none")]
-    head: Option<HeadDoc>,
+    #[schema(value_type = Option<HeadDoc>)]
+    head: Option<ledger_node::SignedTreeHead>,
 }
 
 /// A consistency proof between an older tree size and a newer one: shows that the newer ledger
@@ -151,7 +152,7 @@ pub struct ConsistencyDoc {
 pub async fn consistency(
     State(node): State<Arc<Node>>,
     QueryParams(q): QueryParams<ConsistencyQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ConsistencyDoc>, ApiError> {
     let head = node.tree_head().map_err(ApiError::internal)?;
     let to = q.to.unwrap_or(head.size);
     if q.from == 0 || q.from > to {
@@ -172,15 +173,14 @@ pub async fn consistency(
     let proof = store
         .consistency_proof(q.from, to)
         .map_err(ApiError::internal)?;
-    let body = serde_json::json!({
-        "from": q.from,
-        "to": to,
-        "from_root": hex::encode(store.root(q.from).map_err(ApiError::internal)?),
-        "to_root": hex::encode(store.root(to).map_err(ApiError::internal)?),
-        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
-        "head": (to == head.size).then_some(&head),
-    });
-    Ok(Json(body).into_response())
+    Ok(Json(ConsistencyDoc {
+        from: q.from,
+        to,
+        from_root: hex::encode(store.root(q.from).map_err(ApiError::internal)?),
+        to_root: hex::encode(store.root(to).map_err(ApiError::internal)?),
+        proof: proof.iter().map(hex::encode).collect(),
+        head: (to == head.size).then_some(head),
+    }))
 }
 
 #[derive(Deserialize)]

@@ -99,7 +99,8 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// that is not yet a problem document (a rejection of axum's own, a layer's plain-text error)
 /// into one, its text as the detail. Nothing leaves the API in another error format.
 pub async fn uniform(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let uri_len = req.uri().to_string().len();
+    // The target as sent (path and query), without formatting the URI anew on every request.
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI_BYTES {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
