@@ -333,6 +333,14 @@ pub struct LedgerConfig {
     /// ledger has grown. Exports are cut at the latest checkpoint.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
+    /// sled's page cache (ledger and Raft log together), MiB. It bounds the memory the ledger
+    /// takes, whatever its size on disk.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+}
+
+fn default_cache_mib() -> u64 {
+    ledger_node::store::DEFAULT_CACHE_BYTES / (1024 * 1024)
 }
 
 fn default_checkpoint_interval() -> u64 {
@@ -352,6 +360,7 @@ impl Default for LedgerConfig {
             max_batch: default_max_batch(),
             max_inflight_batches: default_inflight(),
             checkpoint_interval_ms: default_checkpoint_interval(),
+            cache_mib: default_cache_mib(),
         }
     }
 }
@@ -463,6 +472,12 @@ impl Config {
             return Err(invalid(
                 "ledger.max_inflight_batches",
                 "must be at least 1".into(),
+            ));
+        }
+        if !(8..=65_536).contains(&c.ledger.cache_mib) {
+            return Err(invalid(
+                "ledger.cache_mib",
+                format!("{} MiB: must be between 8 and 65536", c.ledger.cache_mib),
             ));
         }
         if c.ledger.max_batch == 0 {

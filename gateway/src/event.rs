@@ -172,21 +172,75 @@ impl EventRequest {
     }
 }
 
+/// Reads an import file one event line at a time, each at most [`MAX_EVENT_BYTES`], so a file of
+/// any size (or a line that never ends) takes bounded memory. Blank lines and lines starting with
+/// `#` are skipped; line numbers are 1-based and count every line.
+pub struct EventLines<R> {
+    reader: R,
+    line: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> EventLines<R> {
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event line, parsed.
+    pub fn next_event(&mut self) -> Result<Option<ImportEvent>, LineError> {
+        use std::io::{BufRead, Read};
+        loop {
+            self.line += 1;
+            let line = self.line;
+            self.buf.clear();
+            // One byte more than an event may have, and its line end.
+            let limit = MAX_EVENT_BYTES as u64 + 2;
+            let n = (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| LineError {
+                    line,
+                    reason: format!("cannot read: {e}"),
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if self.buf.len() as u64 == limit && !self.buf.ends_with(b"\n") {
+                return Err(LineError {
+                    line,
+                    reason: format!(
+                        "the line is longer than the {MAX_EVENT_BYTES} bytes an event may have"
+                    ),
+                });
+            }
+            let text = std::str::from_utf8(&self.buf).map_err(|e| LineError {
+                line,
+                reason: format!("not UTF-8: {e}"),
+            })?;
+            let t = text.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            return parse_line(line, t).map(Some);
+        }
+    }
+}
+
 /// Parses a whole file; blank lines and lines starting with `#` are skipped. Returns every event
 /// or the first bad line: an import is all or nothing.
 pub fn parse_file(text: &str) -> Result<Vec<ImportEvent>, LineError> {
+    let mut lines = EventLines::new(text.as_bytes());
     let mut out = Vec::new();
     let mut ids = std::collections::HashSet::new();
-    for (i, raw) in text.lines().enumerate() {
-        let t = raw.trim();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let ev = parse_line(i + 1, t)?;
+    while let Some(ev) = lines.next_event()? {
         if let Some(id) = &ev.event.event_id {
             if !ids.insert(id.clone()) {
                 return Err(LineError {
-                    line: i + 1,
+                    line: ev.line,
                     reason: format!("event_id {id:?} appears twice in the file"),
                 });
             }

@@ -25,6 +25,8 @@ pub struct LedgerOptions {
     pub max_batch: usize,
     /// Capacity of the queue in front of the writer; callers wait when it is full.
     pub queue: usize,
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
 }
 
 impl Default for LedgerOptions {
@@ -33,6 +35,7 @@ impl Default for LedgerOptions {
             node_id: 1,
             max_batch: 4096,
             queue: 8192,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -127,12 +130,14 @@ impl Ledger {
         crate::store::create_dir_durable(dir)?;
         let key = NodeKey::new(crate::keys::load_or_create(&dir.join("node.key"))?)?;
         let store_dir = dir.join("ledger");
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-            .await
-            .map_err(|e| LedgerError::Io {
-                path: dir.to_owned(),
-                source: std::io::Error::other(e),
-            })??;
+        let cache_bytes = options.cache_bytes;
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_with_cache(&store_dir, cache_bytes))
+                .await
+                .map_err(|e| LedgerError::Io {
+                    path: dir.to_owned(),
+                    source: std::io::Error::other(e),
+                })??;
         let store = Arc::new(store);
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let writer = tokio::spawn(writer_loop(store.clone(), rx, options.max_batch.max(1)));

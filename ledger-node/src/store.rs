@@ -47,6 +47,9 @@ use crate::error::LedgerError;
 use crate::hash::{leaf_hash, Hash};
 use crate::merkle::{self, Frontier, NodeReader};
 
+mod stats;
+pub use stats::{file_sizes, Part, Stats};
+
 /// A state-changing command. Everything an entry's bytes depend on is inside the command, fixed by
 /// the proposing node before apply; apply reads no clock, no randomness and no environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,17 +479,23 @@ impl<'a> Record<'a> {
     }
 }
 
+/// sled's page cache when nothing else is asked for, bytes. sled's own default (1 GiB) let a
+/// gateway's memory grow with its ledger up to that much; an appliance keeps its ledger on disk
+/// and its working set (the newest entries, the Merkle frontier's nodes) in far less.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Opens sled in `dir` the way the ledger needs it: no background flusher, because every
-/// acknowledgement is preceded by an explicit [`sync_db`].
+/// acknowledgement is preceded by an explicit [`sync_db`]; a page cache of `cache_bytes`.
 ///
 /// Creates `dir` if needed and makes sled's files and their names durable before returning:
 /// sled never syncs the directories it writes to (nor its `conf` file), so after a power cut
 /// a database that was never synced this way could be missing altogether (found by the
 /// power-loss tests, `tests/it/powerloss.rs`).
-pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, LedgerError> {
+pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerError> {
     create_dir_durable(dir)?;
     let db = sled::Config::new()
         .path(dir)
+        .cache_capacity(cache_bytes)
         .flush_every_ms(None)
         .open()
         .map_err(|source| LedgerError::Storage {
@@ -685,9 +694,15 @@ fn synced_blobs() -> &'static SyncedBlobs {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, checking that what is on disk agrees with itself.
+    /// Opens (or creates) the store in `dir`, checking that what is on disk agrees with itself,
+    /// with sled's page cache at [`DEFAULT_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
-        let db = open_db(dir)?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with sled's page cache bounded to `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, LedgerError> {
+        let db = open_db(dir, cache_bytes)?;
         Self::open_in(&db, dir)
     }
 

@@ -158,10 +158,33 @@ fn malformed_import_lines_are_refused_with_line_numbers_and_nothing_written() {
             r#"{"kind":"repair","device_id":"x","corrects":5}"#,
             "corrects entry 5, but the ledger has 0 entries",
         ),
+        // A correction of a later line (the import reads its file in passes, never whole).
+        (
+            r#"{"kind":"repair","device_id":"x","corrects_event_id":"b"}"#,
+            "not in the ledger or earlier in the file",
+        ),
     ];
-    for (i, (bad, want)) in cases.iter().enumerate() {
+    let long = format!(
+        r#"{{"kind":"repair","device_id":"x","components":[{{"name":"n","class":"maintenance","value":"{}"}}]}}"#,
+        "x".repeat(1024 * 1024)
+    );
+    let cases = cases
+        .iter()
+        .map(|(bad, want)| (bad.as_bytes().to_vec(), *want))
+        .chain([
+            (long.into_bytes(), "longer than the 1048576 bytes"),
+            (
+                b"{\"kind\":\"repair\",\"device_id\":\"\xff\"}".to_vec(),
+                "not UTF-8",
+            ),
+        ]);
+    for (i, (bad, want)) in cases.enumerate() {
         let file = dir.path().join(format!("bad{i}.jsonl"));
-        std::fs::write(&file, format!("{good}\n# a comment\n{bad}\n{good2}\n")).expect("write");
+        let mut body = format!("{good}\n# a comment\n").into_bytes();
+        body.extend_from_slice(&bad);
+        body.extend_from_slice(format!("\n{good2}\n").as_bytes());
+        std::fs::write(&file, body).expect("write");
+        let bad = String::from_utf8_lossy(&bad[..bad.len().min(200)]).into_owned();
         let out = medledger(&[
             "import",
             "--data-dir",

@@ -50,40 +50,136 @@ pub struct ImportSummary {
     pub size: u64,
 }
 
-/// Appends the events of a JSON Lines file. Every line is parsed and validated before the first
-/// append; many appends are kept in flight so they share flushes.
+/// Appends the events of a JSON Lines file, streaming it: the file is read three times at most
+/// (checked whole, then corrections by event id resolved, then appended), one line at a time, so
+/// memory does not grow with the file beyond 8 bytes a line (a fingerprint of each event id, to
+/// find the same id twice). Every line is checked before the first append: an import is all or
+/// nothing. Many appends are kept in flight so they share flushes.
 pub async fn import_file(
     ledger: &Ledger,
     file: &Path,
     author: &str,
 ) -> anyhow::Result<ImportSummary> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let events = event::parse_file(&text).with_context(|| format!("{}", file.display()))?;
-    import_events(ledger, events, author, &file.display().to_string()).await
+    let source = file.display().to_string();
+    let open = || -> anyhow::Result<event::EventLines<BufReader<std::fs::File>>> {
+        let f = std::fs::File::open(file).with_context(|| format!("cannot read {source}"))?;
+        Ok(event::EventLines::new(BufReader::with_capacity(1 << 16, f)))
+    };
+    let mut check = ImportCheck::new(ledger);
+    let mut lines = open()?;
+    while let Some(ev) = lines.next_event().with_context(|| source.clone())? {
+        check.first(&ev, &source)?;
+    }
+    if check.needs_second_pass() {
+        let mut lines = open()?;
+        while let Some(ev) = lines.next_event().with_context(|| source.clone())? {
+            check.second(ledger, &ev, &source)?;
+        }
+    }
+    let mut lines = open()?;
+    let changed = format!("{source} changed during the import");
+    let events = std::iter::from_fn(move || {
+        lines
+            .next_event()
+            .with_context(|| changed.clone())
+            .transpose()
+    });
+    append_events(ledger, events, author, &source).await
 }
 
-/// Appends parsed events in file order.
+/// Appends parsed events in order, after the same checks as [`import_file`].
 pub async fn import_events(
     ledger: &Ledger,
     events: Vec<event::ImportEvent>,
     author: &str,
     source: &str,
 ) -> anyhow::Result<ImportSummary> {
-    // Every correction must point at an event that exists before anything is written.
-    let mut earlier = std::collections::HashSet::new();
-    let size = ledger.store().size();
+    let mut check = ImportCheck::new(ledger);
     for ev in &events {
+        check.first(ev, source)?;
+    }
+    if check.needs_second_pass() {
+        for ev in &events {
+            check.second(ledger, ev, source)?;
+        }
+    }
+    append_events(ledger, events.into_iter().map(Ok), author, source).await
+}
+
+/// The checks of an import before anything is written, in two passes over its events, keeping
+/// what they need to remember bounded by the file's corrections by event id and its repeated
+/// ids, not by its size.
+struct ImportCheck {
+    size: u64,
+    hasher: std::collections::hash_map::RandomState,
+    /// Fingerprint of every event id (first pass), sorted and reduced to those seen twice by
+    /// [`ImportCheck::needs_second_pass`].
+    fingerprints: Vec<u64>,
+    suspects: std::collections::HashSet<u64>,
+    /// The ids that `corrects_event_id` names.
+    referenced: std::collections::HashSet<String>,
+    /// Second pass: suspect or referenced ids met so far, with their line.
+    seen: std::collections::HashMap<String, usize>,
+}
+
+impl ImportCheck {
+    fn new(ledger: &Ledger) -> Self {
+        Self {
+            size: ledger.store().size(),
+            hasher: Default::default(),
+            fingerprints: Vec::new(),
+            suspects: Default::default(),
+            referenced: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    fn fingerprint(&self, id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(id)
+    }
+
+    /// Each line on its own (parsed by the caller): `corrects` within the ledger.
+    fn first(&mut self, ev: &event::ImportEvent, source: &str) -> anyhow::Result<()> {
         if let Some(seq) = ev.event.corrects {
-            if seq >= size {
+            if seq >= self.size {
                 bail!(
-                    "{source}: line {}: corrects entry {seq}, but the ledger has {size} entries (use corrects_event_id for an event earlier in the file)",
-                    ev.line
+                    "{source}: line {}: corrects entry {seq}, but the ledger has {} entries (use corrects_event_id for an event earlier in the file)",
+                    ev.line, self.size
                 );
             }
         }
+        if let Some(id) = &ev.event.event_id {
+            self.fingerprints.push(self.fingerprint(id));
+        }
         if let Some(target) = &ev.corrects_event_id {
-            if !earlier.contains(target) && ledger.store().find_event_id(target)?.is_none() {
+            self.referenced.insert(target.clone());
+        }
+        Ok(())
+    }
+
+    /// Whether the first pass left anything to check: ids that may repeat, corrections by id.
+    fn needs_second_pass(&mut self) -> bool {
+        let mut fp = std::mem::take(&mut self.fingerprints);
+        fp.sort_unstable();
+        self.suspects = fp
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        !self.suspects.is_empty() || !self.referenced.is_empty()
+    }
+
+    /// Repeated event ids, and every `corrects_event_id` naming an event of the ledger or of an
+    /// earlier line.
+    fn second(
+        &mut self,
+        ledger: &Ledger,
+        ev: &event::ImportEvent,
+        source: &str,
+    ) -> anyhow::Result<()> {
+        if let Some(target) = &ev.corrects_event_id {
+            if !self.seen.contains_key(target) && ledger.store().find_event_id(target)?.is_none() {
                 bail!(
                     "{source}: line {}: corrects_event_id {target:?} is not in the ledger or earlier in the file",
                     ev.line
@@ -91,13 +187,34 @@ pub async fn import_events(
             }
         }
         if let Some(id) = &ev.event.event_id {
-            earlier.insert(id.clone());
+            let suspect = self.suspects.contains(&self.fingerprint(id));
+            if suspect || self.referenced.contains(id) {
+                if let Some(first) = self.seen.insert(id.clone(), ev.line) {
+                    if suspect {
+                        bail!(
+                            "{source}: line {}: event_id {id:?} appears twice in the file (first on line {first})",
+                            ev.line
+                        );
+                    }
+                }
+            }
         }
+        Ok(())
     }
+}
+
+/// Appends checked events in order.
+async fn append_events(
+    ledger: &Ledger,
+    events: impl Iterator<Item = anyhow::Result<event::ImportEvent>>,
+    author: &str,
+    source: &str,
+) -> anyhow::Result<ImportSummary> {
     let mut summary = ImportSummary::default();
     let mut pending: VecDeque<(usize, _)> = VecDeque::new();
     let node = ledger.node_id();
-    for mut ev in events {
+    for ev in events {
+        let mut ev = ev?;
         if let Some(target) = ev.corrects_event_id.take() {
             // The corrected event may be among those still in flight: settle them first.
             while let Some((line, fut)) = pending.pop_front() {
@@ -171,6 +288,87 @@ pub fn write_atomic(
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// `ledger stats`: the parts of the ledger in `data_dir` (a gateway's, with `sled/`, or one
+/// `medledger import` wrote, with `ledger/`), as a table.
+pub fn stats(data_dir: &Path) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let (db_dir, what) = if data_dir.join(ledger_node::raft::DB_DIR).is_dir() {
+        (
+            data_dir.join(ledger_node::raft::DB_DIR),
+            "a gateway's data directory",
+        )
+    } else if data_dir.join("ledger").is_dir() {
+        (data_dir.join("ledger"), "a local ledger (medledger import)")
+    } else {
+        bail!(
+            "{} holds no ledger: neither {}/ (a gateway's) nor ledger/ (medledger import's)",
+            data_dir.display(),
+            ledger_node::raft::DB_DIR
+        );
+    };
+    let store = ledger_node::store::Store::open_with_cache(&db_dir, 16 * 1024 * 1024)
+        .with_context(|| {
+            format!(
+                "cannot open the ledger in {} (is a gateway running on this data directory?)",
+                db_dir.display()
+            )
+        })?;
+    let s = store.stats()?;
+    drop(store);
+    let files = ledger_node::store::file_sizes(data_dir)?;
+    let n = s.entries.max(1) as f64;
+    let mut out = format!(
+        "{} ({what}): {} entries\n  {:<28} {:>10} {:>15} {:>10}\n",
+        data_dir.display(),
+        s.entries,
+        "part",
+        "count",
+        "bytes",
+        "per entry"
+    );
+    let mut row = |name: &str, count: Option<u64>, bytes: u64| {
+        let count = count.map_or(String::new(), |c| c.to_string());
+        let _ = writeln!(
+            out,
+            "  {name:<28} {count:>10} {bytes:>15} {:>10.1}",
+            bytes as f64 / n
+        );
+    };
+    row("entries (their bytes)", Some(s.entries), s.entry_bytes);
+    row("openings (values, salts)", None, s.opening_bytes);
+    row("Merkle subtree hashes", None, s.merkle_bytes);
+    row("entry keys and lengths", None, s.record_overhead_bytes);
+    for (name, p) in [
+        ("device index", s.device_index),
+        ("event-id index", s.event_id_index),
+        ("node keys, metadata", s.metadata),
+        ("other ledger keys", s.other),
+    ] {
+        row(name, Some(p.count), p.bytes);
+    }
+    for (name, p) in &s.trees {
+        row(&format!("tree {name}"), Some(p.count), p.bytes);
+    }
+    row("all of the above", None, s.logical_total());
+    row("sled's files (its own count)", None, s.sled_on_disk);
+    for (name, bytes) in &files {
+        row(&format!("file {name}"), None, *bytes);
+    }
+    let disk: u64 = files.iter().map(|(_, b)| b).sum();
+    row("on disk in all", None, disk);
+    let budget = s.payload() as f64 * 1.3 + 64.0 * s.entries as f64;
+    let _ = writeln!(
+        out,
+        "on disk per entry: {:.0} bytes for {:.0} of entry and openings ({:.2}x); budget 1.3x + 64 = {:.0} bytes: {}",
+        disk as f64 / n,
+        s.payload() as f64 / n,
+        disk as f64 / s.payload().max(1) as f64,
+        budget / n,
+        if (disk as f64) <= budget { "within" } else { "over" }
+    );
+    Ok(out)
 }
 
 /// `ledger export`.

@@ -114,6 +114,13 @@ enum LedgerCmd {
         #[arg(long)]
         since_size: Option<u64>,
     },
+    /// Show what each part of a ledger takes (entries, openings, Merkle nodes, indexes, the Raft
+    /// log) and the bytes on disk per entry. Works on a gateway's data directory (the gateway
+    /// must be stopped: sled allows one process) or on one `medledger import` wrote.
+    Stats {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -190,6 +197,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
             ledger::receipt_since(&ledger, seq, &out, &disclose, since_size).await?;
             println!("wrote a receipt for entry {seq} to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ledger(LedgerCmd::Stats { data }) => {
+            let dir = data.data_dir.clone();
+            print!(
+                "{}",
+                tokio::task::spawn_blocking(move || ledger::stats(&dir)).await??
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(a) => {

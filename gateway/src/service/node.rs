@@ -67,7 +67,8 @@ impl Node {
         ledger_node::store::create_dir_durable(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
         let key = NodeKey::new(ledger_node::keys::load_or_create(&dir.join("node.key"))?)?;
-        let (log_store, state_machine, store) = ledger_node::raft::open_storage(dir)?;
+        let (log_store, state_machine, store) =
+            ledger_node::raft::open_storage_with_cache(dir, config.ledger.cache_mib * 1024 * 1024)?;
         let r = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: "medledger".into(),

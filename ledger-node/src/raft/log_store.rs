@@ -431,7 +431,8 @@ mod tests {
     #[test]
     fn large_entries_are_cut_into_pieces_and_come_back_whole() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::open_db(tmp.path()).expect("open");
+        let db =
+            crate::store::open_db(tmp.path(), crate::store::DEFAULT_CACHE_BYTES).expect("open");
         let durability = Arc::new(Durability::new(db.clone(), tmp.path().to_owned()));
         let store = LogStore::open(&db, tmp.path(), durability).expect("log store");
         // 0 commands: a few bytes; 400: ~20 KiB, four pieces; 123: just over one piece.

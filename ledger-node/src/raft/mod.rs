@@ -39,8 +39,17 @@ pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 /// store for reads (its [`Store::size`] follows what Raft has applied). Blocks on disk I/O (sled
 /// recovery): call it from `spawn_blocking` or before the runtime is busy.
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachine, Arc<Store>), LedgerError> {
+    open_storage_with_cache(data_dir, crate::store::DEFAULT_CACHE_BYTES)
+}
+
+/// [`open_storage`] with sled's page cache (shared by the ledger and the Raft log) bounded to
+/// `cache_bytes`.
+pub fn open_storage_with_cache(
+    data_dir: &Path,
+    cache_bytes: u64,
+) -> Result<(LogStore, StateMachine, Arc<Store>), LedgerError> {
     let db_dir = data_dir.join(DB_DIR);
-    let db = open_db(&db_dir)?;
+    let db = open_db(&db_dir, cache_bytes)?;
     let store = Arc::new(Store::open_in(&db, &db_dir)?);
     let durability = Arc::new(Durability::new(db.clone(), db_dir.clone()));
     let log = LogStore::open(&db, &db_dir, durability.clone())?;
@@ -107,7 +116,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_syncs_share_and_all_complete() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let db = open_db(tmp.path()).expect("open");
+        let db = open_db(tmp.path(), crate::store::DEFAULT_CACHE_BYTES).expect("open");
         let tree = db.open_tree("t").expect("tree");
         let d = Arc::new(Durability::new(db.clone(), tmp.path().to_owned()));
         let mut tasks = Vec::new();
