@@ -59,6 +59,7 @@
 pub mod ca;
 pub mod crl;
 pub mod device_id;
+pub mod endorse;
 pub mod enroll;
 pub mod error;
 mod fsutil;

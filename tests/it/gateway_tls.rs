@@ -1202,3 +1202,110 @@ async fn a_revocation_made_while_stopped_holds_after_start_and_restart() {
     assert!(got.is_err(), "accepted after a restart: {got:?}");
     assert!(crl_refuses(pki_dir, chain).await, "the CRL after a restart");
 }
+
+/// `verify --site-root`: a gateway with an issuing CA endorses its ledger key at start (a
+/// `certificate-issued` entry, profile `ledger-key`), so its exports verify against the site's
+/// root; against another site's root, or without the endorsement, they are refused with a
+/// message naming the node.
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_verify_against_the_site_root_that_endorsed_their_keys() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let (site, gw) = single_node("[ledger]\ncheckpoint_interval_ms = 500\n").await;
+    let admin = site.staff_client("sr-admin", StaffRole::Admin);
+    let url = format!("https://{}/v1/export", gw.addr());
+    let bytes = eventually(
+        "an export holding the gateway's ledger key endorsement",
+        Duration::from_secs(60),
+        || {
+            let (admin, url) = (admin.clone(), url.clone());
+            async move {
+                let r = admin.get(&url).send().await.ok()?;
+                let b = r.bytes().await.ok()?;
+                String::from_utf8_lossy(&b)
+                    .contains("ledger-key")
+                    .then_some(b)
+            }
+        },
+    )
+    .await;
+    let dir = site.dir.path();
+    let export = dir.join("export.jsonl");
+    std::fs::write(&export, &bytes).expect("write export");
+    let root = dir.join("node1/pki/root.crt");
+    let verify = |root: &Path, file: &Path| {
+        let out = std::process::Command::new(bin("medledger"))
+            .arg("verify")
+            .arg("--site-root")
+            .arg(root)
+            .arg(file)
+            .output()
+            .expect("verify");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = verify(&root, &export);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("against the site root") && out.contains("the keys of node 1 are endorsed"),
+        "{out}"
+    );
+
+    // Another site's root: refused, naming the node.
+    let other = tempfile::tempdir().expect("tempdir");
+    init_site_ca(other.path(), &CaInit::new("another hospital", "1")).expect("other ca");
+    let (code, out) = verify(&other.path().join("root.crt"), &export);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("node 1's key") && out.contains("is not endorsed by the site root"),
+        "{out}"
+    );
+
+    // An insurer's export (commitments only for patient data) carries the endorsement too.
+    let insurer = site.staff_client("sr-insurer", StaffRole::Insurer);
+    let partial = insurer
+        .get(&url)
+        .send()
+        .await
+        .expect("export")
+        .bytes()
+        .await
+        .expect("body");
+    let partial_path = dir.join("partial.jsonl");
+    std::fs::write(&partial_path, &partial).expect("write");
+    let (code, out) = verify(&root, &partial_path);
+    assert_eq!(code, Some(0), "an insurer sees the device class: {out}");
+
+    // A ledger no site endorsed (made by `medledger import`): refused.
+    let data = dir.join("local");
+    let events = dir.join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"event_id\":\"x1\",\"kind\":\"repair\",\"device_id\":\"pump-1\"}\n",
+    )
+    .expect("write");
+    medledger(&[
+        "import",
+        "--data-dir",
+        &data.display().to_string(),
+        &events.display().to_string(),
+    ])
+    .await;
+    let local_export = dir.join("local.jsonl");
+    medledger(&[
+        "ledger",
+        "export",
+        "--data-dir",
+        &data.display().to_string(),
+        "--out",
+        &local_export.display().to_string(),
+    ])
+    .await;
+    let (code, out) = verify(&root, &local_export);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("node 1's key") && out.contains("has no endorsement in the file"),
+        "{out}"
+    );
+}

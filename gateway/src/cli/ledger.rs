@@ -483,11 +483,26 @@ pub fn verify_with(
 }
 
 /// What the signatures were checked against, in words.
+/// How a verdict says that no trust anchor was used ([`site_root_words`] replaces it when the
+/// keys were checked against the site root).
+pub const NO_ANCHOR_WORDS: &str = "against the keys the file carries, not against a trust anchor";
+
 fn trust_words(report: &export::VerifyReport) -> &'static str {
     match report.trust {
         export::Trust::TrustedKeys => "against the trusted keys given",
-        _ => "against the keys the file carries, not against a trust anchor",
+        _ => NO_ANCHOR_WORDS,
     }
+}
+
+/// A verdict's trust words once `verify --site-root` found every key endorsed.
+pub fn site_root_words(root: &Path, nodes: &[u64]) -> String {
+    let nodes: Vec<String> = nodes.iter().map(u64::to_string).collect();
+    format!(
+        "against the site root {} (the keys of node{} {} are endorsed by it)",
+        root.display(),
+        if nodes.len() == 1 { "" } else { "s" },
+        nodes.join(", ")
+    )
 }
 
 /// The one-line verdict (`--quiet`).

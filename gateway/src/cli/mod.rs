@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod demo;
 pub mod ledger;
 pub mod pki;
+pub mod site_root;
 pub mod status;
 
 use std::path::PathBuf;
@@ -135,6 +136,11 @@ struct VerifyArgs {
     /// older head is refused as a rollback, a different tree as a fork.
     #[arg(long = "known-head")]
     known_head: Option<PathBuf>,
+    /// The site's root certificate (PEM): every key the export was signed with must be endorsed
+    /// by a certificate chaining to it, found in the export's own `certificate-issued` entries
+    /// (profile `ledger-key`; class `device` disclosed). Exports only.
+    #[arg(long = "site-root")]
+    site_root: Option<PathBuf>,
     /// Threads that check entries (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -217,11 +223,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await??;
             match result {
                 Ok(report) => {
-                    if a.quiet {
-                        println!("{}", ledger::verdict(&report));
+                    let mut text = if a.quiet {
+                        ledger::verdict(&report) + "\n"
                     } else {
-                        print!("{}", ledger::describe(&report));
+                        ledger::describe(&report)
+                    };
+                    if let Some(root) = &a.site_root {
+                        let (file, root2) = (a.file.clone(), root.clone());
+                        let site =
+                            tokio::task::spawn_blocking(move || site_root::check(&file, &root2))
+                                .await??;
+                        match site {
+                            Ok(nodes) => {
+                                text = text.replace(
+                                    ledger::NO_ANCHOR_WORDS,
+                                    &ledger::site_root_words(root, &nodes),
+                                );
+                            }
+                            Err(reason) => {
+                                println!("INVALID {}: {reason}", a.file.display());
+                                return Ok(ExitCode::from(1));
+                            }
+                        }
                     }
+                    print!("{text}");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(failure) => {

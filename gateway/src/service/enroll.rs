@@ -341,6 +341,22 @@ pub async fn start(
         ca.clone(),
         shutdown.clone(),
     ));
+    let key = node.key.verifying_key().to_bytes();
+    if node
+        .store
+        .find_event_id(&crate::service::revocation::ledger_key_event_id(
+            node.id, &key,
+        ))?
+        .is_none()
+    {
+        let endorsement = crate::service::revocation::ledger_key_event(node.id, &key, &ca)?;
+        tasks.spawn(crate::service::revocation::record_events(
+            node.clone(),
+            vec![endorsement],
+            format!("sha256:{}", crate::service::revocation::ca_fingerprint(&ca)),
+            shutdown.clone(),
+        ));
+    }
     let state = EnrollState::new(
         node.clone(),
         ca,

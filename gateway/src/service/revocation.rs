@@ -106,6 +106,47 @@ pub fn issued_event_from_record(rec: &certs::IssuedRecord, ca: &IssuingCa) -> Ev
     }
 }
 
+/// The `certificate-issued` event that endorses this gateway's ledger key (`node.key`) with its
+/// issuing CA (profile `ledger-key`, see `certs::endorse`): an export then carries, for every key
+/// that signed it, a certificate that chains to the site root, which `medledger verify
+/// --site-root` checks. The event id names the node and key, so each key is endorsed once
+/// whatever the number of restarts.
+pub fn ledger_key_event(
+    node_id: u64,
+    key: &[u8; 32],
+    ca: &IssuingCa,
+) -> anyhow::Result<EventInput> {
+    let e = ca
+        .endorse_ledger_key(node_id, key)
+        .context("endorsing this gateway's ledger key")?;
+    Ok(EventInput {
+        kind: EventKind::CertificateIssued,
+        device_id: certs::profile::subject_label(
+            certs::identity::Profile::Gateway,
+            &node_id.to_string(),
+        ),
+        occurred_at: Some(rfc3339(OffsetDateTime::now_utc())),
+        components: vec![
+            text("serial", &e.serial),
+            text("profile", certs::endorse::LEDGER_KEY_PROFILE),
+            text("fingerprint", &e.fingerprint),
+            text("not_after", &rfc3339(e.not_after)),
+            text("issuer", &ca_fingerprint(ca)),
+            text("node_id", &node_id.to_string()),
+            text("public_key", &hex::encode(key)),
+            text("certificate", &e.cert_pem),
+            text("issuer_certificate", &e.issuer_pem),
+        ],
+        corrects: None,
+        event_id: Some(ledger_key_event_id(node_id, key)),
+    })
+}
+
+/// Event id of the endorsement of `key` as node `node_id`'s ledger key.
+pub fn ledger_key_event_id(node_id: u64, key: &[u8; 32]) -> String {
+    format!("ledger-key:{node_id}:{}", hex::encode(key))
+}
+
 /// Records in the replicated ledger every certificate of this gateway's local record that it
 /// does not hold yet; retries until a leader accepts them. Idempotent: the event id is derived
 /// from the serial.
