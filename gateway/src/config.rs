@@ -29,6 +29,8 @@ pub struct Config {
     /// `[[rules]]`: telemetry rules (threshold alarms, maintenance counters, offline detection).
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    /// `[web]`: the staff web page; off when absent.
+    pub web: Option<WebSection>,
     /// Device profiles named by `[[modbus]]` devices, resolved at load (`telemetry.profiles_dir`
     /// first, then the built-in ones), so a missing profile is a config error, not a runtime one.
     #[serde(skip)]
@@ -367,6 +369,8 @@ impl Default for LedgerConfig {
 
 mod telemetry;
 pub use telemetry::*;
+mod web;
+pub use web::WebSection;
 
 /// A configuration problem, naming the file and field.
 #[derive(Debug, thiserror::Error)]
@@ -495,6 +499,10 @@ impl Config {
             }
         }
         telemetry::check(&mut c, &invalid)?;
+        if let Some(w) = &c.web {
+            w.check()
+                .map_err(|(field, message)| invalid(field, message))?;
+        }
         Ok(c)
     }
 

@@ -1281,6 +1281,41 @@ impl Store {
         Ok(out)
     }
 
+    /// Ids of the devices the per-device index names, in byte order, at most `limit`: one
+    /// index read per device (each jumps past the previous device's keys).
+    pub fn device_ids(&self, limit: usize) -> Result<Vec<String>, LedgerError> {
+        let size = self.size();
+        let mut out = Vec::new();
+        let mut start = vec![b'D'];
+        while out.len() < limit {
+            let Some(kv) = self.tree().range(start.clone()..).next() else {
+                break;
+            };
+            let (k, _) = kv.map_err(|e| self.storage(e))?;
+            if k.first() != Some(&b'D') {
+                break;
+            }
+            let rest = &k[1..];
+            let nul = rest
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| self.corrupt("device index key"))?;
+            let seq = be_u64(&rest[nul + 1..]).ok_or_else(|| self.corrupt("device index key"))?;
+            let id =
+                std::str::from_utf8(&rest[..nul]).map_err(|_| self.corrupt("device index key"))?;
+            // A device whose first entry lies beyond the applied size is not there yet.
+            if seq < size {
+                out.push(id.to_owned());
+            }
+            // Past every key of this device: its prefix followed by 0x01.
+            start = key_device_prefix(id);
+            if let Some(last) = start.last_mut() {
+                *last = 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// Sequence number of the entry that carries `event_id`, if any.
     pub fn find_event_id(&self, event_id: &str) -> Result<Option<u64>, LedgerError> {
         match self.get(&key_event_id(event_id))? {

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod ledger;
 pub mod pki;
 pub mod site_root;
+pub mod staff;
 pub mod status;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ enum Cmd {
     /// Device enrollment tokens.
     #[command(subcommand)]
     Device(pki::DeviceCmd),
+    /// Staff accounts of the web page (password sign-in; docs/web.md).
+    #[command(subcommand)]
+    Staff(staff::StaffCmd),
     /// Write a Mosquitto TLS listener config, ACL, broker certificate and CRL for the site broker.
     MosquittoConfig(pki::MosquittoArgs),
 }
@@ -165,6 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Device(c) => pki::run_device(c).await,
         Cmd::MosquittoConfig(a) => pki::run_mosquitto(a).await,
         Cmd::Status(a) => status::run(a).await,
+        Cmd::Staff(c) => staff::run(c).await,
         Cmd::Cluster(c) => {
             cluster::run(c).await?;
             Ok(ExitCode::SUCCESS)

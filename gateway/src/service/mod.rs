@@ -16,6 +16,7 @@ pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 
 /// Routes of the plain-HTTP loopback health listener (`[api] health_listen`): `/healthz` (200
 /// unless a check is critical: not a cluster member, no leader or quorum, disk nearly full, an

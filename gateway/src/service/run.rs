@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     // Telemetry's tasks end on `shutdown`, after the listeners have drained: they are not
     // waited for with the listeners.
     let mut background = tokio::task::JoinSet::new();
+    let mut recent = None;
     let routes = match crate::service::telemetry::start(
         &config,
         node.clone(),
@@ -70,9 +71,25 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     )
     .await?
     {
-        Some(t) => identity.merge(crate::service::telemetry::routes(t)),
+        Some(t) => {
+            recent = Some(t.recent.clone());
+            identity.merge(crate::service::telemetry::routes(t))
+        }
         None => identity,
     };
+    // The staff web page, on a listener of its own (`[web] listen`).
+    if let Some(web) = &config.web {
+        crate::service::web::start(
+            &config,
+            web,
+            node.clone(),
+            recent,
+            &tls,
+            &mut tasks,
+            serving.clone(),
+        )
+        .await?;
+    }
     let router = crate::service::api::router(node.clone(), routes);
     tasks.spawn(crate::service::server::serve_mtls(
         listener,

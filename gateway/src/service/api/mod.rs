@@ -238,18 +238,24 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
 
 /// The disclosure classes a caller may see (docs/api.md has the table).
 pub fn visible_classes(peer: &Peer) -> BTreeSet<DisclosureClass> {
-    use DisclosureClass::*;
     let id = &peer.0;
     match id.profile {
         Profile::Gateway => DisclosureClass::ALL.into_iter().collect(),
-        Profile::Staff => match id.staff_role() {
-            Some(StaffRole::Biomed) => [Device, Maintenance, Patient].into(),
-            Some(StaffRole::Supervisor) => DisclosureClass::ALL.into_iter().collect(),
-            Some(StaffRole::Auditor) => [Device, Maintenance].into(),
-            Some(StaffRole::Insurer) => [Device, Maintenance, Financial].into(),
-            Some(StaffRole::Admin) => [Device, Maintenance, Financial].into(),
-            _ => [Device].into(),
-        },
+        Profile::Staff => staff_classes(id.staff_role()),
         _ => BTreeSet::new(),
+    }
+}
+
+/// The disclosure classes a staff role may see (also the web page's, whose staff sign in with
+/// an account of a role rather than a certificate).
+pub fn staff_classes(role: Option<StaffRole>) -> BTreeSet<DisclosureClass> {
+    use DisclosureClass::*;
+    match role {
+        Some(StaffRole::Biomed) => [Device, Maintenance, Patient].into(),
+        Some(StaffRole::Supervisor) => DisclosureClass::ALL.into_iter().collect(),
+        Some(StaffRole::Auditor) => [Device, Maintenance].into(),
+        Some(StaffRole::Insurer) => [Device, Maintenance, Financial].into(),
+        Some(StaffRole::Admin) => [Device, Maintenance, Financial].into(),
+        _ => [Device].into(),
     }
 }

@@ -1,0 +1,315 @@
+//! Sign-in, sessions and lockout of the staff web page.
+//!
+//! A session is a random 256-bit token in a `__Host-` cookie (HttpOnly, Secure,
+//! SameSite=Strict, Path=/), kept in memory on this gateway only by its SHA-256, with an absolute
+//! and an idle expiry. Each session carries its own CSRF token for forms. Wrong passwords are
+//! counted per account; `max_failures` in a row lock it for `lockout_seconds`. Every sign-in,
+//! failure, lock and sign-out is logged (target `medledger::web::auth`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use certs::StaffRole;
+use sha2::{Digest, Sha256};
+
+use super::accounts::{verify_password, Account, Accounts};
+use crate::config::WebSection;
+
+/// The session cookie's name; `__Host-` makes browsers refuse it unless Secure, Path=/ and
+/// without Domain.
+pub const SESSION_COOKIE: &str = "__Host-medledger-session";
+/// Before sign-in: the double-submit CSRF cookie of the sign-in form.
+pub const LOGIN_CSRF_COOKIE: &str = "__Host-medledger-login";
+
+/// A signed-in staff member.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub account: String,
+    /// Printed name and role, as they were at sign-in.
+    pub name: String,
+    pub role: StaffRole,
+    /// Compared with the `csrf` field of every form.
+    pub csrf: String,
+    /// Part 11 §11.200: the first signing of a session asks for the password again; later ones
+    /// in the same session need only the signer's session.
+    pub has_signed: bool,
+    started: Instant,
+    last_seen: Instant,
+}
+
+/// Why a sign-in was refused; the page shows the same words for a wrong id and a wrong
+/// password so that it does not tell which accounts exist.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Wrong id or password.
+    Wrong,
+    /// Locked after too many failures, for this long still.
+    Locked(Duration),
+    /// Locked by an administrator.
+    Disabled,
+    /// The accounts file cannot be read (logged).
+    Unavailable,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    locked_until: Option<Instant>,
+}
+
+/// Sessions and failure counters of this gateway's web page.
+pub struct Auth {
+    accounts: Accounts,
+    session_ttl: Duration,
+    idle_ttl: Duration,
+    max_failures: u32,
+    lockout: Duration,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+/// A fresh random token, hex.
+pub fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Auth {
+    pub fn new(accounts: Accounts, web: &WebSection) -> Self {
+        Auth {
+            accounts,
+            session_ttl: Duration::from_secs(web.session_minutes * 60),
+            idle_ttl: Duration::from_secs(web.idle_minutes * 60),
+            max_failures: web.max_failures,
+            lockout: Duration::from_secs(web.lockout_seconds),
+            sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+
+    /// Checks a password against account `id`, counting failures; `Ok` is the account.
+    /// Argon2 runs on a blocking thread.
+    pub async fn check_password(&self, id: &str, password: &str) -> Result<Account, Refused> {
+        if let Some(left) = self.locked_for(id) {
+            tracing::warn!(target: "medledger::web::auth", account = %id, left_s = left.as_secs(), "sign-in refused: account locked after failures");
+            return Err(Refused::Locked(left));
+        }
+        let account = match self.accounts.get(id) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(target: "medledger::web::auth", error = %e, "cannot read the staff accounts");
+                return Err(Refused::Unavailable);
+            }
+        };
+        let password = password.to_owned();
+        // An unknown id costs the same hash as a known one, so timing does not tell them apart.
+        let probe = account.clone().unwrap_or_else(|| Account {
+            id: String::new(),
+            name: String::new(),
+            role: StaffRole::Auditor,
+            password_hash: DUMMY_HASH.into(),
+            locked: false,
+        });
+        let ok = tokio::task::spawn_blocking(move || verify_password(&probe, &password))
+            .await
+            .unwrap_or(false);
+        match account {
+            Some(a) if ok && a.locked => {
+                tracing::warn!(target: "medledger::web::auth", account = %id, "sign-in refused: account locked by an administrator");
+                Err(Refused::Disabled)
+            }
+            Some(a) if ok => {
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                Ok(a)
+            }
+            _ => {
+                let locked = self.count_failure(id);
+                tracing::warn!(target: "medledger::web::auth", account = %id, known = ok || self.is_known(id), "sign-in failed: wrong id or password");
+                if locked {
+                    tracing::warn!(target: "medledger::web::auth", account = %id, failures = self.max_failures, lock_s = self.lockout.as_secs(), "account locked after repeated sign-in failures");
+                    return Err(Refused::Locked(self.lockout));
+                }
+                Err(Refused::Wrong)
+            }
+        }
+    }
+
+    fn is_known(&self, id: &str) -> bool {
+        self.accounts.get(id).ok().flatten().is_some()
+    }
+
+    fn locked_for(&self, id: &str) -> Option<Duration> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = f.get_mut(id)?;
+        let until = entry.locked_until?;
+        let now = Instant::now();
+        if until > now {
+            return Some(until - now);
+        }
+        // The lock has run out: start counting afresh.
+        f.remove(id);
+        None
+    }
+
+    /// Counts one failure; true when it locks the account.
+    fn count_failure(&self, id: &str) -> bool {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound the table: an attacker trying random ids must not grow it without end.
+        if f.len() >= 100_000 && !f.contains_key(id) {
+            let now = Instant::now();
+            f.retain(|_, v| v.locked_until.is_some_and(|u| u > now));
+        }
+        let e = f.entry(id.to_owned()).or_default();
+        e.count += 1;
+        if e.count >= self.max_failures {
+            e.locked_until = Some(Instant::now() + self.lockout);
+            e.count = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Signs `account` in: returns the new session's token.
+    pub fn start_session(&self, account: &Account) -> String {
+        let token = random_token();
+        let now = Instant::now();
+        let session = Session {
+            account: account.id.clone(),
+            name: account.name.clone(),
+            role: account.role,
+            csrf: random_token(),
+            has_signed: false,
+            started: now,
+            last_seen: now,
+        };
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.retain(|_, v| !self.expired(v, now));
+        s.insert(token_key(&token), session);
+        tracing::info!(target: "medledger::web::auth", account = %account.id, role = %account.role, "signed in");
+        token
+    }
+
+    fn expired(&self, s: &Session, now: Instant) -> bool {
+        now.duration_since(s.started) > self.session_ttl
+            || now.duration_since(s.last_seen) > self.idle_ttl
+    }
+
+    /// The live session of `token`, refreshed; an expired one is removed. An account locked
+    /// by an administrator since sign-in loses its session too.
+    pub fn session(&self, token: &str) -> Option<Session> {
+        let key = token_key(token);
+        let now = Instant::now();
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let session = s.get_mut(&key)?;
+        if self.expired(session, now) {
+            tracing::info!(target: "medledger::web::auth", account = %session.account, "session expired");
+            s.remove(&key);
+            return None;
+        }
+        session.last_seen = now;
+        Some(session.clone())
+    }
+
+    /// Notes that the session of `token` has signed (§11.200).
+    pub fn mark_signed(&self, token: &str) {
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = s.get_mut(&token_key(token)) {
+            session.has_signed = true;
+        }
+    }
+
+    pub fn end_session(&self, token: &str) {
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = s.remove(&token_key(token)) {
+            tracing::info!(target: "medledger::web::auth", account = %session.account, "signed out");
+        }
+    }
+}
+
+/// An Argon2id hash of a random password nobody knows, checked for unknown ids.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ww3f3bJ9aWx+pQ2y7Q0sJ5b3kJzN1Yk1n9c6vUe0Hto";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(max_failures: u32) -> WebSection {
+        WebSection {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            session_minutes: 60,
+            idle_minutes: 10,
+            max_failures,
+            lockout_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn the_dummy_hash_parses() {
+        assert!(argon2::password_hash::PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[tokio::test]
+    async fn failures_lock_then_success_resets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let accounts = Accounts::in_data_dir(dir.path());
+        accounts
+            .add(
+                "ann",
+                "Ann Example",
+                StaffRole::Biomed,
+                "a long enough password",
+            )
+            .expect("add");
+        let auth = Auth::new(accounts, &web(3));
+        assert_eq!(
+            auth.check_password("ann", "wrong one").await.err(),
+            Some(Refused::Wrong)
+        );
+        let ok = auth
+            .check_password("ann", "a long enough password")
+            .await
+            .expect("ok");
+        assert_eq!(ok.name, "Ann Example");
+        // The success reset the count: two more wrong ones do not lock, the third does.
+        for _ in 0..2 {
+            assert_eq!(
+                auth.check_password("ann", "x").await.err(),
+                Some(Refused::Wrong)
+            );
+        }
+        assert!(matches!(
+            auth.check_password("ann", "x").await,
+            Err(Refused::Locked(_))
+        ));
+        // Locked: even the right password is refused.
+        assert!(matches!(
+            auth.check_password("ann", "a long enough password").await,
+            Err(Refused::Locked(_))
+        ));
+        // Unknown ids are refused with the same answer.
+        assert_eq!(
+            auth.check_password("bob", "whatever").await.err(),
+            Some(Refused::Wrong)
+        );
+        let token = auth.start_session(&ok);
+        let s = auth.session(&token).expect("session");
+        assert!(!s.has_signed);
+        auth.mark_signed(&token);
+        assert!(auth.session(&token).expect("session").has_signed);
+        auth.end_session(&token);
+        assert!(auth.session(&token).is_none());
+        assert!(auth.session("not a token").is_none());
+    }
+}
