@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 
 # command:package pairs; a package is installed when its command is missing. systemd-analyze,
 # systemd-sysusers and systemd-tmpfiles check the unit and the package (systemd need not run);
-# dpkg-deb builds the package.
+# dpkg-deb builds the package. chromium: the web page's browser tests (tests/it/web.rs).
 need=()
 for pkg in mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl python3:python3 \
-  systemd-analyze:systemd dpkg-deb:dpkg strace:strace; do
+  systemd-analyze:systemd dpkg-deb:dpkg strace:strace chromium:chromium; do
   command -v "${pkg%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pkg%%:*}" ] || need+=("${pkg##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -14,3 +14,4 @@ mod pki_cli;
 mod powerloss;
 mod systemd;
 mod telemetry;
+mod web;

@@ -134,10 +134,14 @@ struct Read {
 
 impl Read {
     /// A component's JSON value as plain text (strings without their quotes).
+    /// Only device and maintenance components, which every staff role may see, feed the
+    /// state shown in lists.
     fn text(&self, name: &str) -> Option<String> {
         self.fields
             .iter()
-            .find(|(n, _, _)| n == name)
+            .find(|(n, c, _)| {
+                n == name && matches!(c, DisclosureClass::Device | DisclosureClass::Maintenance)
+            })
             .and_then(|(_, _, v)| v.as_deref())
             .map(json_text)
     }

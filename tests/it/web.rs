@@ -1,0 +1,564 @@
+//! The staff web page in a real headless Chromium (Debian's `chromium`, driven over the DevTools
+//! protocol by chromiumoxide) against a real gateway process and its real TLS: Chromium trusts
+//! the test site's certificates by their SPKI hashes (`--ignore-certificate-errors-spki-list`),
+//! with every other certificate check left on.
+//!
+//! Sign in; list and filter devices; open one (state, timeline with a correction beside its
+//! original, open alarm, receipts checked valid in the browser); record and sign an event
+//! (password asked at the first signature); see it in the timeline with its badge valid; a
+//! tampered receipt shows invalid; a wrong password locks the account after `max_failures`.
+//! Writes a screenshot of the device page and prints the page's weight (first load and next).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use certs::StaffRole;
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::page::ScreenshotParams;
+use chromiumoxide::Page;
+use futures::StreamExt;
+use medledger_tests::cluster::{start_cluster, Site};
+use medledger_tests::{bin, free_port};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const TECH_PASSWORD: &str = "tess tech's long password";
+const VICTIM_PASSWORD: &str = "victim's long password";
+const MAX_FAILURES: u32 = 3;
+
+fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// base64 SHA-256 of the SubjectPublicKeyInfo of every certificate in the PEM files: what
+/// `--ignore-certificate-errors-spki-list` takes.
+fn spki_hashes(files: &[&Path]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in files {
+        let pem = std::fs::read(f).expect("read pem");
+        for block in pem_blocks(&pem) {
+            let (_, cert) = x509_parser::parse_x509_certificate(&block).expect("certificate");
+            let spki = cert.tbs_certificate.subject_pki.raw;
+            out.push(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki)));
+        }
+    }
+    out
+}
+
+fn pem_blocks(pem: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            cur = Some(String::new());
+        } else if line.starts_with("-----END CERTIFICATE") {
+            if let Some(b) = cur.take() {
+                out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .expect("pem base64"),
+                );
+            }
+        } else if let Some(b) = cur.as_mut() {
+            b.push_str(line.trim());
+        }
+    }
+    out
+}
+
+fn staff_add(data_dir: &Path, id: &str, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(bin("medledger"))
+        .args([
+            "staff",
+            "add",
+            id,
+            "--role",
+            role,
+            "--name",
+            name,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn staff add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("staff add");
+    assert!(
+        out.status.success(),
+        "staff add {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn js<T: serde::de::DeserializeOwned>(page: &Page, expr: &str) -> T {
+    page.evaluate(expr)
+        .await
+        .unwrap_or_else(|e| panic!("evaluate {expr}: {e}"))
+        .into_value()
+        .unwrap_or_else(|e| panic!("value of {expr}: {e}"))
+}
+
+/// Polls a JavaScript expression in the page until it is true.
+async fn until(page: &Page, what: &str, expr: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = page.evaluate(expr).await {
+            if r.into_value::<bool>().unwrap_or(false) {
+                return;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let body: String = js(page, "document.body ? document.body.innerText : ''").await;
+            panic!("timed out waiting for {what}; the page says:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Types into a labelled input with the keyboard.
+async fn type_into(page: &Page, selector: &str, text: &str) {
+    let el = page.find_element(selector).await.expect(selector);
+    el.click().await.expect("focus");
+    el.type_str(text).await.expect("type");
+}
+
+/// Signs in through the form, as a person would: the keyboard, then Enter.
+async fn sign_in(page: &Page, base: &str, account: &str, password: &str) {
+    page.goto(format!("{base}/login"))
+        .await
+        .expect("login page");
+    until(
+        page,
+        "the sign-in form",
+        "!!document.querySelector('#password')",
+    )
+    .await;
+    type_into(page, "#account", account).await;
+    type_into(page, "#password", password).await;
+    page.find_element("#password")
+        .await
+        .expect("password")
+        .press_key("Enter")
+        .await
+        .expect("enter");
+}
+
+/// Bytes transferred for the current document and its resources (Resource Timing).
+async fn page_weight(page: &Page) -> (u64, u64) {
+    let v: Value = js(
+        page,
+        "(() => { const n = performance.getEntriesByType('navigation')[0]; \
+         const r = performance.getEntriesByType('resource'); \
+         return { doc: n ? n.transferSize : 0, res: r.reduce((s, e) => s + e.transferSize, 0) }; })()",
+    )
+    .await;
+    (
+        v["doc"].as_u64().unwrap_or(0),
+        v["res"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
+    let Some(chromium) = chromium() else {
+        panic!("chromium is not installed (tests/run.sh installs Debian's chromium)");
+    };
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let site = Site::new();
+    let web_port = free_port();
+    let extra = format!(
+        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_failures = {MAX_FAILURES}\nlockout_seconds = 600\n"
+    );
+    let nodes = start_cluster(&site, 1, &extra).await;
+    let gw = &nodes[0];
+    let base = format!("https://127.0.0.1:{web_port}");
+    staff_add(&gw.dir, "tess", "Tess Tech", "biomed", TECH_PASSWORD);
+    staff_add(&gw.dir, "victim", "Vic Tim", "supervisor", VICTIM_PASSWORD);
+
+    // A device's history through the API: registered, an alarm raised, a calibration and a
+    // correction of it.
+    let api = site.staff_client("web-biomed", StaffRole::Biomed);
+    let post = |body: Value| {
+        let api = api.clone();
+        let url = format!("https://{}/v1/events", gw.addr());
+        async move {
+            let r = api.post(url).json(&body).send().await.expect("post event");
+            assert!(
+                r.status().is_success(),
+                "{}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+            r.json::<Value>().await.expect("json")["seq"]
+                .as_u64()
+                .expect("seq")
+        }
+    };
+    let dev = "pump-web-7";
+    post(
+        json!({"kind": "device-registered", "device_id": dev, "components": [
+        {"name": "location", "class": "device", "value": "ICU 3"},
+        {"name": "risk", "class": "device", "value": "life support"}]}),
+    )
+    .await;
+    post(
+        json!({"kind": "device-registered", "device_id": "vent-quiet-1", "components": [
+        {"name": "location", "class": "device", "value": "Ward 9"}]}),
+    )
+    .await;
+    post(json!({"kind": "alarm", "device_id": dev, "components": [
+        {"name": "rule", "class": "maintenance", "value": "occlusion"},
+        {"name": "state", "class": "device", "value": "raised"}]}))
+    .await;
+    let cal = post(
+        json!({"kind": "calibration", "device_id": dev, "components": [
+        {"name": "result", "class": "maintenance", "value": "pass"}]}),
+    )
+    .await;
+    post(
+        json!({"kind": "calibration", "device_id": dev, "corrects": cal, "components": [
+        {"name": "result", "class": "maintenance", "value": "fail"},
+        {"name": "correction_reason", "class": "maintenance", "value": "wrong sheet"}]}),
+    )
+    .await;
+
+    let out_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| medledger_tests::workspace_root().join("target"))
+        .join("web-test");
+    std::fs::create_dir_all(&out_dir).expect("artifact dir");
+    let profile = tempfile::tempdir().expect("profile dir");
+    let spki = spki_hashes(&[
+        &gw.dir.join("pki/gateway.crt"),
+        &gw.dir.join("pki/root.crt"),
+    ]);
+    let config = BrowserConfig::builder()
+        .chrome_executable(&chromium)
+        .no_sandbox()
+        .new_headless_mode()
+        .respect_https_errors()
+        .user_data_dir(profile.path())
+        .window_size(1280, 1600)
+        // No device emulation: the page is laid out at the window's width (corrections beside
+        // their originals need more than 800 px).
+        .viewport(None)
+        // chromiumoxide adds the leading dashes.
+        .arg(format!(
+            "ignore-certificate-errors-spki-list={}",
+            spki.join(",")
+        ))
+        .launch_timeout(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .expect("browser config");
+    let (mut browser, mut handler) = Browser::launch(config).await.expect("launch chromium");
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let page = browser.new_page("about:blank").await.expect("page");
+
+    // A page without a session goes to the sign-in form.
+    page.goto(format!("{base}/devices"))
+        .await
+        .expect("goto devices");
+    until(&page, "the sign-in page", "location.pathname === '/login'").await;
+
+    // Sign in; back on the device list, both devices listed with their badges.
+    sign_in(&page, &base, "tess", TECH_PASSWORD).await;
+    until(
+        &page,
+        "the device list",
+        "location.pathname === '/devices' && !!document.querySelector('table.devices')",
+    )
+    .await;
+    let cookie_visible: bool = js(&page, "document.cookie.includes('medledger-session')").await;
+    assert!(
+        !cookie_visible,
+        "the session cookie is readable by scripts (not HttpOnly)"
+    );
+    let rows: Vec<String> = js(
+        &page,
+        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
+    )
+    .await;
+    assert!(
+        rows.contains(&dev.to_string()) && rows.contains(&"vent-quiet-1".to_string()),
+        "{rows:?}"
+    );
+    let row: String = js(&page, &format!("[...document.querySelectorAll('table.devices tbody tr')].find(r => r.innerText.includes('{dev}')).innerText")).await;
+    assert!(
+        row.contains("life support") && row.contains("1 open alarm") && row.contains("ICU 3"),
+        "{row}"
+    );
+    // Filters: open alarms only, and a search.
+    page.goto(format!("{base}/devices?alarms=1"))
+        .await
+        .expect("filter");
+    let rows: Vec<String> = js(
+        &page,
+        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
+    )
+    .await;
+    assert_eq!(rows, vec![dev.to_string()]);
+    page.goto(format!("{base}/devices?q=ward"))
+        .await
+        .expect("search");
+    let rows: Vec<String> = js(
+        &page,
+        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
+    )
+    .await;
+    assert_eq!(rows, vec!["vent-quiet-1".to_string()]);
+
+    // Open the device from the list.
+    page.goto(format!("{base}/devices")).await.expect("devices");
+    // First load of the device page with an empty cache, for its weight.
+    page.execute(chromiumoxide::cdp::browser_protocol::network::ClearBrowserCacheParams::default())
+        .await
+        .expect("clear cache");
+    page.find_element(&format!("a.device-link[href='/devices/{dev}']"))
+        .await
+        .expect("device link")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &page,
+        "the device page",
+        &format!(
+            "location.pathname === '/devices/{dev}' && !!document.querySelector('ol.timeline')"
+        ),
+    )
+    .await;
+    let first = page_weight(&page).await;
+    // The correction sits beside its original; the alarm is open.
+    let beside: bool = js(&page, &format!("!!document.querySelector('li.corrected #entry-{cal}') && !!document.querySelector('li.corrected .corrections .entry')")).await;
+    assert!(beside, "the correction is not shown beside entry {cal}");
+    let alarms: String = js(&page, "document.querySelector('ul.alarms').innerText").await;
+    assert!(alarms.contains("occlusion"), "{alarms}");
+    // Every receipt checks out in the browser.
+    until(
+        &page,
+        "every receipt badge valid",
+        "[...document.querySelectorAll('button.receipt')].every(b => b.dataset.state === 'valid')",
+    )
+    .await;
+    let inline: u32 = js(
+        &page,
+        "document.querySelectorAll('script:not([src])').length",
+    )
+    .await;
+    assert_eq!(inline, 0, "no inline script under the CSP");
+
+    // Record and sign: the first signature of the session asks for the password.
+    until(
+        &page,
+        "the password field of the first signature",
+        "!!document.querySelector('#sign-password')",
+    )
+    .await;
+    type_into(
+        &page,
+        "#notes",
+        "flow rate checked against the reference meter",
+    )
+    .await;
+    page.find_element("#meaning-performed")
+        .await
+        .expect("meaning")
+        .click()
+        .await
+        .expect("click");
+    type_into(&page, "#sign-password", "not my password").await;
+    page.find_element("#sign")
+        .await
+        .expect("sign")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &page,
+        "the refusal",
+        "!!document.querySelector('#record-message')",
+    )
+    .await;
+    let msg: String = js(&page, "document.querySelector('#record-message').innerText").await;
+    assert!(msg.contains("Wrong user name or password"), "{msg}");
+    type_into(
+        &page,
+        "#notes",
+        "flow rate checked against the reference meter",
+    )
+    .await;
+    type_into(&page, "#sign-password", TECH_PASSWORD).await;
+    page.find_element("#sign")
+        .await
+        .expect("sign")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &page,
+        "the signed entry",
+        "location.hash.startsWith('#entry-') && !!document.querySelector(location.hash)",
+    )
+    .await;
+    let seq: u64 = js::<String>(&page, "location.hash.slice('#entry-'.length)")
+        .await
+        .parse()
+        .expect("seq");
+    let entry: String = js(
+        &page,
+        &format!("document.querySelector('#entry-{seq}').innerText"),
+    )
+    .await;
+    assert!(
+        entry.contains("Signed by Tess Tech (biomed), meaning: performed")
+            && entry.contains("flow rate checked"),
+        "{entry}"
+    );
+    until(
+        &page,
+        "the new entry's receipt valid",
+        &format!("document.querySelector('#entry-{seq} button.receipt').dataset.state === 'valid'"),
+    )
+    .await;
+    // The second signature of the session needs no password (§11.200).
+    let asks: bool = js(&page, "!!document.querySelector('#sign-password')").await;
+    assert!(
+        !asks,
+        "the password is asked again after the first signature"
+    );
+    // The ledger holds the signature's meaning, as the API shows it.
+    let hist: Value = api
+        .get(format!("https://{}/v1/devices/{dev}/history", gw.addr()))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    let e = hist["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["seq"] == seq)
+        .expect("entry in history");
+    assert_eq!(e["fields"]["signer_name"], "Tess Tech");
+    assert_eq!(e["fields"]["signature_meaning"], "performed");
+    assert_eq!(e["author"], "web:tess");
+
+    // A tampered receipt shows invalid: one bit of the entry, or of the head's signature.
+    for (what, tamper) in [
+        ("entry bytes", "r.entry.entry = r.entry.entry.slice(0, 40) + (r.entry.entry[40] === '0' ? '1' : '0') + r.entry.entry.slice(41)"),
+        ("head signature", "r.tree_head.signature = (r.tree_head.signature[0] === '0' ? '1' : '0') + r.tree_head.signature.slice(1)"),
+        ("a disclosed value", "r.entry.openings.find(o => o).value = '\"forged\"'"),
+    ] {
+        let state: String = js(&page, &format!(
+            "(async () => {{ const r = await (await fetch('/data/entries/{seq}/receipt')).json(); {tamper}; \
+             const b = document.querySelector('#entry-{seq} button.receipt'); \
+             return await MedLedgerReceipt.check(b, r); }})()"
+        ))
+        .await;
+        assert_eq!(state, "invalid", "a receipt with tampered {what} was not refused");
+    }
+
+    // The screenshot artifact: the device page with its badges checked.
+    page.goto(format!("{base}/devices/{dev}"))
+        .await
+        .expect("reload device");
+    until(&page, "badges valid again", "document.querySelectorAll('button.receipt').length > 0 && [...document.querySelectorAll('button.receipt')].every(b => b.dataset.state === 'valid')").await;
+    let next = page_weight(&page).await;
+    let shot = out_dir.join("device-page.png");
+    page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), &shot)
+        .await
+        .expect("screenshot");
+    println!("screenshot of the device page: {}", shot.display());
+    println!(
+        "page weight of the device page: first load {} bytes (document {} + resources {}), next load {} bytes (document {} + resources {})",
+        first.0 + first.1, first.0, first.1, next.0 + next.1, next.0, next.1
+    );
+    assert!(
+        first.1 > next.1,
+        "the script and style sheet are cached: {first:?} then {next:?}"
+    );
+
+    // The PM report page answers.
+    page.goto(format!("{base}/reports/pm"))
+        .await
+        .expect("report");
+    let report: String = js(&page, "document.querySelector('table.report').innerText").await;
+    assert!(
+        report.contains("life support") && report.contains("other equipment"),
+        "{report}"
+    );
+
+    // Sign out; then a wrong password locks the account after MAX_FAILURES tries, and the
+    // right one is refused while it is locked.
+    page.find_element(".who button")
+        .await
+        .expect("sign out")
+        .click()
+        .await
+        .expect("click");
+    until(&page, "signed out", "location.pathname === '/login'").await;
+    for i in 1..=MAX_FAILURES {
+        sign_in(&page, &base, "victim", "wrong password").await;
+        until(
+            &page,
+            "a refusal",
+            "!!document.querySelector('#login-message')",
+        )
+        .await;
+        let msg: String = js(&page, "document.querySelector('#login-message').innerText").await;
+        if i < MAX_FAILURES {
+            assert!(
+                msg.contains("Wrong user name or password"),
+                "try {i}: {msg}"
+            );
+        } else {
+            assert!(msg.contains("locked"), "try {i}: {msg}");
+        }
+    }
+    sign_in(&page, &base, "victim", VICTIM_PASSWORD).await;
+    until(
+        &page,
+        "a refusal",
+        "!!document.querySelector('#login-message')",
+    )
+    .await;
+    let msg: String = js(&page, "document.querySelector('#login-message').innerText").await;
+    assert!(
+        msg.contains("locked"),
+        "the right password got in while locked: {msg}"
+    );
+    // Every sign-in, failure and lock is in the gateway's log.
+    let log = std::fs::read_to_string(gw.dir.join("gateway.log")).expect("log");
+    assert!(
+        log.contains("account locked after repeated sign-in failures"),
+        "no lock in the log"
+    );
+    assert!(
+        log.contains("signed in") && log.contains("sign-in failed"),
+        "sign-ins not logged"
+    );
+
+    browser.close().await.expect("close");
+    let _ = browser.wait().await;
+    events.abort();
+    // Keep the gateway up until the browser is gone.
+    drop(nodes);
+}
