@@ -1755,6 +1755,22 @@ mod tests {
     }
 
     #[test]
+    fn device_ids_lists_each_device_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let cmds: Vec<Command> = (0..7).map(|i| Command::Append(append(i, &key))).collect();
+        let store = Store::open(dir.path()).expect("open");
+        assert!(store.device_ids(10).expect("ids").is_empty());
+        store.apply(&cmds, &[]).expect("apply");
+        store.publish();
+        assert_eq!(
+            store.device_ids(10).expect("ids"),
+            ["pump-0", "pump-1", "pump-2"]
+        );
+        assert_eq!(store.device_ids(2).expect("ids"), ["pump-0", "pump-1"]);
+    }
+
+    #[test]
     fn an_apply_without_its_size_record_is_removed_on_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = SigningKey::from_bytes(&[9; 32]);

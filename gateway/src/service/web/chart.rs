@@ -84,3 +84,69 @@ pub fn charts(t: &DeviceTelemetry, now_s: i64) -> Vec<Chart> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use device_adapters::Value;
+
+    use super::*;
+    use crate::service::telemetry::recent::{Bucket, Series};
+
+    #[test]
+    fn points_stay_inside_the_drawing() {
+        let now = 1_750_000_000;
+        let buckets: VecDeque<Bucket> = (0..3)
+            .map(|i| Bucket {
+                start: now - 3600 + i * 600,
+                min: 10.0 + i as f64,
+                max: 20.0 + i as f64,
+                last: 15.0,
+                count: 4,
+            })
+            .collect();
+        let mut metrics = BTreeMap::new();
+        metrics.insert(
+            "flow".to_string(),
+            Series {
+                unit: Some("ml/h".into()),
+                last: Value::Float(15.0),
+                last_at: "2025-06-15T15:06:40Z".into(),
+                buckets,
+            },
+        );
+        metrics.insert(
+            "door".to_string(),
+            Series {
+                unit: None,
+                last: Value::Bool(true),
+                last_at: "2025-06-15T15:06:40Z".into(),
+                buckets: VecDeque::new(),
+            },
+        );
+        let t = DeviceTelemetry {
+            device_id: "p".into(),
+            window_s: 86_400,
+            bucket_s: 600,
+            metrics,
+        };
+        let c = charts(&t, now);
+        assert_eq!(c.len(), 2);
+        let door = &c[0];
+        assert_eq!((door.metric.as_str(), door.buckets), ("door", 0));
+        assert!(door.line.is_empty() && door.min.is_empty());
+        let flow = &c[1];
+        assert_eq!((flow.min.as_str(), flow.max.as_str()), ("10", "22"));
+        assert_eq!(flow.hours, 24);
+        for p in flow.line.split(' ').chain(flow.band.split(' ')) {
+            let (x, y) = p.split_once(',').expect("x,y");
+            let (x, y): (f64, f64) = (x.parse().expect("x"), y.parse().expect("y"));
+            assert!(
+                (0.0..=WIDTH).contains(&x) && (0.0..=HEIGHT).contains(&y),
+                "{p}"
+            );
+        }
+        assert_eq!(flow.band.split(' ').count(), 6);
+    }
+}
