@@ -130,6 +130,16 @@ async fn until(page: &Page, what: &str, expr: &str) {
     }
 }
 
+/// Clicks the element `selector` names.
+async fn click(page: &Page, selector: &str) {
+    page.find_element(selector)
+        .await
+        .unwrap_or_else(|e| panic!("{selector}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {selector}: {e}"));
+}
+
 /// Types into a labelled input with the keyboard.
 async fn type_into(page: &Page, selector: &str, text: &str) {
     let el = page.find_element(selector).await.expect(selector);
@@ -156,6 +166,18 @@ async fn sign_in(page: &Page, base: &str, account: &str, password: &str) {
         .press_key("Enter")
         .await
         .expect("enter");
+}
+
+/// Signs in expecting a refusal; returns the page's message.
+async fn refused_sign_in(page: &Page, base: &str, account: &str, password: &str) -> String {
+    sign_in(page, base, account, password).await;
+    until(
+        page,
+        "a refusal",
+        "!!document.querySelector('#login-message')",
+    )
+    .await;
+    js(page, "document.querySelector('#login-message').innerText").await
 }
 
 /// Bytes transferred for the current document and its resources (Resource Timing).
@@ -329,12 +351,7 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     page.execute(chromiumoxide::cdp::browser_protocol::network::ClearBrowserCacheParams::default())
         .await
         .expect("clear cache");
-    page.find_element(&format!("a.device-link[href='/devices/{dev}']"))
-        .await
-        .expect("device link")
-        .click()
-        .await
-        .expect("click");
+    click(&page, &format!("a.device-link[href='/devices/{dev}']")).await;
     until(
         &page,
         "the device page",
@@ -376,19 +393,9 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         "flow rate checked against the reference meter",
     )
     .await;
-    page.find_element("#meaning-performed")
-        .await
-        .expect("meaning")
-        .click()
-        .await
-        .expect("click");
+    click(&page, "#meaning-performed").await;
     type_into(&page, "#sign-password", "not my password").await;
-    page.find_element("#sign")
-        .await
-        .expect("sign")
-        .click()
-        .await
-        .expect("click");
+    click(&page, "#sign").await;
     until(
         &page,
         "the refusal",
@@ -404,12 +411,7 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     )
     .await;
     type_into(&page, "#sign-password", TECH_PASSWORD).await;
-    page.find_element("#sign")
-        .await
-        .expect("sign")
-        .click()
-        .await
-        .expect("click");
+    click(&page, "#sign").await;
     until(
         &page,
         "the signed entry",
@@ -508,22 +510,10 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
 
     // Sign out; then a wrong password locks the account after MAX_FAILURES tries, and the
     // right one is refused while it is locked.
-    page.find_element(".who button")
-        .await
-        .expect("sign out")
-        .click()
-        .await
-        .expect("click");
+    click(&page, ".who button").await;
     until(&page, "signed out", "location.pathname === '/login'").await;
     for i in 1..=MAX_FAILURES {
-        sign_in(&page, &base, "victim", "wrong password").await;
-        until(
-            &page,
-            "a refusal",
-            "!!document.querySelector('#login-message')",
-        )
-        .await;
-        let msg: String = js(&page, "document.querySelector('#login-message').innerText").await;
+        let msg = refused_sign_in(&page, &base, "victim", "wrong password").await;
         if i < MAX_FAILURES {
             assert!(
                 msg.contains("Wrong user name or password"),
@@ -533,14 +523,7 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
             assert!(msg.contains("locked"), "try {i}: {msg}");
         }
     }
-    sign_in(&page, &base, "victim", VICTIM_PASSWORD).await;
-    until(
-        &page,
-        "a refusal",
-        "!!document.querySelector('#login-message')",
-    )
-    .await;
-    let msg: String = js(&page, "document.querySelector('#login-message').innerText").await;
+    let msg = refused_sign_in(&page, &base, "victim", VICTIM_PASSWORD).await;
     assert!(
         msg.contains("locked"),
         "the right password got in while locked: {msg}"
