@@ -360,7 +360,6 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         ),
     )
     .await;
-    let first = page_weight(&page).await;
     // The correction sits beside its original; the alarm is open.
     let beside: bool = js(&page, &format!("!!document.querySelector('li.corrected #entry-{cal}') && !!document.querySelector('li.corrected .corrections .entry')")).await;
     assert!(beside, "the correction is not shown beside entry {cal}");
@@ -373,6 +372,8 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         "[...document.querySelectorAll('button.receipt')].every(b => b.dataset.state === 'valid')",
     )
     .await;
+    // Measured once every badge has fetched its receipt.
+    let first = page_weight(&page).await;
     let inline: u32 = js(
         &page,
         "document.querySelectorAll('script:not([src])').length",
