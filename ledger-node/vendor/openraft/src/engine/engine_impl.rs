@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,18 +153,20 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // MedLedger patch (PATCHED.md): a node that was the leader does not resume leadership in
+        // the same term; it campaigns at once in a new one. Its followers may hold entries of
+        // that term that its own log lost in the crash (the leader replicates while its own
+        // flush runs), and leading the same term again would give other entries the same log
+        // ids: followers would keep theirs as matching, and the replicas would diverge.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            if self.state.membership_state.effective().is_voter(&self.config.id) {
+                tracing::info!(
+                    "startup: was the leader of {}; campaigning in a new term",
+                    self.state.vote_ref()
+                );
+                self.elect();
+                return;
+            }
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {

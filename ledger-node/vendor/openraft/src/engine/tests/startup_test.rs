@@ -7,13 +7,10 @@ use crate::engine::testing::UTConfig;
 use crate::engine::Command;
 use crate::engine::Engine;
 use crate::engine::LogIdList;
-use crate::entry::RaftEntry;
-use crate::progress::entry::ProgressEntry;
-use crate::progress::Inflight;
+use crate::raft::VoteRequest;
 use crate::testing::log_id;
 use crate::utime::UTime;
 use crate::EffectiveMembership;
-use crate::Entry;
 use crate::Membership;
 use crate::ServerState;
 use crate::TokioInstant;
@@ -40,7 +37,8 @@ fn eng() -> Engine<UTConfig> {
     eng
 }
 
-/// It is a Leader but not yet append any logs.
+/// It was the Leader and had not appended any logs: it campaigns in a new term (MedLedger patch,
+/// PATCHED.md) instead of leading the same term again.
 #[test]
 fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     let mut eng = eng();
@@ -48,32 +46,21 @@ fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     eng.state
         .membership_state
         .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
-    // Committed vote makes it a leader at startup.
+    // A committed vote for itself: it was the leader before the restart.
     eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
+    assert_eq!(ServerState::Candidate, eng.state.server_state);
+    assert_eq!(&Vote::new(2, 2), eng.state.vote_ref());
+    assert!(eng.leader.is_none());
     assert_eq!(
         vec![
             //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 0
-                })]
+            Command::SaveVote { vote: Vote::new(2, 2) },
+            Command::SendVote {
+                vote_req: VoteRequest::new(Vote::new(2, 2), None)
             },
-            Command::AppendInputEntries {
-                vote: Vote::new_committed(1, 2),
-                entries: vec![Entry::<UTConfig>::new_blank(log_id(1, 2, 0))],
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 0))).with_id(1)
-            }
         ],
         eng.output.take_commands()
     );
@@ -81,9 +68,11 @@ fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// It was the Leader and had proposed logs, which its followers may hold although its own log
+/// lost them in a crash: it does not reuse their log ids but campaigns in a new term (MedLedger
+/// patch, PATCHED.md).
 #[test]
 fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
-    tracing::info!("--- a leader proposed logs and restarted, reuse noop_log_id");
     let mut eng = eng();
     // self.id==2 is a voter:
     eng.state
@@ -91,30 +80,20 @@ fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
         .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
     // Fake existing log ids
     eng.state.log_ids = LogIdList::new([log_id(1, 1, 2), log_id(1, 2, 4), log_id(1, 2, 6)]);
-    // Committed vote makes it a leader at startup.
+    // A committed vote for itself: it was the leader before the restart.
     eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(eng.leader.as_ref().unwrap().noop_log_id(), Some(&log_id(1, 2, 4)));
-    assert_eq!(eng.leader.as_ref().unwrap().last_log_id(), Some(&log_id(1, 2, 6)));
+    assert_eq!(ServerState::Candidate, eng.state.server_state);
+    assert!(eng.leader.is_none());
     assert_eq!(
         vec![
             //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 7
-                })]
+            Command::SaveVote { vote: Vote::new(2, 2) },
+            Command::SendVote {
+                vote_req: VoteRequest::new(Vote::new(2, 2), Some(log_id(1, 2, 6)))
             },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 6))).with_id(1)
-            }
         ],
         eng.output.take_commands()
     );
