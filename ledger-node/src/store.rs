@@ -753,6 +753,7 @@ impl Store {
         }
         store.applied_size.store(size, Ordering::SeqCst);
         store.durable_size.store(size, Ordering::SeqCst);
+        tracing::info!(size, path = %dir.display(), "opened the ledger store");
         Ok(store)
     }
 
@@ -792,7 +793,7 @@ impl Store {
     /// Removes the entries at `size` and beyond with their index keys. Index keys are removed
     /// before their entry, so that a crash in here leaves an entry to find them by next time.
     fn remove_uncounted(&self, tree: &sled::Tree, size: u64) -> Result<(), LedgerError> {
-        let mut removed = 0u64;
+        let (mut removed, mut last) = (0u64, 0u64);
         for kv in tree.range(key_entry(size)..=key_entry(u64::MAX)) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
@@ -812,11 +813,13 @@ impl Store {
             }
             tree.remove(k).map_err(|e| self.storage(e))?;
             removed += 1;
+            last = seq;
         }
         if removed > 0 {
             tracing::warn!(
                 removed,
                 size,
+                last,
                 "removed entries an interrupted apply left beyond the recorded size"
             );
         }
@@ -890,6 +893,11 @@ impl Store {
         let mut w = self.lock_writer();
         let mut frontier = w.frontier.clone();
         let mut batch = Writes::default();
+        let mut pending = Pending {
+            base: frontier.size(),
+            entries: Vec::new(),
+            checkpoint: None,
+        };
         let mut outcomes = Vec::with_capacity(commands.len());
         // Sized up front: growing it batch after batch cost a measurable share of the writer.
         let mut new_ids: HashMap<String, u64> = HashMap::with_capacity(commands.len());
@@ -924,10 +932,10 @@ impl Store {
                     }
                 }
                 Command::Append(a) => {
-                    self.apply_append(a, &mut frontier, &mut batch, &mut new_ids)?
+                    self.apply_append(a, &mut frontier, &mut batch, &mut new_ids, &mut pending)?
                 }
                 Command::Checkpoint(head) => {
-                    self.apply_checkpoint(head, w.frontier.size(), &new_keys, &mut batch)?
+                    self.apply_checkpoint(head, &new_keys, &mut batch, &mut pending)?
                 }
             };
             outcomes.push(outcome);
@@ -954,17 +962,25 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// A checkpoint is recorded when it covers entries applied before this batch, its root is
-    /// the root of those entries, its signature checks with a registered key and it is not older
-    /// than the checkpoint already recorded.
+    /// A checkpoint is recorded when it covers entries applied before it (in this batch or an
+    /// earlier one), its root is the root of those entries, its signature checks with a
+    /// registered key and it is not older than the checkpoint already recorded.
+    ///
+    /// The outcome depends only on the commands before it, never on how they were cut into
+    /// batches: openraft hands a follower (or a node replaying its log after a restart) several
+    /// log entries in one apply where the leader applied them one by one. Before, a checkpoint
+    /// counted only the entries of earlier batches, so one that covered entries of its own
+    /// batch was refused there and recorded on the leader, and the gateways' exports (cut at the
+    /// latest checkpoint) could differ.
     fn apply_checkpoint(
         &self,
         head: &crate::sth::SignedTreeHead,
-        applied: u64,
         new_keys: &HashMap<u64, [u8; 32]>,
         batch: &mut Writes,
+        pending: &mut Pending,
     ) -> Result<ApplyOutcome, LedgerError> {
         let refuse = |reason: String| Ok(ApplyOutcome::Refused { reason });
+        let applied = pending.size();
         if head.size > applied {
             return refuse(format!(
                 "checkpoint of size {} is beyond the {applied} applied entries",
@@ -984,22 +1000,28 @@ impl Store {
         if !head.verify(&key) {
             return refuse("checkpoint signature does not verify".into());
         }
-        if merkle::root(self, head.size)? != head.root {
+        let reader = PendingReader {
+            store: self,
+            pending,
+        };
+        if merkle::root(&reader, head.size)? != head.root {
             return refuse(format!(
                 "checkpoint root is not the root of the first {} entries",
                 head.size
             ));
         }
-        if let Some(prev) = self.latest_checkpoint()? {
-            if prev.size > head.size {
-                return refuse(format!(
-                    "a checkpoint of size {} is already recorded",
-                    prev.size
-                ));
+        let prev = match pending.checkpoint {
+            Some(size) => Some(size),
+            None => self.latest_checkpoint()?.map(|c| c.size),
+        };
+        if let Some(prev) = prev {
+            if prev > head.size {
+                return refuse(format!("a checkpoint of size {prev} is already recorded"));
             }
         }
         let json = serde_json::to_vec(head).map_err(|e| self.corrupt(&e.to_string()))?;
         batch.insert(key_meta(META_CHECKPOINT), json);
+        pending.checkpoint = Some(head.size);
         Ok(ApplyOutcome::Checkpointed { size: head.size })
     }
 
@@ -1019,6 +1041,7 @@ impl Store {
         frontier: &mut Frontier,
         batch: &mut Writes,
         new_ids: &mut HashMap<String, u64>,
+        pending: &mut Pending,
     ) -> Result<ApplyOutcome, LedgerError> {
         let seq = frontier.size();
         // The body was produced by the proposing node; parse it as an entry with a placeholder
@@ -1073,6 +1096,7 @@ impl Store {
         let Some(record) = encode_record(&bytes, &nodes, &a.openings) else {
             return Err(self.corrupt(&format!("entry {seq} is too large for its record")));
         };
+        pending.entries.push((leaf, nodes));
         batch.insert(key_entry(seq), record);
         let mut dk = key_device_prefix(&body.device_id);
         dk.extend_from_slice(&seq.to_be_bytes());
@@ -1400,6 +1424,53 @@ impl NodeReader for Store {
             tree: &self.tree(),
         }
         .perfect(level, index)
+    }
+}
+
+/// What an apply has produced so far and not yet written: its entries' leaf and perfect-subtree
+/// hashes (in order, from `base`) and the size of a checkpoint it recorded.
+struct Pending {
+    base: u64,
+    entries: Vec<(Hash, Vec<Hash>)>,
+    checkpoint: Option<u64>,
+}
+
+impl Pending {
+    /// Entries applied so far, this apply's included.
+    fn size(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+}
+
+/// Reads the Merkle tree as an apply in progress sees it: its own entries from [`Pending`], the
+/// earlier ones from the store.
+struct PendingReader<'a> {
+    store: &'a Store,
+    pending: &'a Pending,
+}
+
+impl NodeReader for PendingReader<'_> {
+    type Error = LedgerError;
+    fn perfect(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let last = 1u64
+            .checked_shl(level.into())
+            .and_then(|width| index.checked_add(1)?.checked_mul(width))
+            .map(|end| end - 1);
+        let Some(at) = last.and_then(|l| l.checked_sub(self.pending.base)) else {
+            return self.store.perfect(level, index);
+        };
+        let missing = || {
+            self.store
+                .corrupt(&format!("tree node {level}/{index} is not in the apply"))
+        };
+        let (leaf, nodes) = usize::try_from(at)
+            .ok()
+            .and_then(|at| self.pending.entries.get(at))
+            .ok_or_else(missing)?;
+        match level {
+            0 => Ok(*leaf),
+            l => nodes.get(usize::from(l) - 1).copied().ok_or_else(missing),
+        }
     }
 }
 
@@ -1752,6 +1823,77 @@ mod tests {
                 .any(|n| n.as_ref() == b"ledger.1"),
             "the unfinished tree was dropped"
         );
+    }
+
+    /// A checkpoint's outcome depends only on the commands before it, not on how they were cut
+    /// into applies (openraft applies several log entries at once on a follower or after a
+    /// restart): before, a checkpoint of entries of the same apply was refused there and
+    /// recorded on the leader, and the gateways' exports differed.
+    #[test]
+    fn checkpoint_outcomes_do_not_depend_on_how_applies_are_cut() {
+        let key = SigningKey::from_bytes(&[8; 32]);
+        let appends: Vec<Command> = (0..13).map(|i| Command::Append(append(i, &key))).collect();
+        let roots = {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path()).expect("open");
+            let mut roots = vec![store.applied_root().1];
+            for a in &appends {
+                store.apply(std::slice::from_ref(a), &[]).expect("apply");
+                roots.push(store.applied_root().1);
+            }
+            roots
+        };
+        let head = |size: usize| {
+            Command::Checkpoint(crate::sth::SignedTreeHead::sign(
+                size as u64,
+                roots[size.min(roots.len() - 1)],
+                1_700_000_000_000,
+                1,
+                &key,
+            ))
+        };
+        let mut commands = vec![Command::RegisterNode {
+            node_id: 1,
+            public_key: key.verifying_key().to_bytes(),
+        }];
+        commands.extend(appends[..5].iter().cloned());
+        commands.extend([head(5), head(2)]);
+        commands.extend(appends[5..9].iter().cloned());
+        commands.extend([head(7), head(9), head(6)]);
+        commands.extend(appends[9..].iter().cloned());
+        commands.extend([head(13), head(14)]);
+        let run = |cuts: &[usize]| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path()).expect("open");
+            let mut outcomes = Vec::new();
+            let mut from = 0;
+            for &to in cuts.iter().chain([commands.len()].iter()) {
+                outcomes.extend(store.apply(&commands[from..to], &[]).expect("apply"));
+                from = to;
+            }
+            store.publish();
+            let latest = store
+                .latest_checkpoint()
+                .expect("checkpoint")
+                .map(|c| c.size);
+            (outcomes, latest)
+        };
+        let one_by_one: Vec<usize> = (1..commands.len()).collect();
+        let (want, latest) = run(&one_by_one);
+        let kinds: Vec<String> = want
+            .iter()
+            .filter_map(|o| match o {
+                ApplyOutcome::Checkpointed { size } => Some(format!("C{size}")),
+                ApplyOutcome::Refused { .. } => Some("R".into()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["C5", "R", "C7", "C9", "R", "C13", "R"], "{want:?}");
+        assert_eq!(latest, Some(13));
+        assert_eq!(run(&[]), (want.clone(), latest), "all in one apply");
+        for cut in 1..commands.len() {
+            assert_eq!(run(&[cut]), (want.clone(), latest), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -662,8 +662,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut commands: Vec<Command> = Vec::new();
         let mut per_entry: Vec<usize> = Vec::new();
         let mut last: Option<LogId> = None;
+        let mut first: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
         for entry in entries {
+            first.get_or_insert(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => per_entry.push(0),
                 EntryPayload::Normal(req) => {
@@ -710,6 +712,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // See the module documentation: the Raft log, not a flush here, makes these durable.
         self.store.publish();
+        tracing::debug!(
+            first = first.map_or(0, |f| f.index),
+            last = last.index,
+            size = self.store.size(),
+            "applied"
+        );
         let mut outcomes = outcomes.into_iter();
         Ok(per_entry
             .into_iter()
