@@ -464,7 +464,44 @@ impl StateMachine {
         };
         // Fail at open, not in the middle of Raft's start-up, if the metadata does not parse.
         sm.read_applied()?;
+        sm.finish_interrupted_install()?;
         Ok(sm)
+    }
+
+    /// Completes an install that a crash cut short after [`Store::install`] switched the store to
+    /// a received snapshot and before `raft-snapshot.recv` was renamed to `raft-snapshot.bin`.
+    ///
+    /// Left so, the store's last applied log id is the new snapshot's while the snapshot file is
+    /// an older one (or none). openraft then purges its log up to the applied id at start-up
+    /// (the log ends before it) and its state says the log is purged beyond its snapshot, which
+    /// its validation refuses: the Raft core panicked at start (found by a power cut during an
+    /// install, seed 3172681818236010586). A received file whose checksum holds and whose last
+    /// log id is the store's is that snapshot, or one of the same state: it becomes the current
+    /// snapshot. Anything else in `raft-snapshot.recv` is a partial receive, truncated by the
+    /// next one.
+    fn finish_interrupted_install(&self) -> Result<(), LedgerError> {
+        let recv = self.receive_path();
+        let file = match std::fs::File::open(&recv) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(LedgerError::Io { path: recv, source }),
+        };
+        let Ok(reader) = open_checked(&file, &recv) else {
+            return Ok(());
+        };
+        let (applied, _) = self.read_applied()?;
+        let received = reader.header.meta.last_log_id;
+        drop(reader);
+        drop(file);
+        if received.is_none() || received != applied {
+            return Ok(());
+        }
+        rename_synced(&recv, &self.snapshot_path)?;
+        tracing::warn!(
+            snapshot = %self.snapshot_path.display(),
+            "completed a snapshot install that was cut short: the received snapshot is the current one"
+        );
+        Ok(())
     }
 
     /// The ledger store this state machine applies to.
@@ -547,6 +584,11 @@ impl StateMachine {
                 to
             };
             file.sync_all().map_err(io_err(&recv))?;
+            // The name too: once the store switches to this snapshot, an open after a crash
+            // finds the file by it (`finish_interrupted_install`).
+            if let Some(dir) = recv.parent() {
+                crate::store::sync_dir(dir)?;
+            }
             let from = Path::new("snapshot from leader");
             let reader = open_checked(&file, from)?;
             let header = &reader.header;
