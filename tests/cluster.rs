@@ -159,7 +159,11 @@ impl Gateway {
             .expect("log");
         let child = Command::new(bin("medledger"))
             .args(["run", "--config", self.config.to_str().expect("utf8")])
-            .env("RUST_LOG", "warn,medledger=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MEDLEDGER_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "warn,medledger=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

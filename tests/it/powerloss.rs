@@ -181,6 +181,12 @@ fn fs_renames_and_removals_last_only_once_their_directory_is_synced() {
 
 /// Rounds per kind: a few in the default suite, 200 with `MEDLEDGER_LONG_TESTS=1`.
 fn rounds(default: u32) -> u32 {
+    if let Some(n) = std::env::var("MEDLEDGER_POWERLOSS_ROUNDS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return n;
+    }
     if medledger_tests::long_tests() {
         200
     } else {
@@ -409,6 +415,70 @@ async fn converged(admin: &reqwest::Client, addrs: &[String]) -> Option<u64> {
         .flatten()
 }
 
+/// Debugging aid for a site that does not converge: each gateway's entries (event ids by
+/// sequence number) read through receipts, where they differ, and the logs kept in
+/// `$TMPDIR/medledger-powerloss-<pid>`.
+async fn diverged(admin: &reqwest::Client, nodes: &[PNode]) -> PathBuf {
+    let keep = std::env::temp_dir().join(format!("medledger-powerloss-{}", std::process::id()));
+    let _ = fs::create_dir_all(&keep);
+    let mut all = Vec::new();
+    for n in nodes {
+        let _ = fs::copy(
+            n.gw.dir.join("gateway.log"),
+            keep.join(format!("node{}.log", n.gw.id)),
+        );
+        let addr = n.gw.addr();
+        let size = status(admin, &addr)
+            .await
+            .and_then(|s| s["ledger_size"].as_u64())
+            .unwrap_or(0);
+        let mut ids = Vec::new();
+        for seq in 0..size {
+            let r = admin
+                .get(format!("https://{addr}/v1/entries/{seq}/receipt"))
+                .send()
+                .await;
+            let id = match r {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.unwrap_or_default();
+                    v["entry"]["entry"]
+                        .as_str()
+                        .and_then(|h| hex::decode(h).ok())
+                        .and_then(|b| ledger_node::Entry::decode(&b).ok())
+                        .map(|e| format!("{:?}/{}", e.body.event_id, e.body.device_id))
+                        .unwrap_or_else(|| format!("undecodable {v}"))
+                }
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => format!("error {e}"),
+            };
+            ids.push(id);
+        }
+        let text: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| format!("{i} {id}"))
+            .collect();
+        let _ = fs::write(
+            keep.join(format!("node{}.entries", n.gw.id)),
+            text.join("\n"),
+        );
+        all.push(ids);
+    }
+    let longest = all.iter().map(Vec::len).max().unwrap_or(0);
+    for seq in 0..longest {
+        let row: Vec<&str> = all
+            .iter()
+            .map(|ids| ids.get(seq).map_or("-", |s| s.as_str()))
+            .collect();
+        if row.iter().any(|r| *r != row[0]) {
+            eprintln!("first difference at seq {seq}: {row:?}");
+            break;
+        }
+    }
+    eprintln!("logs and entries kept in {}", keep.display());
+    keep
+}
+
 /// The entries of a verified export, by sequence number: (kind, event id, device id).
 type Entries = Vec<(u64, EventKind, Option<String>, String)>;
 
@@ -436,6 +506,7 @@ async fn check_site(
                     let s = status(&admin, &n.gw.addr()).await;
                     logs.push(format!("node {}: {s:?}\n{}", n.gw.id, n.log_tail()));
                 }
+                diverged(&admin, nodes).await;
                 panic!("{e}\n{}", logs.join("\n"));
             }
         }
@@ -468,12 +539,12 @@ async fn check_site(
         assert!(r.status().is_success(), "export from {a}: {}", r.status());
         exports.push(r.bytes().await.expect("body").to_vec());
     }
-    for (i, e) in exports.iter().enumerate() {
-        assert!(
-            e == &exports[0],
-            "exports of gateways 1 and {} differ",
-            i + 1
-        );
+    if exports.iter().any(|e| e != &exports[0]) {
+        let keep = diverged(admin, nodes).await;
+        for (i, e) in exports.iter().enumerate() {
+            let _ = fs::write(keep.join(format!("node{}.export", i + 1)), e);
+        }
+        panic!("the gateways' exports differ (kept in {})", keep.display());
     }
     fs::write(out, &exports[0]).expect("write export");
     let v = Command::new(bin("medledger"))
@@ -622,29 +693,29 @@ async fn power_cut_one_gateway_under_writes() {
     );
 }
 
-/// Round seeds of `power_cut_whole_site_under_writes` that found a missing sync (none yet).
-const FOUND_WHOLE_SITE: &[u64] = &[];
+/// Round seeds of `power_cut_whole_site_under_writes` in which the gateways came back with
+/// different ledgers (same applied Raft index, different sizes or entries): the leader, restarted
+/// as leader of its old term, gave new entries the log ids of entries its followers still held
+/// from before the cut (fixed in the patched openraft's `Engine::startup`: a restarted leader
+/// campaigns in a new term; ledger-node/vendor/openraft/PATCHED.md). 13788188410073470796 is the
+/// round that showed it in the logs; the others are the failing rounds of earlier runs (ledger
+/// sizes or exports differing), from before the fixes.
+const FOUND_WHOLE_SITE: &[u64] = &[
+    13_788_188_410_073_470_796,
+    5_470_404_616_213_449_070,
+    6_705_450_893_039_337_854,
+    10_252_031_357_994_857_557,
+    11_621_868_810_331_496_869,
+];
 
 /// Kind 2: a whole 3-gateway site loses power at once while writes go through all three
 /// gateways; it comes back without repair, elects a leader and has every acknowledged event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_whole_site_under_writes() {
     let test = "power_cut_whole_site_under_writes";
-    // A known failure, not fixed yet: after a whole-site cut the gateways can come back agreeing
-    // on the applied Raft index but not on the ledger's size (seeds 3529675567139655995,
-    // 4275809642809769863, 4006781138337480441; docs/operations.md "Power loss"). Until it is
-    // fixed this kind runs only in the long runs (MEDLEDGER_LONG_TESTS=1), which show the
-    // failure, so that the default suite still gates everything else.
-    if !medledger_tests::long_tests() {
-        eprintln!(
-            "{test}: skipped in the default suite (known ledger divergence after a whole-site \
-             cut, not fixed yet); run it with MEDLEDGER_LONG_TESTS=1"
-        );
-        return;
-    }
     let _turn = medledger_tests::one_cluster_at_a_time().await;
     let started = Instant::now();
-    let seeds = round_seeds(test, FOUND_WHOLE_SITE, 3);
+    let seeds = round_seeds(test, FOUND_WHOLE_SITE, 2);
     let site = Site::new();
     let mut nodes = start_site(&site, 3, "").await;
     let admin = site.staff_client("it-admin", StaffRole::Admin);
@@ -663,9 +734,21 @@ async fn power_cut_whole_site_under_writes() {
         for n in nodes.iter_mut() {
             n.gw.kill();
         }
+        let mut reports = Vec::new();
         for n in nodes.iter_mut() {
-            tally.add(&n.cut(&mut rng));
+            let r = n.cut(&mut rng);
+            tally.add(&r);
+            reports.push(r);
         }
+        eprintln!(
+            "{test} round {round}: cut after {} acknowledged events; unsynced pages written/lost: \
+             {:?}",
+            acked_count(&acked),
+            reports
+                .iter()
+                .map(|r| (r.pages_kept, r.pages_dropped))
+                .collect::<Vec<_>>()
+        );
         for n in nodes.iter_mut() {
             n.gw.start();
         }
@@ -969,4 +1052,106 @@ async fn power_cut_after_ca_init_cluster_init_and_issue() {
         drop(node);
     }
     tally.print(test, 0, started);
+}
+/// Round seeds of `power_cut_during_snapshot_install` that found a defect. 10814029892005166560
+/// (the first round of run seed 3172681818236010586): the installing gateway came back with a
+/// Raft core that panicked at start; the store had switched to the snapshot but the received
+/// file was not yet renamed (fixed: the open completes the rename, and the received file's name
+/// is synced before the store switches; `StateMachine::finish_interrupted_install`).
+const FOUND_SNAPSHOT: &[u64] = &[10_814_029_892_005_166_560];
+
+/// Kind 5: a follower that was down while the others took a snapshot and purged their log comes
+/// back, is sent a snapshot, and loses power while it receives or installs it (as soon as
+/// `raft-snapshot.recv` appears on its volume; right after the install if that was quicker than
+/// the test could look). It comes back again and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_during_snapshot_install() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let started = Instant::now();
+    let test = "power_cut_during_snapshot_install";
+    let seeds = round_seeds(test, FOUND_SNAPSHOT, 2);
+    let site = Site::new();
+    let small = "[raft]\nsnapshot_after_logs = 30\nsnapshot_growth_percent = 0\n\
+                 keep_logs_after_snapshot = 5\n";
+    let mut nodes = start_site(&site, 3, small).await;
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
+    let acked: Acked = Arc::default();
+    let mut tally = Tally::default();
+    let mut caught = 0;
+    for (round, seed) in seeds.into_iter().enumerate() {
+        let mut rng = Rng::new(seed);
+        let t = Instant::now();
+        let leader = poll("a leader", Duration::from_secs(30), || {
+            let (admin, a) = (admin.clone(), addrs[0].clone());
+            async move { status(&admin, &a).await?["leader"].as_u64() }
+        })
+        .await
+        .expect("leader");
+        let followers: Vec<usize> = (0..3).filter(|i| *i as u64 + 1 != leader).collect();
+        let victim = followers[rng.range(0, 2) as usize];
+        let applied = status(&admin, &addrs[victim])
+            .await
+            .and_then(|s| s["last_applied"].as_u64())
+            .unwrap_or(0);
+        tally.add(&nodes[victim].cut(&mut rng));
+        let others: Vec<String> = (0..3)
+            .filter(|i| *i != victim)
+            .map(|i| addrs[i].clone())
+            .collect();
+        let writers = Writers::start(&writer, &others, &format!("r{round}"), 12, &acked);
+        // Until the leader purged its log past what the victim has: only a snapshot helps it.
+        let leader_addr = addrs[(leader - 1) as usize].clone();
+        poll(
+            "the leader to purge its log",
+            Duration::from_secs(120),
+            || {
+                let (admin, a) = (admin.clone(), leader_addr.clone());
+                async move {
+                    let s = status(&admin, &a).await?;
+                    (s["purged_index"].as_u64()? > applied + 5).then_some(())
+                }
+            },
+        )
+        .await
+        .expect("purge");
+        writers.stop().await;
+        let recv = nodes[victim].data().join("raft-snapshot.recv");
+        nodes[victim].gw.start();
+        let victim_addr = addrs[victim].clone();
+        let during = poll("the snapshot to arrive", Duration::from_secs(60), || {
+            let (admin, a, recv) = (admin.clone(), victim_addr.clone(), recv.clone());
+            async move {
+                if recv.exists() {
+                    return Some(true);
+                }
+                let s = status(&admin, &a).await?;
+                (s["snapshot_index"].as_u64()? > applied).then_some(false)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", nodes[victim].log_tail()));
+        caught += u32::from(during);
+        tally.add(&nodes[victim].cut(&mut rng));
+        nodes[victim].gw.start();
+        until_serving(&admin, &nodes).await;
+        let acked = acked.lock().expect("lock").clone();
+        check_site(
+            &admin,
+            &nodes,
+            &acked,
+            &site.dir.path().join("export.jsonl"),
+        )
+        .await;
+        eprintln!(
+            "{test} round {round} (seed {seed}, gateway {} cut {} the install): {:?}",
+            victim + 1,
+            if during { "during" } else { "right after" },
+            t.elapsed()
+        );
+        tally.rounds += 1;
+    }
+    eprintln!("{test}: {caught} cuts caught a snapshot being received");
+    tally.print(test, acked_count(&acked), started);
 }
