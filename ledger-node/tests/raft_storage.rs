@@ -368,9 +368,8 @@ async fn a_damaged_snapshot_is_refused() {
 }
 
 /// A crash after the store switched to a received snapshot and before `raft-snapshot.recv` was
-/// renamed left the store newer than the snapshot file, and openraft's core panicked at the next
-/// start (power-loss round, seed 3172681818236010586). The open completes the rename; a partial
-/// receive is left alone.
+/// renamed left the store newer than the snapshot file, which openraft's start-up cannot agree
+/// with (its core panics). The open completes the rename; a partial receive is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -474,8 +474,9 @@ impl StateMachine {
     /// Left so, the store's last applied log id is the new snapshot's while the snapshot file is
     /// an older one (or none). openraft then purges its log up to the applied id at start-up
     /// (the log ends before it) and its state says the log is purged beyond its snapshot, which
-    /// its validation refuses: the Raft core panicked at start (found by a power cut during an
-    /// install, seed 3172681818236010586). A received file whose checksum holds and whose last
+    /// its validation refuses, and the Raft core panics at start (a power cut during an install,
+    /// seed 3172681818236010586, panicked so; that round still fails for another reason, see
+    /// docs/operations.md). A received file whose checksum holds and whose last
     /// log id is the store's is that snapshot, or one of the same state: it becomes the current
     /// snapshot. Anything else in `raft-snapshot.recv` is a partial receive, truncated by the
     /// next one.
