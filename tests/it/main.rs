@@ -1,5 +1,6 @@
 //! end-to-end tests
 mod api;
+mod broker_crl;
 mod cluster;
 mod demo;
 mod format;
