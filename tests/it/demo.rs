@@ -229,17 +229,18 @@ fn assert_nothing_left(seen: &[Proc], root: &Path, within: Duration) {
     }
 }
 
-/// The demo's children while it runs: Mosquitto and three gateways at least.
-fn children_of(demo: &Demo) -> Vec<Proc> {
+/// The demo's children while it runs: three gateways, and Mosquitto unless the broker is the
+/// embedded one.
+fn children_of(demo: &Demo, mosquitto: bool) -> Vec<Proc> {
     let kids = descendants(demo.pid());
     let names: Vec<&str> = kids.iter().map(|p| p.cmdline.as_str()).collect();
+    let gateways = kids
+        .iter()
+        .filter(|p| p.cmdline.contains(" run --config "))
+        .count();
     assert!(
-        kids.iter()
-            .filter(|p| p.cmdline.contains(" run --config "))
-            .count()
-            == 3
-            && kids.iter().any(|p| p.cmdline.contains("mosquitto")),
-        "expected three gateways and mosquitto among the demo's children: {names:#?}"
+        gateways == 3 && kids.iter().any(|p| p.cmdline.contains("mosquitto")) == mosquitto,
+        "expected three gateways (and mosquitto: {mosquitto}) among the demo's children: {names:#?}"
     );
     kids
 }
@@ -296,7 +297,7 @@ async fn demo_records_an_alarm_read_through_the_api_and_leaves_no_process() {
     ]);
     assert_eq!(demo.root, site);
     let addr = demo.wait_ready();
-    let seen = children_of(&demo);
+    let seen = children_of(&demo, true);
     let client = staff_client(&site);
     let start = Instant::now();
     let alarm = medledger_tests::cluster::eventually(
@@ -330,12 +331,19 @@ async fn demo_records_an_alarm_read_through_the_api_and_leaves_no_process() {
 
 /// SIGTERM and Ctrl-C (SIGINT) while the site runs stop it cleanly: exit 0, no process left,
 /// and the temporary site directory removed; a SIGKILLed demo leaves no orphan either (its
-/// children get SIGTERM from the kernel: PR_SET_PDEATHSIG).
+/// children get SIGTERM from the kernel: PR_SET_PDEATHSIG). The SIGINT round runs with the
+/// embedded broker (what a machine without Mosquitto gets), and an alarm reaches the ledger
+/// through it first.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_sigint_and_sigkill_mid_run_leave_no_process() {
     let _turn = one_cluster_at_a_time().await;
-    for sig in ["TERM", "INT", "KILL"] {
-        let mut demo = Demo::start(&[]);
+    for (sig, args) in [
+        ("TERM", &[][..]),
+        ("INT", &["--broker", "embedded"][..]),
+        ("KILL", &[][..]),
+    ] {
+        let embedded = !args.is_empty();
+        let mut demo = Demo::start(args);
         let root = demo.root.clone();
         assert!(
             root.file_name()
@@ -343,8 +351,22 @@ async fn sigterm_sigint_and_sigkill_mid_run_leave_no_process() {
                 .is_some_and(|n| n.starts_with("medledger-demo-")),
             "{root:?}"
         );
-        demo.wait_ready();
-        let seen = children_of(&demo);
+        let addr = demo.wait_ready();
+        let seen = children_of(&demo, !embedded);
+        if embedded {
+            assert!(
+                demo.out.iter().any(|l| l.contains("embedded")),
+                "{}",
+                demo.out.join("\n")
+            );
+            let client = staff_client(&root);
+            medledger_tests::cluster::eventually(
+                "an alarm entry through the embedded broker",
+                Duration::from_secs(60),
+                || an_alarm(&client, &addr),
+            )
+            .await;
+        }
         demo.signal(sig);
         let status = demo.wait_exit(Duration::from_secs(90));
         if sig == "KILL" {

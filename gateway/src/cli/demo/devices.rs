@@ -59,26 +59,36 @@ impl SimDevices {
         Ok((sims, addrs))
     }
 
-    /// Starts the MQTT devices, each publishing every second over TLS with its certificate
-    /// (`devices/<segment>.crt`) to the broker on loopback `port`. Denied publishes and refused
-    /// connections are logged (the broker's ACL and CRL at work).
-    pub fn start_mqtt(&mut self, layout: &Layout, port: u16) -> anyhow::Result<()> {
+    /// Starts the MQTT devices, each publishing every second to the broker on loopback `port`:
+    /// with `tls`, over TLS with its certificate (`devices/<segment>.crt`); otherwise plain (the
+    /// embedded broker). Denied publishes and refused connections are logged (the broker's ACL
+    /// and CRL at work).
+    pub fn start_mqtt(&mut self, layout: &Layout, port: u16, tls: bool) -> anyhow::Result<()> {
         let roots = certs::pem::load_certs(&layout.root_crt())?;
         let (report_tx, mut reports) = tokio::sync::mpsc::channel::<PublishReport>(256);
         for (spec, dev) in &self.devices {
             if spec.transport != Transport::Mqtt {
                 continue;
             }
-            let prefix = layout.device_prefix(&spec.id);
-            let key = certs::CertifiedKey::from_files(
-                &prefix.with_extension("crt"),
-                &prefix.with_extension("key"),
-            )?;
-            let tls = certs::client_config(&roots, &key, &Default::default(), &[])?;
+            let transport = if tls {
+                let prefix = layout.device_prefix(&spec.id);
+                let key = certs::CertifiedKey::from_files(
+                    &prefix.with_extension("crt"),
+                    &prefix.with_extension("key"),
+                )?;
+                MqttTransport::Tls(certs::client_config(
+                    &roots,
+                    &key,
+                    &Default::default(),
+                    &[],
+                )?)
+            } else {
+                MqttTransport::PlainInsecure
+            };
             let broker = BrokerAddr {
                 host: "127.0.0.1".into(),
                 port,
-                transport: MqttTransport::Tls(tls),
+                transport,
             };
             let (dev, shutdown, tx) = (dev.clone(), self.shutdown.clone(), report_tx.clone());
             self.tasks.spawn(async move {

@@ -5,6 +5,7 @@
 //! offline devices and due maintenance; it prints how to reach the site and a summary now and
 //! then, and stops everything on Ctrl-C, SIGTERM or `--duration`.
 
+mod broker;
 mod children;
 mod devices;
 mod site;
@@ -32,9 +33,21 @@ pub struct DemoArgs {
     /// temporary directory, removed at the end.
     #[arg(long, alias = "dir", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The MQTT broker: `mosquitto` (mutual TLS, per-device ACL; needs the Debian package),
+    /// `embedded` (rumqttd in the demo process: plain MQTT on loopback, no authentication, for
+    /// the demo only), or `auto`: Mosquitto when installed, else the embedded one.
+    #[arg(long, value_enum, default_value_t = BrokerChoice::Auto)]
+    pub broker: BrokerChoice,
     /// Seconds between two summary lines (entries, alarms, offline devices).
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub summary_every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerChoice {
+    Auto,
+    Mosquitto,
+    Embedded,
 }
 
 /// Gateways in the demo's cluster (three voters survive the loss of one).
@@ -150,10 +163,13 @@ async fn run_site(
     sims_slot: &mut Option<SimDevices>,
 ) -> anyhow::Result<&'static str> {
     let all = site::devices();
-    let mosquitto = find_mosquitto().context(
-        "the demo needs Mosquitto as its MQTT broker: apt-get install mosquitto (the embedded \
-         broker is not built yet)",
-    )?;
+    let mosquitto = match (args.broker, find_mosquitto()) {
+        (BrokerChoice::Embedded, _) | (BrokerChoice::Auto, None) => None,
+        (_, Some(m)) => Some(m),
+        (BrokerChoice::Mosquitto, None) => {
+            bail!("--broker mosquitto: mosquitto is not installed (apt-get install mosquitto)")
+        }
+    };
 
     step(
         1,
@@ -167,25 +183,51 @@ async fn run_site(
     );
     site::make_identities(l, &all).await?;
 
-    let broker_port = site::free_port()?;
-    step(
-        3,
-        &format!(
-            "MQTT broker: Mosquitto on 127.0.0.1:{broker_port}, mutual TLS, ACL per device (medledger mosquitto-config)"
-        ),
-    );
-    let conf = site::make_mosquitto_config(l, broker_port, GATEWAYS).await?;
-    let pid = children.spawn(
-        "mosquitto",
-        &mosquitto,
-        &["-c".into(), conf.display().to_string()],
-        &l.logs_dir().join("mosquitto.log"),
-    )?;
-    // Gateway 1 sends the broker SIGHUP through this file after each new CRL ([broker_crl]).
+    // Gateway 1 sends Mosquitto SIGHUP through this file after each new CRL ([broker_crl]).
     let pid_file = l.mosquitto_dir().join("mosquitto.pid");
-    std::fs::write(&pid_file, format!("{pid}\n"))
-        .with_context(|| format!("cannot write {}", pid_file.display()))?;
-    wait_listening(children, "mosquitto", broker_port).await?;
+    let mqtt = match &mosquitto {
+        Some(mosquitto) => {
+            let port = site::free_port()?;
+            step(
+                3,
+                &format!(
+                    "MQTT broker: Mosquitto on 127.0.0.1:{port}, mutual TLS, ACL per device (medledger mosquitto-config)"
+                ),
+            );
+            let conf = site::make_mosquitto_config(l, port, GATEWAYS).await?;
+            let pid = children.spawn(
+                "mosquitto",
+                mosquitto,
+                &["-c".into(), conf.display().to_string()],
+                &l.logs_dir().join("mosquitto.log"),
+            )?;
+            std::fs::write(&pid_file, format!("{pid}\n"))
+                .with_context(|| format!("cannot write {}", pid_file.display()))?;
+            wait_listening(children, "mosquitto", port).await?;
+            Mqtt {
+                gateway_port: port,
+                device_port: port,
+                tls: true,
+            }
+        }
+        None => {
+            let b = broker::start_embedded()?;
+            step(
+                3,
+                &format!(
+                    "MQTT broker: an embedded one (rumqttd) on 127.0.0.1:{} and :{} (MQTT 5), plain MQTT, no device authentication: for the demo only (install mosquitto for mutual TLS)",
+                    b.v4_port, b.v5_port
+                ),
+            );
+            wait_listening(children, "the embedded broker", b.v4_port).await?;
+            wait_listening(children, "the embedded broker", b.v5_port).await?;
+            Mqtt {
+                gateway_port: b.v4_port,
+                device_port: b.v5_port,
+                tls: false,
+            }
+        }
+    };
 
     step(
         4,
@@ -210,9 +252,9 @@ async fn run_site(
             l,
             id,
             api,
-            (id == 1).then_some(broker_port),
+            (id == 1).then_some((mqtt.gateway_port, mqtt.tls)),
             &mine,
-            (id == 1).then_some(pid_file.as_path()),
+            (id == 1 && mqtt.tls).then_some(pid_file.as_path()),
         )?;
         children.spawn(
             &format!("gateway {id}"),
@@ -264,10 +306,10 @@ async fn run_site(
         .await?;
     }
 
-    step(7, "simulated MQTT devices (two each of pumps, ventilators, monitors), each with its own certificate");
-    sims.start_mqtt(l, broker_port)?;
+    step(7, "simulated MQTT devices (two each of pumps, ventilators, monitors); at Mosquitto each with its own certificate");
+    sims.start_mqtt(l, mqtt.device_port, mqtt.tls)?;
 
-    print_ready(l, &apis, broker_port);
+    print_ready(l, &apis, &mqtt);
 
     let started = Instant::now();
     let schedule = devices::schedule();
@@ -311,6 +353,14 @@ async fn run_site(
 
 fn step(n: u32, what: &str) {
     println!("[{n}/7] {what}");
+}
+
+/// Where the gateway and the devices reach the broker.
+struct Mqtt {
+    gateway_port: u16,
+    device_port: u16,
+    /// Mosquitto with mutual TLS; `false`: the embedded broker, plain MQTT.
+    tls: bool,
 }
 
 /// The Mosquitto broker, when installed.
@@ -385,7 +435,7 @@ fn history_url(api: &SocketAddr, device: &str) -> String {
 }
 
 /// The site's addresses and a staff sign-in.
-fn print_ready(l: &Layout, apis: &[SocketAddr], broker_port: u16) {
+fn print_ready(l: &Layout, apis: &[SocketAddr], mqtt: &Mqtt) {
     let staff = l.staff_prefix();
     let (crt, key) = (staff.with_extension("crt"), staff.with_extension("key"));
     println!();
@@ -397,10 +447,18 @@ fn print_ready(l: &Layout, apis: &[SocketAddr], broker_port: u16) {
             l.logs_dir().join(format!("gateway{}.log", i + 1)).display()
         );
     }
-    println!(
-        "  MQTT broker: 127.0.0.1:{broker_port} (mutual TLS; config {})",
-        l.mosquitto_dir().display()
-    );
+    if mqtt.tls {
+        println!(
+            "  MQTT broker: Mosquitto on 127.0.0.1:{} (mutual TLS; config {})",
+            mqtt.gateway_port,
+            l.mosquitto_dir().display()
+        );
+    } else {
+        println!(
+            "  MQTT broker: embedded, 127.0.0.1:{} (MQTT 3.1.1) and :{} (MQTT 5), plain, demo only",
+            mqtt.gateway_port, mqtt.device_port
+        );
+    }
     print_web_sign_in(l, apis[0]);
     println!(
         "  Staff sign-in for the HTTPS API (docs/api.md), as {} (role biomed):",

@@ -281,14 +281,14 @@ pub async fn make_mosquitto_config(l: &Layout, port: u16, n: u64) -> anyhow::Res
     Ok(l.mosquitto_dir().join("mosquitto.conf"))
 }
 
-/// Gateway `id`'s config: its API on loopback `api`, the broker (gateway 1 only: rules keep
+/// Gateway `id`'s config: its API on loopback `api`, the broker (port, TLS; gateway 1 only: rules keep
 /// per-device state, and a device watched by two gateways would have its silence judged by two
 /// clocks), its Modbus devices, the rules, and the CRL hook that keeps the broker's CRL fresh.
 pub fn write_config(
     l: &Layout,
     id: u64,
     api: SocketAddr,
-    broker_port: Option<u16>,
+    broker: Option<(u16, bool)>,
     modbus: &[(DeviceSpec, SocketAddr)],
     broker_pid_file: Option<&Path>,
 ) -> anyhow::Result<PathBuf> {
@@ -299,8 +299,11 @@ pub fn write_config(
         "[node]\nid = {id}\ndata_dir = {}\n\n[api]\nlisten = \"{api}\"\n",
         toml_str(&s(&dir))
     );
-    if let Some(port) = broker_port {
-        let _ = write!(c, "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n");
+    if let Some((port, tls)) = broker {
+        let _ = write!(
+            c,
+            "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntls = {tls}\n"
+        );
     }
     if let Some(pid) = broker_pid_file {
         let _ = write!(
