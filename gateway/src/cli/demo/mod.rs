@@ -219,8 +219,19 @@ async fn run_site(
                     b.v4_port, b.v5_port
                 ),
             );
-            wait_listening(children, "the embedded broker", b.v4_port).await?;
-            wait_listening(children, "the embedded broker", b.v5_port).await?;
+            // Bound is listening; a probe connection would make rumqttd log an error.
+            for port in [b.v4_port, b.v5_port] {
+                wait_until(
+                    children,
+                    &format!("the embedded broker to listen on {port}"),
+                    || async move {
+                        std::net::TcpListener::bind(("127.0.0.1", port))
+                            .is_err()
+                            .then_some(())
+                    },
+                )
+                .await?;
+            }
             Mqtt {
                 gateway_port: b.v4_port,
                 device_port: b.v5_port,
