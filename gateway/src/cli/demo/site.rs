@@ -169,16 +169,39 @@ fn a(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+/// `medledger cert issue` on gateway 1's CA (its local ledger: the gateways do not run yet):
+/// a certificate of `profile` for `id`, valid `days`, written to `out`.crt/.key.
+async fn cert_issue(
+    l: &Layout,
+    profile: &str,
+    id: &str,
+    days: u32,
+    out: &Path,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let mut args = a(&["cert", "issue", "--data-dir", &s(&l.gateway_dir(1))]);
+    args.extend(a(&[
+        "--profile",
+        profile,
+        "--id",
+        id,
+        "--days",
+        &days.to_string(),
+    ]));
+    args.extend(a(extra));
+    args.extend(a(&["--out", &s(out)]));
+    medledger(&args).await.map(|_| ())
+}
+
 /// Site CA and gateway 1's issuing CA (`ca init`), then certificates for gateways 2 and 3 from
 /// it (`cert issue --profile gateway`; docs/operations.md "More gateways"), each with the site
 /// root beside it.
 pub async fn make_ca_and_gateways(l: &Layout, n: u64) -> anyhow::Result<()> {
-    let gw1 = l.gateway_dir(1);
     medledger(&a(&[
         "ca",
         "init",
         "--data-dir",
-        &s(&gw1),
+        &s(&l.gateway_dir(1)),
         "--site",
         "MedLedger Demo Hospital",
         "--node-id",
@@ -188,21 +211,7 @@ pub async fn make_ca_and_gateways(l: &Layout, n: u64) -> anyhow::Result<()> {
     for id in 2..=n {
         let pki = l.gateway_dir(id).join("pki");
         create_private_dir(&pki)?;
-        medledger(&a(&[
-            "cert",
-            "issue",
-            "--data-dir",
-            &s(&gw1),
-            "--profile",
-            "gateway",
-            "--id",
-            &id.to_string(),
-            "--days",
-            "90",
-            "--out",
-            &s(&pki.join("gateway")),
-        ]))
-        .await?;
+        cert_issue(l, "gateway", &id.to_string(), 90, &pki.join("gateway"), &[]).await?;
         std::fs::copy(l.root_crt(), pki.join("root.crt"))
             .with_context(|| format!("cannot copy the site root to {}", pki.display()))?;
     }
@@ -211,46 +220,13 @@ pub async fn make_ca_and_gateways(l: &Layout, n: u64) -> anyhow::Result<()> {
 
 /// A certificate for each MQTT device and one for the staff member (`cert issue`).
 pub async fn make_identities(l: &Layout, devices: &[DeviceSpec]) -> anyhow::Result<()> {
-    let gw1 = s(&l.gateway_dir(1));
     create_private_dir(&l.devices_dir())?;
     for d in devices.iter().filter(|d| d.transport == Transport::Mqtt) {
-        medledger(&a(&[
-            "cert",
-            "issue",
-            "--data-dir",
-            &gw1,
-            "--profile",
-            "device",
-            "--id",
-            &d.id,
-            "--days",
-            "30",
-            "--out",
-            &s(&l.device_prefix(&d.id)),
-        ]))
-        .await?;
+        cert_issue(l, "device", &d.id, 30, &l.device_prefix(&d.id), &[]).await?;
     }
     create_private_dir(&l.root.join("staff"))?;
-    medledger(&a(&[
-        "cert",
-        "issue",
-        "--data-dir",
-        &gw1,
-        "--profile",
-        "staff",
-        "--id",
-        STAFF_ID,
-        "--name",
-        "Demo Biomed",
-        "--role",
-        "biomed",
-        "--days",
-        "30",
-        "--out",
-        &s(&l.staff_prefix()),
-    ]))
-    .await?;
-    Ok(())
+    let staff = ["--name", "Demo Biomed", "--role", "biomed"];
+    cert_issue(l, "staff", STAFF_ID, 30, &l.staff_prefix(), &staff).await
 }
 
 /// The broker's files (`mosquitto-config`): TLS listener on loopback `port` with the ACL that
