@@ -71,6 +71,9 @@ install_file() { # mode source destination-inside-the-package
 }
 install_file 0755 "$bin" usr/bin/medledger
 install_file 0644 "$here/medledger-gateway.service" lib/systemd/system/medledger-gateway.service
+# the broker's CRL hook: shipped, not enabled (only where the site broker runs on this machine)
+install_file 0644 "$here/medledger-broker-crl.path" lib/systemd/system/medledger-broker-crl.path
+install_file 0644 "$here/medledger-broker-crl.service" lib/systemd/system/medledger-broker-crl.service
 install_file 0644 "$here/medledger.sysusers.conf" usr/lib/sysusers.d/medledger.conf
 install_file 0644 "$here/medledger.tmpfiles.conf" usr/lib/tmpfiles.d/medledger.conf
 install_file 0644 "$here/gateway.toml" etc/medledger/gateway.toml

@@ -31,6 +31,8 @@ pub struct Config {
     pub rules: Vec<RuleSection>,
     /// `[web]`: the staff web page; off when absent.
     pub web: Option<WebSection>,
+    /// `[broker_crl]`: keep the site broker's CRL file fresh; nothing is written when absent.
+    pub broker_crl: Option<BrokerCrlSection>,
     /// Device profiles named by `[[modbus]]` devices, resolved at load (`telemetry.profiles_dir`
     /// first, then the built-in ones), so a missing profile is a config error, not a runtime one.
     #[serde(skip)]
@@ -228,6 +230,15 @@ pub struct TlsConfig {
     /// This gateway's issuing CA directory, for enrollment and CRLs.
     #[serde(default = "default_pki")]
     pub pki_dir: PathBuf,
+    /// How long each CRL this gateway signs is valid (its nextUpdate), seconds. The gateway
+    /// signs a new one every quarter of this (at most daily) and on every revocation, so a
+    /// broker or peer never holds an expired one while the gateway runs.
+    #[serde(default = "default_crl_validity")]
+    pub crl_validity_s: u64,
+}
+
+fn default_crl_validity() -> u64 {
+    7 * 86_400
 }
 
 fn default_ca() -> PathBuf {
@@ -250,6 +261,7 @@ impl Default for TlsConfig {
             cert_file: default_cert(),
             key_file: default_key(),
             pki_dir: default_pki(),
+            crl_validity_s: default_crl_validity(),
         }
     }
 }
@@ -486,6 +498,12 @@ impl Config {
         }
         if c.ledger.max_batch == 0 {
             return Err(invalid("ledger.max_batch", "must be at least 1".into()));
+        }
+        if !(10..=366 * 86_400).contains(&c.tls.crl_validity_s) {
+            return Err(invalid(
+                "tls.crl_validity_s",
+                format!("{} is outside 10..=31622400 s", c.tls.crl_validity_s),
+            ));
         }
         let base = c.node.data_dir.clone();
         for p in [

@@ -1,6 +1,8 @@
 //! end-to-end tests
 mod api;
+mod broker_crl;
 mod cluster;
+mod demo;
 mod format;
 mod gateway_tls;
 mod hostile;

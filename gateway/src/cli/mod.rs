@@ -27,8 +27,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Build a sample ledger of maintenance events in a temporary directory, export it, verify
-    /// the export and print a receipt.
+    /// Run a whole hospital site on this machine: site CA, Mosquitto with mutual TLS, three
+    /// gateways as one cluster, simulated pumps, ventilators and monitors on MQTT and Modbus with
+    /// faults that raise alarms, offline devices and due maintenance. Needs mosquitto; stops on
+    /// Ctrl-C or SIGTERM leaving no process behind.
     Demo(demo::DemoArgs),
     /// Append maintenance events from a JSON Lines file (schema: docs/import-format.md). Every
     /// line is checked first; a bad line is reported with its number and nothing is written.

@@ -62,6 +62,25 @@ impl MqttSection {
     }
 }
 
+/// `[broker_crl]`: the site broker's copy of this gateway's CRL. Mosquitto reads its `crlfile`
+/// at start and on SIGHUP only, and refuses every client once that CRL's nextUpdate has passed;
+/// so each time the gateway signs a CRL (on a revocation, and every quarter of
+/// `tls.crl_validity_s`) it also writes it here and, with `pid_file`, sends the broker SIGHUP.
+/// Without `pid_file`, a systemd path unit reloads the broker (`systemd/medledger-broker-crl.path`).
+/// The file holds this gateway's CRL only: the broker's clients (devices and gateways) must carry
+/// certificates of this gateway's issuing CA, as the CRL check refuses a client whose issuer has
+/// no CRL in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerCrlSection {
+    /// The broker's `crlfile` (`crl.pem` in the `mosquitto-config` output), written atomically,
+    /// mode 0644.
+    pub file: PathBuf,
+    /// The broker's pid file (`pid_file` in mosquitto.conf): SIGHUP goes to that process after
+    /// each write. The gateway must be allowed to signal it (same user, or root).
+    pub pid_file: Option<PathBuf>,
+}
+
 /// `[[modbus]]`: one device this gateway polls over Modbus TCP (or Modbus/TCP Security).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +268,19 @@ pub(super) fn check(
         }
         if m.keep_alive_s < 5 {
             return Err(invalid("mqtt.keep_alive_s", "must be at least 5".into()));
+        }
+    }
+    if let Some(b) = &mut c.broker_crl {
+        if b.file.as_os_str().is_empty() || b.file.is_dir() {
+            return Err(invalid(
+                "broker_crl.file",
+                format!("{:?} is not a file path", b.file),
+            ));
+        }
+        for p in std::iter::once(&mut b.file).chain(b.pid_file.as_mut()) {
+            if p.is_relative() {
+                *p = c.node.data_dir.join(&*p);
+            }
         }
     }
     let t = &mut c.telemetry;

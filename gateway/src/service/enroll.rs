@@ -315,6 +315,7 @@ pub async fn start(
         },
         ca.clone(),
         crl_path,
+        crate::service::revocation::CrlSettings::from_config(config),
         shutdown.clone(),
     )
     .await?;

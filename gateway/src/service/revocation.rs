@@ -438,6 +438,88 @@ pub fn build_crl(ca: &IssuingCa, idx: &IdentityIndex) -> anyhow::Result<Crl> {
     )?)
 }
 
+/// How the running gateway keeps its CRL fresh (`[tls] crl_validity_s`, `[broker_crl]`).
+#[derive(Debug, Clone)]
+pub struct CrlSettings {
+    /// Each CRL's lifetime (nextUpdate - now).
+    pub validity: Duration,
+    /// The broker's copy of the CRL, and how to make the broker read it.
+    pub broker: Option<crate::config::BrokerCrlSection>,
+}
+
+impl CrlSettings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        CrlSettings {
+            validity: Duration::seconds(i64::try_from(c.tls.crl_validity_s).unwrap_or(i64::MAX)),
+            broker: c.broker_crl.clone(),
+        }
+    }
+
+    /// A new CRL is signed this often even when nothing was revoked: a quarter of its lifetime
+    /// (at most [`CRL_REFRESH`]), so three renewals can fail before anyone holds an expired one.
+    pub fn refresh(&self) -> Duration {
+        std::cmp::min(self.validity / 4_i32, CRL_REFRESH)
+    }
+}
+
+/// Signs the next CRL. Its thisUpdate (a minute back, for clock skew) is always later than the
+/// previous one's (`last`): OpenSSL, and so Mosquitto, which keeps every CRL it has loaded,
+/// picks among valid CRLs of one issuer the one with the latest thisUpdate, and would keep an
+/// older list signed in the same second.
+fn sign_next_crl(
+    ca: &IssuingCa,
+    idx: &IdentityIndex,
+    validity: Duration,
+    last: &mut Option<OffsetDateTime>,
+) -> anyhow::Result<Crl> {
+    let now = OffsetDateTime::now_utc();
+    let mut this_update = (now - Duration::minutes(1))
+        .replace_nanosecond(0)
+        .unwrap_or(now);
+    if let Some(l) = *last {
+        if this_update <= l {
+            this_update = l + Duration::seconds(1);
+        }
+    }
+    let crl = ca.build_crl(&idx.revoked_by(ca), this_update, now + validity)?;
+    *last = Some(this_update);
+    Ok(crl)
+}
+
+/// Writes `crl` to the broker's `crlfile` and, with a pid file, sends the broker SIGHUP
+/// (Mosquitto 2.0 then reloads its listeners' certificates and CRL).
+pub fn publish_to_broker(b: &crate::config::BrokerCrlSection, crl: &Crl) -> anyhow::Result<()> {
+    certs::files::atomic_write(&b.file, crl.pem.as_bytes())
+        .with_context(|| format!("broker_crl.file {}", b.file.display()))?;
+    if let Some(p) = &b.pid_file {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("broker_crl.pid_file {}", p.display()))?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|pid| *pid > 1)
+            .with_context(|| {
+                format!(
+                    "broker_crl.pid_file {}: {:?} is not a process id",
+                    p.display(),
+                    text.trim()
+                )
+            })?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .with_context(|| {
+            format!(
+                "cannot send SIGHUP to the broker (pid {pid} from {})",
+                p.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The policy every listener applies: the ledger's revoked serials (any issuer), this gateway's
 /// own CRL, and certificates of other gateways' issuing CAs accepted without their CRL because
 /// the replicated ledger is the revocation source of truth (see `tls::base_revocation`).
@@ -476,10 +558,12 @@ fn refresh(
     to: &Enforcers,
     ca: Option<&IssuingCa>,
     crl_path: &Path,
-) -> anyhow::Result<()> {
+    settings: &CrlSettings,
+    last: &mut Option<OffsetDateTime>,
+) -> anyhow::Result<Option<Crl>> {
     let crl = match ca {
         Some(ca) => {
-            let crl = build_crl(ca, idx)?;
+            let crl = sign_next_crl(ca, idx, settings.validity, last)?;
             crl.write_pem(crl_path)?;
             Some(crl)
         }
@@ -489,20 +573,24 @@ fn refresh(
     *to.revoked.write().unwrap_or_else(|p| p.into_inner()) = policy.revoked_serials.clone();
     to.server.update_revocation(&policy)?;
     to.peers.update_revocation(&policy)?;
-    Ok(())
+    Ok(crl)
 }
 
-/// Reads the whole ledger, applies its revocations to `server` and writes `crl_path` before
-/// returning (so no listener starts without them), and returns the watcher to spawn: it polls
-/// the store every 250 ms, reads only new entries, and on a new revocation (or every
-/// [`CRL_REFRESH`]) rebuilds the CRL file and the listeners' revocation policy. Ends when
-/// `shutdown` is cancelled.
+/// How long to wait before writing the broker's CRL again after that failed.
+const BROKER_RETRY: StdDuration = StdDuration::from_secs(5);
+
+/// Reads the whole ledger, applies its revocations to `server` and writes `crl_path` (and the
+/// broker's copy, `[broker_crl]`) before returning (so no listener starts without them), and
+/// returns the watcher to spawn: it polls the store every 250 ms, reads only new entries, and on
+/// a new revocation (or every [`CrlSettings::refresh`]) signs a new CRL and applies it to the CRL
+/// file, the broker and the listeners' revocation policy. Ends when `shutdown` is cancelled.
 pub async fn start_watcher(
     store: Arc<Store>,
     local: Option<&IdentityIndex>,
     to: Enforcers,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
+    settings: CrlSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let (mut idx, store) =
@@ -514,69 +602,126 @@ pub async fn start_watcher(
     if let Some(local) = local {
         idx.merge(local);
     }
-    refresh(&idx, &to, ca.as_deref(), &crl_path)?;
+    let mut last = None;
+    let crl = refresh(&idx, &to, ca.as_deref(), &crl_path, &settings, &mut last)?;
     tracing::info!(revoked = idx.revoked.len(), crl = %crl_path.display(), "revocation watcher started");
-    Ok(watch(idx, store, to, ca, crl_path, shutdown))
+    let w = Watcher {
+        idx,
+        store,
+        to,
+        ca,
+        crl_path,
+        settings,
+        last,
+        broker_pending: crl,
+        broker_next_try: tokio::time::Instant::now(),
+    };
+    Ok(w.run(shutdown))
 }
 
-async fn watch(
-    mut idx: IdentityIndex,
+/// The watcher's state.
+struct Watcher {
+    idx: IdentityIndex,
     store: Arc<Store>,
     to: Enforcers,
     ca: Option<Arc<IssuingCa>>,
     crl_path: PathBuf,
-    shutdown: CancellationToken,
-) {
-    let mut next_refresh = tokio::time::Instant::now() + to_std(CRL_REFRESH);
-    let mut stale = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
-        }
-        let mut changed = false;
-        if store.size() > idx.scanned() {
-            let s = store.clone();
-            let before = idx.clone();
-            match tokio::task::spawn_blocking(move || {
-                let r = idx.scan(&s);
-                (r, idx)
-            })
-            .await
-            {
-                Ok((Ok(n), i)) => {
-                    idx = i;
-                    changed = n > 0;
+    settings: CrlSettings,
+    /// thisUpdate of the last CRL signed.
+    last: Option<OffsetDateTime>,
+    /// A CRL not yet written to the broker (`[broker_crl]`), and when to try again.
+    broker_pending: Option<Crl>,
+    broker_next_try: tokio::time::Instant,
+}
+
+impl Watcher {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut next_refresh = tokio::time::Instant::now() + to_std(self.settings.refresh());
+        let mut stale = false;
+        loop {
+            self.publish_to_broker();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let mut changed = false;
+            if self.store.size() > self.idx.scanned() {
+                let s = self.store.clone();
+                let before = self.idx.clone();
+                let mut idx = std::mem::take(&mut self.idx);
+                match tokio::task::spawn_blocking(move || {
+                    let r = idx.scan(&s);
+                    (r, idx)
+                })
+                .await
+                {
+                    Ok((Ok(n), i)) => {
+                        self.idx = i;
+                        changed = n > 0;
+                    }
+                    Ok((Err(e), i)) => {
+                        self.idx = i;
+                        tracing::warn!(error = %format!("{e:#}"), "reading new ledger entries for revocations; will retry");
+                    }
+                    Err(e) => {
+                        self.idx = before;
+                        tracing::error!(error = %e, "revocation scan task failed; will retry");
+                    }
                 }
-                Ok((Err(e), i)) => {
-                    idx = i;
-                    tracing::warn!(error = %format!("{e:#}"), "reading new ledger entries for revocations; will retry");
-                }
-                Err(e) => {
-                    idx = before;
-                    tracing::error!(error = %e, "revocation scan task failed; will retry");
+            }
+            let due = tokio::time::Instant::now() >= next_refresh;
+            if changed || due || stale {
+                match refresh(
+                    &self.idx,
+                    &self.to,
+                    self.ca.as_deref(),
+                    &self.crl_path,
+                    &self.settings,
+                    &mut self.last,
+                ) {
+                    Ok(crl) => {
+                        stale = false;
+                        next_refresh =
+                            tokio::time::Instant::now() + to_std(self.settings.refresh());
+                        if crl.is_some() {
+                            self.broker_pending = crl;
+                            self.broker_next_try = tokio::time::Instant::now();
+                        }
+                        if changed {
+                            tracing::info!(
+                                revoked = self.idx.revoked.len(),
+                                "new revocation applied to every tls listener"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        // keep trying every poll: a CRL that is not renewed expires and then
+                        // refuses every client (fail closed)
+                        stale = true;
+                        tracing::error!(error = %format!("{e:#}"), crl = %self.crl_path.display(), "cannot apply revocations");
+                    }
                 }
             }
         }
-        let due = tokio::time::Instant::now() >= next_refresh;
-        if changed || due || stale {
-            match refresh(&idx, &to, ca.as_deref(), &crl_path) {
-                Ok(()) => {
-                    stale = false;
-                    next_refresh = tokio::time::Instant::now() + to_std(CRL_REFRESH);
-                    if changed {
-                        tracing::info!(
-                            revoked = idx.revoked.len(),
-                            "new revocation applied to every tls listener"
-                        );
-                    }
-                }
-                Err(e) => {
-                    // keep trying every poll: a CRL that is not renewed expires and then refuses
-                    // every client (fail closed)
-                    stale = true;
-                    tracing::error!(error = %format!("{e:#}"), crl = %crl_path.display(), "cannot apply revocations");
-                }
+    }
+
+    /// Writes a pending CRL to the broker (`[broker_crl]`); after a failure, again every
+    /// [`BROKER_RETRY`] until it works or a newer CRL replaces it.
+    fn publish_to_broker(&mut self) {
+        let (Some(b), Some(crl)) = (&self.settings.broker, &self.broker_pending) else {
+            return;
+        };
+        if tokio::time::Instant::now() < self.broker_next_try {
+            return;
+        }
+        match publish_to_broker(b, crl) {
+            Ok(()) => {
+                tracing::info!(file = %b.file.display(), signalled = b.pid_file.is_some(), "broker's crl renewed");
+                self.broker_pending = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot renew the broker's crl; will retry");
+                self.broker_next_try = tokio::time::Instant::now() + BROKER_RETRY;
             }
         }
     }
