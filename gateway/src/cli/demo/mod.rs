@@ -252,6 +252,8 @@ async fn run_site(
         "three gateways (medledger run), each with its own config",
     );
     let mut apis = Vec::new();
+    let web: SocketAddr = ([127, 0, 0, 1], site::free_port()?).into();
+    let password = site::add_web_account(l, 1).await?;
     for id in 1..=GATEWAYS {
         let api: SocketAddr = ([127, 0, 0, 1], site::free_port()?).into();
         let mine: Vec<_> = modbus
@@ -266,6 +268,7 @@ async fn run_site(
             (id == 1).then_some((mqtt.gateway_port, mqtt.tls)),
             &mine,
             (id == 1 && mqtt.tls).then_some(pid_file.as_path()),
+            (id == 1).then_some(web),
         )?;
         children.spawn(
             &format!("gateway {id}"),
@@ -320,7 +323,7 @@ async fn run_site(
     step(7, "simulated MQTT devices (two each of pumps, ventilators, monitors); at Mosquitto each with its own certificate");
     sims.start_mqtt(l, mqtt.device_port, mqtt.tls)?;
 
-    print_ready(l, &apis, &mqtt);
+    print_ready(l, &apis, &mqtt, web, &password);
 
     let started = Instant::now();
     let schedule = devices::schedule();
@@ -446,7 +449,7 @@ fn history_url(api: &SocketAddr, device: &str) -> String {
 }
 
 /// The site's addresses and a staff sign-in.
-fn print_ready(l: &Layout, apis: &[SocketAddr], mqtt: &Mqtt) {
+fn print_ready(l: &Layout, apis: &[SocketAddr], mqtt: &Mqtt, web: SocketAddr, password: &str) {
     let staff = l.staff_prefix();
     let (crt, key) = (staff.with_extension("crt"), staff.with_extension("key"));
     println!();
@@ -470,7 +473,7 @@ fn print_ready(l: &Layout, apis: &[SocketAddr], mqtt: &Mqtt) {
             mqtt.gateway_port, mqtt.device_port
         );
     }
-    print_web_sign_in(l, apis[0]);
+    print_web_sign_in(web, password);
     println!(
         "  Staff sign-in for the HTTPS API (docs/api.md), as {} (role biomed):",
         site::STAFF_ID
@@ -493,10 +496,15 @@ fn print_ready(l: &Layout, apis: &[SocketAddr], mqtt: &Mqtt) {
     println!();
 }
 
-/// THE place where the staff web page's address and sign-in are printed once the gateway
-/// serves the web page (issue 15): its URL on gateway 1 and the account to sign in with.
-fn print_web_sign_in(_l: &Layout, _api: SocketAddr) {
-    println!("  Web page: not in this build yet; use the HTTPS API below.");
+/// The staff web page's address (gateway 1's `[web] listen`) and the account to sign in with.
+fn print_web_sign_in(web: SocketAddr, password: &str) {
+    println!(
+        "  Web page: https://{web}/  sign in as {} with password {password}",
+        site::STAFF_ID
+    );
+    println!(
+        "    (the site's own CA signed its certificate: your browser will ask you to accept it)"
+    );
 }
 
 /// One summary line: ledger size, alarms raised and still open, devices offline now,

@@ -139,6 +139,25 @@ impl Layout {
 /// The staff member the demo signs in as.
 pub const STAFF_ID: &str = "demo-biomed";
 
+/// Gives the staff member a web account on gateway `id` (its `staff.json`) with a new random
+/// password, returned for the sign-in the demo prints.
+pub async fn add_web_account(l: &Layout, id: u64) -> anyhow::Result<String> {
+    use rand::Rng;
+    let password: String = rand::thread_rng()
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    let accounts = crate::service::web::accounts::Accounts::in_data_dir(&l.gateway_dir(id));
+    let pw = password.clone();
+    tokio::task::spawn_blocking(move || {
+        accounts.add(STAFF_ID, "Demo Biomed", certs::StaffRole::Biomed, &pw)
+    })
+    .await?
+    .context("adding the demo's staff account")?;
+    Ok(password)
+}
+
 /// Runs `medledger ARGS` (this binary) to its end; an error carries its output.
 pub async fn medledger(args: &[String]) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("cannot find the medledger binary")?;
@@ -257,7 +276,7 @@ pub async fn make_mosquitto_config(l: &Layout, port: u16, n: u64) -> anyhow::Res
     Ok(l.mosquitto_dir().join("mosquitto.conf"))
 }
 
-/// Gateway `id`'s config: its API on loopback `api`, the broker (port, TLS; gateway 1 only: rules keep
+/// Gateway `id`'s config: its API on loopback `api`, the staff web page on `web` (gateway 1), the broker (port, TLS; gateway 1 only: rules keep
 /// per-device state, and a device watched by two gateways would have its silence judged by two
 /// clocks), its Modbus devices, the rules, and the CRL hook that keeps the broker's CRL fresh.
 pub fn write_config(
@@ -267,6 +286,7 @@ pub fn write_config(
     broker: Option<(u16, bool)>,
     modbus: &[(DeviceSpec, SocketAddr)],
     broker_pid_file: Option<&Path>,
+    web: Option<SocketAddr>,
 ) -> anyhow::Result<PathBuf> {
     let dir = l.gateway_dir(id);
     let mut c = String::from("# written by `medledger demo`\n");
@@ -275,6 +295,9 @@ pub fn write_config(
         "[node]\nid = {id}\ndata_dir = {}\n\n[api]\nlisten = \"{api}\"\n",
         toml_str(&s(&dir))
     );
+    if let Some(web) = web {
+        let _ = write!(c, "\n[web]\nlisten = \"{web}\"\n");
+    }
     if let Some((port, tls)) = broker {
         let _ = write!(
             c,
