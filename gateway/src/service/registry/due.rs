@@ -4,7 +4,7 @@
 //!
 //! A preventive maintenance (or calibration) is due one interval after the last one done; a
 //! device with none on record is due one interval after it entered the inventory (its
-//! acceptance check starts the clock). It is `overdue` once that time has passed, `due` within
+//! acceptance check starts the clock); a failed calibration is due again at once. It is `overdue` once that time has passed, `due` within
 //! the window before it (30 days by default), `scheduled` earlier.
 
 use serde::Serialize;
@@ -96,7 +96,11 @@ fn item(
         Work::Calibration => (index.calibration_interval(dev)?, dev.last_calibration()),
     };
     let anchor = last.map(|d| d.at_ms).or(dev.registered_at_ms)?;
-    let due_ms = anchor.saturating_add(i64::from(interval) * DAY_MS);
+    let due_ms = match last {
+        // A failed calibration is to be repeated at once.
+        Some(d) if work == Work::Calibration && !d.passed => d.at_ms,
+        _ => anchor.saturating_add(i64::from(interval) * DAY_MS),
+    };
     let state = if now_ms > due_ms {
         DueState::Overdue
     } else if now_ms >= due_ms - i64::from(window_days) * DAY_MS {
