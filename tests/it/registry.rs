@@ -297,6 +297,31 @@ async fn registry_and_due_lists_agree_on_every_gateway() {
         );
     }
 
+    // The FHIR documents are valid FHIR R4 by HL7's JSON schema; a Device with a status R4
+    // does not have is not (the check is not vacuous).
+    fhir_valid(&reference["fhir_devices"], true);
+    fhir_valid(&reference["fhir_metrics"], true);
+    let mut bad = reference["fhir_devices"].clone();
+    bad["entry"][0]["resource"]["status"] = json!("broken");
+    fhir_valid(&bad, false);
+    let metric = &reference["fhir_metrics"]["entry"];
+    let states: Vec<&str> = metric
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["resource"]["calibration"][0]["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            "calibration-required",
+            "unspecified",
+            "not-calibrated",
+            "unspecified"
+        ],
+        "{metric}"
+    );
+
     // The CLI reads the same registry through the API.
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(bin("medledger"))
@@ -415,6 +440,30 @@ async fn registry_and_due_lists_agree_on_every_gateway() {
     );
     drop(learner);
     drop(nodes);
+}
+
+/// Checks `doc` against the FHIR R4 JSON schema (tests/fixtures/fhir) with
+/// `tests/fhir_validate.py`; `valid` says what the answer must be.
+fn fhir_valid(doc: &Value, valid: bool) {
+    let root = medledger_tests::workspace_root();
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), doc.to_string()).expect("write");
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/fhir_validate.py"))
+        .arg(root.join("tests/fixtures/fhir/fhir.schema.json"))
+        .arg(file.path())
+        .output()
+        .expect("run python3 tests/fhir_validate.py");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => assert!(valid, "an invalid FHIR document passed the schema: {doc}"),
+        Some(1) => assert!(!valid, "not valid FHIR R4: {said}\n{doc}"),
+        _ => panic!("tests/fhir_validate.py could not run: {said}"),
+    }
 }
 
 /// Waits until the gateway at `addr` holds `size` entries and answers as `reference` does;
