@@ -209,9 +209,10 @@ fn aem_status_locate_and_recalls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = SigningKey::from_bytes(&[4; 32]);
     let store = Store::open(dir.path()).expect("open");
-    let aem = Some(Strategy::Aem {
+    let aem_strategy = Strategy::Aem {
         justification: "EQ56 risk analysis 2025-14".into(),
-    });
+    };
+    let aem = Some(aem_strategy.clone());
     let mut ct = pump("ct-1", "2025-01-01T00:00:00Z");
     ct.category = Some(Category::Imaging);
     ct.strategy = aem.clone();
@@ -284,7 +285,7 @@ fn aem_status_locate_and_recalls() {
     assert!(!d["pump-3"].registered);
     assert!(d["pump-3"].refused[0].reason.contains("history"));
     // With two PMs on record, AEM is allowed.
-    assert_eq!(d["pump-2"].strategy, aem.expect("aem"));
+    assert_eq!(d["pump-2"].strategy, aem_strategy);
     assert_eq!(d["pump-2"].status, Status::UnableToLocate);
     assert_eq!(d["pump-2"].locate_attempts.len(), 1);
     let recalls = report::open_recalls(&s.index);
