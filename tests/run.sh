@@ -26,6 +26,17 @@ if [ "${#need[@]}" -gt 0 ]; then
   "${sudo[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
+# The FHIR test (tests/it/registry.rs) validates against the R4 JSON schema with Python's
+# jsonschema package: Debian's, or PyPI's where python3 is not Debian's own.
+if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  { "${sudo[@]}" apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+      python3-jsonschema; } || true
+  python3 -c 'import jsonschema' >/dev/null 2>&1 || python3 -m pip install -q jsonschema
+fi
+
 # The power-loss tests (tests/powerloss.rs) mount a FUSE file system through /dev/fuse as root.
 if [ ! -e /dev/fuse ]; then
   if [ "$(id -u)" -eq 0 ]; then modprobe fuse 2>/dev/null || true; else sudo modprobe fuse 2>/dev/null || true; fi

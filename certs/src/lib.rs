@@ -90,7 +90,7 @@ pub use tls::{
     peer_identity, raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor,
     ReloadableServerConfig, RevocationPolicy,
 };
-pub use udi::{validate_device_id, DeviceIdKind};
+pub use udi::{udi_parts, validate_device_id, DeviceIdKind, UdiIssuer, UdiParts};
 
 /// File helpers that create private keys 0600 and replace files atomically.
 pub mod files {

@@ -207,6 +207,13 @@ fn check_ai_value(id: &str, ai: &str, value: &str) -> Result<()> {
 }
 
 fn validate_gs1(id: &str) -> Result<DeviceIdKind> {
+    let fields = gs1_fields(id)?;
+    let gtin = fields.first().map(|(_, g)| g.clone()).unwrap_or_default();
+    Ok(DeviceIdKind::Gs1 { gtin })
+}
+
+/// The checked `(AI, value)` element strings of a GS1 UDI, in order, (01) first.
+fn gs1_fields(id: &str) -> Result<Vec<(String, String)>> {
     let mut fields: Vec<(String, String)> = Vec::new();
     if id.starts_with('(') {
         let mut rest = id;
@@ -262,13 +269,12 @@ fn validate_gs1(id: &str) -> Result<DeviceIdKind> {
             rest = &body[n..];
         }
     }
-    let Some((first_ai, gtin)) = fields.first() else {
+    let Some((first_ai, _)) = fields.first() else {
         return Err(refuse(id, "gs1 udi is empty"));
     };
     if first_ai != "01" {
         return Err(refuse(id, "gs1 udi must start with (01) gtin"));
     }
-    let gtin = gtin.clone();
     let mut seen = std::collections::HashSet::new();
     for (ai, value) in &fields {
         if !seen.insert(ai.as_str()) {
@@ -276,7 +282,104 @@ fn validate_gs1(id: &str) -> Result<DeviceIdKind> {
         }
         check_ai_value(id, ai, value)?;
     }
-    Ok(DeviceIdKind::Gs1 { gtin })
+    Ok(fields)
+}
+
+/// The issuing agency of a UDI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdiIssuer {
+    Gs1,
+    Hibcc,
+    Iccbba,
+}
+
+impl UdiIssuer {
+    /// The agency's name as FDA's GUDID writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdiIssuer::Gs1 => "GS1",
+            UdiIssuer::Hibcc => "HIBCC",
+            UdiIssuer::Iccbba => "ICCBBA",
+        }
+    }
+}
+
+/// A UDI split into its device identifier (DI: labeler and model, what FDA's GUDID holds) and its
+/// production identifier (PI: lot, serial, dates), as the human-readable form carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdiParts {
+    pub issuer: UdiIssuer,
+    /// The DI: the GTIN-14 for GS1; `+` and the primary data (labeler, product, unit of
+    /// measure) for HIBCC; the whole product code for ISBT 128.
+    pub di: String,
+    /// The PI as it follows the DI: the GS1 element strings after (01) in the parenthesised
+    /// form, HIBCC secondary data without its check character; `None` when there is none
+    /// (always for ISBT 128, whose production data are separate data structures).
+    pub pi: Option<String>,
+    /// GS1 (10) / HIBCC: the lot or batch, where the UDI carries it (GS1 only).
+    pub lot: Option<String>,
+    /// GS1 (21): the serial number.
+    pub serial: Option<String>,
+    /// GS1 (11): the production date, YYMMDD.
+    pub manufactured: Option<String>,
+    /// GS1 (17): the expiry date, YYMMDD.
+    pub expiry: Option<String>,
+}
+
+/// Splits a UDI (GS1, HIBCC or ISBT 128, checked as [`validate_device_id`] checks it) into DI
+/// and PI. A plain id is refused: it is no UDI.
+pub fn udi_parts(id: &str) -> Result<UdiParts> {
+    match validate_device_id(id)? {
+        DeviceIdKind::Plain => Err(refuse(
+            id,
+            "not a UDI (GS1 starts with (01) or 01, HIBCC with +, ISBT 128 with =)",
+        )),
+        DeviceIdKind::Gs1 { gtin } => {
+            let fields = gs1_fields(id)?;
+            let find = |ai: &str| fields.iter().find(|(a, _)| a == ai).map(|(_, v)| v.clone());
+            let pi: String = fields
+                .iter()
+                .skip(1)
+                .filter(|(ai, _)| ai != "240")
+                .map(|(ai, v)| format!("({ai}){v}"))
+                .collect();
+            Ok(UdiParts {
+                issuer: UdiIssuer::Gs1,
+                di: gtin,
+                pi: (!pi.is_empty()).then_some(pi),
+                lot: find("10"),
+                serial: find("21"),
+                manufactured: find("11"),
+                expiry: find("17"),
+            })
+        }
+        DeviceIdKind::Hibcc => {
+            // Checked above: ASCII, at least 8 characters, the last one the check character.
+            let data = &id[..id.len() - 1];
+            let (di, pi) = match data.find('/') {
+                Some(at) => (&data[..at], Some(data[at + 1..].to_owned())),
+                None => (data, None),
+            };
+            Ok(UdiParts {
+                issuer: UdiIssuer::Hibcc,
+                di: di.to_owned(),
+                pi: pi.filter(|p| !p.is_empty()),
+                lot: None,
+                serial: None,
+                manufactured: None,
+                expiry: None,
+            })
+        }
+        DeviceIdKind::Isbt128 => Ok(UdiParts {
+            issuer: UdiIssuer::Iccbba,
+            di: id.to_owned(),
+            pi: None,
+            lot: None,
+            serial: None,
+            manufactured: None,
+            expiry: None,
+        }),
+    }
 }
 
 /// Value of a character in the HIBCC Mod 43 set.
@@ -396,6 +499,35 @@ fn validate_isbt128(id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udi_parts_split_di_and_pi() {
+        let p = udi_parts("(01)00884838035249(17)271231(10)LOT7(21)SN123").expect("gs1");
+        assert_eq!(p.issuer, UdiIssuer::Gs1);
+        assert_eq!(p.di, "00884838035249");
+        assert_eq!(p.pi.as_deref(), Some("(17)271231(10)LOT7(21)SN123"));
+        assert_eq!(p.serial.as_deref(), Some("SN123"));
+        assert_eq!(p.lot.as_deref(), Some("LOT7"));
+        assert_eq!(p.expiry.as_deref(), Some("271231"));
+        let bare = udi_parts("010088483803524921SN123").expect("bare gs1");
+        assert_eq!(bare.di, "00884838035249");
+        assert_eq!(bare.serial.as_deref(), Some("SN123"));
+        let only_di = udi_parts("(01)00884838035249").expect("di only");
+        assert_eq!(only_di.pi, None);
+        let hibcc = format!("+A123BJC5D6E71/$$3231231BC34567{}", "");
+        let check = hibcc_check_char(&hibcc).expect("check");
+        let h = udi_parts(&format!("{hibcc}{check}")).expect("hibcc");
+        assert_eq!(h.issuer, UdiIssuer::Hibcc);
+        assert_eq!(h.di, "+A123BJC5D6E71");
+        assert_eq!(h.pi.as_deref(), Some("$$3231231BC34567"));
+        let i = udi_parts("=<E0001V00").expect("isbt");
+        assert_eq!(
+            (i.issuer, i.di.as_str(), i.pi),
+            (UdiIssuer::Iccbba, "=<E0001V00", None)
+        );
+        assert!(udi_parts("pump-0042").is_err());
+        assert!(udi_parts("(01)00884838035248").is_err());
+    }
 
     fn reason(id: &str) -> String {
         match validate_device_id(id) {

@@ -178,3 +178,25 @@ pub async fn fetch_status(http: &reqwest::Client, addr: &str) -> anyhow::Result<
     }
     Ok(resp.json().await?)
 }
+
+/// GETs `path` (with its query) from `addr` and returns the JSON answer; an error names the URL,
+/// the status and the gateway's explanation.
+pub async fn get_json(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("https://{addr}{path}");
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(json!({}));
+    if !status.is_success() {
+        let detail = v["detail"].as_str().unwrap_or("no detail");
+        bail!("{url}: {status}: {detail}");
+    }
+    Ok(v)
+}

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod demo;
 pub mod ledger;
 pub mod pki;
+pub mod registry;
 pub mod site_root;
 pub mod staff;
 pub mod status;
@@ -60,7 +61,7 @@ enum Cmd {
     /// Issue and revoke certificates (recorded in the ledger), write the CRL.
     #[command(subcommand)]
     Cert(pki::CertCmd),
-    /// Device enrollment tokens.
+    /// Device enrollment tokens and the device registry of a running gateway.
     #[command(subcommand)]
     Device(pki::DeviceCmd),
     /// Staff accounts of the web page (password sign-in; docs/web.md).

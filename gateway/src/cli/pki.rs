@@ -212,6 +212,12 @@ pub enum DeviceCmd {
         #[arg(long)]
         modbus_server: bool,
     },
+    /// List the registered devices of a running gateway (filters: location, risk, status).
+    List(crate::cli::registry::ListArgs),
+    /// Show one device's registry state and what is due.
+    Show(crate::cli::registry::ShowArgs),
+    /// Register a device from a JSON record (docs/registry.md).
+    Register(crate::cli::registry::RegisterArgs),
 }
 
 #[derive(Args, Debug)]
@@ -796,13 +802,18 @@ async fn revoke(
 }
 
 pub async fn run_device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
-    let DeviceCmd::Add {
-        data_dir,
-        id,
-        ttl_hours,
-        modbus_role,
-        modbus_server,
-    } = cmd;
+    let (data_dir, id, ttl_hours, modbus_role, modbus_server) = match cmd {
+        DeviceCmd::Add {
+            data_dir,
+            id,
+            ttl_hours,
+            modbus_role,
+            modbus_server,
+        } => (data_dir, id, ttl_hours, modbus_role, modbus_server),
+        DeviceCmd::List(a) => return crate::cli::registry::list(a).await,
+        DeviceCmd::Show(a) => return crate::cli::registry::show(a).await,
+        DeviceCmd::Register(a) => return crate::cli::registry::register(a).await,
+    };
     if ttl_hours == 0 || ttl_hours > 720 {
         bail!("--ttl-hours {ttl_hours} is not in 1..=720");
     }

@@ -51,6 +51,8 @@ pub struct Node {
     pub metrics: Arc<crate::service::metrics::Metrics>,
     /// What the health checks read besides the node; set once the TLS material is loaded.
     pub health: std::sync::OnceLock<crate::service::health::Inputs>,
+    /// The device registry derived from the ledger (`service::registry`).
+    pub registry: Arc<crate::service::registry::Registry>,
     proposals: mpsc::Sender<(Command, Reply)>,
     write_timeout: Duration,
 }
@@ -103,6 +105,7 @@ impl Node {
             advertise: config.advertise(),
             metrics: Arc::new(crate::service::metrics::Metrics::new()),
             health: std::sync::OnceLock::new(),
+            registry: Default::default(),
             proposals: tx,
             write_timeout: Duration::from_secs(10),
         });
@@ -122,6 +125,13 @@ impl Node {
             shutdown.clone(),
         ));
         tokio::spawn(register_key(node.clone(), shutdown.clone()));
+        // Builds the registry index from the ledger now rather than at the first read.
+        let (registry, store) = (node.registry.clone(), node.store.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = registry.read(&store) {
+                tracing::warn!(error = %e, "cannot build the device registry from the ledger");
+            }
+        });
         tokio::spawn(checkpointer(
             node.clone(),
             Duration::from_millis(config.ledger.checkpoint_interval_ms),

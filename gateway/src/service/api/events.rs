@@ -20,7 +20,7 @@ use crate::service::server::Peer;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Appended {
     /// Its sequence number in the ledger.
-    seq: u64,
+    pub seq: u64,
     /// Its RFC 9162 leaf hash, hex.
     leaf: String,
     /// True when an event with the same `event_id` was already recorded (nothing was added).
@@ -109,9 +109,23 @@ pub async fn append_event(
         ))
         .at("kind"));
     }
+    // Registry entries go through the registry's routes, which check the maintenance rules.
+    crate::service::registry::check_not_registry(&ev.event)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e).at("components"))?;
+    submit_event(&node, &peer, ev.event).await
+}
+
+/// Signs `event` as recorded by `peer` on this gateway, commits it through Raft and answers
+/// where it was recorded (201, or 200 for an event id already recorded). The one write path of
+/// the event routes and the registry's.
+pub(super) async fn submit_event(
+    node: &Node,
+    peer: &Peer,
+    event: ledger_node::entry::EventInput,
+) -> Result<(StatusCode, Json<Appended>), ApiError> {
     let author = format!("sha256:{}", peer.0.fingerprint);
     let cmd = ledger_node::ledger::prepare(
-        ev.event,
+        event,
         &author,
         node.id,
         &node.key,

@@ -17,6 +17,7 @@ pub mod extract;
 mod ledger;
 mod problem;
 mod raft;
+mod registry;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -207,6 +208,39 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .routes(guarded(Anyone, SMALL_BODY, routes!(ledger::whoami)))
         .routes(guarded(Anyone, SMALL_BODY, routes!(openapi)))
         .routes(guarded(Reader, SMALL_BODY, routes!(devices::history)))
+        .routes(guarded(Reader, SMALL_BODY, routes!(registry::list_devices)))
+        .routes(guarded(
+            Writer,
+            SMALL_BODY,
+            routes!(registry::register_device),
+        ))
+        .routes(guarded(Reader, SMALL_BODY, routes!(registry::get_device)))
+        .routes(guarded(
+            Writer,
+            SMALL_BODY,
+            routes!(registry::change_device),
+        ))
+        .routes(guarded(Writer, SMALL_BODY, routes!(registry::set_status)))
+        .routes(guarded(
+            Writer,
+            SMALL_BODY,
+            routes!(registry::locate_attempt),
+        ))
+        .routes(guarded(Writer, SMALL_BODY, routes!(registry::set_model)))
+        .routes(guarded(
+            Writer,
+            SMALL_BODY,
+            routes!(registry::record_recall),
+        ))
+        .routes(guarded(Reader, SMALL_BODY, routes!(registry::due_list)))
+        .routes(guarded(
+            Reader,
+            SMALL_BODY,
+            routes!(registry::pm_completion),
+        ))
+        .routes(guarded(Reader, SMALL_BODY, routes!(registry::open_recalls)))
+        .routes(guarded(Reader, SMALL_BODY, routes!(registry::fhir_devices)))
+        .routes(guarded(Reader, SMALL_BODY, routes!(registry::fhir_metrics)))
         .routes(guarded(
             Reader,
             SMALL_BODY,
