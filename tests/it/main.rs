@@ -12,6 +12,7 @@ mod mtls;
 mod ops;
 mod pki_cli;
 mod powerloss;
+mod records;
 mod systemd;
 mod telemetry;
 mod web;
