@@ -72,6 +72,15 @@ fn verify(file: &Path) -> Output {
     medledger(&["verify", file.to_str().expect("utf8")])
 }
 
+/// The independent verifier written from docs/ledger-format.md.
+fn python_verify(file: &Path) -> Output {
+    Command::new("python3")
+        .arg(medledger_tests::workspace_root().join("docs/examples/verify_export.py"))
+        .arg(file)
+        .output()
+        .expect("python3 runs")
+}
+
 /// Waits until the gateway at `addr` has applied `size` entries.
 async fn applied(admin: &Client, addr: &str, size: u64) {
     eventually(
@@ -382,6 +391,9 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     assert_eq!(s, StatusCode::CREATED, "{other}");
     let other_seq = other["seq"].as_u64().expect("seq");
     applied(&admin, &addrs[2], other_seq + 1).await;
+    let had = status(&gateway, &addrs[2]).await.expect("status")["last_log_index"]
+        .as_u64()
+        .expect("last log index");
     // Gateway 3 is down while the value is erased and the log moves on.
     nodes[2].kill();
 
@@ -424,9 +436,22 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
         assert_eq!(s, StatusCode::CREATED, "{v}");
         last = last.max(v["seq"].as_u64().expect("seq"));
     }
-    // Restart gateway 1 too (erasure from its own disk) and bring gateway 3 back.
+    // Restart gateway 1 too (erasure from its own disk). Once neither running gateway keeps
+    // the log entries gateway 3 missed, it can only catch up by installing a snapshot.
     nodes[0].kill();
     nodes[0].start();
+    for addr in &addrs[..2] {
+        eventually(
+            &format!("{addr} to purge its log beyond index {had}"),
+            Duration::from_secs(60),
+            || async {
+                status(&gateway, addr)
+                    .await
+                    .filter(|s| s["purged_index"].as_u64() > Some(had))
+            },
+        )
+        .await;
+    }
     nodes[2].start();
     let size = last + 1;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -457,6 +482,14 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
         let out = verify(&file);
         assert!(out.status.success(), "gateway {}: {}", i + 1, text(&out));
         assert!(text(&out).contains("1 erased"), "{}", text(&out));
+        let out = python_verify(&file);
+        assert!(
+            out.status.success(),
+            "python, gateway {}: {}",
+            i + 1,
+            text(&out)
+        );
+        assert!(text(&out).contains("1 erased"), "{}", text(&out));
         let body = String::from_utf8(export).expect("utf8");
         let line: Value =
             serde_json::from_str(body.lines().nth(seq as usize + 1).expect("line")).expect("json");
@@ -467,7 +500,10 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
         assert_eq!(other["openings"][1]["value"], "\"MRN0000042\"");
     }
     let s3 = status(&gateway, &addrs[2]).await.expect("status");
-    eprintln!("gateway 3 after catching up: {s3}");
+    assert!(
+        s3["snapshot_index"].as_u64() > Some(had),
+        "gateway 3 did not catch up from a snapshot: {s3}"
+    );
 
     // A value stripped from an export without an erasure entry is refused, naming entry and
     // component; so is a marker that points at an entry that did not erase it.
@@ -479,25 +515,27 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     lines[at] = rec.to_string();
     let stripped = dir.path().join("stripped.jsonl");
     std::fs::write(&stripped, lines.join("\n") + "\n").expect("write");
-    let out = verify(&stripped);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("entry {other_seq}"))
-            && text(&out).contains("\"patient_mrn\"")
-            && text(&out).contains("without an erasure entry"),
-        "{}",
-        text(&out)
-    );
+    for out in [verify(&stripped), python_verify(&stripped)] {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("entry {other_seq}"))
+                && text(&out).contains("patient_mrn")
+                && text(&out).contains("without an erasure entry"),
+            "{}",
+            text(&out)
+        );
+    }
     rec["openings"][1] = json!({"erased_by": by});
     lines[at] = rec.to_string();
     std::fs::write(&stripped, lines.join("\n") + "\n").expect("write");
-    let out = verify(&stripped);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("entry {other_seq}"))
-            && text(&out).contains(&format!("entry {by} is not an erasure")),
-        "{}",
-        text(&out)
-    );
+    for out in [verify(&stripped), python_verify(&stripped)] {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("entry {other_seq}"))
+                && text(&out).contains(&format!("entry {by} is not an erasure")),
+            "{}",
+            text(&out)
+        );
+    }
     drop(nodes);
 }
