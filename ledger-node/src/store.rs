@@ -466,6 +466,9 @@ fn encode_record(entry: &[u8], nodes: &[Hash], openings: &[Opening]) -> Option<V
     Some(out)
 }
 
+/// The key and new value of a rewritten entry record.
+type RecordWrite = ([u8; 9], Vec<u8>);
+
 /// Writes an entry record from the parts of an existing one with new opening states (erasure).
 fn encode_record_states(entry: &[u8], nodes: &[u8], states: &[OpeningState]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(entry.len() + nodes.len() + 64 * states.len() + 9);
@@ -1237,7 +1240,7 @@ impl Store {
         device: &str,
         batch_start: u64,
         batch: &Writes,
-    ) -> Result<Result<([u8; 9], Vec<u8>), String>, LedgerError> {
+    ) -> Result<Result<RecordWrite, String>, LedgerError> {
         let Some((target, name)) = parse_erasure_event_id(id) else {
             return Ok(Err(format!(
                 "erasure event id {id:?} is not erasure:<seq>:<component>"
