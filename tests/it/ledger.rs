@@ -209,10 +209,7 @@ fn event(i: u64) -> EventInput {
             EventKind::Repair
         },
         // Entry 2 corrects entry 0: a correction is about the same device.
-        device_id: format!(
-            "(01)00884838035249(21)SN{}",
-            if i == 2 { 0 } else { i }
-        ),
+        device_id: format!("(01)00884838035249(21)SN{}", if i == 2 { 0 } else { i }),
         occurred_at: Some("2025-01-02T03:04:05Z".into()),
         components: vec![
             ComponentInput {
