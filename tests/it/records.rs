@@ -199,6 +199,11 @@ async fn signed_records_approvals_corrections_and_audience_exports() {
     let (s, own) = record(&sup, &addrs[0], "/v1/events", &calibration("vent-icu-07")).await;
     assert_eq!(s, StatusCode::CREATED, "{own}");
     let own_path = format!("/v1/entries/{}/signatures", own["seq"]);
+    // Reads are local: the gateway that signs must have applied the entry (404 otherwise).
+    let own_seq = own["seq"].as_u64().expect("seq");
+    for addr in &addrs {
+        applied(&admin, addr, own_seq + 1).await;
+    }
     let (s, p) = record(&sup, &addrs[2], &own_path, &sign("approved")).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{p}");
     assert!(
