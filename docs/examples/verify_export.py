@@ -145,8 +145,21 @@ MAX_COMPONENTS = 256
 KINDS = (
     "calibration", "repair", "preventive-maintenance", "inspection", "alarm", "firmware-update",
     "status-change", "device-registered", "device-decommissioned", "certificate-issued",
-    "certificate-revoked",
+    "certificate-revoked", "maintenance-due", "review", "approval", "erasure",
 )
+ERASURE_PREFIX = "erasure:"
+
+
+def erasure_target(event_id):
+    """(seq, component name) an erasure's event id names (section 10), or None."""
+    if event_id is None or not event_id.startswith(ERASURE_PREFIX):
+        return None
+    seq, sep, name = event_id[len(ERASURE_PREFIX):].partition(":")
+    if not sep or not name or not seq.isdigit() or not seq.isascii():
+        return None
+    if len(seq) > 1 and seq.startswith("0"):
+        return None
+    return int(seq), name
 CLASSES = ("device", "maintenance", "patient", "financial")
 
 
@@ -419,8 +432,9 @@ def check_head(head, keys, opts):
         raise Invalid("tree head signature does not verify")
 
 
-def check_record(value, expected_seq, keys, opts, disclosed_classes=None):
-    """Checks one entry record; returns (leaf hash, entry, disclosed count, withheld count)."""
+def check_record(value, expected_seq, keys, opts, disclosed_classes=None, claims=None):
+    """Checks one entry record; returns (leaf hash, entry, disclosed count, withheld count).
+    Each opening marked as erased is appended to `claims` as (seq, component, erasure seq)."""
     seq, entry_hex, openings = fields(value, "entry line", ("seq", "entry", "openings"))
     seq = uint(seq, "seq")
     if expected_seq is None:
@@ -446,10 +460,28 @@ def check_record(value, expected_seq, keys, opts, disclosed_classes=None):
     if len(openings) != len(entry["components"]):
         raise Invalid("%d openings for %d components"
                       % (len(openings), len(entry["components"])))
+    if entry["kind"] == "erasure":
+        target = erasure_target(entry["event_id"])
+        if target is None or target[0] >= expected_seq:
+            raise Invalid("erasure entry does not name an earlier entry and component in its "
+                          "event id")
     disclosed = withheld = 0
     for i, (o, c) in enumerate(zip(openings, entry["components"])):
         if o is None:
+            if disclosed_classes is not None and c["class"] in disclosed_classes:
+                raise Invalid("component %r of class %s has no value although the export "
+                              "discloses that class, and it is not marked as erased: a value "
+                              "stripped without an erasure entry" % (c["name"], c["class"]))
             withheld += 1
+            continue
+        if isinstance(o, dict) and "erased_by" in o:
+            (by,) = fields(o, "openings[%d]" % i, ("erased_by",))
+            by = uint(by, "openings[%d].erased_by" % i)
+            if by <= expected_seq:
+                raise Invalid("component %r is marked as erased by entry %d, which is not later"
+                              % (c["name"], by))
+            if claims is not None:
+                claims.append((expected_seq, c["name"], by))
             continue
         value_text, salt = fields(o, "openings[%d]" % i, ("value", "salt"))
         if not isinstance(value_text, str):
@@ -485,15 +517,20 @@ def verify_export(lines, opts):
         raise Invalid("line 1: %s" % e) from None
     leaves = []
     disclosed = withheld = 0
+    claims = []
+    erasures = set()
     for seq in range(size):
         lineno = seq + 2
         if lineno > len(lines):
             raise Invalid("entry %d: export ends after %d of %d entries" % (seq, seq, size))
         try:
-            leaf, _, d, w = check_record(parse_json(lines[lineno - 1]), seq, keys, opts,
-                                         set(classes))
+            leaf, entry, d, w = check_record(parse_json(lines[lineno - 1]), seq, keys, opts,
+                                             set(classes), claims)
         except Invalid as e:
             raise Invalid("entry %d: %s" % (seq, e)) from None
+        if entry["kind"] == "erasure":
+            target = erasure_target(entry["event_id"])
+            erasures.add((seq, target[0], target[1]))
         leaves.append(leaf)
         disclosed += d
         withheld += w
@@ -513,8 +550,14 @@ def verify_export(lines, opts):
     if mth(leaves) != head["root"]:
         raise Invalid("line %d: root of the entries does not match the signed tree head" % lineno)
     check_head(head, keys, opts)
+    # Section 10: every erasure marker points at the erasure entry of its entry and component.
+    for seq, name, by in claims:
+        if (by, seq, name) not in erasures:
+            raise Invalid("entry %d: component %r is marked as erased by entry %d, but entry %d "
+                          "is not an erasure of entry %d's component %r"
+                          % (seq, name, by, by, seq, name))
     return {"document": "export", "head": head, "keys": keys, "entries": size,
-            "disclosed": disclosed, "withheld": withheld}
+            "disclosed": disclosed, "withheld": withheld, "erased": len(claims)}
 
 
 def verify_receipt(text, opts):
@@ -530,7 +573,8 @@ def verify_receipt(text, opts):
     keys = parse_keys(node_keys, opts["trusted"])
     head = parse_head(head)
     try:
-        leaf, entry, d, w = check_record(record, None, keys, opts)
+        erased = []
+        leaf, entry, d, w = check_record(record, None, keys, opts, None, erased)
     except Invalid as e:
         seq = record.get("seq") if isinstance(record, dict) else None
         raise Invalid(_where(seq if isinstance(seq, int) else None) + str(e)) from None
@@ -551,7 +595,7 @@ def verify_receipt(text, opts):
         for i, h in enumerate(cproof):
             lowhex(h, "consistency.proof[%d]" % i, 32)
     return {"document": "receipt", "head": head, "keys": keys, "entries": 1,
-            "disclosed": d, "withheld": w, "entry": entry}
+            "disclosed": d, "withheld": w, "erased": len(erased), "entry": entry}
 
 
 def verify(data, opts):
@@ -693,8 +737,8 @@ def main(argv):
     print("valid %s: %d entr%s checked, tree size %d, root %s, signed by node %d at %d ms"
           % (report["document"], report["entries"], "y" if report["entries"] == 1 else "ies",
              head["size"], head["root"].hex(), head["node_id"], head["time_ms"]))
-    print("components: %d disclosed and matching their commitments, %d withheld (commitment only)"
-          % (report["disclosed"], report["withheld"]))
+    print("components: %d disclosed and matching their commitments, %d withheld (commitment only), "
+          "%d erased" % (report["disclosed"], report["withheld"], report["erased"]))
     for node_id, pk in sorted(report["keys"].items()):
         print("node %d public key %s" % (node_id, pk.hex()))
     if opts["skip_signatures"]:

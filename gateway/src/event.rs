@@ -1,7 +1,9 @@
 //! The JSON Lines import format: one maintenance event per line, as a hospital exports its
 //! existing history from a CMMS. The schema is documented in `docs/import-format.md`.
 
-use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+use ledger_node::entry::{
+    ComponentInput, DisclosureClass, EventInput, EventKind, ERASURE_ID_PREFIX, SIGNATURE_COMPONENT,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -37,6 +39,14 @@ pub struct EventRequest {
     /// only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrects_event_id: Option<String>,
+    /// API only: the meaning of the staff member's signature, `performed` (the default) or
+    /// `corrected` (implied by `corrects`). Reviews and approvals are records of their own
+    /// (`POST /v1/entries/{seq}/signatures`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meaning: Option<String>,
+    /// API only: why an entry is corrected (required with `corrects` for staff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One component of an event: a named value with its disclosure class.
@@ -113,6 +123,8 @@ impl EventRequest {
             components,
             corrects: event.corrects,
             corrects_event_id: None,
+            meaning: None,
+            reason: None,
         })
     }
 
@@ -133,8 +145,41 @@ impl EventRequest {
                 known.join(", ")
             ))
         })?;
+        // Records of these kinds carry what only the gateway writes: a signature it builds from
+        // the signer's certificate, or an erasure's target.
+        if matches!(
+            kind,
+            EventKind::Review | EventKind::Approval | EventKind::Erasure
+        ) {
+            return Err(err(format!(
+                "kind {} is recorded through the API (POST /v1/entries/{{seq}}/signatures or \
+                 .../components/{{name}}/erase), not as an event",
+                kind.as_str()
+            )));
+        }
+        if l.meaning.is_some() || l.reason.is_some() {
+            return Err(err(
+                "meaning and reason are given to the API, which knows the signer (an import \
+                 has none)"
+                    .into(),
+            ));
+        }
+        if l.event_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with(ERASURE_ID_PREFIX))
+        {
+            return Err(err(format!(
+                "event ids starting with {ERASURE_ID_PREFIX:?} are reserved for erasures"
+            )));
+        }
         let mut components = Vec::with_capacity(l.components.len());
         for c in l.components {
+            if c.name == SIGNATURE_COMPONENT {
+                return Err(err(format!(
+                    "component name {SIGNATURE_COMPONENT:?} is reserved: the gateway writes the \
+                     signature from the signer's certificate"
+                )));
+            }
             let class = DisclosureClass::parse(&c.class).ok_or_else(|| {
             err(format!(
                 "component {:?}: unknown class {:?} (known: device, maintenance, patient, financial)",

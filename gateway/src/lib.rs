@@ -12,4 +12,5 @@ pub mod config;
 pub mod event;
 pub mod logging;
 pub mod paths;
+pub mod records;
 pub mod service;

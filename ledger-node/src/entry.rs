@@ -37,11 +37,20 @@ pub enum EventKind {
     /// A telemetry counter (operating hours, cycles) reached its maintenance interval: work to
     /// open, never a record of work done.
     MaintenanceDue,
+    /// A signed review of an earlier record (21 CFR Part 11 §11.50 meaning "reviewed"), by
+    /// someone other than its performer; its `signature` component names the reviewed entry.
+    Review,
+    /// A signed approval of an earlier record (meaning "approved"), by someone other than its
+    /// performer; its `signature` component names the approved entry.
+    Approval,
+    /// The erasure of one component's value and salt from an earlier entry of the same device;
+    /// its event id names the entry and the component ([`erasure_event_id`]).
+    Erasure,
 }
 
 impl EventKind {
     /// Every kind, in the order of `docs/ledger-format.md`.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Calibration,
         EventKind::Repair,
         EventKind::PreventiveMaintenance,
@@ -54,6 +63,9 @@ impl EventKind {
         EventKind::CertificateIssued,
         EventKind::CertificateRevoked,
         EventKind::MaintenanceDue,
+        EventKind::Review,
+        EventKind::Approval,
+        EventKind::Erasure,
     ];
 
     /// The kebab-case name written into entries.
@@ -71,6 +83,9 @@ impl EventKind {
             EventKind::CertificateIssued => "certificate-issued",
             EventKind::CertificateRevoked => "certificate-revoked",
             EventKind::MaintenanceDue => "maintenance-due",
+            EventKind::Review => "review",
+            EventKind::Approval => "approval",
+            EventKind::Erasure => "erasure",
         }
     }
 
@@ -78,6 +93,36 @@ impl EventKind {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+}
+
+/// Name of the component in which the gateway records a staff signature's manifestation (21 CFR
+/// Part 11 §11.50: printed name, role, meaning; the time is the entry's `recorded_at_ms`, the
+/// identity its `author`). Reserved: an author cannot give a component of this name, and it
+/// cannot be erased.
+pub const SIGNATURE_COMPONENT: &str = "signature";
+
+/// Prefix of the event id of an [`EventKind::Erasure`] entry; no other entry may use it.
+pub const ERASURE_ID_PREFIX: &str = "erasure:";
+
+/// The event id of the erasure of component `name` of entry `seq`: `erasure:<seq>:<name>`. The
+/// target is in the signed entry bytes (not in a component a reader may not see), and erasing
+/// the same component twice is a duplicate.
+pub fn erasure_event_id(seq: u64, name: &str) -> String {
+    format!("{ERASURE_ID_PREFIX}{seq}:{name}")
+}
+
+/// The entry and component an erasure's event id names; `None` if it is not one.
+pub fn parse_erasure_event_id(id: &str) -> Option<(u64, &str)> {
+    let rest = id.strip_prefix(ERASURE_ID_PREFIX)?;
+    let (seq, name) = rest.split_once(':')?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+        return None;
+    }
+    // Canonical decimal only, so that one target has one id.
+    if seq.len() > 1 && seq.starts_with('0') {
+        return None;
+    }
+    Some((seq.parse().ok()?, name))
 }
 
 /// Who may see a component's value.

@@ -1,7 +1,8 @@
 //! Exports, receipts and their offline verification.
 //!
 //! An export is JSON Lines: a header (format, size, node keys), one line per entry (sequence
-//! number, entry bytes in hex, the openings of its components or `null` where withheld or erased),
+//! number, entry bytes in hex, the openings of its components, `null` where withheld, or
+//! `{"erased_by": seq}` where the erasure entry `seq` erased them),
 //! and a last line with the signed tree head over exactly those entries. A receipt is one JSON
 //! document: the node keys, one entry line, its inclusion proof and the signed tree head.
 //! `docs/ledger-format.md` is the normative description.
@@ -12,13 +13,16 @@ use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::entry::{commitment, DisclosureClass, Entry, EntryRef, Opening, ENTRY_SIGNING_DOMAIN};
+use crate::entry::{
+    commitment, parse_erasure_event_id, DisclosureClass, Entry, EntryRef, EventKind, Opening,
+    ENTRY_SIGNING_DOMAIN,
+};
 use crate::error::LedgerError;
 use crate::hash::{leaf_hash, Hash};
 use crate::merkle::{verify_consistency, verify_inclusion, Frontier};
 use crate::sigcheck::StrictKey;
 use crate::sth::SignedTreeHead;
-use crate::store::Store;
+use crate::store::{OpeningState, Store};
 
 /// Format name in an export header.
 pub const EXPORT_FORMAT: &str = "medledger-export/1";
@@ -54,8 +58,36 @@ pub struct EntryRecord<'a> {
     /// Entry bytes, lowercase hex.
     #[serde(borrow)]
     pub entry: Cow<'a, str>,
-    /// One per component: value and salt, or `null` where withheld or erased.
-    pub openings: Vec<Option<Opening>>,
+    /// One per component: value and salt, `null` where withheld, or the erasure marker.
+    pub openings: Vec<Option<ExportOpening>>,
+}
+
+/// A component's opening in an export or receipt line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExportOpening {
+    /// Value and salt.
+    Open(Opening),
+    /// The value and salt were erased by the erasure entry `erased_by` (docs/ledger-format.md
+    /// §10), which names this entry and component in its event id.
+    Erased(ErasedMarker),
+}
+
+/// `{"erased_by": seq}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasedMarker {
+    pub erased_by: u64,
+}
+
+impl ExportOpening {
+    /// The opening, if the value is there.
+    pub fn open(&self) -> Option<&Opening> {
+        match self {
+            ExportOpening::Open(o) => Some(o),
+            ExportOpening::Erased(_) => None,
+        }
+    }
 }
 
 /// Last line of an export.
@@ -118,15 +150,26 @@ fn record(
 ) -> Result<EntryRecord<'static>, LedgerError> {
     let bytes = store.entry_bytes(seq)?;
     let entry = Entry::decode(&bytes).map_err(|e| LedgerError::corrupt(store.path(), e))?;
-    let mut openings = store.openings(seq)?;
-    openings.resize(entry.body.components.len(), None);
-    for (o, c) in openings.iter_mut().zip(&entry.body.components) {
-        if let Some(classes) = disclose {
-            if !classes.contains(&c.class) {
-                *o = None;
+    let states = store.opening_states(seq)?;
+    let openings = entry
+        .body
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match states.get(i) {
+            // An erased value is marked as erased whatever the reader's classes: the erasure
+            // entry is in the ledger for everyone to see anyway.
+            Some(OpeningState::Erased { by: Some(by) }) => {
+                Some(ExportOpening::Erased(ErasedMarker { erased_by: *by }))
             }
-        }
-    }
+            Some(OpeningState::Open(o))
+                if disclose.as_ref().is_none_or(|d| d.contains(&c.class)) =>
+            {
+                Some(ExportOpening::Open(o.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     Ok(EntryRecord {
         seq,
         entry: Cow::Owned(hex::encode(bytes)),
@@ -274,8 +317,10 @@ pub struct VerifyReport {
     pub disclosed_components: u64,
     /// Components present only as a commitment.
     pub withheld_components: u64,
+    /// Components marked as erased (in an export, each checked against its erasure entry).
+    pub erased_components: u64,
     /// For a receipt, the entry it proves.
-    pub entry: Option<(Entry, Vec<Option<Opening>>)>,
+    pub entry: Option<(Entry, Vec<Option<ExportOpening>>)>,
     /// Whose keys the signatures were checked against.
     pub trust: Trust,
     /// The known head the document was found consistent with, when one was given.
@@ -392,14 +437,44 @@ impl Keys {
     }
 }
 
-/// An opening as a verifier reads it, borrowing the line where it can.
+/// An opening as a verifier reads it, borrowing the line where it can: value and salt, or an
+/// erasure marker (one or the other, checked in [`check_entry`]; one struct rather than an
+/// untagged enum, which would buffer every opening).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OpeningRef<'a> {
-    #[serde(borrow)]
-    value: Cow<'a, str>,
-    #[serde(with = "crate::entry::hex32")]
-    salt: [u8; 32],
+    #[serde(borrow, default)]
+    value: Option<Cow<'a, str>>,
+    #[serde(default, with = "opt_hex32")]
+    salt: Option<[u8; 32]>,
+    #[serde(default)]
+    erased_by: Option<u64>,
+}
+
+mod opt_hex32 {
+    use serde::{Deserialize, Deserializer};
+    #[derive(Deserialize)]
+    struct H(#[serde(with = "crate::entry::hex32")] [u8; 32]);
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        Ok(Option::<H>::deserialize(d)?.map(|h| h.0))
+    }
+}
+
+/// What one entry says about erasure, for the checks across entries of an export.
+#[derive(Debug, Default)]
+struct ErasureFacts {
+    /// (component name, erasure seq) of each opening marked as erased.
+    claims: Vec<(String, u64)>,
+    /// For an erasure entry: the entry and component it erases.
+    erases: Option<(u64, String)>,
+}
+
+/// Counts and erasure facts of one checked entry.
+struct EntryCheck {
+    leaf: Hash,
+    disclosed: u64,
+    withheld: u64,
+    facts: ErasureFacts,
 }
 
 /// An entry line as a verifier reads it: no owned copy of the entry hex, nor of the values
@@ -451,8 +526,8 @@ fn decode_lower_hex(s: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Checks one entry (§9.1 step 3): returns its leaf hash and the numbers of disclosed and
-/// withheld components.
+/// Checks one entry (§9.1 step 3): returns its leaf hash, the numbers of disclosed and
+/// withheld components and what it says about erasure.
 fn check_entry(
     expected_seq: u64,
     entry_hex: &str,
@@ -461,7 +536,7 @@ fn check_entry(
     line: Option<u64>,
     disclosed_classes: Option<&BTreeSet<DisclosureClass>>,
     scratch: &mut Scratch,
-) -> Result<(Hash, u64, u64), VerifyFailure> {
+) -> Result<EntryCheck, VerifyFailure> {
     let seq = Some(expected_seq);
     decode_lower_hex(entry_hex.as_bytes(), &mut scratch.bytes)
         .map_err(|why| fail(seq, line, why))?;
@@ -508,10 +583,57 @@ fn check_entry(
         ));
     }
     let (mut disclosed, mut withheld) = (0, 0);
+    let mut facts = ErasureFacts::default();
+    if entry.kind == EventKind::Erasure {
+        let target = entry.event_id.and_then(parse_erasure_event_id);
+        let Some((target, name)) = target.filter(|(t, _)| *t < expected_seq) else {
+            return Err(fail(
+                seq,
+                line,
+                "erasure entry does not name an earlier entry and component in its event id",
+            ));
+        };
+        facts.erases = Some((target, name.to_owned()));
+    }
     for (o, c) in openings.iter().zip(&entry.components) {
         match o {
+            None if disclosed_classes.is_some_and(|d| d.contains(&c.class)) => {
+                return Err(fail(
+                    seq,
+                    line,
+                    format!(
+                        "component {:?} of class {} has no value although the export discloses \
+                         that class, and it is not marked as erased: a value stripped without \
+                         an erasure entry",
+                        c.name,
+                        c.class.as_str()
+                    ),
+                ));
+            }
             None => withheld += 1,
-            Some(o) => {
+            Some(OpeningRef {
+                value: None,
+                salt: None,
+                erased_by: Some(by),
+            }) => {
+                if *by <= expected_seq {
+                    return Err(fail(
+                        seq,
+                        line,
+                        format!(
+                            "component {:?} is marked as erased by entry {by}, which is not later",
+                            c.name
+                        ),
+                    ));
+                }
+                facts.claims.push((c.name.to_owned(), *by));
+            }
+            Some(OpeningRef {
+                value: Some(value),
+                salt: Some(salt),
+                erased_by: None,
+            }) => {
+                let o = (value, salt);
                 if disclosed_classes.is_some_and(|d| !d.contains(&c.class)) {
                     return Err(fail(
                         seq,
@@ -523,7 +645,7 @@ fn check_entry(
                         ),
                     ));
                 }
-                if commitment(&o.salt, c.name, c.class, &o.value) != c.commitment {
+                if commitment(o.1, c.name, c.class, o.0) != c.commitment {
                     return Err(fail(
                         seq,
                         line,
@@ -535,9 +657,24 @@ fn check_entry(
                 }
                 disclosed += 1;
             }
+            Some(_) => {
+                return Err(fail(
+                    seq,
+                    line,
+                    format!(
+                        "opening of component {:?} is neither value and salt nor an erasure marker",
+                        c.name
+                    ),
+                ))
+            }
         }
     }
-    Ok((leaf_hash(bytes), disclosed, withheld))
+    Ok(EntryCheck {
+        leaf: leaf_hash(bytes),
+        disclosed,
+        withheld,
+        facts,
+    })
 }
 
 /// Largest first line or receipt read whole: a receipt is a few KB; anything this large is
@@ -600,6 +737,10 @@ struct Checked {
     leaves: Vec<Hash>,
     disclosed: u64,
     withheld: u64,
+    /// (seq, component, erasure seq) of each opening marked as erased.
+    claims: Vec<(u64, String, u64)>,
+    /// (erasure seq, erased entry, component) of each erasure entry.
+    erasures: Vec<(u64, u64, String)>,
 }
 
 fn check_chunk(
@@ -612,6 +753,8 @@ fn check_chunk(
         leaves: Vec::with_capacity(c.ends.len()),
         disclosed: 0,
         withheld: 0,
+        claims: Vec::new(),
+        erasures: Vec::new(),
     };
     let mut start = 0;
     for (i, &end) in c.ends.iter().enumerate() {
@@ -628,7 +771,7 @@ fn check_chunk(
                 format!("line carries sequence number {}", rec.seq),
             ));
         }
-        let (leaf, d, w) = check_entry(
+        let checked = check_entry(
             seq,
             &rec.entry,
             &rec.openings,
@@ -637,9 +780,15 @@ fn check_chunk(
             Some(disclosed),
             scratch,
         )?;
-        out.leaves.push(leaf);
-        out.disclosed += d;
-        out.withheld += w;
+        out.leaves.push(checked.leaf);
+        out.disclosed += checked.disclosed;
+        out.withheld += checked.withheld;
+        let facts = checked.facts;
+        out.claims
+            .extend(facts.claims.into_iter().map(|(name, by)| (seq, name, by)));
+        if let Some((target, name)) = facts.erases {
+            out.erasures.push((seq, target, name));
+        }
     }
     Ok(out)
 }
@@ -700,6 +849,9 @@ fn verify_export(
         _ => None,
     };
     let (mut disclosed, mut withheld) = (0u64, 0u64);
+    // Erasure markers and erasure entries: as many as there were erasures, never per entry.
+    let mut claims: Vec<(u64, String, u64)> = Vec::new();
+    let mut erasures: std::collections::HashSet<(u64, u64, String)> = Default::default();
     progress(0, size);
 
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(usize, Chunk)>(max_in_flight);
@@ -796,6 +948,8 @@ fn verify_export(
                 }
                 disclosed += checked.disclosed;
                 withheld += checked.withheld;
+                claims.extend(checked.claims);
+                erasures.extend(checked.erasures);
                 progress(frontier.size(), size);
                 spare.push(chunk);
             }
@@ -845,6 +999,20 @@ fn verify_export(
         ));
     }
     keys.check_head(&head, "tree head")?;
+    // Every erasure marker points at an erasure entry of this export that names its entry and
+    // component (the entry bytes are signed; the marker is not).
+    for (seq, name, by) in &claims {
+        if !erasures.contains(&(*by, *seq, name.clone())) {
+            return Err(fail(
+                Some(*seq),
+                None,
+                format!(
+                    "component {name:?} is marked as erased by entry {by}, but entry {by} is not \
+                     an erasure of entry {seq}'s component {name:?}"
+                ),
+            ));
+        }
+    }
     let known_head = match &opts.known_head {
         None => None,
         Some(k) => Some(relate_export(k, &head, prefix_root)?),
@@ -857,6 +1025,7 @@ fn verify_export(
         entries: size,
         disclosed_components: disclosed,
         withheld_components: withheld,
+        erased_components: claims.len() as u64,
         entry: None,
         trust: keys.trust,
         known_head,
@@ -994,14 +1163,24 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         .openings
         .iter()
         .map(|o| {
-            o.as_ref().map(|o| OpeningRef {
-                value: Cow::Borrowed(o.value.as_str()),
-                salt: o.salt,
+            o.as_ref().map(|o| match o {
+                ExportOpening::Open(o) => OpeningRef {
+                    value: Some(Cow::Borrowed(o.value.as_str())),
+                    salt: Some(o.salt),
+                    erased_by: None,
+                },
+                ExportOpening::Erased(m) => OpeningRef {
+                    value: None,
+                    salt: None,
+                    erased_by: Some(m.erased_by),
+                },
             })
         })
         .collect();
     let mut scratch = Scratch::default();
-    let (leaf, d, w) = check_entry(
+    // A receipt carries one entry: an erasure marker in it is reported, but the erasure entry
+    // it points at is not in the document to check it against (an export is).
+    let checked = check_entry(
         seq,
         &r.entry.entry,
         &openings,
@@ -1010,6 +1189,7 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         None,
         &mut scratch,
     )?;
+    let leaf = checked.leaf;
     // check_entry decoded these very bytes.
     let entry = Entry::decode(&scratch.bytes).map_err(|e| fail(Some(seq), None, e.to_string()))?;
     let proof: Vec<Hash> = r.inclusion_proof.iter().map(|h| h.0).collect();
@@ -1037,8 +1217,9 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         tree_head: r.tree_head,
         node_keys: r.node_keys,
         entries: 1,
-        disclosed_components: d,
-        withheld_components: w,
+        disclosed_components: checked.disclosed,
+        withheld_components: checked.withheld,
+        erased_components: checked.facts.claims.len() as u64,
         entry: Some((entry, r.entry.openings)),
         trust: keys.trust,
         known_head,

@@ -10,6 +10,7 @@
 //! | `E` seq(u64 BE) | the entry record, below |
 //! | `D` device-id 0x00 seq | empty: the per-device index |
 //! | `I` event-id | seq of the entry that carries that event id |
+//! | `C` seq(u64 BE) correction-seq(u64 BE) | empty: the corrections of an entry (same device) |
 //! | `K` node-id(u64 BE) | the node's ed25519 public key |
 //! | `Msize` | the size record: entry count and the caller's metadata (Raft's last applied log id and membership) |
 //! | `M` name | `layout`; `checkpoint` (the latest replicated signed tree head) |
@@ -25,7 +26,13 @@
 //! | node count k | u8 |
 //! | perfect-subtree hashes | k × 32: the hashes of the subtrees of levels 1..=k whose last leaf is this entry (k is the number of trailing one bits of seq) |
 //! | opening count | u32 BE |
-//! | openings | per component: 0 (erased), or 1, salt (32), value length (u32 BE), value (UTF-8) |
+//! | openings | per component: 1, salt (32), value length (u32 BE), value (UTF-8); or 2, seq (u64 BE): erased by that erasure entry; or 0: erased (written by no version, read as erased by an unknown entry) |
+//!
+//! An erasure entry ([`crate::entry::EventKind::Erasure`]) is the one apply that rewrites an
+//! earlier record: the opening it names becomes tag 2 with the erasure's seq; the entry bytes and
+//! the subtree hashes stay as they were, so the ledger still verifies. Its rules depend only on
+//! the entries (never on whether the value is still there), so a replica that receives the
+//! erased record in a snapshot and replays the erasure from the log writes the same bytes.
 //!
 //! So `perfect(0, i)` is the leaf hash of entry i's bytes and `perfect(l, j)` for `l >= 1` is a
 //! read of entry `((j + 1) << l) - 1`: still one sled read per perfect subtree.
@@ -42,7 +49,10 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use crate::entry::{Entry, EntryBody, Opening};
+use crate::entry::{
+    parse_erasure_event_id, Entry, EntryBody, EntryRef, EventKind, Opening, ERASURE_ID_PREFIX,
+    SIGNATURE_COMPONENT,
+};
 use crate::error::LedgerError;
 use crate::hash::{leaf_hash, Hash};
 use crate::merkle::{self, Frontier, NodeReader};
@@ -115,6 +125,25 @@ mod b64 {
             d.deserialize_str(Body)
         } else {
             d.deserialize_any(Body)
+        }
+    }
+}
+
+/// The stored state of one component's opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpeningState {
+    /// Value and salt.
+    Open(Opening),
+    /// Value and salt were erased, by the erasure entry `by` (`None`: by an entry not recorded).
+    Erased { by: Option<u64> },
+}
+
+impl OpeningState {
+    /// The opening, if not erased.
+    pub fn open(self) -> Option<Opening> {
+        match self {
+            OpeningState::Open(o) => Some(o),
+            OpeningState::Erased { .. } => None,
         }
     }
 }
@@ -201,6 +230,11 @@ impl StoreView {
                         .ok_or_else(|| corrupt("device index key"))?,
                 ),
                 Some(b'I') => Some(be_u64(&v).ok_or_else(|| corrupt("event id index value"))?),
+                Some(b'C') => Some(
+                    k.get(9..)
+                        .and_then(be_u64)
+                        .ok_or_else(|| corrupt("correction index key"))?,
+                ),
                 _ => None,
             };
             // Written by an apply after the view was taken.
@@ -388,6 +422,12 @@ fn key_event_id(id: &str) -> Vec<u8> {
     k.extend_from_slice(id.as_bytes());
     k
 }
+fn key_correction(target: u64, correction: u64) -> [u8; 17] {
+    let mut k = [b'C'; 17];
+    k[1..9].copy_from_slice(&target.to_be_bytes());
+    k[9..].copy_from_slice(&correction.to_be_bytes());
+    k
+}
 fn key_node_key(node_id: u64) -> [u8; 9] {
     let mut k = [b'K'; 9];
     k[1..].copy_from_slice(&node_id.to_be_bytes());
@@ -426,6 +466,35 @@ fn encode_record(entry: &[u8], nodes: &[Hash], openings: &[Opening]) -> Option<V
     Some(out)
 }
 
+/// The key and new value of a rewritten entry record.
+type RecordWrite = ([u8; 9], Vec<u8>);
+
+/// Writes an entry record from the parts of an existing one with new opening states (erasure).
+fn encode_record_states(entry: &[u8], nodes: &[u8], states: &[OpeningState]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(entry.len() + nodes.len() + 64 * states.len() + 9);
+    out.extend_from_slice(&u32::try_from(entry.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(entry);
+    out.push(u8::try_from(nodes.len() / 32).ok()?);
+    out.extend_from_slice(nodes);
+    out.extend_from_slice(&u32::try_from(states.len()).ok()?.to_be_bytes());
+    for st in states {
+        match st {
+            OpeningState::Open(o) => {
+                out.push(1);
+                out.extend_from_slice(&o.salt);
+                out.extend_from_slice(&u32::try_from(o.value.len()).ok()?.to_be_bytes());
+                out.extend_from_slice(o.value.as_bytes());
+            }
+            OpeningState::Erased { by: Some(by) } => {
+                out.push(2);
+                out.extend_from_slice(&by.to_be_bytes());
+            }
+            OpeningState::Erased { by: None } => out.push(0),
+        }
+    }
+    Some(out)
+}
+
 /// An entry record split into its parts; `None` if it is malformed.
 struct Record<'a> {
     entry: &'a [u8],
@@ -452,7 +521,7 @@ impl<'a> Record<'a> {
         self.nodes.get(at..at + 32)?.try_into().ok()
     }
 
-    fn openings(&self) -> Option<Vec<Option<Opening>>> {
+    fn openings(&self) -> Option<Vec<OpeningState>> {
         let (n, mut rest) = self.openings.split_first_chunk::<4>()?;
         let n = u32::from_be_bytes(*n) as usize;
         // Each opening takes at least one byte: refuse counts the record cannot hold.
@@ -461,16 +530,23 @@ impl<'a> Record<'a> {
             let (tag, r) = rest.split_first()?;
             rest = r;
             match tag {
-                0 => out.push(None),
+                0 => out.push(OpeningState::Erased { by: None }),
                 1 => {
                     let (salt, r) = rest.split_first_chunk::<32>()?;
                     let (len, r) = r.split_first_chunk::<4>()?;
                     let (value, r) = r.split_at_checked(u32::from_be_bytes(*len) as usize)?;
                     rest = r;
-                    out.push(Some(Opening {
+                    out.push(OpeningState::Open(Opening {
                         value: std::str::from_utf8(value).ok()?.to_owned(),
                         salt: *salt,
                     }));
+                }
+                2 => {
+                    let (by, r) = rest.split_first_chunk::<8>()?;
+                    rest = r;
+                    out.push(OpeningState::Erased {
+                        by: Some(u64::from_be_bytes(*by)),
+                    });
                 }
                 _ => return None,
             }
@@ -803,6 +879,10 @@ impl Store {
             let mut dk = key_device_prefix(&entry.body.device_id);
             dk.extend_from_slice(&seq.to_be_bytes());
             tree.remove(dk).map_err(|e| self.storage(e))?;
+            if let Some(c) = entry.body.corrects {
+                tree.remove(key_correction(c, seq))
+                    .map_err(|e| self.storage(e))?;
+            }
             if let Some(id) = &entry.body.event_id {
                 let ik = key_event_id(id);
                 if tree.get(&ik).map_err(|e| self.storage(e))?.as_deref()
@@ -931,9 +1011,14 @@ impl Store {
                         }
                     }
                 }
-                Command::Append(a) => {
-                    self.apply_append(a, &mut frontier, &mut batch, &mut new_ids, &mut pending)?
-                }
+                Command::Append(a) => self.apply_append(
+                    a,
+                    w.frontier.size(),
+                    &mut frontier,
+                    &mut batch,
+                    &mut new_ids,
+                    &mut pending,
+                )?,
                 Command::Checkpoint(head) => {
                     self.apply_checkpoint(head, &new_keys, &mut batch, &mut pending)?
                 }
@@ -1038,6 +1123,7 @@ impl Store {
     fn apply_append(
         &self,
         a: &AppendCommand,
+        batch_start: u64,
         frontier: &mut Frontier,
         batch: &mut Writes,
         new_ids: &mut HashMap<String, u64>,
@@ -1080,12 +1166,47 @@ impl Store {
                     reason: format!("corrects entry {c}, but the ledger has {seq} entries"),
                 });
             }
+            // A correction concerns the same device as the entry it corrects: otherwise one
+            // device's history could silently rewrite another's (issue 14).
+            let target = self.record_in_apply(c, batch_start, batch, false)?;
+            let target = self.parse_record(c, &target)?;
+            let target =
+                EntryRef::decode(target.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
+            if target.device_id != body.device_id {
+                return Ok(ApplyOutcome::Refused {
+                    reason: format!(
+                        "corrects entry {c}, which is about device {:?}, not {:?}: a correction \
+                         concerns the same device as the entry it corrects",
+                        target.device_id, body.device_id
+                    ),
+                });
+            }
         }
         if a.openings.len() != body.components.len() {
             return Ok(ApplyOutcome::Refused {
                 reason: "openings do not match the components".into(),
             });
         }
+        let is_erasure = body.kind == EventKind::Erasure;
+        let erasure_id = body
+            .event_id
+            .as_deref()
+            .filter(|id| id.starts_with(ERASURE_ID_PREFIX));
+        if is_erasure != erasure_id.is_some() {
+            return Ok(ApplyOutcome::Refused {
+                reason: format!(
+                    "an erasure entry and only an erasure entry has an event id starting with \
+                     {ERASURE_ID_PREFIX:?}"
+                ),
+            });
+        }
+        let erased = match erasure_id {
+            None => None,
+            Some(id) => match self.erase_in_apply(id, seq, &body.device_id, batch_start, batch)? {
+                Ok(write) => Some(write),
+                Err(reason) => return Ok(ApplyOutcome::Refused { reason }),
+            },
+        };
         let leaf = leaf_hash(&bytes);
         let mut nodes = Vec::new();
         frontier.push(leaf, |level, _, h| {
@@ -1098,6 +1219,12 @@ impl Store {
         };
         pending.entries.push((leaf, nodes));
         batch.insert(key_entry(seq), record);
+        if let Some((key, value)) = erased {
+            batch.insert(key, value);
+        }
+        if let Some(c) = body.corrects {
+            batch.insert(key_correction(c, seq), &[][..]);
+        }
         let mut dk = key_device_prefix(&body.device_id);
         dk.extend_from_slice(&seq.to_be_bytes());
         batch.insert(dk, &[][..]);
@@ -1106,6 +1233,84 @@ impl Store {
             new_ids.insert(id.clone(), seq);
         }
         Ok(ApplyOutcome::Appended { seq, leaf })
+    }
+
+    /// The record of entry `seq`, which the apply in progress may itself have added or (an
+    /// erasure, `rewritten`) rewritten: its writes reach the tree only at its end.
+    fn record_in_apply(
+        &self,
+        seq: u64,
+        batch_start: u64,
+        batch: &Writes,
+        rewritten: bool,
+    ) -> Result<sled::IVec, LedgerError> {
+        let key = key_entry(seq);
+        if seq >= batch_start || rewritten {
+            // The latest write of the key in this batch (an erasure may have rewritten it).
+            if let Some((_, v)) = batch.0.iter().rev().find(|(k, _)| k.as_ref() == key) {
+                return Ok(v.clone());
+            }
+        }
+        self.record(seq)
+    }
+
+    /// Checks an erasure whose event id is `id` (appended at `seq` about `device`) and returns
+    /// the rewritten record of the entry it erases from, or why it is refused. Every rule
+    /// depends only on entries, not on the opening's state: erasing an erased value writes the
+    /// same record again (a replica that got the erased record by snapshot replays it so).
+    fn erase_in_apply(
+        &self,
+        id: &str,
+        seq: u64,
+        device: &str,
+        batch_start: u64,
+        batch: &Writes,
+    ) -> Result<Result<RecordWrite, String>, LedgerError> {
+        let Some((target, name)) = parse_erasure_event_id(id) else {
+            return Ok(Err(format!(
+                "erasure event id {id:?} is not erasure:<seq>:<component>"
+            )));
+        };
+        if target >= seq {
+            return Ok(Err(format!(
+                "erases from entry {target}, but the ledger has {seq} entries"
+            )));
+        }
+        // Another erasure of this batch may have rewritten the record already.
+        let value = self.record_in_apply(target, batch_start, batch, true)?;
+        let record = self.parse_record(target, &value)?;
+        let entry =
+            EntryRef::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
+        if entry.device_id != device {
+            return Ok(Err(format!(
+                "erases from entry {target}, which is about device {:?}, not {device:?}",
+                entry.device_id
+            )));
+        }
+        if entry.kind == EventKind::Erasure {
+            return Ok(Err(format!(
+                "entry {target} is an erasure: nothing to erase"
+            )));
+        }
+        if name == SIGNATURE_COMPONENT {
+            return Ok(Err(format!(
+                "the {SIGNATURE_COMPONENT} component of a record is never erased (21 CFR Part \
+                 11 §11.10(e): a record's signature stays readable)"
+            )));
+        }
+        let Some(index) = entry.components.iter().position(|c| c.name == name) else {
+            return Ok(Err(format!("entry {target} has no component {name:?}")));
+        };
+        let mut states = record
+            .openings()
+            .ok_or_else(|| self.corrupt(&format!("openings of entry {target} are malformed")))?;
+        let Some(state) = states.get_mut(index) else {
+            return Err(self.corrupt(&format!("openings of entry {target} are short")));
+        };
+        *state = OpeningState::Erased { by: Some(seq) };
+        let rewritten = encode_record_states(record.entry, record.nodes, &states)
+            .ok_or_else(|| self.corrupt(&format!("entry {target} is too large for its record")))?;
+        Ok(Ok((key_entry(target), rewritten)))
     }
 
     /// Makes everything applied so far durable: sled's flush, then `fdatasync` of its data file.
@@ -1269,6 +1474,15 @@ impl Store {
 
     /// The openings (value and salt) of entry `seq`'s components; `None` where erased.
     pub fn openings(&self, seq: u64) -> Result<Vec<Option<Opening>>, LedgerError> {
+        Ok(self
+            .opening_states(seq)?
+            .into_iter()
+            .map(OpeningState::open)
+            .collect())
+    }
+
+    /// The state of each of entry `seq`'s openings: value and salt, or erased by which entry.
+    pub fn opening_states(&self, seq: u64) -> Result<Vec<OpeningState>, LedgerError> {
         match self.get(&key_entry(seq))? {
             None => Ok(Vec::new()),
             Some(v) => self
@@ -1276,6 +1490,26 @@ impl Store {
                 .openings()
                 .ok_or_else(|| self.corrupt(&format!("openings of entry {seq} are malformed"))),
         }
+    }
+
+    /// Sequence numbers of the corrections of entry `seq` (entries whose `corrects` is `seq`),
+    /// oldest first.
+    pub fn corrections(&self, seq: u64) -> Result<Vec<u64>, LedgerError> {
+        let size = self.size();
+        let mut prefix = vec![b'C'];
+        prefix.extend_from_slice(&seq.to_be_bytes());
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(|e| self.storage(e))?;
+            let c = k
+                .get(9..)
+                .and_then(be_u64)
+                .ok_or_else(|| self.corrupt("correction index key"))?;
+            if c < size {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// Sequence numbers of a device's entries, oldest first, starting after `after` (exclusive),
@@ -1509,7 +1743,7 @@ impl NodeReader for TreeReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+    use crate::entry::{ComponentInput, DisclosureClass, EventInput};
     use crate::ledger::prepare;
     use ed25519_dalek::SigningKey;
 
@@ -1673,7 +1907,7 @@ mod tests {
         assert_eq!(parsed.node(2), Some([2u8; 32]));
         assert_eq!(parsed.node(3), None);
         assert_eq!(parsed.node(0), None);
-        let want: Vec<Option<Opening>> = a.openings.iter().cloned().map(Some).collect();
+        let want: Vec<OpeningState> = a.openings.iter().cloned().map(OpeningState::Open).collect();
         assert_eq!(parsed.openings(), Some(want));
         for cut in 0..record.len() {
             let r = Record::parse(&record[..cut]).and_then(|r| r.openings());
@@ -1681,8 +1915,151 @@ mod tests {
         }
         let mut bad = record.clone();
         let tag = 4 + 11 + 1 + 64 + 4;
-        bad[tag] = 2;
+        bad[tag] = 3;
         assert!(Record::parse(&bad).and_then(|r| r.openings()).is_none());
+    }
+
+    fn event(device: &str, id: &str, corrects: Option<u64>) -> EventInput {
+        EventInput {
+            kind: EventKind::Calibration,
+            device_id: device.into(),
+            occurred_at: None,
+            components: vec![
+                ComponentInput {
+                    name: "result".into(),
+                    class: DisclosureClass::Maintenance,
+                    value: "\"pass\"".into(),
+                },
+                ComponentInput {
+                    name: "patient_mrn".into(),
+                    class: DisclosureClass::Patient,
+                    value: "\"MRN1\"".into(),
+                },
+            ],
+            corrects,
+            event_id: Some(id.into()),
+        }
+    }
+
+    fn erasure(device: &str, seq: u64, name: &str) -> EventInput {
+        EventInput {
+            kind: EventKind::Erasure,
+            device_id: device.into(),
+            occurred_at: None,
+            components: Vec::new(),
+            corrects: None,
+            event_id: Some(crate::entry::erasure_event_id(seq, name)),
+        }
+    }
+
+    /// A correction of another device's entry and an erasure that does not match its target are
+    /// refused by apply itself (so no replica accepts them), in the same batch as their target
+    /// too; an erasure drops value and salt, leaves the entry bytes and the root as they were,
+    /// is idempotent, survives a reopen, and the export marks it; a value stripped without an
+    /// erasure entry, or a marker pointing at the wrong entry, does not verify.
+    #[test]
+    fn corrections_stay_on_their_device_and_erasure_marks_exports() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let cmd = |e: EventInput| Command::Append(prepare(e, "t", 1, &key, 1).expect("prepare"));
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .apply(
+                &[Command::RegisterNode {
+                    node_id: 1,
+                    public_key: key.verifying_key().to_bytes(),
+                }],
+                &[],
+            )
+            .expect("register");
+        let out = store
+            .apply(
+                &[
+                    cmd(event("vent-icu-07", "a", None)),
+                    // Same batch as its target: still checked.
+                    cmd(event("pump-x", "b", Some(0))),
+                    cmd(event("vent-icu-07", "c", Some(0))),
+                    cmd(erasure("pump-x", 0, "patient_mrn")),
+                    cmd(erasure("vent-icu-07", 0, "nothing")),
+                    cmd(erasure("vent-icu-07", 0, "signature")),
+                    cmd(erasure("vent-icu-07", 0, "patient_mrn")),
+                ],
+                &[],
+            )
+            .expect("apply");
+        store.publish();
+        assert!(matches!(out[0], ApplyOutcome::Appended { seq: 0, .. }));
+        let refused = |o: &ApplyOutcome, want: &str| match o {
+            ApplyOutcome::Refused { reason } => assert!(reason.contains(want), "{reason}"),
+            other => panic!("{other:?}, wanted a refusal with {want:?}"),
+        };
+        refused(&out[1], "a correction concerns the same device");
+        assert!(matches!(out[2], ApplyOutcome::Appended { seq: 1, .. }));
+        refused(&out[3], "about device \"vent-icu-07\"");
+        refused(&out[4], "no component \"nothing\"");
+        refused(&out[5], "never erased");
+        assert!(matches!(out[6], ApplyOutcome::Appended { seq: 2, .. }));
+        assert_eq!(store.corrections(0).expect("corrections"), vec![1]);
+        assert_eq!(
+            store.opening_states(0).expect("states")[1],
+            OpeningState::Erased { by: Some(2) }
+        );
+        assert!(matches!(
+            store.opening_states(0).expect("states")[0],
+            OpeningState::Open(_)
+        ));
+        // Again: a duplicate, nothing changes.
+        let again = store
+            .apply(&[cmd(erasure("vent-icu-07", 0, "patient_mrn"))], &[])
+            .expect("apply");
+        assert_eq!(again, vec![ApplyOutcome::Duplicate { seq: 2 }]);
+        let root = store.root(3).expect("root");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.root(3).expect("root"), root);
+        assert_eq!(
+            store.opening_states(0).expect("states")[1],
+            OpeningState::Erased { by: Some(2) }
+        );
+        let head = crate::sth::SignedTreeHead::sign(3, root, 9, 1, &key);
+        let mut text = Vec::new();
+        crate::export::write_export(&store, &head, &None, &mut text).expect("export");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(text.contains("{\"erased_by\":2}"), "{text}");
+        let check = |t: &str| {
+            crate::export::verify(
+                &mut t.as_bytes(),
+                &crate::export::VerifyOptions::default(),
+                &mut |_, _| {},
+            )
+        };
+        let report = check(&text).expect("verifies");
+        assert_eq!(report.erased_components, 1);
+        // A value stripped from entry 1 without an erasure entry.
+        let lines: Vec<&str> = text.lines().collect();
+        let rec: serde_json::Value = serde_json::from_str(lines[2]).expect("line");
+        let mut stripped = rec.clone();
+        stripped["openings"][1] = serde_json::Value::Null;
+        let mut t = lines.clone();
+        let s1 = stripped.to_string();
+        t[2] = &s1;
+        let e = check(&t.join("\n")).expect_err("stripped");
+        assert_eq!(e.seq, Some(1));
+        assert!(
+            e.reason.contains("\"patient_mrn\"") && e.reason.contains("stripped"),
+            "{e}"
+        );
+        // A marker that points at an erasure of another component.
+        let mut forged = rec;
+        forged["openings"][0] = serde_json::json!({"erased_by": 2});
+        let s2 = forged.to_string();
+        t[2] = &s2;
+        let e = check(&t.join("\n")).expect_err("forged marker");
+        assert_eq!(e.seq, Some(1));
+        assert!(
+            e.reason.contains("\"result\"") && e.reason.contains("entry 2"),
+            "{e}"
+        );
     }
 
     /// A store written with another key layout is refused on open instead of misread.

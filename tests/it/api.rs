@@ -28,6 +28,8 @@ async fn single_node() -> (Site, Gateway) {
 /// The API's routes, as the product promises them: (method, path).
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/events"),
+    ("POST", "/v1/entries/{seq}/signatures"),
+    ("POST", "/v1/entries/{seq}/components/{name}/erase"),
     ("GET", "/v1/head"),
     ("GET", "/v1/keys"),
     ("GET", "/v1/proofs/consistency"),
@@ -116,6 +118,7 @@ fn problem(status: StatusCode, ct: &str, body: &[u8], expect: u16, what: &str) -
 
 fn concrete(path: &str) -> String {
     path.replace("{seq}", "0")
+        .replace("{name}", "result")
         .replace("{id}", "pump-1")
         .replace("{serial}", "01")
 }
@@ -429,6 +432,8 @@ async fn authorization_matrix_refuses_every_cross_object_access() {
     // (method, path, need, refused-case body)
     let routes: &[(&str, &str, &str)] = &[
         ("POST", "/v1/events", "writer"),
+        ("POST", "/v1/entries/0/signatures", "writer"),
+        ("POST", "/v1/entries/0/components/result/erase", "admin"),
         ("GET", "/v1/head", "reader"),
         ("GET", "/v1/keys", "reader"),
         ("GET", "/v1/proofs/consistency?from=1", "reader"),

@@ -432,9 +432,11 @@ fn test_vectors_match_code_and_document() {
             .components
             .iter()
             .map(|(_, class, value)| {
-                disclosed.contains(class).then(|| Opening {
-                    value: (*value).into(),
-                    salt: SALT,
+                disclosed.contains(class).then(|| {
+                    export::ExportOpening::Open(Opening {
+                        value: (*value).into(),
+                        salt: SALT,
+                    })
                 })
             })
             .collect();

@@ -208,7 +208,8 @@ fn event(i: u64) -> EventInput {
         } else {
             EventKind::Repair
         },
-        device_id: format!("(01)00884838035249(21)SN{i}"),
+        // Entry 2 corrects entry 0: a correction is about the same device.
+        device_id: format!("(01)00884838035249(21)SN{}", if i == 2 { 0 } else { i }),
         occurred_at: Some("2025-01-02T03:04:05Z".into()),
         components: vec![
             ComponentInput {

@@ -14,6 +14,7 @@ mod mtls;
 mod ops;
 mod pki_cli;
 mod powerloss;
+mod records;
 mod registry;
 mod systemd;
 mod telemetry;

@@ -970,7 +970,15 @@ async fn power_cut_after_ca_init_cluster_init_and_issue() {
         poll(
             "the first certificate issue",
             Duration::from_secs(30),
-            || async { issue("staff", "admin", &["--role", "admin"], "admin").ok() },
+            || async {
+                issue(
+                    "staff",
+                    "admin",
+                    &["--role", "admin", "--name", "Site Admin"],
+                    "admin",
+                )
+                .ok()
+            },
         )
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", node.log_tail()));

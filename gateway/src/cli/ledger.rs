@@ -48,6 +48,8 @@ pub struct ImportSummary {
     pub appended: u64,
     pub already_present: u64,
     pub size: u64,
+    /// Which staff roles read each class of what the file recorded.
+    pub readers: Vec<crate::records::ClassReaders>,
 }
 
 /// Appends the events of a JSON Lines file, streaming it: the file is read three times at most
@@ -68,7 +70,7 @@ pub async fn import_file(
     let mut check = ImportCheck::new(ledger);
     let mut lines = open()?;
     while let Some(ev) = lines.next_event().with_context(|| source.clone())? {
-        check.first(&ev, &source)?;
+        check.first(ledger, &ev, &source)?;
     }
     if check.needs_second_pass() {
         let mut lines = open()?;
@@ -84,7 +86,10 @@ pub async fn import_file(
             .with_context(|| changed.clone())
             .transpose()
     });
-    append_events(ledger, events, author, &source).await
+    let readers = check.readers();
+    let mut summary = append_events(ledger, events, author, &source).await?;
+    summary.readers = readers;
+    Ok(summary)
 }
 
 /// Appends parsed events in order, after the same checks as [`import_file`].
@@ -96,14 +101,17 @@ pub async fn import_events(
 ) -> anyhow::Result<ImportSummary> {
     let mut check = ImportCheck::new(ledger);
     for ev in &events {
-        check.first(ev, source)?;
+        check.first(ledger, ev, source)?;
     }
     if check.needs_second_pass() {
         for ev in &events {
             check.second(ledger, ev, source)?;
         }
     }
-    append_events(ledger, events.into_iter().map(Ok), author, source).await
+    let readers = check.readers();
+    let mut summary = append_events(ledger, events.into_iter().map(Ok), author, source).await?;
+    summary.readers = readers;
+    Ok(summary)
 }
 
 /// The checks of an import before anything is written, in two passes over its events, keeping
@@ -120,6 +128,33 @@ struct ImportCheck {
     referenced: std::collections::HashSet<String>,
     /// Second pass: suspect or referenced ids met so far, with their line.
     seen: std::collections::HashMap<String, usize>,
+    /// Second pass: the device of each referenced id met so far (a correction concerns the
+    /// device of the entry it corrects).
+    devices: std::collections::HashMap<String, String>,
+    /// The component names of the file per class, at most [`NAMES_PER_CLASS`] each, for
+    /// [`ImportCheck::readers`].
+    names: std::collections::BTreeMap<ledger_node::entry::DisclosureClass, BTreeSet<String>>,
+}
+
+/// Names per class kept to say who reads what an import recorded: enough to recognise them,
+/// bounded whatever the file.
+const NAMES_PER_CLASS: usize = 8;
+
+/// Refuses a correction of `target_device`'s entry recorded about another device.
+fn same_device(
+    source: &str,
+    ev: &event::ImportEvent,
+    what: &str,
+    target_device: &str,
+) -> anyhow::Result<()> {
+    if target_device != ev.event.device_id {
+        bail!(
+            "{source}: line {}: corrects {what}, which is about device {target_device:?}, not {:?}: a correction concerns the same device as the entry it corrects",
+            ev.line,
+            ev.event.device_id
+        );
+    }
+    Ok(())
 }
 
 impl ImportCheck {
@@ -131,7 +166,25 @@ impl ImportCheck {
             suspects: Default::default(),
             referenced: Default::default(),
             seen: Default::default(),
+            devices: Default::default(),
+            names: Default::default(),
         }
+    }
+
+    /// Which staff roles read each class of what the file records.
+    fn readers(&self) -> Vec<crate::records::ClassReaders> {
+        let named: Vec<ledger_node::entry::ComponentInput> = self
+            .names
+            .iter()
+            .flat_map(|(class, names)| {
+                names.iter().map(|n| ledger_node::entry::ComponentInput {
+                    name: n.clone(),
+                    class: *class,
+                    value: String::new(),
+                })
+            })
+            .collect();
+        crate::records::audience(&named)
     }
 
     fn fingerprint(&self, id: &str) -> u64 {
@@ -139,14 +192,28 @@ impl ImportCheck {
         self.hasher.hash_one(id)
     }
 
-    /// Each line on its own (parsed by the caller): `corrects` within the ledger.
-    fn first(&mut self, ev: &event::ImportEvent, source: &str) -> anyhow::Result<()> {
+    /// Each line on its own (parsed by the caller): `corrects` within the ledger, about the
+    /// same device.
+    fn first(
+        &mut self,
+        ledger: &Ledger,
+        ev: &event::ImportEvent,
+        source: &str,
+    ) -> anyhow::Result<()> {
         if let Some(seq) = ev.event.corrects {
             if seq >= self.size {
                 bail!(
                     "{source}: line {}: corrects entry {seq}, but the ledger has {} entries (use corrects_event_id for an event earlier in the file)",
                     ev.line, self.size
                 );
+            }
+            let device = ledger.store().entry(seq)?.body.device_id;
+            same_device(source, ev, &format!("entry {seq}"), &device)?;
+        }
+        for c in &ev.event.components {
+            let names = self.names.entry(c.class).or_default();
+            if names.len() < NAMES_PER_CLASS {
+                names.insert(c.name.clone());
             }
         }
         if let Some(id) = &ev.event.event_id {
@@ -179,12 +246,27 @@ impl ImportCheck {
         source: &str,
     ) -> anyhow::Result<()> {
         if let Some(target) = &ev.corrects_event_id {
-            if !self.seen.contains_key(target) && ledger.store().find_event_id(target)?.is_none() {
-                bail!(
-                    "{source}: line {}: corrects_event_id {target:?} is not in the ledger or earlier in the file",
-                    ev.line
-                );
-            }
+            let device = match self.devices.get(target) {
+                Some(d) => d.clone(),
+                None => match ledger.store().find_event_id(target)? {
+                    Some(seq) => ledger.store().entry(seq)?.body.device_id,
+                    None => bail!(
+                        "{source}: line {}: corrects_event_id {target:?} is not in the ledger or earlier in the file",
+                        ev.line
+                    ),
+                },
+            };
+            same_device(source, ev, &format!("event {target:?}"), &device)?;
+        }
+        if let Some(id) = ev
+            .event
+            .event_id
+            .as_ref()
+            .filter(|id| self.referenced.contains(*id))
+        {
+            self.devices
+                .entry(id.clone())
+                .or_insert_with(|| ev.event.device_id.clone());
         }
         if let Some(id) = &ev.event.event_id {
             let suspect = self.suspects.contains(&self.fingerprint(id));
@@ -384,6 +466,48 @@ pub async fn export(
     Ok(head.size)
 }
 
+/// `ledger export --config FILE [--role R]`: the export a running gateway serves
+/// (`GET /v1/export`, cut at its latest checkpoint), fetched with the gateway's own certificate
+/// and narrowed to `role`'s classes; written atomically. Returns the number of entries.
+pub async fn export_via_api(
+    config: &crate::config::Config,
+    role: Option<certs::StaffRole>,
+    out: &Path,
+) -> anyhow::Result<u64> {
+    let http = super::client::client(config)?;
+    let mut url = format!("https://{}/v1/export", super::client::local_addr(config));
+    if let Some(r) = role {
+        url += &format!("?role={r}");
+    }
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .with_context(|| format!("{url}: reading the export"))?;
+    if !status.is_success() {
+        let detail: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        bail!(
+            "{url}: {status}: {}",
+            detail["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    let header: export::ExportHeader = body
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| serde_json::from_slice(l).ok())
+        .with_context(|| format!("{url}: the answer is not an export"))?;
+    write_atomic(out, |w| {
+        w.write_all(&body)
+            .with_context(|| format!("cannot write {}", out.display()))
+    })?;
+    Ok(header.size)
+}
+
 /// `ledger receipt`.
 pub async fn receipt(
     ledger: &Ledger,
@@ -535,8 +659,8 @@ pub fn describe(report: &export::VerifyReport) -> String {
         crate::event::format_ms(head.time_ms),
     );
     s += &format!(
-        "components: {} disclosed and matching their commitments, {} withheld (commitment only)\n",
-        report.disclosed_components, report.withheld_components
+        "components: {} disclosed and matching their commitments, {} withheld (commitment only), {} erased\n",
+        report.disclosed_components, report.withheld_components, report.erased_components
     );
     s += &format!("verified {}", trust_words(report));
     if report.trust != export::Trust::TrustedKeys {
@@ -578,11 +702,31 @@ pub fn describe(report: &export::VerifyReport) -> String {
                 .map(|t| format!(", occurred {t}"))
                 .unwrap_or_default()
         );
+        let mut opened = Vec::with_capacity(openings.len());
         for (c, o) in e.body.components.iter().zip(openings) {
+            opened.push(o.as_ref().and_then(|o| o.open()).cloned());
             match o {
-                Some(o) => s += &format!("  {} [{}] = {}\n", c.name, c.class.as_str(), o.value),
+                Some(export::ExportOpening::Open(o)) => {
+                    s += &format!("  {} [{}] = {}\n", c.name, c.class.as_str(), o.value)
+                }
+                Some(export::ExportOpening::Erased(m)) => {
+                    s += &format!(
+                        "  {} [{}] erased by entry {}\n",
+                        c.name,
+                        c.class.as_str(),
+                        m.erased_by
+                    )
+                }
                 None => s += &format!("  {} [{}] withheld\n", c.name, c.class.as_str()),
             }
+        }
+        // 21 CFR Part 11 §11.50: who signed, in which role, meaning what, when.
+        if let Some(m) = crate::records::Manifestation::of_entry(e, &opened) {
+            s += &format!(
+                "signed by {}; identity {}\n",
+                m.describe(e.body.recorded_at_ms),
+                e.body.author
+            );
         }
     }
     s

@@ -95,13 +95,22 @@ enum LedgerCmd {
     Export {
         #[command(flatten)]
         data: DataDir,
+        /// Export from the RUNNING gateway of this config file (a cluster member) through its
+        /// API, instead of the single-node ledger of --data-dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Output file (JSON Lines, docs/ledger-format.md).
         #[arg(long)]
         out: PathBuf,
         /// Comma-separated disclosure classes whose values to include (default: all); the others
         /// are exported as commitments only.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "role")]
         disclose: Option<String>,
+        /// Make the export for a staff role's audience: only the classes that role reads
+        /// (biomed: device, maintenance, patient; supervisor: all; auditor: device,
+        /// maintenance; insurer and admin: device, maintenance, financial) are opened.
+        #[arg(long)]
+        role: Option<certs::StaffRole>,
     },
     /// Write a receipt for one entry: the entry, its inclusion proof and a signed tree head.
     Receipt {
@@ -187,17 +196,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.already_present,
                 s.size
             );
+            if !s.readers.is_empty() {
+                print!(
+                    "who reads what was recorded (other roles see only commitments):\n{}",
+                    crate::records::describe_audience(&s.readers)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ledger(LedgerCmd::Export {
             data,
+            config,
             out,
             disclose,
+            role,
         }) => {
-            let disclose = ledger::parse_disclosure(disclose.as_deref())?;
+            if let Some(config) = config {
+                if disclose.is_some() {
+                    anyhow::bail!("--disclose applies to --data-dir; with --config give --role");
+                }
+                let config = crate::config::Config::load(&config)?;
+                let n = ledger::export_via_api(&config, role, &out).await?;
+                println!("exported {n} entries to {}", out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let disclose = match role {
+                Some(r) => Some(crate::records::role_classes(r)),
+                None => ledger::parse_disclosure(disclose.as_deref())?,
+            };
             let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
             let n = ledger::export(&ledger, &out, &disclose).await?;
-            println!("exported {n} entries to {}", out.display());
+            match role {
+                Some(r) => println!(
+                    "exported {n} entries to {} for role {r} (classes opened: {})",
+                    out.display(),
+                    crate::records::role_classes(r)
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => println!("exported {n} entries to {}", out.display()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ledger(LedgerCmd::Receipt {

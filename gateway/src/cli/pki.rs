@@ -172,7 +172,8 @@ pub struct IssueArgs {
     /// Staff role: biomed, supervisor, auditor, insurer, admin (staff only).
     #[arg(long)]
     pub role: Option<StaffRole>,
-    /// The person's name (staff only; default: the id).
+    /// The person's printed name (staff only, required): what the staff member's signed records
+    /// show (21 CFR Part 11 §11.50).
     #[arg(long)]
     pub name: Option<String>,
     /// Validity in days.
@@ -657,11 +658,11 @@ async fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
             only("--modbus-role", a.modbus_role.is_some(), "device")?;
             only("--modbus-server", a.modbus_server, "device")?;
             let role = a.role.context("--role is required for --profile staff (biomed, supervisor, auditor, insurer, admin)")?;
-            CertSpec::staff(
-                a.id.clone(),
-                a.name.clone().unwrap_or_else(|| a.id.clone()),
-                role,
-            )
+            let name = a.name.clone().context(
+                "--name is required for --profile staff: the person's printed name, which their \
+                 signed records show (21 CFR Part 11 §11.50)",
+            )?;
+            CertSpec::staff(a.id.clone(), name, role)
         }
         ProfileArg::Gateway => {
             only("--role", a.role.is_some(), "staff")?;

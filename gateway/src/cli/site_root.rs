@@ -63,7 +63,7 @@ pub fn check(file: &Path, root_path: &Path) -> anyhow::Result<Result<Vec<u64>, S
             }
             let field = |name: &str| -> Option<String> {
                 let i = entry.body.components.iter().position(|c| c.name == name)?;
-                let o = rec.openings.get(i)?.as_ref()?;
+                let o = rec.openings.get(i)?.as_ref()?.open()?;
                 serde_json::from_str::<String>(&o.value).ok()
             };
             if field("profile").as_deref() != Some(certs::endorse::LEDGER_KEY_PROFILE) {

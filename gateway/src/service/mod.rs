@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod raft_net;
+pub mod records;
 pub mod registry;
 pub mod revocation;
 pub mod run;

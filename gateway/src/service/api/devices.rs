@@ -1,12 +1,10 @@
 //! Devices: a device's history.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::extract::{PathParams, QueryParams};
 use super::ledger::ensure_fresh;
@@ -37,7 +35,9 @@ pub struct HistoryQuery {
 pub struct HistoryPage {
     device_id: String,
     /// Entries in ledger order; components the caller may not see are `{"withheld": class}`,
-    /// erased ones `{"erased": class}`.
+    /// erased ones `{"erased": class, "erased_by": seq}`. A staff record has its `signature`
+    /// (name, role, meaning, time); an entry that was corrected is `corrected` with the
+    /// sequence numbers of its corrections in `corrected_by`.
     entries: Vec<serde_json::Value>,
     /// The cursor of the next page (`after=`), absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,30 +82,10 @@ pub async fn history(
     });
     let mut entries = Vec::with_capacity(seqs.len());
     for seq in seqs {
-        let e = store.entry(seq).map_err(ApiError::internal)?;
-        let openings = store.openings(seq).map_err(ApiError::internal)?;
-        let mut fields = BTreeMap::new();
-        for (i, c) in e.body.components.iter().enumerate() {
-            let value = match openings.get(i).cloned().flatten() {
-                Some(o) if classes.contains(&c.class) => {
-                    serde_json::from_str(&o.value).unwrap_or(serde_json::Value::Null)
-                }
-                Some(_) => json!({"withheld": c.class.as_str()}),
-                None => json!({"erased": c.class.as_str()}),
-            };
-            fields.insert(c.name.clone(), value);
-        }
-        entries.push(json!({
-            "seq": seq,
-            "kind": e.body.kind.as_str(),
-            "occurred_at": e.body.occurred_at,
-            "recorded_at": crate::event::format_ms(e.body.recorded_at_ms),
-            "author": e.body.author,
-            "node_id": e.body.node_id,
-            "corrects": e.body.corrects,
-            "event_id": e.body.event_id,
-            "fields": fields,
-        }));
+        entries.push(
+            crate::service::records::entry_view(store, seq, &classes)
+                .map_err(ApiError::internal)?,
+        );
     }
     Ok(Json(HistoryPage {
         device_id: device,

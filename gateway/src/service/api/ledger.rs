@@ -214,20 +214,48 @@ pub async fn receipt(
     Ok(Json(r).into_response())
 }
 
+/// For whom an export is made.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// A staff role (biomed, supervisor, auditor, insurer, admin) to make the export for: only
+    /// the classes that role reads are opened. Default: the caller's own role; a role that
+    /// reads a class the caller may not see is refused.
+    pub role: Option<String>,
+}
+
 /// The whole ledger as an export (JSON Lines, docs/ledger-format.md), cut at the latest
 /// replicated checkpoint so that every gateway serves the same bytes; components the caller's
-/// role may not see are exported as commitments only.
-#[utoipa::path(get, path = "/v1/export", tag = "ledger",
-    responses((status = 200, description = "Export", body = String, content_type = "application/jsonl")))]
+/// role (or the narrower audience `role`) may not see are exported as commitments only.
+#[utoipa::path(get, path = "/v1/export", tag = "ledger", params(ExportQuery),
+    responses((status = 200, description = "Export", body = String, content_type = "application/jsonl"),
+              (status = 400, description = "Unknown role", body = super::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "The role reads classes the caller may not see", body = super::Problem, content_type = "application/problem+json")))]
 pub async fn export(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
+    QueryParams(q): QueryParams<ExportQuery>,
 ) -> Result<Response, ApiError> {
+    let mut classes = visible_classes(&peer);
+    if let Some(role) = &q.role {
+        let role: certs::StaffRole = role.parse().map_err(|e: certs::Error| {
+            ApiError::bad(format!("query parameter role: {e}")).at("role")
+        })?;
+        let audience = crate::records::role_classes(role);
+        if let Some(c) = audience.iter().find(|c| !classes.contains(c)) {
+            return Err(ApiError::forbidden(format!(
+                "an export for {role} opens class {}, which this caller may not see",
+                c.as_str()
+            ))
+            .at("role"));
+        }
+        classes = audience;
+    }
     let head = match node.store.latest_checkpoint().map_err(ApiError::internal)? {
         Some(h) => h,
         None => node.tree_head().map_err(ApiError::internal)?,
     };
-    let classes = visible_classes(&peer);
     let store = node.store.clone();
     let bytes = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();

@@ -17,6 +17,7 @@ pub mod extract;
 mod ledger;
 mod problem;
 mod raft;
+mod records;
 mod registry;
 
 use std::collections::BTreeSet;
@@ -200,6 +201,8 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
     use Need::*;
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(guarded(Writer, EVENT_BODY, routes!(events::append_event)))
+        .routes(guarded(Writer, SMALL_BODY, routes!(records::sign)))
+        .routes(guarded(Admin, SMALL_BODY, routes!(records::erase)))
         .routes(guarded(Reader, SMALL_BODY, routes!(ledger::head)))
         .routes(guarded(Reader, SMALL_BODY, routes!(ledger::keys)))
         .routes(guarded(Reader, SMALL_BODY, routes!(ledger::consistency)))
@@ -270,7 +273,8 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .with_state(node)
 }
 
-/// The disclosure classes a caller may see (docs/api.md has the table).
+/// The disclosure classes a caller may see (docs/api.md has the table; the role → classes
+/// table itself is [`crate::records::role_classes`]).
 pub fn visible_classes(peer: &Peer) -> BTreeSet<DisclosureClass> {
     let id = &peer.0;
     match id.profile {
@@ -283,13 +287,8 @@ pub fn visible_classes(peer: &Peer) -> BTreeSet<DisclosureClass> {
 /// The disclosure classes a staff role may see (also the web page's, whose staff sign in with
 /// an account of a role rather than a certificate).
 pub fn staff_classes(role: Option<StaffRole>) -> BTreeSet<DisclosureClass> {
-    use DisclosureClass::*;
     match role {
-        Some(StaffRole::Biomed) => [Device, Maintenance, Patient].into(),
-        Some(StaffRole::Supervisor) => DisclosureClass::ALL.into_iter().collect(),
-        Some(StaffRole::Auditor) => [Device, Maintenance].into(),
-        Some(StaffRole::Insurer) => [Device, Maintenance, Financial].into(),
-        Some(StaffRole::Admin) => [Device, Maintenance, Financial].into(),
-        _ => [Device].into(),
+        Some(r) => crate::records::role_classes(r),
+        None => [DisclosureClass::Device].into(),
     }
 }

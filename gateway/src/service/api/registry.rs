@@ -13,11 +13,12 @@ use certs::Profile;
 use ledger_node::entry::EventInput;
 use serde::{Deserialize, Serialize};
 
-use super::events::{submit_event, Appended};
+use super::events::submit_event;
 use super::extract::{JsonBody, PathParams, QueryParams};
 use super::ledger::ensure_fresh;
 use super::ApiError;
 use crate::service::node::Node;
+use crate::service::records::Recorded;
 use crate::service::registry::due::{self, DueItem, Filter, RiskFilter};
 use crate::service::registry::index::{apply_record, parse_ms, Fields, ModelIntervals};
 use crate::service::registry::report::{self, CompletionReport, RecallGroup};
@@ -99,7 +100,7 @@ async fn record(
     node: &Node,
     peer: &Peer,
     mut event: EventInput,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     if event.event_id.is_none() {
         event.event_id = Some(format!("api:{}", hex::encode(rand::random::<[u8; 16]>())));
     }
@@ -324,8 +325,8 @@ fn check_rules(
 #[utoipa::path(post, path = "/v1/devices", tag = "devices",
     request_body(content = DeviceRecord, content_type = "application/json"),
     responses(
-        (status = 201, description = "Registered", body = Appended),
-        (status = 200, description = "Already recorded under this event_id", body = Appended),
+        (status = 201, description = "Registered", body = Recorded),
+        (status = 200, description = "Already recorded under this event_id", body = Recorded),
         (status = 403, description = "Not allowed for this identity or on this gateway", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already registered", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid or a maintenance rule refuses it", body = super::Problem, content_type = "application/problem+json"),
@@ -334,7 +335,7 @@ pub async fn register_device(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     JsonBody(req): JsonBody<DeviceRecord>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     staff_only(&peer)?;
     writable(&node)?;
     let Some(id) = req.device_id.clone() else {
@@ -365,8 +366,8 @@ pub async fn register_device(
     params(("id" = String, Path, description = "Device id (UDI or local id)")),
     request_body(content = DeviceRecord, content_type = "application/json"),
     responses(
-        (status = 201, description = "Recorded", body = Appended),
-        (status = 200, description = "Already recorded under this event_id", body = Appended),
+        (status = 201, description = "Recorded", body = Recorded),
+        (status = 200, description = "Already recorded under this event_id", body = Recorded),
         (status = 403, description = "Not allowed for this identity or on this gateway", body = super::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not registered", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid or a maintenance rule refuses it", body = super::Problem, content_type = "application/problem+json")))]
@@ -375,7 +376,7 @@ pub async fn change_device(
     Extension(peer): Extension<Peer>,
     PathParams(DeviceParam { id }): PathParams<DeviceParam>,
     JsonBody(req): JsonBody<DeviceRecord>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     staff_only(&peer)?;
     writable(&node)?;
     if req.device_id.as_ref().is_some_and(|d| *d != id) {
@@ -410,8 +411,8 @@ fn registered(node: &Node, id: &str) -> Result<Status, ApiError> {
     params(("id" = String, Path, description = "Device id (UDI or local id)")),
     request_body(content = StatusRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Recorded", body = Appended),
-        (status = 200, description = "Already recorded under this event_id", body = Appended),
+        (status = 201, description = "Recorded", body = Recorded),
+        (status = 200, description = "Already recorded under this event_id", body = Recorded),
         (status = 404, description = "Not registered", body = super::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The device is decommissioned", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body", body = super::Problem, content_type = "application/problem+json")))]
@@ -420,7 +421,7 @@ pub async fn set_status(
     Extension(peer): Extension<Peer>,
     PathParams(DeviceParam { id }): PathParams<DeviceParam>,
     JsonBody(req): JsonBody<StatusRequest>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     staff_only(&peer)?;
     writable(&node)?;
     req.check()?;
@@ -438,8 +439,8 @@ pub async fn set_status(
     params(("id" = String, Path, description = "Device id (UDI or local id)")),
     request_body(content = LocateRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Recorded", body = Appended),
-        (status = 200, description = "Already recorded under this event_id", body = Appended),
+        (status = 201, description = "Recorded", body = Recorded),
+        (status = 200, description = "Already recorded under this event_id", body = Recorded),
         (status = 404, description = "Not registered", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body", body = super::Problem, content_type = "application/problem+json")))]
 pub async fn locate_attempt(
@@ -447,7 +448,7 @@ pub async fn locate_attempt(
     Extension(peer): Extension<Peer>,
     PathParams(DeviceParam { id }): PathParams<DeviceParam>,
     JsonBody(req): JsonBody<LocateRequest>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     staff_only(&peer)?;
     writable(&node)?;
     req.check()?;
@@ -460,14 +461,14 @@ pub async fn locate_attempt(
 #[utoipa::path(post, path = "/v1/models", tag = "devices",
     request_body(content = ModelRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Recorded", body = Appended),
-        (status = 200, description = "Already recorded under this event_id", body = Appended),
+        (status = 201, description = "Recorded", body = Recorded),
+        (status = 200, description = "Already recorded under this event_id", body = Recorded),
         (status = 422, description = "Invalid body", body = super::Problem, content_type = "application/problem+json")))]
 pub async fn set_model(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     JsonBody(req): JsonBody<ModelRequest>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     staff_only(&peer)?;
     writable(&node)?;
     req.check()?;
@@ -478,14 +479,14 @@ pub async fn set_model(
 #[utoipa::path(post, path = "/v1/recalls", tag = "devices",
     request_body(content = RecallRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Recorded", body = Appended),
-        (status = 200, description = "Already recorded under this event_id", body = Appended),
+        (status = 201, description = "Recorded", body = Recorded),
+        (status = 200, description = "Already recorded under this event_id", body = Recorded),
         (status = 422, description = "Invalid body", body = super::Problem, content_type = "application/problem+json")))]
 pub async fn record_recall(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     JsonBody(req): JsonBody<RecallRequest>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     staff_only(&peer)?;
     writable(&node)?;
     req.check()?;

@@ -642,6 +642,9 @@ async fn record(
         components,
         corrects,
         corrects_event_id: None,
+        // The page writes its signer's components itself (account sign-in, no certificate).
+        meaning: None,
+        reason: None,
     };
     match append(&web, &s, req).await {
         Ok(seq) => {
