@@ -1,6 +1,7 @@
 //! end-to-end tests
 mod api;
 mod cluster;
+mod disk;
 mod format;
 mod gateway_tls;
 mod hostile;

@@ -12,7 +12,7 @@ use medledger_tests::{bin, free_port};
 use serde_json::Value;
 
 /// A gateway with a health listener on a free loopback port; returns it and that address.
-fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
+pub(crate) fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
     let health = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::new(site, id, &format!("health_listen = \"{health}\""));
     (gw, health)
@@ -20,7 +20,7 @@ fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
 
 /// `GET http://{addr}{path}` on the plain health listener (HTTP/1.0 over a real TCP
 /// connection): status and body.
-async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -41,7 +41,7 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// `medledger status --config` of a gateway: exit code and output.
-async fn status_cmd(gw: &Gateway) -> (i32, String) {
+pub(crate) async fn status_cmd(gw: &Gateway) -> (i32, String) {
     let config = gw.config.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bin("medledger"))

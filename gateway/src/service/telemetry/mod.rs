@@ -124,6 +124,9 @@ pub struct TelemetryService {
     pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
     adapters: std::sync::Mutex<AdapterStats>,
+    /// The data directory's free-space reserve, shared with the ledger: the outbox waits
+    /// below it.
+    disk: Arc<crate::service::disk::DiskGuard>,
 }
 
 impl TelemetryService {
@@ -241,6 +244,7 @@ pub async fn start(
         outbox,
         counters,
         adapters: std::sync::Mutex::new(AdapterStats::default()),
+        disk: node.disk.clone(),
     });
     // The first generation's errors stop the start (exit naming the field); a reload's only
     // refuse the reload.
@@ -515,6 +519,7 @@ fn spawn_generation(
     );
     let pipeline = Pipeline {
         engine,
+        disk: service.disk.clone(),
         outbox: service.outbox.clone(),
         recent: service.recent.clone(),
         counters: service.counters.clone(),
@@ -540,6 +545,8 @@ enum Stop {
 
 struct Pipeline {
     engine: Engine,
+    /// The outbox shares the data directory's reserve with the ledger.
+    disk: Arc<crate::service::disk::DiskGuard>,
     outbox: Arc<Outbox>,
     recent: Arc<Recent>,
     counters: Arc<Counters>,
@@ -655,12 +662,18 @@ impl Pipeline {
         let encoded = Arc::new(encoded);
         let mut backoff = Duration::from_millis(200);
         loop {
-            let (ob, e2, b2) = (self.outbox.clone(), evs.clone(), encoded.clone());
-            let r = tokio::task::spawn_blocking(move || ob.append(&e2, &b2)).await;
-            match r {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => tracing::error!(error = %e, "outbox append failed; retrying"),
-                Err(e) => tracing::error!(error = %e, "outbox append task failed; retrying"),
+            // Below the data directory's reserve the events wait (their message unacknowledged,
+            // held by the broker) rather than take the room the ledger's storage needs.
+            if let Err(full) = self.disk.check_room(size) {
+                tracing::warn!("outbox write held until space is freed: {full}");
+            } else {
+                let (ob, e2, b2) = (self.outbox.clone(), evs.clone(), encoded.clone());
+                let r = tokio::task::spawn_blocking(move || ob.append(&e2, &b2)).await;
+                match r {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => tracing::error!(error = %e, "outbox append failed; retrying"),
+                    Err(e) => tracing::error!(error = %e, "outbox append task failed; retrying"),
+                }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
