@@ -30,6 +30,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         )?),
     };
     let node = Node::start(&config, network, shutdown.clone()).await?;
+    node.metrics.set_disk(node.disk.clone());
     let server_config = Arc::new(ReloadableServerConfig::new(
         tls.roots.clone(),
         tls.gateway.clone(),
@@ -97,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         router,
         revoked,
         config.api.clone(),
+        node.metrics.clone(),
         serving.clone(),
     ));
     let node_for_health = node.clone();
