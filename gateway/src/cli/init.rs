@@ -6,7 +6,6 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -131,7 +130,7 @@ pub async fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let node_id = config.node.id.to_string();
     let (ca, identity) =
-        crate::cli::pki::init_site(&data_dir, &a.site, &node_id, &names, a.days).await?;
+        crate::cli::pki::init_site(&data_dir, &a.site, &node_id, &names, a.days, false).await?;
     let members = init_cluster(&config, &ca, &identity)
         .await
         .with_context(|| {
@@ -191,16 +190,11 @@ async fn init_cluster(
     identity: &certs::Identity,
 ) -> anyhow::Result<u64> {
     let tls = crate::service::tls::TlsMaterial::load(config)?;
-    let revocation = crate::service::tls::base_revocation();
-    let network = crate::service::raft_net::Network {
-        http: Arc::new(crate::service::raft_net::PeerHttp::new(
-            tls.roots.clone(),
-            tls.gateway.clone(),
-            &revocation,
-            config.api.source_address,
-            Duration::from_millis(config.raft.rpc_timeout_ms),
-        )?),
-    };
+    let network = crate::service::raft_net::Network::new(
+        config,
+        &tls,
+        &crate::service::tls::base_revocation(),
+    )?;
     let shutdown = CancellationToken::new();
     let node = crate::service::node::Node::start(config, network, shutdown.clone()).await?;
     let members = [(

@@ -488,15 +488,17 @@ async fn issue_gateway_cert(
     Ok(issued.identity)
 }
 
-/// `medledger init`'s CA part: the site root CA and this gateway's issuing CA in DATA_DIR/pki,
-/// and this gateway's certificate, not yet recorded in any ledger. Returns the issuing CA and
-/// the certificate's identity.
+/// The site root CA and this gateway's issuing CA in DATA_DIR/pki, and this gateway's
+/// certificate, recorded in DATA_DIR's single-node ledger with `record` (`ca init`) or not
+/// (`medledger init` records it in the replicated ledger it creates). Returns the issuing CA
+/// and the certificate's identity.
 pub(crate) async fn init_site(
     data_dir: &Path,
     site: &str,
     node_id: &str,
     names: &ServerNames,
     days: u32,
+    record: bool,
 ) -> anyhow::Result<(IssuingCa, certs::Identity)> {
     let pki = data_dir.join("pki");
     let ca = certs::init_site_ca(&pki, &CaInit::new(site.to_owned(), node_id.to_owned()))?;
@@ -509,7 +511,7 @@ pub(crate) async fn init_site(
         "root CA fingerprint sha256:{}",
         certs::identity::fingerprint(ca.root_der())
     );
-    let identity = issue_gateway_cert(data_dir, &ca, node_id, names, days, false).await?;
+    let identity = issue_gateway_cert(data_dir, &ca, node_id, names, days, record).await?;
     Ok((ca, identity))
 }
 
@@ -546,17 +548,7 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let ca = certs::init_site_ca(&pki, &CaInit::new(a.site.clone(), a.node_id.clone()))?;
-            println!(
-                "created the site root CA {} and this gateway's issuing CA {}",
-                ca.root_path().display(),
-                pki.join(certs::ca::ISSUING_CERT).display()
-            );
-            println!(
-                "root CA fingerprint sha256:{}",
-                certs::identity::fingerprint(ca.root_der())
-            );
-            issue_gateway_cert(&a.data_dir, &ca, &a.node_id, &a.server, a.days, true).await?;
+            init_site(&a.data_dir, &a.site, &a.node_id, &a.server, a.days, true).await?;
             println!(
                 "the root key {} can now be moved offline; it is needed only to sign other gateways' issuing CAs (`medledger ca sign-issuing`)",
                 pki.join(certs::ca::ROOT_KEY).display()

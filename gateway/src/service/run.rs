@@ -20,15 +20,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     // the drained requests still needed.
     let serving = CancellationToken::new();
     let shutdown = CancellationToken::new();
-    let network = crate::service::raft_net::Network {
-        http: Arc::new(crate::service::raft_net::PeerHttp::new(
-            tls.roots.clone(),
-            tls.gateway.clone(),
-            &revocation,
-            config.api.source_address,
-            Duration::from_millis(config.raft.rpc_timeout_ms),
-        )?),
-    };
+    let network = crate::service::raft_net::Network::new(&config, &tls, &revocation)?;
     let node = Node::start(&config, network, shutdown.clone()).await?;
     node.metrics.set_disk(node.disk.clone());
     let server_config = Arc::new(ReloadableServerConfig::new(
