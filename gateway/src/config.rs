@@ -52,10 +52,19 @@ pub struct NodeConfig {
     /// State directory: ledger, Raft log, keys, PKI.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Free space (MiB) kept under `data_dir`: below it the gateway refuses new writes (507)
+    /// so that its storage never meets a full disk mid-write; reads go on, and writes resume
+    /// by themselves once space is freed.
+    #[serde(default = "default_reserve_mb")]
+    pub reserve_mb: u64,
 }
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/medledger")
+}
+
+fn default_reserve_mb() -> u64 {
+    256
 }
 
 /// `[api]`: the HTTPS listener (staff API, Raft RPC between gateways, cluster administration).
@@ -427,6 +436,13 @@ impl Config {
         };
         if c.node.id == 0 {
             return Err(invalid("node.id", "must be a positive number".into()));
+        }
+        if c.node.reserve_mb == 0 {
+            return Err(invalid(
+                "node.reserve_mb",
+                "must be at least 1: a write that meets a full disk stops the ledger's storage"
+                    .into(),
+            ));
         }
         if let Some(h) = c.api.health_listen {
             if !h.ip().is_loopback() {

@@ -3,6 +3,7 @@ mod api;
 mod broker_crl;
 mod cluster;
 mod demo;
+mod disk;
 mod format;
 mod gateway_tls;
 mod hostile;

@@ -12,7 +12,7 @@ use medledger_tests::{bin, free_port};
 use serde_json::Value;
 
 /// A gateway with a health listener on a free loopback port; returns it and that address.
-fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
+pub(crate) fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
     let health = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::new(site, id, &format!("health_listen = \"{health}\""));
     (gw, health)
@@ -20,7 +20,7 @@ fn gateway_with_health(site: &Site, id: u64) -> (Gateway, String) {
 
 /// `GET http://{addr}{path}` on the plain health listener (HTTP/1.0 over a real TCP
 /// connection): status and body.
-async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -41,7 +41,7 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// `medledger status --config` of a gateway: exit code and output.
-async fn status_cmd(gw: &Gateway) -> (i32, String) {
+pub(crate) async fn status_cmd(gw: &Gateway) -> (i32, String) {
     let config = gw.config.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bin("medledger"))
@@ -107,13 +107,37 @@ async fn health_and_status_follow_membership_and_quorum() {
     );
     drop(lone);
 
-    // Three members: healthy, ready, and `medledger status` exits 0.
+    // Three members: healthy, ready, and `medledger status` exits 0. The first polls a
+    // simulated Modbus device, with a rule that raises an alarm at its first value.
+    let device = device_adapters::sim::SimDevice::new(
+        "vent-ops",
+        std::sync::Arc::new(
+            device_adapters::profile::builtin_profile("infusion-pump").expect("profile"),
+        ),
+    );
+    let sim = device_adapters::sim::ModbusSimServer::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        device,
+        None,
+    )
+    .await
+    .expect("modbus simulator");
+    let telemetry = format!(
+        "[[modbus]]\ndevice_id = \"vent-ops\"\naddress = \"{}\"\nprofile = \"infusion-pump\"\n\
+         poll_interval_ms = 200\n[[rules]]\nname = \"flow-below-ops\"\nkind = \"below\"\n\
+         metric = \"flow_rate\"\nlimit = 1000000.0\n",
+        sim.local_addr()
+    );
     let mut nodes = Vec::new();
     let mut health = Vec::new();
     for id in 1..=3 {
-        let (g, h) = gateway_with_health(&site, id);
-        nodes.push(g);
-        health.push(h);
+        let health_addr = format!("127.0.0.1:{}", free_port());
+        let mut extra = format!("health_listen = \"{health_addr}\"\n");
+        if id == 1 {
+            extra.push_str(&telemetry);
+        }
+        nodes.push(Gateway::new(&site, id, &extra));
+        health.push(health_addr);
     }
     let voters: Vec<(u64, String)> = nodes.iter().map(|g| (g.id, g.addr())).collect();
     let mut nodes = start_nodes(&site, nodes, &voters).await;
@@ -147,6 +171,80 @@ async fn health_and_status_follow_membership_and_quorum() {
             .expect("post");
         assert!(r.status().is_success(), "{}", r.status());
     }
+    // Refused TLS clients: a certificate from another CA (the client trusts this site's root),
+    // and none at all.
+    // (Another site's CA under other names: one with this site's names but another key is
+    // refused as a bad signature.)
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = certs::init_site_ca(
+        &other_dir.path().join("ca"),
+        &certs::CaInit::new("another hospital", "9"),
+    )
+    .expect("other site ca");
+    let issued = other
+        .issue(
+            &certs::CertSpec::staff("stranger", "stranger", StaffRole::Admin),
+            certs::Validity::days(2).expect("validity"),
+        )
+        .expect("stranger certificate");
+    let stranger_tls = certs::client_config(
+        &[site.ca.root_der().clone()],
+        &certs::CertifiedKey::from_pem(&issued.chain_pem, issued.key_pem.as_deref().expect("key"))
+            .expect("stranger key"),
+        &certs::RevocationPolicy::default(),
+        &[],
+    )
+    .expect("client config");
+    let stranger = reqwest::Client::builder()
+        .use_preconfigured_tls((*stranger_tls).clone())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    assert!(stranger
+        .get(format!("https://{}/v1/whoami", nodes[0].addr()))
+        .send()
+        .await
+        .is_err());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(site.ca.root_der().clone()).expect("root");
+    let no_cert = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let anonymous = reqwest::Client::builder()
+        .use_preconfigured_tls(no_cert)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    assert!(anonymous
+        .get(format!("https://{}/v1/whoami", nodes[0].addr()))
+        .send()
+        .await
+        .is_err());
+    // The rule's alarm is in the ledger (so it went through the outbox).
+    let biomed = site.staff_client("ops-biomed", StaffRole::Biomed);
+    eventually(
+        "the Modbus rule's alarm in the ledger",
+        Duration::from_secs(60),
+        || {
+            let (c, a) = (biomed.clone(), nodes[0].addr());
+            async move {
+                let h: Value = c
+                    .get(format!("https://{a}/v1/devices/vent-ops/history"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (h.to_string().contains("alarm")).then_some(())
+            }
+        },
+    )
+    .await;
     let (code, text) = get(&health[0], "/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     let lines = text.lines().map(|l| Ok(l.to_owned()));
@@ -202,6 +300,39 @@ async fn health_and_status_follow_membership_and_quorum() {
         "{text}"
     );
 
+    for (name, label) in [
+        (
+            "medledger_tls_handshakes_refused_total",
+            ("reason", "unknown_ca"),
+        ),
+        (
+            "medledger_tls_handshakes_refused_total",
+            ("reason", "no_certificate"),
+        ),
+        ("medledger_telemetry_samples_total", ("adapter", "modbus")),
+        (
+            "medledger_telemetry_rule_events_total",
+            ("rule", "flow-below-ops"),
+        ),
+    ] {
+        assert!(
+            value(name, Some(label)).is_some_and(|v| v >= 1.0),
+            "{name}{label:?} not counted: {text}"
+        );
+    }
+    for name in [
+        "medledger_outbox_events",
+        "medledger_outbox_max_bytes",
+        "medledger_disk_free_bytes",
+        "medledger_disk_reserve_bytes",
+    ] {
+        assert!(value(name, None).is_some(), "{name} missing: {text}");
+    }
+    assert!(
+        value("medledger_outbox_max_bytes", None).is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+
     // Two of three voters gone: the last one has no quorum, and says so.
     nodes[0].kill();
     nodes[1].kill();
@@ -251,4 +382,148 @@ async fn health_and_status_follow_membership_and_quorum() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
+}
+
+/// Runs `line` (a command `medledger init` printed) with `sh`, the built `medledger` first on
+/// the PATH: status and output.
+fn sh(line: &str) -> (i32, String) {
+    let dir = bin("medledger")
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("sh")
+        .args(["-c", line])
+        .env("PATH", path)
+        .output()
+        .expect("sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The text of the printed next step that starts with `label`, up to `until` (or the line's
+/// end).
+fn step<'a>(out: &'a str, label: &str, until: &str) -> &'a str {
+    let line = out
+        .lines()
+        .find_map(|l| l.split_once(label).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no next step {label:?} in: {out}"));
+    line.split(until).next().unwrap_or(line).trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_makes_a_site_that_runs_and_refuses_to_overwrite_it() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("gateway.toml");
+    let health = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = 1\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{}\"\nhealth_listen = \"{health}\"\n",
+            data.display(),
+            free_port()
+        ),
+    )
+    .expect("config");
+    let init = format!(
+        "medledger init --config {} --site \"Init Test Hospital\"",
+        config.display()
+    );
+    let (code, out) = sh(&init);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("next steps:"), "{out}");
+    let cert = std::fs::read(data.join("pki/gateway.crt")).expect("gateway.crt");
+
+    // A second init refuses, says why, and leaves the site as it was.
+    let (code, again) = sh(&init);
+    assert_eq!(code, 73, "{again}");
+    assert!(
+        again.contains("already holds a site") && again.contains("refusing to overwrite"),
+        "{again}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("pki/gateway.crt")).expect("gateway.crt"),
+        cert
+    );
+
+    // The printed next steps, as printed: run, status, a staff certificate, a write.
+    let run = step(&out, "start the gateway: ", "\n");
+    assert!(run.starts_with("medledger run --config"), "{out}");
+    let dir = bin("medledger");
+    let args: Vec<&str> = run.split_whitespace().skip(1).collect();
+    let _gateway = medledger_tests::ChildGuard(
+        Command::new(&dir)
+            .args(&args)
+            .env("RUST_LOG", "warn,medledger=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("gateway.log")).expect("log file"))
+            .spawn()
+            .expect("medledger run"),
+    );
+    let status = step(&out, "check it: ", "   (").to_owned();
+    eventually("medledger status OK", Duration::from_secs(60), || {
+        let status = status.clone();
+        async move {
+            let (code, text) = tokio::task::spawn_blocking(move || sh(&status))
+                .await
+                .expect("join");
+            (code == 0).then_some(text)
+        }
+    })
+    .await;
+    let (code, body) = get(&health, "/readyz").await.expect("readyz");
+    assert_eq!(code, 200, "{body}");
+    let issue = step(&out, "issue staff certificates: ", "\n")
+        .replace("--id ID", "--id jo")
+        .replace("\"NAME\"", "\"Jo Doe\"")
+        .replace(
+            "--out ID",
+            &format!("--out {}", tmp.path().join("jo").display()),
+        );
+    let (code, text) = sh(&issue);
+    assert_eq!(code, 0, "{issue}: {text}");
+    let chain = std::fs::read_to_string(tmp.path().join("jo.crt")).expect("jo.crt");
+    let key = std::fs::read_to_string(tmp.path().join("jo.key")).expect("jo.key");
+    let root = std::fs::read(data.join("pki/root.crt")).expect("root.crt");
+    let roots: Vec<_> = rustls_pemfile_roots(&root);
+    let tls = certs::client_config(
+        &roots,
+        &certs::CertifiedKey::from_pem(&chain, &key).expect("staff key"),
+        &certs::RevocationPolicy::default(),
+        &[],
+    )
+    .expect("client config");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let listen = std::fs::read_to_string(&config)
+        .expect("config")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("listen = \"")
+                .map(|r| r.trim_end_matches('"').to_owned())
+        })
+        .expect("listen");
+    let r = client
+        .post(format!("https://{listen}/v1/events"))
+        .json(&serde_json::json!({"kind": "inspection", "device_id": "pump-init"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+}
+
+/// The certificates of a PEM file, DER.
+fn rustls_pemfile_roots(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("root pem")
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod init;
 pub mod ledger;
 pub mod pki;
 pub mod registry;
@@ -42,6 +43,10 @@ enum Cmd {
     /// Verify an export or a receipt offline: every hash, signature, commitment and the Merkle
     /// root against the signed tree head. Exit 0 when valid, 1 otherwise.
     Verify(VerifyArgs),
+    /// Make a new site from this gateway's configuration file: the site root CA, this gateway's
+    /// issuing CA and certificate, and the ledger initialised as a cluster of this gateway.
+    /// Refuses a data directory that already holds a site.
+    Init(init::InitArgs),
     /// Run the gateway service (HTTPS API, Raft replication) with a configuration file
     /// (commented example: systemd/gateway.toml).
     Run {
@@ -176,6 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(64))
             }
         },
+        Cmd::Init(a) => init::run(a).await,
         Cmd::Ca(c) => pki::run_ca(c).await,
         Cmd::Cert(c) => pki::run_cert(c).await,
         Cmd::Device(c) => pki::run_device(c).await,

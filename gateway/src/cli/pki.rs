@@ -435,14 +435,16 @@ fn fmt_time(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-/// Issues this gateway's own certificate into DATA_DIR/pki/gateway.crt/.key and records it.
+/// Issues this gateway's own certificate into DATA_DIR/pki/gateway.crt/.key and, with `record`,
+/// records it (`medledger init` records it itself, in the replicated ledger it creates).
 async fn issue_gateway_cert(
     data_dir: &Path,
     ca: &IssuingCa,
     node_id: &str,
     names: &ServerNames,
     days: u32,
-) -> anyhow::Result<()> {
+    record: bool,
+) -> anyhow::Result<certs::Identity> {
     let pki = data_dir.join("pki");
     let (cert, key) = (pki.join("gateway.crt"), pki.join("gateway.key"));
     for p in [&cert, &key] {
@@ -455,13 +457,19 @@ async fn issue_gateway_cert(
     }
     let spec = CertSpec::Gateway(server_spec(node_id, names));
     spec.validate()?;
-    let sink = Ctx {
-        data_dir: data_dir.to_path_buf(),
-        pki_dir: pki.clone(),
-        config: None,
-    }
-    .sink()
-    .await;
+    let sink = if record {
+        Some(
+            Ctx {
+                data_dir: data_dir.to_path_buf(),
+                pki_dir: pki.clone(),
+                config: None,
+            }
+            .sink()
+            .await,
+        )
+    } else {
+        None
+    };
     let issued = ca.issue(&spec, Validity::days(days)?)?;
     issued.write_files(&cert, &key)?;
     println!(
@@ -473,7 +481,8 @@ async fn issue_gateway_cert(
         key.display()
     );
     match sink {
-        Ok(sink) => {
+        None => {}
+        Some(Ok(sink)) => {
             let r = sink
                 .record(revocation::issued_event(&issued.identity, ca))
                 .await?;
@@ -481,9 +490,36 @@ async fn issue_gateway_cert(
         }
         // e.g. a fresh issuing CA installed on a cluster member: the issuance stays in
         // pki/issued.jsonl and can be recorded through the API later
-        Err(e) => println!("note: the issuance was not recorded in a ledger: {e:#}"),
+        Some(Err(e)) => println!("note: the issuance was not recorded in a ledger: {e:#}"),
     }
-    Ok(())
+    Ok(issued.identity)
+}
+
+/// The site root CA and this gateway's issuing CA in DATA_DIR/pki, and this gateway's
+/// certificate, recorded in DATA_DIR's single-node ledger with `record` (`ca init`) or not
+/// (`medledger init` records it in the replicated ledger it creates). Returns the issuing CA
+/// and the certificate's identity.
+pub(crate) async fn init_site(
+    data_dir: &Path,
+    site: &str,
+    node_id: &str,
+    names: &ServerNames,
+    days: u32,
+    record: bool,
+) -> anyhow::Result<(IssuingCa, certs::Identity)> {
+    let pki = data_dir.join("pki");
+    let ca = certs::init_site_ca(&pki, &CaInit::new(site.to_owned(), node_id.to_owned()))?;
+    println!(
+        "created the site root CA {} and this gateway's issuing CA {}",
+        ca.root_path().display(),
+        pki.join(certs::ca::ISSUING_CERT).display()
+    );
+    println!(
+        "root CA fingerprint sha256:{}",
+        certs::identity::fingerprint(ca.root_der())
+    );
+    let identity = issue_gateway_cert(data_dir, &ca, node_id, names, days, record).await?;
+    Ok((ca, identity))
 }
 
 pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
@@ -519,17 +555,7 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let ca = certs::init_site_ca(&pki, &CaInit::new(a.site.clone(), a.node_id.clone()))?;
-            println!(
-                "created the site root CA {} and this gateway's issuing CA {}",
-                ca.root_path().display(),
-                pki.join(certs::ca::ISSUING_CERT).display()
-            );
-            println!(
-                "root CA fingerprint sha256:{}",
-                certs::identity::fingerprint(ca.root_der())
-            );
-            issue_gateway_cert(&a.data_dir, &ca, &a.node_id, &a.server, a.days).await?;
+            init_site(&a.data_dir, &a.site, &a.node_id, &a.server, a.days, true).await?;
             println!(
                 "the root key {} can now be moved offline; it is needed only to sign other gateways' issuing CAs (`medledger ca sign-issuing`)",
                 pki.join(certs::ca::ROOT_KEY).display()
@@ -586,7 +612,7 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
             };
             let ca = certs::install_issuing_ca(&pki, &cert_pem, &read(&root)?)?;
             println!("installed this gateway's issuing CA in {}", pki.display());
-            issue_gateway_cert(&data_dir, &ca, &node_id, &server, 825).await?;
+            issue_gateway_cert(&data_dir, &ca, &node_id, &server, 825, true).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

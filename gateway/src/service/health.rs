@@ -57,6 +57,8 @@ impl HealthReport {
 #[derive(Debug, Clone)]
 pub struct Inputs {
     pub data_dir: PathBuf,
+    /// `[node] reserve_mb` in bytes: below it writes are refused (critical).
+    pub disk_reserve: u64,
     /// This gateway's CRL file, rewritten by the revocation watcher; `None` for a gateway without
     /// an issuing CA, which signs no CRL.
     pub crl_path: Option<PathBuf>,
@@ -70,9 +72,9 @@ pub struct Inputs {
 pub const MAX_APPLY_LAG: u64 = 10_000;
 /// Certificates expiring within this many days are a warning.
 pub const CERT_WARN_DAYS: i64 = 30;
-/// Free space under which the data directory's disk is a warning, and critical.
+/// Free space under which the data directory's disk is a warning (also always under twice the
+/// reserve); under the reserve (`[node] reserve_mb`) it is critical: writes are refused.
 pub const DISK_WARN_BYTES: u64 = 2 * 1024 * 1024 * 1024;
-pub const DISK_CRITICAL_BYTES: u64 = 256 * 1024 * 1024;
 /// A CRL not rewritten for this long means the watcher is stuck (it rewrites it daily).
 pub const CRL_MAX_AGE: Duration = Duration::from_secs(2 * 24 * 3600);
 
@@ -183,22 +185,37 @@ pub fn evaluate(
     // Disk.
     match fs2::available_space(&inputs.data_dir) {
         Ok(free) => {
-            let level = if free < DISK_CRITICAL_BYTES {
-                Critical
-            } else if free < DISK_WARN_BYTES {
-                Warning
+            let mib = |b: u64| b / (1024 * 1024);
+            let reserve = inputs.disk_reserve;
+            let (level, detail) = if free < reserve {
+                ready = false;
+                (
+                    Critical,
+                    format!(
+                        "{} MiB free under {}, below the write reserve of {} MiB: writes are \
+                         refused until space is freed (reads go on)",
+                        mib(free),
+                        inputs.data_dir.display(),
+                        mib(reserve)
+                    ),
+                )
+            } else if free < DISK_WARN_BYTES.max(reserve.saturating_mul(2)) {
+                (
+                    Warning,
+                    format!(
+                        "{} MiB free under {} (writes are refused below {} MiB)",
+                        mib(free),
+                        inputs.data_dir.display(),
+                        mib(reserve)
+                    ),
+                )
             } else {
-                Level::Ok
+                (
+                    Level::Ok,
+                    format!("{} MiB free under {}", mib(free), inputs.data_dir.display()),
+                )
             };
-            checks.push(check(
-                "disk",
-                level,
-                format!(
-                    "{} MiB free under {}",
-                    free / (1024 * 1024),
-                    inputs.data_dir.display()
-                ),
-            ));
+            checks.push(check("disk", level, detail));
         }
         Err(e) => checks.push(check(
             "disk",

@@ -34,6 +34,24 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdapterLabel {
+    adapter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// Reads the outbox's size at a scrape: (events, bytes, bound in bytes).
+type OutboxProbe = Box<dyn Fn() -> (u64, u64, u64) + Send + Sync>;
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +69,18 @@ pub struct Metrics {
     snapshot_index: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     cert_expiry: Family<IdentityLabel, Gauge>,
+    tls_refused: Family<ReasonLabel, Counter>,
+    ingest: Family<AdapterLabel, Counter>,
+    rule_events: Family<RuleLabel, Counter>,
+    outbox_events: Gauge,
+    outbox_bytes: Gauge,
+    outbox_max_bytes: Gauge,
+    disk_free: Gauge,
+    disk_reserve: Gauge,
+    /// Set by telemetry when it runs; no outbox gauges without it.
+    outbox_probe: std::sync::OnceLock<OutboxProbe>,
+    /// The data directory's free-space reserve, read at each scrape.
+    disk: std::sync::OnceLock<std::sync::Arc<crate::service::disk::DiskGuard>>,
     /// The snapshot index last seen, and when it was first seen (Unix seconds).
     snapshot_seen: Mutex<(Option<u64>, i64)>,
 }
@@ -128,6 +158,57 @@ impl Metrics {
             "Unix time at which a certificate this gateway presents or trusts expires",
             cert_expiry.clone(),
         );
+        let tls_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS clients refused on the mutual-TLS listener, by reason (unknown_ca, revoked, \
+             expired, not_yet_valid, revocation_unknown, bad_signature, wrong_role, \
+             no_certificate, timeout, \
+             client_alert, other)",
+            tls_refused.clone(),
+        );
+        let ingest = Family::<AdapterLabel, Counter>::default();
+        registry.register(
+            "telemetry_samples",
+            "Telemetry values that went through the rules, by adapter (mqtt, modbus)",
+            ingest.clone(),
+        );
+        let rule_events = Family::<RuleLabel, Counter>::default();
+        registry.register(
+            "telemetry_rule_events",
+            "Events the telemetry rules raised (written to the outbox), by rule",
+            rule_events.clone(),
+        );
+        let outbox_events = Gauge::default();
+        registry.register(
+            "outbox_events",
+            "Rule events in the telemetry outbox, waiting for the ledger",
+            outbox_events.clone(),
+        );
+        let outbox_bytes = Gauge::default();
+        registry.register(
+            "outbox_bytes",
+            "Bytes in the telemetry outbox",
+            outbox_bytes.clone(),
+        );
+        let outbox_max_bytes = Gauge::default();
+        registry.register(
+            "outbox_max_bytes",
+            "The telemetry outbox's bound in bytes (telemetry.outbox_max_bytes)",
+            outbox_max_bytes.clone(),
+        );
+        let disk_free = Gauge::default();
+        registry.register(
+            "disk_free_bytes",
+            "Bytes available under the data directory",
+            disk_free.clone(),
+        );
+        let disk_reserve = Gauge::default();
+        registry.register(
+            "disk_reserve_bytes",
+            "Free space under which writes are refused (node.reserve_mb)",
+            disk_reserve.clone(),
+        );
         Self {
             registry,
             commit_latency,
@@ -142,6 +223,16 @@ impl Metrics {
             snapshot_index,
             snapshot_age,
             cert_expiry,
+            tls_refused,
+            ingest,
+            rule_events,
+            outbox_events,
+            outbox_bytes,
+            outbox_max_bytes,
+            disk_free,
+            disk_reserve,
+            outbox_probe: std::sync::OnceLock::new(),
+            disk: std::sync::OnceLock::new(),
             snapshot_seen: Mutex::new((None, now_s())),
         }
     }
@@ -164,9 +255,61 @@ impl Metrics {
             .set(not_after_unix);
     }
 
+    /// Counts a TLS client refused at the handshake; `reason` is the refusal's text, sorted
+    /// into a few kinds by [`refusal_kind`].
+    pub fn tls_refused(&self, reason: &str) {
+        self.tls_refused
+            .get_or_create(&ReasonLabel {
+                reason: refusal_kind(reason).to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` telemetry values from `adapter` (`mqtt`, `modbus`).
+    pub fn ingested(&self, adapter: &str, n: u64) {
+        self.ingest
+            .get_or_create(&AdapterLabel {
+                adapter: adapter.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts an event raised by the telemetry rule `rule`.
+    pub fn rule_event(&self, rule: &str) {
+        self.rule_events
+            .get_or_create(&RuleLabel {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How to read the outbox's size at each scrape (telemetry sets it when it starts).
+    pub fn set_outbox_probe(&self, probe: impl Fn() -> (u64, u64, u64) + Send + Sync + 'static) {
+        let _ = self.outbox_probe.set(Box::new(probe));
+    }
+
+    /// The data directory's guard, read at each scrape.
+    pub fn set_disk(&self, disk: std::sync::Arc<crate::service::disk::DiskGuard>) {
+        let _ = self.disk.set(disk);
+    }
+
     /// The metrics in the Prometheus text format, with the gauges set from `s` (the node's
     /// status now).
     pub fn render(&self, s: &ClusterStatus) -> String {
+        if let Some(probe) = self.outbox_probe.get() {
+            let (events, bytes, max) = probe();
+            let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.outbox_events.set(g(events));
+            self.outbox_bytes.set(g(bytes));
+            self.outbox_max_bytes.set(g(max));
+        }
+        if let Some(disk) = self.disk.get() {
+            if let Ok(free) = disk.free() {
+                self.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
+            }
+            self.disk_reserve
+                .set(i64::try_from(disk.reserve()).unwrap_or(i64::MAX));
+        }
         self.ledger_size
             .set(i64::try_from(s.ledger_size).unwrap_or(i64::MAX));
         self.last_applied.set(
@@ -220,6 +363,86 @@ impl Default for Metrics {
     }
 }
 
+/// Sorts a TLS refusal (the text of rustls's error, or of the identity check after it) into a
+/// label value with few values, so that a scanner cannot grow the series without bound.
+pub fn refusal_kind(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("unknownissuer") {
+        "unknown_ca"
+    } else if r.contains("revocationlist") || r.contains("unknownrevocationstatus") {
+        "revocation_unknown"
+    } else if r.contains("revoked") {
+        "revoked"
+    } else if r.contains("expired") {
+        "expired"
+    } else if r.contains("notvalidyet") || r.contains("not valid yet") {
+        "not_yet_valid"
+    } else if r.contains("badsignature") {
+        // A chain that names a trusted CA but was not signed by it (an impostor CA).
+        "bad_signature"
+    } else if r.contains("wrong certificate profile") {
+        "wrong_role"
+    } else if r.contains("no certificate") {
+        "no_certificate"
+    } else if r.contains("timed out") {
+        "timeout"
+    } else if r.contains("received fatal alert") {
+        // The client gave up on us (e.g. it does not trust this gateway's certificate).
+        "client_alert"
+    } else {
+        "other"
+    }
+}
+
 fn now_s() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_kind;
+
+    #[test]
+    fn refusals_sort_into_few_kinds() {
+        for (text, kind) in [
+            (
+                "handshake failed: invalid peer certificate: UnknownIssuer",
+                "unknown_ca",
+            ),
+            (
+                "handshake failed: invalid peer certificate: Revoked",
+                "revoked",
+            ),
+            (
+                "handshake failed: invalid peer certificate: certificate expired: verification \
+                 time 2 (UNIX), but certificate is not valid after 1 (1 seconds ago)",
+                "expired",
+            ),
+            (
+                "handshake failed: invalid peer certificate: ExpiredRevocationList",
+                "revocation_unknown",
+            ),
+            (
+                "wrong certificate profile: expected gateway, staff, device, got service (x)",
+                "wrong_role",
+            ),
+            (
+                "handshake failed: peer sent no certificates",
+                "no_certificate",
+            ),
+            ("peer sent no certificate", "no_certificate"),
+            ("handshake timed out", "timeout"),
+            (
+                "handshake failed: invalid peer certificate: BadSignature",
+                "bad_signature",
+            ),
+            (
+                "handshake failed: received fatal alert: UnknownCA",
+                "client_alert",
+            ),
+            ("handshake failed: received corrupt message", "other"),
+        ] {
+            assert_eq!(refusal_kind(text), kind, "{text}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! ([`raft_net`]) and enrollment ([`enroll`]), and the ledger-driven [`revocation`] watcher.
 
 pub mod api;
+pub mod disk;
 pub mod enroll;
 pub mod health;
 pub mod limits;

@@ -33,9 +33,26 @@ pub enum WriteError {
     /// Raft or storage failed.
     #[error("write failed: {0}")]
     Failed(String),
+    /// This gateway's (or the leader's) data directory is below its free-space reserve.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 type Reply = oneshot::Sender<Result<ApplyOutcome, WriteError>>;
+
+/// Why forwarding a batch to the leader failed.
+enum Forwarded {
+    /// The leader refused it: its disk is below the reserve (the problem's detail).
+    DiskFull(String),
+    /// The leader could not be reached, or answered otherwise (retried while time is left).
+    Other(anyhow::Error),
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Forwarded {
+    fn from(e: E) -> Self {
+        Forwarded::Other(e.into())
+    }
+}
 
 /// A running node.
 pub struct Node {
@@ -53,6 +70,8 @@ pub struct Node {
     pub health: std::sync::OnceLock<crate::service::health::Inputs>,
     /// The device registry derived from the ledger (`service::registry`).
     pub registry: Arc<crate::service::registry::Registry>,
+    /// The data directory's free-space reserve, checked before every write is stored.
+    pub disk: Arc<crate::service::disk::DiskGuard>,
     proposals: mpsc::Sender<(Command, Reply)>,
     write_timeout: Duration,
 }
@@ -106,6 +125,10 @@ impl Node {
             metrics: Arc::new(crate::service::metrics::Metrics::new()),
             health: std::sync::OnceLock::new(),
             registry: Default::default(),
+            disk: Arc::new(crate::service::disk::DiskGuard::new(
+                dir,
+                config.node.reserve_mb,
+            )),
             proposals: tx,
             write_timeout: Duration::from_secs(10),
         });
@@ -143,12 +166,17 @@ impl Node {
     /// Submits a prepared command and waits until it is committed by a quorum and applied.
     pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, WriteError> {
         let started = Instant::now();
-        let (reply, rx) = oneshot::channel();
-        self.proposals
-            .send((cmd, reply))
-            .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        let r = rx.await.map_err(|_| WriteError::ShuttingDown)?;
+        let r = match self.disk.check() {
+            Err(full) => Err(WriteError::DiskFull(full.to_string())),
+            Ok(()) => {
+                let (reply, rx) = oneshot::channel();
+                self.proposals
+                    .send((cmd, reply))
+                    .await
+                    .map_err(|_| WriteError::ShuttingDown)?;
+                rx.await.map_err(|_| WriteError::ShuttingDown)?
+            }
+        };
         self.metrics
             .commit_latency
             .observe(started.elapsed().as_secs_f64());
@@ -162,8 +190,14 @@ impl Node {
             Err(WriteError::ShuttingDown) => "shutting_down",
             Err(WriteError::Refused(_)) => "refused",
             Err(WriteError::Failed(_)) => "failed",
+            Err(WriteError::DiskFull(_)) => "disk_full",
         });
         r
+    }
+
+    /// The data directory.
+    pub fn disk_dir(&self) -> std::path::PathBuf {
+        self.disk.dir().to_owned()
     }
 
     /// This gateway's health now (`/healthz`, `/cluster/health`, `medledger status`).
@@ -200,7 +234,15 @@ impl Node {
                         (Some(id), Some(n)) if id != self.id => {
                             match self.forward(&n, &req).await {
                                 Ok(outcomes) => return Ok(outcomes),
-                                Err(e) => {
+                                // The leader's disk is below its reserve: retrying does not
+                                // help until space is freed there.
+                                Err(Forwarded::DiskFull(detail)) => {
+                                    return Err(WriteError::DiskFull(format!(
+                                        "leader {id} at {}: {detail}",
+                                        n.addr
+                                    )))
+                                }
+                                Err(Forwarded::Other(e)) => {
                                     last = format!("forwarding to leader {id} at {}: {e}", n.addr)
                                 }
                             }
@@ -222,7 +264,7 @@ impl Node {
         &self,
         leader: &BasicNode,
         req: &RaftRequest,
-    ) -> anyhow::Result<Vec<ApplyOutcome>> {
+    ) -> Result<Vec<ApplyOutcome>, Forwarded> {
         let resp = self
             .peers
             .get()
@@ -235,8 +277,16 @@ impl Node {
             .send()
             .await?;
         let status = resp.status();
+        if status == reqwest::StatusCode::INSUFFICIENT_STORAGE {
+            let problem: serde_json::Value = resp.json().await.unwrap_or_default();
+            let detail = problem["detail"].as_str().unwrap_or("insufficient storage");
+            return Err(Forwarded::DiskFull(detail.to_owned()));
+        }
         if !status.is_success() {
-            anyhow::bail!("{status}: {}", resp.text().await.unwrap_or_default());
+            return Err(Forwarded::Other(anyhow::anyhow!(
+                "{status}: {}",
+                resp.text().await.unwrap_or_default()
+            )));
         }
         let r: RaftResponse = crate::service::raft_net::decode(&resp.bytes().await?)?;
         Ok(r.outcomes)
@@ -441,6 +491,14 @@ async fn snapshot_policy(node: Arc<Node>, rule: SnapshotRule, shutdown: Cancella
         let logs_since = next_index(applied).saturating_sub(next_index(snapshot));
         let events_since = node.store.size().saturating_sub(events_at_snapshot);
         if rule.due(logs_since, events_since, events_at_snapshot) {
+            // A snapshot is a copy of the ledger written beside it; building one on a disk
+            // without room for it would meet ENOSPC inside the state machine, which openraft
+            // treats as fatal. Wait for room instead (checked again at the next change).
+            let need = snapshot_estimate(&node);
+            if let Err(full) = node.disk.check_room(need) {
+                tracing::warn!(needed_bytes = need, "snapshot postponed: {full}");
+                continue;
+            }
             tracing::info!(
                 logs_since,
                 events_since,
@@ -452,6 +510,20 @@ async fn snapshot_policy(node: Arc<Node>, rule: SnapshotRule, shutdown: Cancella
             }
             requested = Some(Instant::now());
         }
+    }
+}
+
+/// About how many bytes the next snapshot takes: twice the last one (the ledger grew since, by
+/// `snapshot_growth_percent` by default 50 %), or the sled database's size when there is none
+/// yet (an overestimate: it holds the Raft log too).
+fn snapshot_estimate(node: &Node) -> u64 {
+    let dir = &node.disk_dir();
+    let len = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    let last = len(dir.join("raft-snapshot.bin"));
+    if last > 0 {
+        last.saturating_mul(2)
+    } else {
+        len(dir.join("sled").join("db"))
     }
 }
 

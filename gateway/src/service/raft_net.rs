@@ -72,6 +72,25 @@ pub struct Network {
     pub http: std::sync::Arc<PeerHttp>,
 }
 
+impl Network {
+    /// The Raft network of a gateway of `config`, with its TLS material.
+    pub fn new(
+        config: &crate::config::Config,
+        tls: &crate::service::tls::TlsMaterial,
+        revocation: &certs::RevocationPolicy,
+    ) -> anyhow::Result<Self> {
+        Ok(Network {
+            http: std::sync::Arc::new(PeerHttp::new(
+                tls.roots.clone(),
+                tls.gateway.clone(),
+                revocation,
+                config.api.source_address,
+                Duration::from_millis(config.raft.rpc_timeout_ms),
+            )?),
+        })
+    }
+}
+
 /// An HTTPS client with our TLS configuration.
 pub fn http_client(
     tls: rustls::ClientConfig,

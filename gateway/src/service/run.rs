@@ -20,16 +20,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     // the drained requests still needed.
     let serving = CancellationToken::new();
     let shutdown = CancellationToken::new();
-    let network = crate::service::raft_net::Network {
-        http: Arc::new(crate::service::raft_net::PeerHttp::new(
-            tls.roots.clone(),
-            tls.gateway.clone(),
-            &revocation,
-            config.api.source_address,
-            Duration::from_millis(config.raft.rpc_timeout_ms),
-        )?),
-    };
+    let network = crate::service::raft_net::Network::new(&config, &tls, &revocation)?;
     let node = Node::start(&config, network, shutdown.clone()).await?;
+    node.metrics.set_disk(node.disk.clone());
     let server_config = Arc::new(ReloadableServerConfig::new(
         tls.roots.clone(),
         tls.gateway.clone(),
@@ -97,11 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         router,
         revoked,
         config.api.clone(),
+        node.metrics.clone(),
         serving.clone(),
     ));
     let node_for_health = node.clone();
     let _ = node.health.set(crate::service::health::Inputs {
         data_dir: config.node.data_dir.clone(),
+        disk_reserve: node.disk.reserve(),
         crl_path: crate::service::revocation::load_ca(&config.tls.pki_dir)
             .ok()
             .flatten()
@@ -132,7 +127,17 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         node.clone(),
         shutdown.clone(),
     ));
-    wait_for_signal().await;
+    // A storage error stops the Raft core for good (sled keeps a failed write as a global error
+    // until the database is reopened): exit non-zero so that systemd restarts the gateway on a
+    // reopened store, rather than serve on with a dead core. The disk reserve is there so that
+    // a full disk never gets this far.
+    let exit = tokio::select! {
+        _ = wait_for_signal() => ExitCode::SUCCESS,
+        fatal = raft_stopped(&node) => {
+            tracing::error!(error = %fatal, "the Raft core stopped; exiting so that the gateway restarts on a reopened store");
+            ExitCode::from(70)
+        }
+    };
     crate::service::notify::stopping("stopping: finishing requests in flight");
     tracing::info!("stopping: no new connections, finishing requests in flight");
     serving.cancel();
@@ -153,7 +158,20 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
     tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(exit)
+}
+
+/// Returns once the Raft core has stopped with a fatal error (storage failed, or a panic in it).
+async fn raft_stopped(node: &Node) -> String {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft core ended".into();
+        }
+    }
 }
 
 async fn wait_for_signal() {

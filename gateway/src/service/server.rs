@@ -64,6 +64,7 @@ pub async fn serve_mtls(
     router: Router,
     revoked: RevokedSerials,
     api: ApiConfig,
+    metrics: Arc<crate::service::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
     let timeouts = Timeouts::from_config(&api);
@@ -98,6 +99,7 @@ pub async fn serve_mtls(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
         let warn = warn.clone();
@@ -109,6 +111,7 @@ pub async fn serve_mtls(
                         certs::Error::PeerRefused { reason, .. } => reason,
                         other => other.to_string(),
                     };
+                    metrics.tls_refused(&reason);
                     if let Some(left_out) = warn.allow(&addr.ip().to_string(), "handshake") {
                         tracing::warn!(peer = %addr, %reason, left_out, "tls client refused");
                     }

@@ -31,6 +31,7 @@ use crate::service::server::Peer;
         (status = 415, description = "Not application/json", body = super::Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape, or refused by the ledger", body = super::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No leader reachable", body = super::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "This gateway's or the leader's disk is below its free-space reserve ([node] reserve_mb); reads go on", body = super::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn append_event(
     State(node): State<Arc<Node>>,

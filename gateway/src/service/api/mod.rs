@@ -45,6 +45,7 @@ impl From<WriteError> for ApiError {
             WriteError::NoLeader(_) | WriteError::ShuttingDown => ApiError::unavailable(e),
             WriteError::Refused(_) => ApiError::conflict(e),
             WriteError::Failed(_) => ApiError::internal(e),
+            WriteError::DiskFull(_) => ApiError::insufficient_storage(e),
         }
     }
 }

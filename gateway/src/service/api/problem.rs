@@ -65,6 +65,10 @@ impl ApiError {
     pub fn conflict(detail: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::CONFLICT, detail.to_string())
     }
+    /// The data directory is below its free-space reserve (logged once by the disk guard).
+    pub fn insufficient_storage(detail: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, detail.to_string())
+    }
     /// A fault of this gateway; logged, and named to the caller.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");

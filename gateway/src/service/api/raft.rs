@@ -36,6 +36,11 @@ pub async fn append(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: AppendEntriesRequest<TypeConfig> = parse(&body)?;
+    // Entries are refused (nothing stored, nothing acknowledged; the leader retries) while this
+    // follower's disk is below its reserve; heartbeats still pass, so it keeps its leader.
+    if !req.entries.is_empty() {
+        node.disk.check().map_err(ApiError::insufficient_storage)?;
+    }
     msgpack(&node.raft.append_entries(req).await)
 }
 
@@ -70,6 +75,9 @@ pub async fn snapshot(
             ApiError::bad(format!("bad snapshot metadata header: {e}"))
                 .at(raft_net::SNAPSHOT_HEADER)
         })?;
+    node.disk
+        .check_room(body.len() as u64)
+        .map_err(ApiError::insufficient_storage)?;
     req.data = body.to_vec();
     msgpack(&node.raft.install_snapshot(req).await)
 }
@@ -78,12 +86,15 @@ pub async fn snapshot(
 #[utoipa::path(post, path = "/raft/forward", tag = "raft",
     request_body(content = Vec<u8>, content_type = "application/msgpack"),
     responses((status = 200, description = "The commands' outcomes", body = Vec<u8>, content_type = "application/msgpack"),
-              (status = 503, description = "Not the leader (any more)", body = super::Problem, content_type = "application/problem+json")))]
+              (status = 503, description = "Not the leader (any more)", body = super::Problem, content_type = "application/problem+json"),
+              (status = 507, description = "The leader's disk is below its free-space reserve", body = super::Problem, content_type = "application/problem+json")))]
 pub async fn forward(
     State(node): State<Arc<Node>>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: RaftRequest = parse(&body)?;
+    // The leader stores what it takes: refused while its disk is below the reserve.
+    node.disk.check().map_err(ApiError::insufficient_storage)?;
     match node.raft.client_write(req).await {
         Ok(r) => msgpack::<RaftResponse>(&r.data),
         Err(e) => Err(ApiError::unavailable(e)),

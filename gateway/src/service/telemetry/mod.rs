@@ -124,6 +124,11 @@ pub struct TelemetryService {
     pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
     adapters: std::sync::Mutex<AdapterStats>,
+    /// The data directory's free-space reserve, shared with the ledger: the outbox waits
+    /// below it.
+    disk: Arc<crate::service::disk::DiskGuard>,
+    /// Prometheus: ingest by adapter, rule events by rule.
+    metrics: Arc<crate::service::metrics::Metrics>,
 }
 
 impl TelemetryService {
@@ -241,6 +246,13 @@ pub async fn start(
         outbox,
         counters,
         adapters: std::sync::Mutex::new(AdapterStats::default()),
+        disk: node.disk.clone(),
+        metrics: node.metrics.clone(),
+    });
+    let probe = service.outbox.clone();
+    node.metrics.set_outbox_probe(move || {
+        let s = probe.stats();
+        (s.events, s.bytes, s.max_bytes)
     });
     // The first generation's errors stop the start (exit naming the field); a reload's only
     // refuse the reload.
@@ -515,6 +527,8 @@ fn spawn_generation(
     );
     let pipeline = Pipeline {
         engine,
+        disk: service.disk.clone(),
+        metrics: service.metrics.clone(),
         outbox: service.outbox.clone(),
         recent: service.recent.clone(),
         counters: service.counters.clone(),
@@ -540,6 +554,9 @@ enum Stop {
 
 struct Pipeline {
     engine: Engine,
+    /// The outbox shares the data directory's reserve with the ledger.
+    disk: Arc<crate::service::disk::DiskGuard>,
+    metrics: Arc<crate::service::metrics::Metrics>,
     outbox: Arc<Outbox>,
     recent: Arc<Recent>,
     counters: Arc<Counters>,
@@ -563,7 +580,7 @@ impl Pipeline {
                 _ = self.shutdown.cancelled() => break,
                 m = msgs.recv(), if msgs_open => match m {
                     Some(m) => {
-                        let r = self.values(&m.values).await;
+                        let r = self.values("mqtt", &m.values).await;
                         if r.is_ok() {
                             // Only now: the events this message caused are on disk.
                             m.ack();
@@ -573,7 +590,7 @@ impl Pipeline {
                     None => { msgs_open = false; Ok(()) }
                 },
                 e = events.recv(), if events_open => match e {
-                    Some(AdapterEvent::Telemetry(t)) => self.values(std::slice::from_ref(&t)).await,
+                    Some(AdapterEvent::Telemetry(t)) => self.values("modbus", std::slice::from_ref(&t)).await,
                     Some(AdapterEvent::Status(s)) => {
                         let evs = self.engine.on_status(&s);
                         self.commit(evs).await
@@ -598,7 +615,8 @@ impl Pipeline {
         self.save().await;
     }
 
-    async fn values(&mut self, values: &[Telemetry]) -> Result<(), Stop> {
+    /// Values from `adapter` (`mqtt`, `modbus`) through the rules.
+    async fn values(&mut self, adapter: &str, values: &[Telemetry]) -> Result<(), Stop> {
         let full = self.outbox.is_full();
         let mut evs = Vec::new();
         for t in values {
@@ -606,6 +624,7 @@ impl Pipeline {
         }
         let n = values.len() as u64;
         self.counters.samples.fetch_add(n, Ordering::Relaxed);
+        self.metrics.ingested(adapter, n);
         if full && evs.is_empty() {
             self.counters
                 .samples_dropped
@@ -637,6 +656,12 @@ impl Pipeline {
             .fetch_add(evs.len() as u64, Ordering::Relaxed);
         for e in &evs {
             tracing::info!(device = %e.device_id, kind = e.kind.as_str(), event_id = %e.event_id, "rule event");
+            // The rule's name travels as the component `rule` (a JSON string).
+            let rule = e.components.iter().find(|c| c.name == "rule").map_or_else(
+                || "unknown".to_owned(),
+                |c| serde_json::from_str::<String>(&c.value).unwrap_or_else(|_| c.value.clone()),
+            );
+            self.metrics.rule_event(&rule);
         }
         let encoded = Outbox::encode(&evs);
         let size: u64 = encoded.iter().map(|b| b.len() as u64).sum();
@@ -655,12 +680,18 @@ impl Pipeline {
         let encoded = Arc::new(encoded);
         let mut backoff = Duration::from_millis(200);
         loop {
-            let (ob, e2, b2) = (self.outbox.clone(), evs.clone(), encoded.clone());
-            let r = tokio::task::spawn_blocking(move || ob.append(&e2, &b2)).await;
-            match r {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => tracing::error!(error = %e, "outbox append failed; retrying"),
-                Err(e) => tracing::error!(error = %e, "outbox append task failed; retrying"),
+            // Below the data directory's reserve the events wait (their message unacknowledged,
+            // held by the broker) rather than take the room the ledger's storage needs.
+            if let Err(full) = self.disk.check_room(size) {
+                tracing::warn!("outbox write held until space is freed: {full}");
+            } else {
+                let (ob, e2, b2) = (self.outbox.clone(), evs.clone(), encoded.clone());
+                let r = tokio::task::spawn_blocking(move || ob.append(&e2, &b2)).await;
+                match r {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => tracing::error!(error = %e, "outbox append failed; retrying"),
+                    Err(e) => tracing::error!(error = %e, "outbox append task failed; retrying"),
+                }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
