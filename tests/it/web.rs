@@ -253,7 +253,8 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     )
     .await;
     post(
-        json!({"kind": "calibration", "device_id": dev, "corrects": cal, "components": [
+        json!({"kind": "calibration", "device_id": dev, "corrects": cal, "reason": "wrong sheet",
+        "components": [
         {"name": "result", "class": "maintenance", "value": "fail"},
         {"name": "correction_reason", "class": "maintenance", "value": "wrong sheet"}]}),
     )
