@@ -12,6 +12,7 @@
 //! polled, the broker keeps the messages, and nothing is lost or buffered without bound.
 
 use std::{
+    collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -171,6 +172,7 @@ pub struct MqttStats {
     connects: AtomicU64,
     connection_errors: AtomicU64,
     ack_failures: AtomicU64,
+    unacked_on_reconnect: AtomicU64,
 }
 
 /// A copy of [`MqttStats`].
@@ -192,6 +194,10 @@ pub struct MqttStatsSnapshot {
     /// PUBACKs that could not be queued; the broker redelivers those messages (duplicates, same
     /// `seq`), nothing is lost.
     pub ack_failures: u64,
+    /// Messages handed to the consumer whose connection ended before their PUBACK; the broker
+    /// redelivers them (duplicates, same `seq`), nothing is lost.
+    #[serde(default)]
+    pub unacked_on_reconnect: u64,
 }
 
 impl MqttStatsSnapshot {
@@ -217,6 +223,7 @@ impl MqttStats {
             connects: g(&self.connects),
             connection_errors: g(&self.connection_errors),
             ack_failures: g(&self.ack_failures),
+            unacked_on_reconnect: g(&self.unacked_on_reconnect),
         }
     }
 
@@ -329,6 +336,40 @@ impl MqttMessage {
     }
 }
 
+/// How many messages [`MqttSubscriber::run_acked`] hands out before their acknowledgements.
+pub const ACK_WINDOW: usize = 256;
+
+/// A message handed to the consumer (or dropped as malformed) whose PUBACK waits its turn.
+struct Pending {
+    publish: rumqttc::Publish,
+    acked: oneshot::Receiver<()>,
+    /// Values handed over; `None` for a dropped message (acknowledged, not delivered).
+    values: Option<u64>,
+}
+
+/// Resolves when the oldest waiting message is done with (true: acknowledge it); never while
+/// none waits.
+async fn front_acked(pending: &mut VecDeque<Pending>) -> bool {
+    match pending.front_mut() {
+        Some(front) => (&mut front.acked).await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops what waited for an acknowledgement on a connection that is gone.
+fn forget(pending: &mut VecDeque<Pending>, stats: &MqttStats) {
+    if !pending.is_empty() {
+        tracing::debug!(
+            messages = pending.len(),
+            "mqtt connection changed; unacknowledged messages will be redelivered"
+        );
+        stats
+            .unacked_on_reconnect
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        pending.clear();
+    }
+}
+
 /// Where a subscriber's values go.
 enum Consumer {
     /// Value by value; acknowledged once in the channel.
@@ -388,13 +429,36 @@ impl MqttSubscriber {
     /// [`MqttMessage`] and acknowledges the message to the broker only once the consumer calls
     /// [`MqttMessage::ack`] (after it made what the message caused durable). A message dropped
     /// without `ack` stays unacknowledged; the broker redelivers it after the next reconnect.
-    /// While the consumer holds a message, no further message is read: the broker keeps them.
+    /// Up to [`ACK_WINDOW`] messages may wait for their `ack` at once (so the consumer can make
+    /// a batch of them durable together); acknowledgements reach the broker in the order the
+    /// messages arrived (MQTT 3.1.1 §4.6), and beyond the window the broker keeps the rest.
     pub async fn run_acked(
         self,
         tx: mpsc::Sender<MqttMessage>,
         shutdown: CancellationToken,
     ) -> Result<()> {
         self.run_with(Consumer::Messages(tx), shutdown).await
+    }
+
+    fn ack(&self, client: &AsyncClient, p: &rumqttc::Publish) {
+        if client.try_ack(p).is_err() {
+            self.stats.ack_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest waiting message's consumer is done with it: acknowledged if it said so.
+    fn finish(&self, client: &AsyncClient, done: Pending, acked: bool) {
+        if !acked {
+            tracing::debug!(topic = %done.publish.topic, "consumer released an mqtt message unacknowledged");
+            return;
+        }
+        if let Some(n) = done.values {
+            self.stats
+                .delivered_messages
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats.delivered_values.fetch_add(n, Ordering::Relaxed);
+        }
+        self.ack(client, &done.publish);
     }
 
     async fn run_with(self, consumer: Consumer, shutdown: CancellationToken) -> Result<()> {
@@ -410,17 +474,29 @@ impl MqttSubscriber {
         // Acks go through this channel; a full one only costs a redelivery (see ack_failures).
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         let mut failures: u32 = 0;
+        // Messages handed to the consumer, oldest first, with what acknowledges each.
+        let mut pending: VecDeque<Pending> = VecDeque::new();
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = client.try_disconnect();
                     return Ok(());
                 }
-                ev = eventloop.poll() => ev,
+                acked = front_acked(&mut pending) => {
+                    if let Some(done) = pending.pop_front() {
+                        self.finish(&client, done, acked);
+                    }
+                    continue;
+                }
+                ev = eventloop.poll(), if pending.len() < ACK_WINDOW => ev,
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
+                    // Packet ids of an earlier connection mean nothing on this one: what
+                    // waited for its ack there is redelivered (the ledger's event ids make
+                    // a second pass a no-op).
+                    forget(&mut pending, &self.stats);
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(broker = %cfg.broker.host, port = cfg.broker.port, session_present = ack.session_present, "mqtt connected");
                     // Re-subscribing is harmless when the broker kept the session, and needed
@@ -461,14 +537,12 @@ impl MqttSubscriber {
                                         _ = shutdown.cancelled() => return Ok(()),
                                         r = tx.send(MqttMessage { values, ack }) => r.map_err(|_| Error::ChannelClosed)?,
                                     }
-                                    let acked = tokio::select! {
-                                        _ = shutdown.cancelled() => return Ok(()),
-                                        r = acked => r.is_ok(),
-                                    };
-                                    if !acked {
-                                        tracing::debug!(topic = %p.topic, "consumer released an mqtt message unacknowledged");
-                                        continue;
-                                    }
+                                    pending.push_back(Pending {
+                                        publish: p,
+                                        acked,
+                                        values: Some(n),
+                                    });
+                                    continue;
                                 }
                             }
                             self.stats
@@ -481,12 +555,22 @@ impl MqttSubscriber {
                             tracing::warn!(topic = %p.topic, %reason, bytes = p.payload.len(), "dropped mqtt message");
                         }
                     }
-                    if client.try_ack(&p).is_err() {
-                        self.stats.ack_failures.fetch_add(1, Ordering::Relaxed);
+                    if pending.is_empty() {
+                        self.ack(&client, &p);
+                    } else {
+                        // Acknowledged in turn, after the messages before it.
+                        let (done, acked) = oneshot::channel();
+                        let _ = done.send(());
+                        pending.push_back(Pending {
+                            publish: p,
+                            acked,
+                            values: None,
+                        });
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    forget(&mut pending, &self.stats);
                     self.stats.connection_errors.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff_delay(cfg.backoff_initial, cfg.backoff_max, failures);
                     failures = failures.saturating_add(1);

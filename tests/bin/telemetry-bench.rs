@@ -100,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut modbus = String::new();
     let out = sim_child.0.stdout.take().context("sim stdout")?;
-    for line in BufReader::new(out).lines() {
+    let mut lines = BufReader::new(out).lines();
+    for line in lines.by_ref() {
         let v: Value = serde_json::from_str(&line?)?;
         match v["event"].as_str() {
             Some("modbus") => modbus.push_str(&format!(
@@ -113,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
             _ => {}
         }
     }
+    // Keep reading what the simulator reports afterwards (denied publishes, faults): a closed
+    // pipe would end it at its next line, and the bench would measure silent devices.
+    std::thread::spawn(move || lines.for_each(drop));
     let extra = format!(
         "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntls = false\n\
          [[rules]]\nname = \"flow-high\"\nkind = \"above\"\nmetric = \"flow_rate\"\nlimit = 126.0\nhysteresis = 1.0\n\

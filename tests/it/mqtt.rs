@@ -315,3 +315,106 @@ async fn broker_restart_and_offline_subscriber_lose_no_qos1_message() {
     stop.cancel();
     task.await.expect("join").expect("subscriber ends cleanly");
 }
+
+/// `run_acked` hands several messages to the consumer before any is acknowledged (so the
+/// gateway can make a batch durable at once), acknowledges them in arrival order only after
+/// the consumer says so, and a message the consumer released without `ack` is the only one the
+/// broker sends again to the same client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_wait_in_a_window_and_only_a_released_one_comes_back() {
+    use device_adapters::mqtt::MqttMessage;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _broker = Mosquitto::with_config(
+        dir.path().join("mosquitto.conf"),
+        port,
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 20\n"),
+    );
+    let addr = BrokerAddr {
+        host: "127.0.0.1".into(),
+        port,
+        transport: MqttTransport::PlainInsecure,
+    };
+    let mut cfg = MqttConfig::new(addr, "gw-acked");
+    cfg.backoff_initial = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(400);
+    let topic = "medledger/devices/pump-9/telemetry";
+    let start = |cfg: MqttConfig| {
+        let (tx, rx) = mpsc::channel::<MqttMessage>(64);
+        let sub = MqttSubscriber::new(cfg).expect("subscriber");
+        let stats = sub.stats();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(sub.run_acked(tx, stop.clone()));
+        (rx, stats, stop, task)
+    };
+    let seq = |m: &MqttMessage| m.values.first().map(|t| t.seq).expect("a value");
+
+    let (mut rx, stats, stop, task) = start(cfg.clone());
+    // Probes (seq 0) until the subscription stands; each is acknowledged.
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(tokio::time::Instant::now() < until, "no probe arrived");
+        publish(port, topic, &[good(0, 0.0)], &[]);
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            m.ack();
+            break;
+        }
+    }
+    publish(
+        port,
+        topic,
+        &(1..=5).map(|s| good(s, s as f64)).collect::<Vec<_>>(),
+        &[],
+    );
+    // All five reach the consumer while none of them is acknowledged.
+    let mut held = Vec::new();
+    while held.len() < 5 {
+        let m = tokio::time::timeout_at(until, rx.recv())
+            .await
+            .expect("five messages held at once")
+            .expect("channel open");
+        if seq(&m) == 0 {
+            m.ack();
+        } else {
+            held.push(m);
+        }
+    }
+    assert_eq!(held.iter().map(seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    let before = stats.snapshot().delivered_messages;
+    let mut held = held.into_iter();
+    for _ in 0..3 {
+        held.next().expect("1..=3").ack();
+    }
+    drop(held.next().expect("4: released without ack"));
+    held.next().expect("5").ack();
+    while stats.snapshot().delivered_messages < before + 4 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "acks not sent: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the PUBACKs leave before the connection closes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    task.await.expect("join").expect("subscriber ends cleanly");
+    drop(rx);
+
+    // The same client id again: only the released message comes back.
+    let (mut rx, _stats, stop, task) = start(cfg);
+    let back = tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("the released message is redelivered")
+        .expect("channel open");
+    assert_eq!(seq(&back), 4);
+    back.ack();
+    let more = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+    assert!(
+        more.is_err(),
+        "only message 4 was unacknowledged, got {:?} again",
+        more.ok().flatten().map(|m| seq(&m))
+    );
+    stop.cancel();
+    task.await.expect("join").expect("subscriber ends cleanly");
+}

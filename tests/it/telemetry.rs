@@ -13,7 +13,7 @@ use device_adapters::profile::{builtin_profile, Table};
 use device_adapters::sim::{Fault, ModbusSimServer, SimDevice};
 use medledger_tests::cluster::{eventually, status, Gateway, Site};
 use medledger_tests::mosquitto::{is_root, require, Mosquitto};
-use medledger_tests::{bin, free_port, long_tests, one_cluster_at_a_time};
+use medledger_tests::{bin, free_port, one_cluster_at_a_time};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -513,7 +513,7 @@ async fn modbus_device_goes_offline_and_online_and_a_refused_block_keeps_the_oth
 }
 
 /// A 3-gateway cluster loses its quorum while alarms fire at gateway 1; they wait in its outbox
-/// and land in order once the quorum returns (10 s; 60 s with MEDLEDGER_LONG_TESTS=1).
+/// and land in order once the quorum returns, after the 60 s outage the issue names.
 #[tokio::test(flavor = "multi_thread")]
 async fn alarms_during_a_lost_quorum_land_in_order_when_it_returns() {
     let _turn = one_cluster_at_a_time().await;
@@ -538,7 +538,7 @@ async fn alarms_during_a_lost_quorum_land_in_order_when_it_returns() {
     .await;
     nodes[1].kill();
     nodes[2].kill();
-    let outage = if long_tests() { 60 } else { 10 };
+    let outage = 60;
     let start = std::time::Instant::now();
     let mut seq = 1;
     let mut i = 0;

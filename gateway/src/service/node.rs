@@ -181,17 +181,41 @@ impl Node {
             .commit_latency
             .observe(started.elapsed().as_secs_f64());
         self.metrics.write_outcome(match &r {
-            Ok(ApplyOutcome::Appended { .. }) => "appended",
-            Ok(ApplyOutcome::Duplicate { .. }) => "duplicate",
-            Ok(ApplyOutcome::Refused { .. }) => "refused",
-            Ok(ApplyOutcome::Checkpointed { .. }) => "checkpointed",
-            Ok(ApplyOutcome::NodeRegistered { .. }) => "node_registered",
-            Err(WriteError::NoLeader(_)) => "no_leader",
-            Err(WriteError::ShuttingDown) => "shutting_down",
-            Err(WriteError::Refused(_)) => "refused",
-            Err(WriteError::Failed(_)) => "failed",
-            Err(WriteError::DiskFull(_)) => "disk_full",
+            Ok(o) => outcome_label(o),
+            Err(e) => error_label(e),
         });
+        r
+    }
+
+    /// Submits commands as one Raft entry, applied in the order given (for a writer whose
+    /// events must land in its own order, such as the telemetry outbox), and waits until it is
+    /// committed and applied: one outcome per command.
+    pub async fn submit_in_order(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<ApplyOutcome>, WriteError> {
+        let started = Instant::now();
+        let n = commands.len();
+        let r = match self.disk.check() {
+            Err(full) => Err(WriteError::DiskFull(full.to_string())),
+            Ok(()) => match self.write_batch(commands).await {
+                Ok(outcomes) if outcomes.len() == n => Ok(outcomes),
+                Ok(outcomes) => Err(WriteError::Failed(format!(
+                    "{} outcomes for {n} commands",
+                    outcomes.len()
+                ))),
+                Err(e) => Err(e),
+            },
+        };
+        self.metrics
+            .commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        match &r {
+            Ok(outcomes) => outcomes
+                .iter()
+                .for_each(|o| self.metrics.write_outcome(outcome_label(o))),
+            Err(e) => (0..n).for_each(|_| self.metrics.write_outcome(error_label(e))),
+        }
         r
     }
 
@@ -379,6 +403,28 @@ impl Node {
             purged_index: m.purged.map(|l| l.index),
             nodes,
         }
+    }
+}
+
+/// The `writes_total` label of an outcome.
+fn outcome_label(o: &ApplyOutcome) -> &'static str {
+    match o {
+        ApplyOutcome::Appended { .. } => "appended",
+        ApplyOutcome::Duplicate { .. } => "duplicate",
+        ApplyOutcome::Refused { .. } => "refused",
+        ApplyOutcome::Checkpointed { .. } => "checkpointed",
+        ApplyOutcome::NodeRegistered { .. } => "node_registered",
+    }
+}
+
+/// The `writes_total` label of a write that was not acknowledged.
+fn error_label(e: &WriteError) -> &'static str {
+    match e {
+        WriteError::NoLeader(_) => "no_leader",
+        WriteError::ShuttingDown => "shutting_down",
+        WriteError::Refused(_) => "refused",
+        WriteError::Failed(_) => "failed",
+        WriteError::DiskFull(_) => "disk_full",
     }
 }
 

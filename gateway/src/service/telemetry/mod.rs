@@ -1,6 +1,7 @@
 //! Telemetry to ledger: the adapters (MQTT subscriber, Modbus poller) feed bounded channels; one
 //! pipeline task applies the [`rules`] to each value, appends the events they make to the
-//! [`outbox`] on disk (fsync) and only then lets the MQTT message be acknowledged; a drainer
+//! [`outbox`] on disk (fsync; what waits at once shares one write: group commit) and only then
+//! lets the MQTT messages be acknowledged; a drainer
 //! proposes the outbox's events to the ledger oldest first and removes each once applied.
 //! Values are kept in [`recent`] for the staff view; raw samples never enter the ledger.
 //!
@@ -552,6 +553,18 @@ enum Stop {
     Shutdown,
 }
 
+/// At most this many inputs (MQTT messages, Modbus values) share one outbox write.
+const MAX_BATCH: usize = 512;
+
+/// At most this many outbox events share one Raft entry on their way to the ledger.
+const DRAIN_BATCH: usize = 64;
+
+/// One input of the pipeline.
+enum Input {
+    Message(MqttMessage),
+    Adapter(AdapterEvent),
+}
+
 struct Pipeline {
     engine: Engine,
     /// The outbox shares the data directory's reserve with the ledger.
@@ -576,37 +589,48 @@ impl Pipeline {
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let (mut msgs_open, mut events_open) = (true, true);
         loop {
-            let step = tokio::select! {
+            let first = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 m = msgs.recv(), if msgs_open => match m {
-                    Some(m) => {
-                        let r = self.values("mqtt", &m.values).await;
-                        if r.is_ok() {
-                            // Only now: the events this message caused are on disk.
-                            m.ack();
-                        }
-                        r
-                    }
-                    None => { msgs_open = false; Ok(()) }
+                    Some(m) => Some(Input::Message(m)),
+                    None => { msgs_open = false; None }
                 },
                 e = events.recv(), if events_open => match e {
-                    Some(AdapterEvent::Telemetry(t)) => self.values("modbus", std::slice::from_ref(&t)).await,
-                    Some(AdapterEvent::Status(s)) => {
-                        let evs = self.engine.on_status(&s);
-                        self.commit(evs).await
-                    }
-                    None => { events_open = false; Ok(()) }
+                    Some(e) => Some(Input::Adapter(e)),
+                    None => { events_open = false; None }
                 },
                 _ = tick.tick() => {
                     let evs = self.engine.on_tick(ledger_node::ledger::now_ms());
-                    self.commit(evs).await
+                    if let Err(Stop::Shutdown) = self.commit(evs).await {
+                        return;
+                    }
+                    None
                 }
                 _ = save.tick() => {
                     self.save().await;
-                    Ok(())
+                    None
                 }
             };
-            if let Err(Stop::Shutdown) = step {
+            let Some(first) = first else { continue };
+            // Group commit: what else already waits joins this batch, so one outbox write
+            // (and its fsyncs) serves many messages under load; alone, a message goes at once.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                if msgs_open {
+                    if let Ok(m) = msgs.try_recv() {
+                        batch.push(Input::Message(m));
+                        continue;
+                    }
+                }
+                if events_open {
+                    if let Ok(e) = events.try_recv() {
+                        batch.push(Input::Adapter(e));
+                        continue;
+                    }
+                }
+                break;
+            }
+            if let Err(Stop::Shutdown) = self.batch(batch).await {
                 // The rules' state may hold effects of events not written: not saved, so the
                 // unacknowledged samples make them again after the restart.
                 return;
@@ -615,34 +639,73 @@ impl Pipeline {
         self.save().await;
     }
 
-    /// Values from `adapter` (`mqtt`, `modbus`) through the rules.
-    async fn values(&mut self, adapter: &str, values: &[Telemetry]) -> Result<(), Stop> {
+    /// Takes a batch of inputs through the rules in order, makes the events they caused
+    /// durable together, and only then acknowledges the batch's MQTT messages.
+    async fn batch(&mut self, batch: Vec<Input>) -> Result<(), Stop> {
         let full = self.outbox.is_full();
         let mut evs = Vec::new();
+        let mut acks = Vec::new();
+        let mut arrivals = Vec::new();
+        for input in batch {
+            match input {
+                Input::Message(m) => {
+                    self.values("mqtt", &m.values, full, &mut evs, &mut arrivals);
+                    acks.push(m);
+                }
+                Input::Adapter(AdapterEvent::Telemetry(t)) => self.values(
+                    "modbus",
+                    std::slice::from_ref(&t),
+                    full,
+                    &mut evs,
+                    &mut arrivals,
+                ),
+                Input::Adapter(AdapterEvent::Status(s)) => evs.extend(self.engine.on_status(&s)),
+            }
+        }
+        self.commit(evs).await?;
+        // Only now: the events these messages caused are on disk.
+        for m in acks {
+            m.ack();
+        }
+        let now = ledger_node::ledger::now_ms();
+        for arrived in arrivals {
+            self.counters.latency.record(now.saturating_sub(arrived));
+        }
+        Ok(())
+    }
+
+    /// Values from `adapter` (`mqtt`, `modbus`) through the rules: their events join `evs`;
+    /// while the outbox is full, values that cause none are dropped and counted.
+    fn values(
+        &mut self,
+        adapter: &str,
+        values: &[Telemetry],
+        full: bool,
+        evs: &mut Vec<RuleEvent>,
+        arrivals: &mut Vec<i64>,
+    ) {
+        let before = evs.len();
         for t in values {
             evs.extend(self.engine.on_telemetry(t));
         }
         let n = values.len() as u64;
         self.counters.samples.fetch_add(n, Ordering::Relaxed);
         self.metrics.ingested(adapter, n);
-        if full && evs.is_empty() {
+        if full && evs.len() == before {
             self.counters
                 .samples_dropped
                 .fetch_add(n, Ordering::Relaxed);
-            return Ok(());
+            return;
         }
         for t in values {
             self.recent.record(t);
         }
-        self.commit(evs).await?;
         if let Some(first) = values.first() {
-            let arrived = i64::try_from(first.received_at.unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(i64::MAX);
-            self.counters
-                .latency
-                .record(ledger_node::ledger::now_ms().saturating_sub(arrived));
+            arrivals.push(
+                i64::try_from(first.received_at.unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or(i64::MAX),
+            );
         }
-        Ok(())
     }
 
     /// Makes events durable in the outbox, waiting for room (never dropping one), then persists
@@ -719,8 +782,8 @@ impl Pipeline {
     }
 }
 
-/// Proposes the outbox's events to the ledger one at a time, oldest first (so they land in
-/// order), removing each once applied. Waits while there is no quorum; never drops an event
+/// Proposes the outbox's events to the ledger oldest first, up to [`DRAIN_BATCH`] of them as
+/// one Raft entry (so they land in order), removing each once applied. Waits while there is no quorum; never drops an event
 /// the ledger could still take.
 async fn drain(
     node: Arc<Node>,
@@ -758,9 +821,9 @@ async fn drain(
             _ = shutdown.cancelled() => return,
             _ = outbox.wait_nonempty() => {}
         }
-        let (seq, ev) = match outbox.oldest() {
-            Ok(Some(x)) => x,
-            Ok(None) => continue,
+        let batch = match outbox.oldest_n(DRAIN_BATCH) {
+            Ok(b) if b.is_empty() => continue,
+            Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "outbox event unreadable; set aside in bad/");
                 if let Some(seq) = bad_seq(&e) {
@@ -772,48 +835,74 @@ async fn drain(
                 continue;
             }
         };
-        let cmd = match ledger_node::ledger::prepare(
-            outbox::event_input(&ev),
-            &author,
-            node.id,
-            &node.key,
-            ledger_node::ledger::now_ms(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(event_id = %ev.event_id, error = %e, "rule event is not a valid ledger event; set aside in outbox/bad/");
-                if let Err(e) = outbox.quarantine(seq) {
-                    tracing::error!(error = %e, "cannot set the event aside");
-                    if !sleep(Duration::from_secs(5)).await {
-                        return;
+        // The oldest events as one Raft entry, in outbox order, up to the first one that is
+        // not a valid ledger event (set aside when it is the oldest).
+        let mut cmds = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (seq, ev) in batch {
+            match ledger_node::ledger::prepare(
+                outbox::event_input(&ev),
+                &author,
+                node.id,
+                &node.key,
+                ledger_node::ledger::now_ms(),
+            ) {
+                Ok(c) => {
+                    cmds.push(Command::Append(c));
+                    seqs.push((seq, ev.event_id));
+                }
+                Err(e) if cmds.is_empty() => {
+                    tracing::error!(event_id = %ev.event_id, error = %e, "rule event is not a valid ledger event; set aside in outbox/bad/");
+                    if let Err(e) = outbox.quarantine(seq) {
+                        tracing::error!(error = %e, "cannot set the event aside");
+                        if !sleep(Duration::from_secs(5)).await {
+                            return;
+                        }
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if cmds.is_empty() {
+            continue;
+        }
+        match node.submit_in_order(cmds).await {
+            Ok(outcomes) => {
+                let mut refused = false;
+                for ((seq, event_id), outcome) in seqs.into_iter().zip(outcomes) {
+                    match outcome {
+                        ApplyOutcome::Appended { seq: at, .. } => {
+                            tracing::debug!(%event_id, ledger_seq = at, "rule event applied");
+                            counters.events_applied.fetch_add(1, Ordering::Relaxed);
+                            remove(&outbox, seq);
+                        }
+                        ApplyOutcome::Duplicate { .. } => {
+                            counters.events_applied.fetch_add(1, Ordering::Relaxed);
+                            counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                            remove(&outbox, seq);
+                        }
+                        other => {
+                            // It stays, and what follows it waits: they land in order (a later
+                            // one already applied is a duplicate next time).
+                            tracing::error!(%event_id, outcome = ?other, "ledger refused a rule event; will retry");
+                            refused = true;
+                            break;
+                        }
                     }
                 }
-                continue;
-            }
-        };
-        match node.submit(Command::Append(cmd)).await {
-            Ok(ApplyOutcome::Appended { seq: at, .. }) => {
-                tracing::debug!(event_id = %ev.event_id, ledger_seq = at, "rule event applied");
-                counters.events_applied.fetch_add(1, Ordering::Relaxed);
-                remove(&outbox, seq);
-                backoff = Duration::from_millis(100);
-            }
-            Ok(ApplyOutcome::Duplicate { .. }) => {
-                counters.events_applied.fetch_add(1, Ordering::Relaxed);
-                counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
-                remove(&outbox, seq);
-                backoff = Duration::from_millis(100);
-            }
-            Ok(other) => {
-                tracing::error!(event_id = %ev.event_id, outcome = ?other, "ledger refused a rule event; will retry");
-                if !sleep(backoff).await {
-                    return;
+                if refused {
+                    if !sleep(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                } else {
+                    backoff = Duration::from_millis(100);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(WriteError::ShuttingDown) => return,
             Err(e) => {
-                tracing::debug!(event_id = %ev.event_id, error = %e, "ledger not reachable; outbox waits");
+                tracing::debug!(error = %e, "ledger not reachable; outbox waits");
                 if !sleep(backoff).await {
                     return;
                 }

