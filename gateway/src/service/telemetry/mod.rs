@@ -617,7 +617,9 @@ impl Pipeline {
 
     /// Values from `adapter` (`mqtt`, `modbus`) through the rules.
     async fn values(&mut self, adapter: &str, values: &[Telemetry]) -> Result<(), Stop> {
-        let full = self.outbox.is_full();
+        // A data directory below its reserve counts as a full outbox: the samples that raise no
+        // event are dropped (and counted), and a rule event waits in `commit`.
+        let full = self.outbox.is_full() || self.disk.check().is_err();
         let mut evs = Vec::new();
         for t in values {
             evs.extend(self.engine.on_telemetry(t));
