@@ -33,6 +33,26 @@ pub fn bin(name: &str) -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
             .args(["build", "--workspace", "--bins"]);
+        // Cargo gives the test process the test crate's CARGO_MANIFEST_DIR, CARGO_PKG_* ...; build
+        // scripts that rerun when those change (ring's, cc's) would then be rebuilt by this
+        // build and again by the next `cargo build` or `cargo test` from a shell, each undoing
+        // the other. Without them this build sees what a shell's does.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&k.as_ref())
+            {
+                cmd.env_remove(&key);
+            }
+        }
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }

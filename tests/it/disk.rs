@@ -21,20 +21,20 @@ use serde_json::{json, Value};
 use crate::ops::{gateway_with_health, get, status_cmd};
 
 /// The write reserve of the test gateway (`[node] reserve_mb`).
-const RESERVE_MB: u64 = 8;
+pub(crate) const RESERVE_MB: u64 = 8;
 /// The small file system's size.
 const FS_MB: u64 = 64;
 
 /// A mounted small file system, unmounted when dropped.
-struct SmallFs {
-    mount: PathBuf,
-    kind: &'static str,
+pub(crate) struct SmallFs {
+    pub(crate) mount: PathBuf,
+    pub(crate) kind: &'static str,
 }
 
 impl SmallFs {
     /// Mounts a `FS_MB` MiB ext4 image at `mount` (loop device), or a tmpfs of that size when
     /// the loop mount is refused.
-    fn mount(image: &Path, mount: &Path) -> Self {
+    pub(crate) fn mount(image: &Path, mount: &Path) -> Self {
         std::fs::create_dir_all(mount).expect("mkdir mount point");
         let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
         let ext4 = ok(Command::new("truncate")
@@ -80,7 +80,7 @@ impl Drop for SmallFs {
 
 /// Appends 64 KiB blocks to `path` until the file system has at most `leave` bytes free (or is
 /// full: ENOSPC ends it). Returns the bytes written.
-fn fill(fs: &SmallFs, path: &Path, leave: u64) -> u64 {
+pub(crate) fn fill(fs: &SmallFs, path: &Path, leave: u64) -> u64 {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -125,42 +125,19 @@ struct Seen {
     other: Vec<String>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
-    let _turn = medledger_tests::one_cluster_at_a_time().await;
-    let site = Site::new();
-    let fs = SmallFs::mount(
-        &site.dir.path().join("disk.img"),
-        &site.dir.path().join("node1"),
-    );
-    eprintln!("small file system: {} MiB {}", FS_MB, fs.kind);
-    let (gw, health) = gateway_with_health(&site, 1);
-    // The reserve is a [node] setting; the harness appends its extra lines under [api].
-    let config = std::fs::read_to_string(&gw.config).expect("config");
-    std::fs::write(
-        &gw.config,
-        config.replacen(
-            "[node]\n",
-            &format!("[node]\nreserve_mb = {RESERVE_MB}\n"),
-            1,
-        ),
-    )
-    .expect("config");
-    let voters = vec![(gw.id, gw.addr())];
-    let gws = start_nodes(&site, vec![gw], &voters).await;
-    let gw = &gws[0];
-    let addr = gw.addr();
-    let staff = site.staff_client("disk-biomed", StaffRole::Biomed);
-
-    // Writers go on for the whole test, each event retried until acknowledged or refused.
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(AtomicBool::new(false));
+/// Four writers posting events to `addrs` in turn until `stop`, recording what was answered.
+fn spawn_writers(
+    staff: &reqwest::Client,
+    addrs: Vec<String>,
+    seen: &Arc<Mutex<Seen>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let next = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for _ in 0..4 {
-        let (staff, addr, seen, stop, next) = (
+        let (staff, addrs, seen, stop, next) = (
             staff.clone(),
-            addr.clone(),
+            addrs.clone(),
             seen.clone(),
             stop.clone(),
             next.clone(),
@@ -168,6 +145,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
         writers.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let i = next.fetch_add(1, Ordering::SeqCst);
+                let addr = &addrs[(i as usize) % addrs.len()];
                 let r = staff
                     .post(format!("https://{addr}/v1/events"))
                     .json(&event("disk", i))
@@ -209,6 +187,43 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
             }
         }));
     }
+    writers
+}
+
+/// The acknowledged event ids that an export (JSON lines, entries hex-encoded) lacks. An event
+/// id is a length-prefixed string in an entry (docs/ledger-format.md).
+fn missing_from_export<'a>(export: &str, acked: &'a BTreeSet<String>) -> Vec<&'a String> {
+    acked
+        .iter()
+        .filter(|id| {
+            let mut field = (id.len() as u32).to_be_bytes().to_vec();
+            field.extend_from_slice(id.as_bytes());
+            !export.contains(&hex::encode(field))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let site = Site::new();
+    let fs = SmallFs::mount(
+        &site.dir.path().join("disk.img"),
+        &site.dir.path().join("node1"),
+    );
+    eprintln!("small file system: {} MiB {}", FS_MB, fs.kind);
+    let (gw, health) = gateway_with_health(&site, 1);
+    set_reserve(&gw);
+    let voters = vec![(gw.id, gw.addr())];
+    let gws = start_nodes(&site, vec![gw], &voters).await;
+    let gw = &gws[0];
+    let addr = gw.addr();
+    let staff = site.staff_client("disk-biomed", StaffRole::Biomed);
+
+    // Writers go on for the whole test, each event retried until acknowledged or refused.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&staff, vec![addr.clone()], &seen, &stop);
     eventually("100 acknowledged writes", Duration::from_secs(60), || {
         let n = seen.lock().expect("lock").acked.len();
         async move { (n >= 100).then_some(()) }
@@ -318,17 +333,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
         .expect("export");
     assert!(export.status().is_success(), "export: {}", export.status());
     let text = export.text().await.expect("export body");
-    // Entries travel hex-encoded; an event id is a length-prefixed string in them
-    // (docs/ledger-format.md).
-    let missing: Vec<&String> = seen
-        .acked
-        .iter()
-        .filter(|id| {
-            let mut field = (id.len() as u32).to_be_bytes().to_vec();
-            field.extend_from_slice(id.as_bytes());
-            !text.contains(&hex::encode(field))
-        })
-        .collect();
+    let missing = missing_from_export(&text, &seen.acked);
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged events missing from the export: {missing:?}",
@@ -352,6 +357,208 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
         seen.acked.len(),
         acked_when_full
     );
+    drop(gws);
+    drop(fs);
+}
+
+/// Writes `[node] reserve_mb` into a test gateway's config (the harness appends its extra lines
+/// under `[api]`).
+pub(crate) fn set_reserve(gw: &medledger_tests::cluster::Gateway) {
+    let config = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        config.replacen(
+            "[node]\n",
+            &format!("[node]\nreserve_mb = {RESERVE_MB}\n"),
+            1,
+        ),
+    )
+    .expect("config");
+}
+
+/// Runs `medledger ARGS`, which must succeed.
+fn cli(args: &[&str]) {
+    let out = Command::new(bin("medledger"))
+        .args(args)
+        .output()
+        .expect("run medledger");
+    assert!(
+        out.status.success(),
+        "medledger {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The ledger size a gateway reports.
+async fn ledger_size(client: &reqwest::Client, addr: &str) -> Option<u64> {
+    medledger_tests::cluster::status(client, addr).await?["ledger_size"].as_u64()
+}
+
+/// A follower whose disk fills while the other two voters have room: it refuses what the leader
+/// sends (a log line, health critical), the cluster goes on committing with the other two, and
+/// once space returns the follower catches up and holds every acknowledged event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_stops_appending_and_catches_up() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let site = Site::new();
+    let fs = SmallFs::mount(
+        &site.dir.path().join("disk.img"),
+        &site.dir.path().join("node3"),
+    );
+    eprintln!("follower's small file system: {} MiB {}", FS_MB, fs.kind);
+    let (g1, _) = gateway_with_health(&site, 1);
+    let (g2, _) = gateway_with_health(&site, 2);
+    let (mut g3, health3) = gateway_with_health(&site, 3);
+    for g in [&g1, &g2, &g3] {
+        set_reserve(g);
+    }
+    // Gateways 1 and 2 make the cluster; 3 joins and is promoted, so it starts as a follower.
+    let voters = vec![(g1.id, g1.addr()), (g2.id, g2.addr())];
+    let gws = start_nodes(&site, vec![g1, g2], &voters).await;
+    g3.start();
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let a3 = g3.addr();
+    eventually("node 3 to listen", Duration::from_secs(30), || {
+        medledger_tests::cluster::status(&admin, &a3)
+    })
+    .await;
+    let c3 = g3.config.display().to_string();
+    cli(&[
+        "cluster",
+        "join",
+        "--config",
+        c3.as_str(),
+        "--via",
+        gws[0].addr().as_str(),
+    ]);
+    cli(&["cluster", "promote", "--config", c3.as_str(), "--node", "3"]);
+    let s3 = medledger_tests::cluster::status(&admin, &a3)
+        .await
+        .expect("status of node 3");
+    assert_ne!(s3["leader"], 3, "node 3 must be a follower: {s3}");
+
+    let staff = site.staff_client("disk-biomed", StaffRole::Biomed);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&staff, gws.iter().map(|g| g.addr()).collect(), &seen, &stop);
+    let acked = || seen.lock().expect("lock").acked.len();
+    eventually("100 acknowledged writes", Duration::from_secs(60), || {
+        let n = acked();
+        async move { (n >= 100).then_some(()) }
+    })
+    .await;
+
+    // The follower's disk fills below its reserve: it refuses what the leader sends, says so
+    // once, and its health is critical.
+    let filler = fs.mount.join("filler.bin");
+    fill(&fs, &filler, RESERVE_MB * 1024 * 1024 / 2);
+    let log3 = g3.dir.join("gateway.log");
+    eventually(
+        "node 3 to log that it refuses for want of space",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(&log3).unwrap_or_default();
+            async move { log.contains("insufficient storage").then_some(()) }
+        },
+    )
+    .await;
+    let (code, body) = get(&health3, "/healthz").await.expect("healthz of node 3");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("below the write reserve"), "{body}");
+    // ...then to the last byte. The other two go on committing.
+    fill(&fs, &filler, 0);
+    let when_full = acked();
+    let size3_full = ledger_size(&admin, &a3).await.expect("node 3's size");
+    eventually(
+        "100 more writes acknowledged by the other two",
+        Duration::from_secs(60),
+        || {
+            let n = acked();
+            async move { (n >= when_full + 100).then_some(()) }
+        },
+    )
+    .await;
+    let size1 = ledger_size(&admin, &gws[0].addr()).await.expect("size");
+    let size3 = ledger_size(&admin, &a3).await.expect("node 3's size");
+    assert!(
+        size3 < size1 && size3 <= size3_full + 8,
+        "a follower with a full disk went on appending: {size3} (was {size3_full}), leader {size1}"
+    );
+    assert!(
+        g3.child
+            .as_mut()
+            .is_some_and(|c| c.0.try_wait().ok().flatten().is_none()),
+        "node 3 exited on a full disk"
+    );
+
+    // Space returns: the follower catches up by itself.
+    std::fs::remove_file(&filler).expect("remove filler");
+    eventually("node 3 to catch up", Duration::from_secs(60), || {
+        let (admin, a1, a3) = (admin.clone(), gws[0].addr(), a3.clone());
+        async move {
+            let (s1, s3) = (
+                ledger_size(&admin, &a1).await?,
+                ledger_size(&admin, &a3).await?,
+            );
+            (s3 >= s1 && s3 > size3).then_some(())
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    assert!(
+        seen.other.is_empty(),
+        "unexpected answers: {:?}",
+        seen.other
+    );
+    assert!(
+        seen.refused.is_none(),
+        "a write to the gateways with room was refused: {:?}",
+        seen.refused
+    );
+    let (code, body) = get(&health3, "/healthz").await.expect("healthz");
+    assert_eq!(code, 200, "{body}");
+
+    // Every acknowledged event is on the follower: its own export after a checkpoint (taken on
+    // gateway 1, which applied every acknowledged write).
+    let c1 = gws[0].config.display().to_string();
+    cli(&["cluster", "checkpoint", "--config", c1.as_str()]);
+    let total = ledger_size(&admin, &gws[0].addr()).await.expect("size");
+    eventually(
+        "node 3 to hold the checkpoint",
+        Duration::from_secs(30),
+        || {
+            let (admin, a3) = (admin.clone(), a3.clone());
+            async move { (ledger_size(&admin, &a3).await? >= total).then_some(()) }
+        },
+    )
+    .await;
+    let text = staff
+        .get(format!("https://{a3}/v1/export"))
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("export body");
+    let missing = missing_from_export(&text, &seen.acked);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events missing on the follower: {missing:?}",
+        missing.len(),
+        seen.acked.len()
+    );
+    eprintln!(
+        "follower disk full: {} events acknowledged, {} of them while the follower's disk was \
+         full; node 3 held {size3_full} entries then, caught up to {total}; 0 lost",
+        seen.acked.len(),
+        seen.acked.len() - when_full
+    );
+    drop(g3);
     drop(gws);
     drop(fs);
 }

@@ -13,6 +13,7 @@ mod mosquitto;
 mod mqtt;
 mod mtls;
 mod ops;
+mod opsdoc;
 mod pki_cli;
 mod powerloss;
 mod records;

@@ -638,3 +638,102 @@ async fn sighup_reloads_rules_and_refuses_a_bad_config() {
     assert_eq!(raised_again, 2, "{h:?}");
     assert_eq!(status(&client, &addr).await.expect("alive")["node_id"], 1);
 }
+
+/// The outbox on a full disk (docs/operations.md "A full disk"): below the data directory's
+/// reserve, values that raise nothing are dropped and counted, and a value that raises a rule
+/// event is held with its MQTT message unacknowledged. A gateway killed (-9) while it holds one
+/// and restarted once space is back gets the message again from the broker: every transition
+/// lands, in order, none twice. Long (`MEDLEDGER_LONG_TESTS=1`): the default suite has the
+/// follower's full disk (`disk::`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_drops_samples_and_holds_rule_events_unacknowledged() {
+    if !long_tests() {
+        eprintln!("skipped: set MEDLEDGER_LONG_TESTS=1");
+        return;
+    }
+    let _turn = one_cluster_at_a_time().await;
+    let site = Site::new();
+    let fs = crate::disk::SmallFs::mount(
+        &site.dir.path().join("disk.img"),
+        &site.dir.path().join("node1"),
+    );
+    let broker = start_broker(&site);
+    let mut g = Gateway::new(&site, 1, &mqtt_config(&broker, ""));
+    crate::disk::set_reserve(&g);
+    g.start();
+    let client = site.staff_client("biomed-1", StaffRole::Biomed);
+    wait_listening(&client, &g).await;
+    init_single(&g);
+    let addr = g.addr();
+    let pump = Device::new(&site, "pump-full");
+    let t0 = OffsetDateTime::now_utc().unix_timestamp() - 600;
+    pump.publish(&broker, &[payload(1, t0, 1, &[("flow_rate", 140.0)])]);
+    wait_history(&client, &addr, "pump-full", "the first alarm", |h| {
+        !h.is_empty()
+    })
+    .await;
+
+    // The disk fills below the reserve.
+    let filler = fs.mount.join("filler.bin");
+    crate::disk::fill(&fs, &filler, crate::disk::RESERVE_MB * 1024 * 1024 / 2);
+    let dropped_before = telemetry_status(&client, &addr).await.expect("status")["samples_dropped"]
+        .as_u64()
+        .expect("samples_dropped");
+    let quiet: Vec<String> = (2..=5)
+        .map(|i| payload(i, t0, i as i64, &[("flow_rate", 140.0 + i as f64 * 0.1)]))
+        .collect();
+    pump.publish(&broker, &quiet);
+    eventually(
+        "values that raise nothing dropped and counted",
+        WAIT,
+        || async {
+            telemetry_status(&client, &addr)
+                .await
+                .filter(|s| s["samples_dropped"].as_u64() >= Some(dropped_before + 4))
+        },
+    )
+    .await;
+    // A clear and a new raise: the first is held (nothing lands), the second waits behind it.
+    pump.publish(
+        &broker,
+        &[
+            payload(6, t0, 6, &[("flow_rate", 100.0)]),
+            payload(7, t0, 7, &[("flow_rate", 140.0)]),
+        ],
+    );
+    eventually("the held rule event logged", WAIT, || {
+        let log = std::fs::read_to_string(g.dir.join("gateway.log")).unwrap_or_default();
+        async move {
+            log.contains("outbox write held until space is freed")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        outbox_files(&g.dir),
+        0,
+        "an outbox file was written below the reserve"
+    );
+    let h = history(&client, &addr, "pump-full").await.expect("history");
+    assert_eq!(kinds(&h), [("alarm", "raised")], "{h:?}");
+
+    // Killed while it holds the event, restarted once space is back: the broker redelivers.
+    g.kill();
+    std::fs::remove_file(&filler).expect("remove filler");
+    g.start();
+    let h = wait_history(&client, &addr, "pump-full", "every transition", |h| {
+        h.len() >= 3
+    })
+    .await;
+    assert_eq!(
+        kinds(&h),
+        [
+            ("alarm", "raised"),
+            ("alarm", "cleared"),
+            ("alarm", "raised")
+        ],
+        "{h:?}"
+    );
+    drop(g);
+    drop(fs);
+}

@@ -147,12 +147,13 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 wait.duration(),
             )
             .await?;
+            let (id, config) = (c.node.id, config.display());
+            println!("node {id} joined as a learner; it catches up from the leader. Next steps:");
             println!(
-                "node {} joined as a learner; it catches up from the leader. Promote it with:\n  \
-                 medledger cluster promote --config {} --node {}",
-                c.node.id,
-                config.display(),
-                c.node.id
+                "  1. repeat until node {id}'s lag is 0: medledger cluster status --config {config}"
+            );
+            println!(
+                "  2. make it a voter: medledger cluster promote --config {config} --node {id}"
             );
         }
         ClusterCmd::Promote {

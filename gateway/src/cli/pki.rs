@@ -534,13 +534,19 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
                     pki.join(certs::ca::ISSUING_KEY).display()
                 );
                 println!("wrote the request {}", csr_path.display());
+                // The file names carry the node id, so that requests of several gateways on the
+                // root key holder's machine do not overwrite each other.
+                let id = &a.node_id;
                 println!("next steps:");
                 println!(
-                    "  1. copy {} to the machine holding the site root key and run there:",
+                    "  1. copy {} to the machine holding the site root key as issuing-{id}.csr and sign it there \
+                     (ROOT_DIR: the directory with root.key and root.crt, e.g. the first gateway's /var/lib/medledger/pki):",
                     csr_path.display()
                 );
-                println!("       medledger ca sign-issuing --root-dir ROOT_DIR --csr issuing.csr --out issuing.crt");
-                println!("  2. copy issuing.crt and the site root.crt back here and run:");
+                println!("       medledger ca sign-issuing --root-dir ROOT_DIR --csr issuing-{id}.csr --out issuing-{id}.crt");
+                println!(
+                    "  2. copy issuing-{id}.crt and ROOT_DIR/root.crt back here into /tmp, then run (as the user that ran this command):"
+                );
                 let names: String = a
                     .server
                     .dns
@@ -549,9 +555,8 @@ pub async fn run_ca(cmd: CaCmd) -> anyhow::Result<ExitCode> {
                     .chain(a.server.ip.iter().map(|i| format!(" --ip {i}")))
                     .collect();
                 println!(
-                    "       medledger ca install-issuing --data-dir {} --cert issuing.crt --root root.crt --node-id {}{names}",
+                    "       medledger ca install-issuing --data-dir {} --cert /tmp/issuing-{id}.crt --root /tmp/root.crt --node-id {id}{names}",
                     a.data_dir.display(),
-                    a.node_id
                 );
                 return Ok(ExitCode::SUCCESS);
             }

@@ -642,7 +642,9 @@ impl Pipeline {
     /// Takes a batch of inputs through the rules in order, makes the events they caused
     /// durable together, and only then acknowledges the batch's MQTT messages.
     async fn batch(&mut self, batch: Vec<Input>) -> Result<(), Stop> {
-        let full = self.outbox.is_full();
+        // A data directory below its reserve counts as a full outbox: the samples that raise no
+        // event are dropped (and counted), and a rule event waits in `commit`.
+        let full = self.outbox.is_full() || self.disk.check().is_err();
         let mut evs = Vec::new();
         let mut acks = Vec::new();
         let mut arrivals = Vec::new();
