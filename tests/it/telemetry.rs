@@ -643,14 +643,9 @@ async fn sighup_reloads_rules_and_refuses_a_bad_config() {
 /// reserve, values that raise nothing are dropped and counted, and a value that raises a rule
 /// event is held with its MQTT message unacknowledged. A gateway killed (-9) while it holds one
 /// and restarted once space is back gets the message again from the broker: every transition
-/// lands, in order, none twice. Long (`MEDLEDGER_LONG_TESTS=1`): the default suite has the
-/// follower's full disk (`disk::`).
+/// lands, in order, none twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_drops_samples_and_holds_rule_events_unacknowledged() {
-    if !long_tests() {
-        eprintln!("skipped: set MEDLEDGER_LONG_TESTS=1");
-        return;
-    }
     let _turn = one_cluster_at_a_time().await;
     let site = Site::new();
     let fs = crate::disk::SmallFs::mount(
