@@ -432,6 +432,132 @@ async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
     assert_eq!(store_b.size(), size);
 }
 
+/// What openraft's start-up makes of the storage (`StorageHelper::get_initial_state`, which also
+/// purges and builds as it sees fit) holds up to its state validation: the log is purged no
+/// further than the snapshot (or, without one, than what is committed), and the snapshot is
+/// committed. Where this failed, the Raft core panicked at start.
+async fn assert_raft_starts(log: &mut LogStore, sm: &mut StateMachine) {
+    let state = openraft::StorageHelper::new(log, sm)
+        .get_initial_state()
+        .await
+        .expect("openraft's initial state");
+    let purged = log
+        .get_log_state()
+        .await
+        .expect("log state")
+        .last_purged_log_id;
+    let snapshot = state.snapshot_meta.last_log_id;
+    match snapshot {
+        Some(s) => assert!(
+            purged <= Some(s),
+            "log purged to {purged:?}, snapshot at {s}"
+        ),
+        None => assert!(
+            purged <= state.committed,
+            "log purged to {purged:?} without a snapshot, committed {:?}",
+            state.committed
+        ),
+    }
+    assert!(
+        snapshot <= state.committed,
+        "snapshot {snapshot:?} not committed"
+    );
+}
+
+/// openraft purges its log up to a received snapshot as soon as it hands the snapshot to the
+/// state machine, without waiting for the install. The install's flush (or any other, here a
+/// vote's) made that purge durable before the store switched to the snapshot, and a power cut in
+/// between brought the node back with its log purged beyond its snapshot: its Raft core panicked
+/// at start (the power-loss round `power_cut_during_snapshot_install`). The purge now waits for
+/// the install and is written right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_of_a_snapshot_install_waits_for_the_install() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[13u8; 32]);
+    let mut cmds = vec![Command::RegisterNode {
+        node_id: 1,
+        public_key: key.verifying_key().to_bytes(),
+    }];
+    cmds.extend(commands(&key, 1, 60));
+    let (_log_a, mut sm_a, _store_a) = open_storage(&tmp.path().join("a")).expect("open a");
+    apply_in_groups(&mut sm_a, &cmds, 1).await;
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let upto = snap.meta.last_log_id.expect("snapshot log id");
+    let mut bytes = Vec::new();
+    let mut src = snap.snapshot;
+    src.read_to_end(&mut bytes).await.expect("read snapshot");
+
+    // The follower holds the first three entries of the log (from index 0, as openraft's
+    // start-up expects of a log never purged) and applied them.
+    let b = tmp.path().join("b");
+    let head = vec![
+        Entry {
+            log_id: log_id(1, 1, 0),
+            payload: EntryPayload::Blank,
+        },
+        membership(1, 1, &[1, 2, 3]),
+        normal(1, 2, cmds[..1].to_vec()),
+    ];
+    {
+        let (mut log_b, mut sm_b, _store_b) = open_storage(&b).expect("open b");
+        log_b.blocking_append(head.clone()).await.expect("append");
+        sm_b.apply(head.clone()).await.expect("apply");
+        let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
+        rx.write_all(&bytes).await.expect("write");
+        rx.shutdown().await.expect("shutdown");
+        // As openraft does: the purge at once, the install later; something is flushed, then
+        // the power goes before the install ran.
+        log_b.purge(upto).await.expect("purge");
+        log_b
+            .save_vote(&Vote::new_committed(2, 1))
+            .await
+            .expect("vote");
+    }
+    let (mut log_b, mut sm_b, _store_b) = reopen(&b);
+    assert_raft_starts(&mut log_b, &mut sm_b).await;
+    assert_eq!(
+        log_b
+            .get_log_state()
+            .await
+            .expect("state")
+            .last_purged_log_id,
+        None,
+        "the purge was written before its install"
+    );
+
+    // Received again and installed: the purge follows the install.
+    let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
+    rx.write_all(&bytes).await.expect("write");
+    rx.shutdown().await.expect("shutdown");
+    log_b.purge(upto).await.expect("purge");
+    sm_b.install_snapshot(&snap.meta, rx)
+        .await
+        .expect("install");
+    let state = log_b.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(upto));
+    assert!(read_all(&mut log_b).await.is_empty());
+    log_b
+        .save_vote(&Vote::new_committed(3, 1))
+        .await
+        .expect("vote");
+    drop((log_b, sm_b, _store_b));
+    let (mut log_b, mut sm_b, _store_b) = reopen(&b);
+    assert_eq!(
+        log_b
+            .get_log_state()
+            .await
+            .expect("state")
+            .last_purged_log_id,
+        Some(upto)
+    );
+    assert_raft_starts(&mut log_b, &mut sm_b).await;
+}
+
 /// A `kB` field of `/proc/self/status` (0 where there is none).
 fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
