@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
 use ledger_node::ledger::{now_ms, prepare};
-use ledger_node::raft::types::{Entry, LogId, StorageError, Vote};
+use ledger_node::raft::types::{Entry, LogId, SnapshotMeta, StorageError, Vote};
 use ledger_node::raft::{open_storage, LogStore, RaftRequest, StateMachine, TypeConfig};
 use ledger_node::store::AppendCommand;
 use ledger_node::{ApplyOutcome, Command, Ledger, LedgerOptions, Store};
@@ -367,21 +367,18 @@ async fn a_damaged_snapshot_is_refused() {
         .is_none());
 }
 
-/// A crash after the store switched to a received snapshot and before `raft-snapshot.recv` was
-/// renamed left the store newer than the snapshot file, which openraft's start-up cannot agree
-/// with (its core panics). The open completes the rename; a partial receive is left alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::from_bytes(&[11u8; 32]);
+/// A leader's snapshot: `n` events (signed with key `key`) applied on a node in `dir`, built.
+/// Returns its metadata, its bytes and the commands applied.
+async fn leader_snapshot(dir: &Path, key: u8, n: u64) -> (SnapshotMeta, Vec<u8>, Vec<Command>) {
+    let key = SigningKey::from_bytes(&[key; 32]);
     let mut cmds = vec![Command::RegisterNode {
         node_id: 1,
         public_key: key.verifying_key().to_bytes(),
     }];
-    cmds.extend(commands(&key, 1, 40));
-    let (_log_a, mut sm_a, _store_a) = open_storage(&tmp.path().join("a")).expect("open a");
-    apply_in_groups(&mut sm_a, &cmds, 1).await;
-    let snap = sm_a
+    cmds.extend(commands(&key, 1, n));
+    let (_log, mut sm, _store) = open_storage(dir).expect("open leader");
+    apply_in_groups(&mut sm, &cmds, 1).await;
+    let snap = sm
         .get_snapshot_builder()
         .await
         .build_snapshot()
@@ -390,6 +387,16 @@ async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
     let mut bytes = Vec::new();
     let mut src = snap.snapshot;
     src.read_to_end(&mut bytes).await.expect("read snapshot");
+    (snap.meta, bytes, cmds)
+}
+
+/// A crash after the store switched to a received snapshot and before `raft-snapshot.recv` was
+/// renamed left the store newer than the snapshot file, which openraft's start-up cannot agree
+/// with (its core panics). The open completes the rename; a partial receive is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (snap, bytes, _) = leader_snapshot(&tmp.path().join("a"), 11, 40).await;
 
     let b = tmp.path().join("b");
     let (log_b, mut sm_b, store_b) = open_storage(&b).expect("open b");
@@ -411,9 +418,7 @@ async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
     let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
     rx.write_all(&bytes).await.expect("write");
     rx.shutdown().await.expect("shutdown");
-    sm_b.install_snapshot(&snap.meta, rx)
-        .await
-        .expect("install");
+    sm_b.install_snapshot(&snap, rx).await.expect("install");
     let size = store_b.size();
     std::fs::rename(b.join("raft-snapshot.bin"), b.join("raft-snapshot.recv")).expect("undo");
     drop((sm_b, store_b, log_b));
@@ -424,12 +429,108 @@ async fn an_install_cut_short_before_its_rename_is_completed_at_open() {
         .await
         .expect("current")
         .expect("the received snapshot is the current one");
-    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.meta, snap);
     assert_eq!(
         sm_b.applied_state().await.expect("applied").0,
-        snap.meta.last_log_id
+        snap.last_log_id
     );
     assert_eq!(store_b.size(), size);
+}
+
+/// What openraft's start-up makes of the storage (`StorageHelper::get_initial_state`, which also
+/// purges and builds as it sees fit) holds up to its state validation: the log is purged no
+/// further than the snapshot (or, without one, than what is committed), and the snapshot is
+/// committed. Where this failed, the Raft core panicked at start. Returns the last purged log id.
+async fn assert_raft_starts(log: &mut LogStore, sm: &mut StateMachine) -> Option<LogId> {
+    let state = openraft::StorageHelper::new(log, sm)
+        .get_initial_state()
+        .await
+        .expect("openraft's initial state");
+    let purged = log
+        .get_log_state()
+        .await
+        .expect("log state")
+        .last_purged_log_id;
+    let snapshot = state.snapshot_meta.last_log_id;
+    match snapshot {
+        Some(s) => assert!(
+            purged <= Some(s),
+            "log purged to {purged:?}, snapshot at {s}"
+        ),
+        None => assert!(
+            purged <= state.committed,
+            "log purged to {purged:?} without a snapshot, committed {:?}",
+            state.committed
+        ),
+    }
+    assert!(
+        snapshot <= state.committed,
+        "snapshot {snapshot:?} not committed"
+    );
+    purged
+}
+
+/// openraft purges its log up to a received snapshot as soon as it hands the snapshot to the
+/// state machine, without waiting for the install. The install's flush (or any other, here a
+/// vote's) made that purge durable before the store switched to the snapshot, and a power cut in
+/// between brought the node back with its log purged beyond its snapshot: its Raft core panicked
+/// at start (the power-loss round `power_cut_during_snapshot_install`). The purge now waits for
+/// the install and is written right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_of_a_snapshot_install_waits_for_the_install() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (snap, bytes, cmds) = leader_snapshot(&tmp.path().join("a"), 13, 60).await;
+    let upto = snap.last_log_id.expect("snapshot log id");
+
+    // The follower holds the first three entries of the log (from index 0, as openraft's
+    // start-up expects of a log never purged) and applied them.
+    let b = tmp.path().join("b");
+    let head = vec![
+        Entry {
+            log_id: log_id(1, 1, 0),
+            payload: EntryPayload::Blank,
+        },
+        membership(1, 1, &[1, 2, 3]),
+        normal(1, 2, cmds[..1].to_vec()),
+    ];
+    {
+        let (mut log_b, mut sm_b, _store_b) = open_storage(&b).expect("open b");
+        log_b.blocking_append(head.clone()).await.expect("append");
+        sm_b.apply(head.clone()).await.expect("apply");
+        let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
+        rx.write_all(&bytes).await.expect("write");
+        rx.shutdown().await.expect("shutdown");
+        // As openraft does: the purge at once, the install later; something is flushed, then
+        // the power goes before the install ran.
+        log_b.purge(upto).await.expect("purge");
+        log_b
+            .save_vote(&Vote::new_committed(2, 1))
+            .await
+            .expect("vote");
+    }
+    let (mut log_b, mut sm_b, _store_b) = reopen(&b);
+    assert_eq!(
+        assert_raft_starts(&mut log_b, &mut sm_b).await,
+        None,
+        "the purge was written before its install"
+    );
+
+    // Received again and installed: the purge follows the install.
+    let mut rx = sm_b.begin_receiving_snapshot().await.expect("begin");
+    rx.write_all(&bytes).await.expect("write");
+    rx.shutdown().await.expect("shutdown");
+    log_b.purge(upto).await.expect("purge");
+    sm_b.install_snapshot(&snap, rx).await.expect("install");
+    let state = log_b.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(upto));
+    assert!(read_all(&mut log_b).await.is_empty());
+    log_b
+        .save_vote(&Vote::new_committed(3, 1))
+        .await
+        .expect("vote");
+    drop((log_b, sm_b, _store_b));
+    let (mut log_b, mut sm_b, _store_b) = reopen(&b);
+    assert_eq!(assert_raft_starts(&mut log_b, &mut sm_b).await, Some(upto));
 }
 
 /// A `kB` field of `/proc/self/status` (0 where there is none).

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 const WAIT: Duration = Duration::from_secs(45);
 
 /// A TLS broker whose ACL lets gateway 1..=3 read and each device write its own topic.
-struct Broker {
+pub(crate) struct Broker {
     port: u16,
     cafile: PathBuf,
     _mosquitto: Mosquitto,
@@ -28,13 +28,13 @@ struct Broker {
 
 /// Where a device publishes to (port and the CA file to trust).
 #[derive(Clone)]
-struct BrokerAt {
+pub(crate) struct BrokerAt {
     port: u16,
     cafile: PathBuf,
 }
 
 impl Broker {
-    fn at(&self) -> BrokerAt {
+    pub(crate) fn at(&self) -> BrokerAt {
         BrokerAt {
             port: self.port,
             cafile: self.cafile.clone(),
@@ -42,7 +42,7 @@ impl Broker {
     }
 }
 
-fn start_broker(site: &Site) -> Broker {
+pub(crate) fn start_broker(site: &Site) -> Broker {
     require("mosquitto");
     let port = free_port();
     let mut opts = certs::MosquittoOptions::new(port, vec!["1".into(), "2".into(), "3".into()]);
@@ -76,14 +76,14 @@ fn start_broker(site: &Site) -> Broker {
 
 /// A device with its own certificate, publishing through `mosquitto_pub`.
 #[derive(Clone)]
-struct Device {
+pub(crate) struct Device {
     id: String,
     cert: PathBuf,
     key: PathBuf,
 }
 
 impl Device {
-    fn new(site: &Site, id: &str) -> Device {
+    pub(crate) fn new(site: &Site, id: &str) -> Device {
         let dir = site.dir.path().join("devices");
         std::fs::create_dir_all(&dir).expect("devices dir");
         let issued = site
@@ -104,7 +104,7 @@ impl Device {
         self.publish_to(&broker.at(), payloads)
     }
 
-    fn publish_to(&self, broker: &BrokerAt, payloads: &[String]) {
+    pub(crate) fn publish_to(&self, broker: &BrokerAt, payloads: &[String]) {
         let topic = device_adapters::mqtt::telemetry_topic(&self.id);
         let mut child = Command::new(require("mosquitto_pub"))
             .args(["-h", "localhost", "-p", &broker.port.to_string()])
@@ -135,7 +135,7 @@ impl Device {
 }
 
 /// One telemetry payload at `t0 + offset_s` seconds (device time), sequence `seq`.
-fn payload(seq: u64, t0: i64, offset_s: i64, metrics: &[(&str, f64)]) -> String {
+pub(crate) fn payload(seq: u64, t0: i64, offset_s: i64, metrics: &[(&str, f64)]) -> String {
     let ts = OffsetDateTime::from_unix_timestamp(t0 + offset_s)
         .expect("time")
         .format(&time::format_description::well_known::Rfc3339)
@@ -147,7 +147,7 @@ fn payload(seq: u64, t0: i64, offset_s: i64, metrics: &[(&str, f64)]) -> String 
     serde_json::json!({"seq": seq, "ts": ts, "metrics": m}).to_string()
 }
 
-fn mqtt_config(broker: &Broker, extra: &str) -> String {
+pub(crate) fn mqtt_config(broker: &Broker, extra: &str) -> String {
     format!(
         "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n{extra}\n\
          [[rules]]\nname = \"flow-high\"\nkind = \"above\"\nmetric = \"flow_rate\"\nlimit = 130.0\nhysteresis = 5.0\n\
@@ -156,41 +156,46 @@ fn mqtt_config(broker: &Broker, extra: &str) -> String {
     )
 }
 
-/// The device's ledger history as (kind, state-or-status, event id), in ledger order.
-async fn history(
+/// The device's ledger history as (kind, state-or-status, event id), in ledger order (every
+/// page of it).
+pub(crate) async fn history(
     client: &reqwest::Client,
     addr: &str,
     device: &str,
 ) -> Option<Vec<(String, String, String)>> {
-    let r = client
-        .get(format!("https://{addr}/v1/devices/{device}/history"))
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = client
+            .get(format!(
+                "https://{addr}/v1/devices/{device}/history?limit=10000{after}"
+            ))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        out.extend(v["entries"].as_array()?.iter().map(|e| {
+            let f = &e["fields"];
+            let what = f["state"]
+                .as_str()
+                .or(f["status"].as_str())
+                .or(f["due_at"].as_f64().map(|_| "due"))
+                .unwrap_or("")
+                .to_owned();
+            (
+                e["kind"].as_str().unwrap_or("").to_owned(),
+                what,
+                e["event_id"].as_str().unwrap_or("").to_owned(),
+            )
+        }));
+        match v["next"].as_u64() {
+            Some(n) => after = format!("&after={n}"),
+            None => return Some(out),
+        }
     }
-    let v: Value = r.json().await.ok()?;
-    Some(
-        v["entries"]
-            .as_array()?
-            .iter()
-            .map(|e| {
-                let f = &e["fields"];
-                let what = f["state"]
-                    .as_str()
-                    .or(f["status"].as_str())
-                    .or(f["due_at"].as_f64().map(|_| "due"))
-                    .unwrap_or("")
-                    .to_owned();
-                (
-                    e["kind"].as_str().unwrap_or("").to_owned(),
-                    what,
-                    e["event_id"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect(),
-    )
 }
 
 async fn telemetry_status(client: &reqwest::Client, addr: &str) -> Option<Value> {
@@ -247,7 +252,7 @@ async fn wait_listening(client: &reqwest::Client, g: &Gateway) {
     .await;
 }
 
-fn outbox_files(dir: &Path) -> usize {
+pub(crate) fn outbox_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("outbox"))
         .map(|d| {
             d.filter_map(Result::ok)

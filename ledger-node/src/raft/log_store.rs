@@ -12,6 +12,19 @@
 //! Appended entries and votes are acknowledged only once they are on disk (sled flush and
 //! `fdatasync`, shared between concurrent callers): acknowledging before the flush loses
 //! acknowledged writes on power loss (openraft #618).
+//!
+//! # The purge that follows a snapshot install
+//!
+//! When a follower installs a snapshot, openraft sends the install to the state machine's task
+//! and at once, without waiting for it, purges the log up to the snapshot. The state machine
+//! streams the snapshot into a new tree and flushes the database before it switches to it; that
+//! flush also made the purge durable. A power cut in between left the log purged up to the new
+//! snapshot while the ledger and the snapshot file were still the old ones: openraft's start-up
+//! then found its log purged beyond its snapshot, and its state validation panicked (found by
+//! the power-loss rounds, `tests/it/powerloss.rs`, `power_cut_during_snapshot_install`). So a
+//! purge beyond what the state machine holds, asked for while a snapshot is being received, is
+//! held back ([`PurgeGate`]) and written by the state machine right after it switched to the
+//! snapshot: sled recovers a prefix of its writes, so the purge is never durable without it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -41,6 +54,23 @@ pub struct LogStore {
     meta: sled::Tree,
     durability: Arc<Durability>,
     path: PathBuf,
+    gate: Arc<PurgeGate>,
+}
+
+/// Orders the log purge of a snapshot install after the install (see the module documentation).
+#[derive(Default)]
+struct PurgeGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Raft's last applied log id as the state machine last wrote it (flushed or not).
+    applied: Option<LogId>,
+    /// A snapshot is being received; cleared by its install.
+    receiving: bool,
+    /// A purge held back until the state machine has applied or installed up to it.
+    held: Option<LogId>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -100,7 +130,39 @@ impl LogStore {
             meta: db.open_tree("raft_meta").map_err(storage)?,
             durability,
             path: dir.to_owned(),
+            gate: Arc::default(),
         })
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.gate.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state machine starts receiving a snapshot: until it is installed, a purge beyond what
+    /// is applied waits for it.
+    pub(crate) fn snapshot_receiving(&self) {
+        self.gate().receiving = true;
+    }
+
+    /// The state machine wrote `applied` as its last applied log id, by applying entries or (with
+    /// `installed`) by switching to a received snapshot; a purge held back until then is written
+    /// now, after what it covers.
+    pub(crate) fn state_applied(
+        &self,
+        applied: Option<LogId>,
+        installed: bool,
+    ) -> Result<(), LedgerError> {
+        let mut gate = self.gate();
+        gate.applied = applied;
+        if installed {
+            gate.receiving = false;
+        }
+        if let Some(upto) = gate.held.filter(|h| Some(h) <= applied.as_ref()) {
+            tracing::debug!(upto = %upto, "purging the raft log the installed snapshot covers");
+            self.purge_upto(&upto)?;
+            gate.held = None;
+        }
+        Ok(())
     }
 
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> LedgerError {
@@ -404,6 +466,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Under the gate's lock, so that a purge held back and one asked for now are written in
+        // the order openraft asked for them.
+        let mut gate = self.gate();
+        if gate.receiving && gate.applied.as_ref() < Some(&log_id) {
+            // The purge of a snapshot install that is not done yet (see the module
+            // documentation): written by `state_applied` once the state machine switched to it.
+            tracing::debug!(upto = %log_id, applied = ?gate.applied, "raft log purge waits for the snapshot install");
+            gate.held = gate.held.max(Some(log_id));
+            return Ok(());
+        }
         tracing::debug!(upto = %log_id, "purging the raft log");
         // Not flushed: purging is only ever done up to state that a durable snapshot covers, and
         // a purge lost in a crash just leaves more log than needed.

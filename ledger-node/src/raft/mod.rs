@@ -53,7 +53,12 @@ pub fn open_storage_with_cache(
     let store = Arc::new(Store::open_in(&db, &db_dir)?);
     let durability = Arc::new(Durability::new(db.clone(), db_dir.clone()));
     let log = LogStore::open(&db, &db_dir, durability.clone())?;
-    let sm = StateMachine::new(store.clone(), durability, data_dir.join(SNAPSHOT_FILE))?;
+    let sm = StateMachine::new(
+        store.clone(),
+        durability,
+        data_dir.join(SNAPSHOT_FILE),
+        log.clone(),
+    )?;
     Ok((log, sm, store))
 }
 

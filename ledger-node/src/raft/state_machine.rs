@@ -12,7 +12,8 @@
 //!
 //! Two places do flush: building a snapshot (openraft purges the log up to a snapshot, so the
 //! state it covers must be durable before the log that could rebuild it goes), and installing one
-//! (the log before it is purged as well).
+//! (the log before it is purged as well, and that purge is written only after the install
+//! switched the store to the snapshot: see [`LogStore`]'s module).
 //!
 //! # Snapshots
 //!
@@ -54,7 +55,7 @@ use tokio::io::AsyncWriteExt;
 use super::types::{
     Entry, LogId, RaftResponse, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use super::{sto_err, Durability};
+use super::{sto_err, Durability, LogStore};
 use crate::error::LedgerError;
 use crate::hash::Hash;
 use crate::store::{Command, Store, StoreView};
@@ -76,6 +77,12 @@ pub struct StateMachine {
     store: Arc<Store>,
     durability: Arc<Durability>,
     snapshot_path: PathBuf,
+    /// The node's Raft log, told what is applied so that the purge of a snapshot install is
+    /// written after the install (see the [`log_store`](super::log_store) module).
+    log: LogStore,
+    /// Held while `raft-snapshot.bin` is replaced, by a build or an install (see
+    /// [`replace_snapshot_file`]).
+    snapshot_file: Arc<std::sync::Mutex<()>>,
 }
 
 /// Builds snapshots of the state machine; openraft runs it beside ongoing applies.
@@ -83,6 +90,7 @@ pub struct SnapshotBuilder {
     store: Arc<Store>,
     durability: Arc<Durability>,
     snapshot_path: PathBuf,
+    snapshot_file: Arc<std::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -222,11 +230,13 @@ impl Write for SyncingFile {
 
 /// Writes `view` as the snapshot `meta` into `path` so that a crash leaves either the old file or
 /// the new one (a temporary file, synced, renamed over, the directory synced), and returns the
-/// new file opened for reading.
+/// new file opened for reading. `lock` is held while the file is replaced (see
+/// [`replace_snapshot_file`]).
 fn write_snapshot_file(
     path: &Path,
     meta: &SnapshotMeta,
     view: &StoreView,
+    lock: &std::sync::Mutex<()>,
 ) -> Result<(std::fs::File, u64), LedgerError> {
     let tmp = path.with_extension("tmp");
     let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
@@ -253,8 +263,42 @@ fn write_snapshot_file(
     // Opened before the rename: a build that renames over this one meanwhile does not change
     // what this snapshot's reader sees.
     let reader = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
-    rename_synced(&tmp, path)?;
+    replace_snapshot_file(lock, &tmp, path, meta.last_log_id)?;
     Ok((reader, len))
+}
+
+/// Renames the built snapshot `from` (of `last`) over the current snapshot file `to`, unless
+/// that holds a newer snapshot: openraft builds beside installs, and a build that started before
+/// an install and ended after it put its older snapshot in place of the installed one, whose log
+/// openraft had purged (the next start would find its log purged beyond its snapshot, which its
+/// state validation refuses). The older file is removed; its reader stays open.
+fn replace_snapshot_file(
+    lock: &std::sync::Mutex<()>,
+    from: &Path,
+    to: &Path,
+    last: Option<LogId>,
+) -> Result<(), LedgerError> {
+    let _replacing = lock.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(current) = file_last_log_id(to).filter(|current| *current > last) {
+        tracing::info!(
+            built = ?last,
+            current = ?current,
+            "a snapshot was installed while this one was built: keeping the installed one"
+        );
+        return std::fs::remove_file(from).map_err(io_err(from));
+    }
+    rename_synced(from, to)
+}
+
+/// The last log id in the header of the snapshot file at `path`; `None` if there is no file or
+/// it does not read.
+fn file_last_log_id(path: &Path) -> Option<Option<LogId>> {
+    let file = std::fs::File::open(path).ok()?;
+    let content = file.metadata().ok()?.len().checked_sub(32)?;
+    let header = SnapshotReader::new(BufReader::new(&file), content, path)
+        .ok()?
+        .header;
+    Some(header.meta.last_log_id)
 }
 
 /// Renames `from` to `to` and syncs the directory, so that the rename survives a crash.
@@ -456,14 +500,18 @@ impl StateMachine {
         store: Arc<Store>,
         durability: Arc<Durability>,
         snapshot_path: PathBuf,
+        log: LogStore,
     ) -> Result<Self, LedgerError> {
         let sm = Self {
             store,
             durability,
             snapshot_path,
+            log,
+            snapshot_file: Arc::default(),
         };
         // Fail at open, not in the middle of Raft's start-up, if the metadata does not parse.
-        sm.read_applied()?;
+        let (applied, _) = sm.read_applied()?;
+        sm.log.state_applied(applied, false)?;
         sm.finish_interrupted_install()?;
         Ok(sm)
     }
@@ -475,8 +523,9 @@ impl StateMachine {
     /// an older one (or none). openraft then purges its log up to the applied id at start-up
     /// (the log ends before it) and its state says the log is purged beyond its snapshot, which
     /// its validation refuses, and the Raft core panics at start (a power cut during an install,
-    /// seed 3172681818236010586, panicked so; that round still fails for another reason, see
-    /// docs/operations.md). A received file whose checksum holds and whose last
+    /// seed 3172681818236010586, panicked so; the other cause of that panic was the log purge
+    /// written before the install, see the [`log_store`](super::log_store) module). A received
+    /// file whose checksum holds and whose last
     /// log id is the store's is that snapshot, or one of the same state: it becomes the current
     /// snapshot. Anything else in `raft-snapshot.recv` is a partial receive, truncated by the
     /// next one.
@@ -565,6 +614,7 @@ impl StateMachine {
         let store = self.store.clone();
         let snapshot_path = self.snapshot_path.clone();
         let expected = meta.clone();
+        let (log, snapshot_file) = (self.log.clone(), self.snapshot_file.clone());
         let (size, root) = tokio::task::spawn_blocking(move || -> Result<_, LedgerError> {
             // openraft writes what it receives into the file `begin_receiving_snapshot` made;
             // other callers (openraft's storage test suite) hand over another node's file, which
@@ -619,7 +669,13 @@ impl StateMachine {
                     ),
                 ));
             }
-            rename_synced(&recv, &snapshot_path)?;
+            {
+                let _replacing = snapshot_file.lock().unwrap_or_else(|p| p.into_inner());
+                rename_synced(&recv, &snapshot_path)?;
+            }
+            // Only now, after the switch and the rename, the log purge openraft asked for
+            // when it started this install.
+            log.state_applied(expected.last_log_id, true)?;
             Ok((size, root))
         })
         .await
@@ -667,8 +723,9 @@ impl SnapshotBuilder {
         };
         let m = meta.clone();
         let path = self.snapshot_path.clone();
+        let lock = self.snapshot_file.clone();
         let (file, bytes) =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m, &view))
+            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m, &view, &lock))
                 .await
                 .map_err(|e| join_err(&self.snapshot_path, e))??;
         tracing::info!(snapshot = %meta, bytes, "built snapshot");
@@ -755,6 +812,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // See the module documentation: the Raft log, not a flush here, makes these durable.
         self.store.publish();
+        self.log
+            .state_applied(Some(last), false)
+            .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
         tracing::debug!(
             first = first.map_or(0, |f| f.index),
             last = last.index,
@@ -775,10 +835,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             durability: self.durability.clone(),
             snapshot_path: self.snapshot_path.clone(),
+            snapshot_file: self.snapshot_file.clone(),
         }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // openraft purges its log up to a received snapshot without waiting for its install.
+        self.log.snapshot_receiving();
         let path = self.receive_path();
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -881,6 +944,26 @@ mod tests {
         let mut r = SnapshotReader::new(bytes, content, p)?;
         let pairs = r.by_ref().collect::<Result<Vec<_>, _>>()?;
         Ok((r.header, pairs))
+    }
+
+    /// A build that started before an install and ends after it keeps the installed snapshot.
+    #[test]
+    fn an_older_build_does_not_replace_an_installed_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft-snapshot.bin");
+        let tmp = dir.path().join("raft-snapshot.tmp");
+        let lock = std::sync::Mutex::new(());
+        // The installed snapshot is of log index 7 (`meta`).
+        std::fs::write(&path, encode()).expect("installed");
+        std::fs::write(&tmp, b"older").expect("built");
+        replace_snapshot_file(&lock, &tmp, &path, Some(openraft::testing::log_id(1, 1, 5)))
+            .expect("replace");
+        assert_eq!(std::fs::read(&path).expect("read"), encode());
+        assert!(!tmp.exists());
+        std::fs::write(&tmp, b"newer").expect("built");
+        replace_snapshot_file(&lock, &tmp, &path, Some(openraft::testing::log_id(2, 1, 9)))
+            .expect("replace");
+        assert_eq!(std::fs::read(&path).expect("read"), b"newer");
     }
 
     #[test]

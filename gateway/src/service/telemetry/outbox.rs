@@ -78,7 +78,12 @@ impl Outbox {
     /// files are kept in order, `.tmp` leftovers of an interrupted append are deleted, and a
     /// file that does not parse is moved to `bad/` and reported, never silently dropped.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        // Its name synced in the data directory: the fsync of the outbox directory after an
+        // append makes the files' names durable, not the directory's own.
+        ledger_node::store::create_dir_durable(dir).map_err(|e| OutboxError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
         let mut inner = Inner::default();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
