@@ -138,7 +138,7 @@ fn ca_params(cn: String, pathlen: u8, validity: Validity) -> CertificateParams {
     p
 }
 
-fn issuing_cn(node_id: &str) -> String {
+pub(crate) fn issuing_cn(node_id: &str) -> String {
     format!("MedLedger issuing CA {node_id}")
 }
 

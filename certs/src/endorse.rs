@@ -157,6 +157,21 @@ pub fn verify_endorsement(
                 root.subject()
             )
         })?;
+    // Each gateway's issuing CA is named after its node: it may endorse its own node's key
+    // only, so that one gateway's CA cannot vouch for keys it made up for the others.
+    let want_cn = crate::ca::issuing_cn(&node_id.to_string());
+    let issuer_cn = issuer
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    if issuer_cn != Some(want_cn.as_str()) {
+        return Err(format!(
+            "the endorsement's issuer {} is not node {node_id}'s issuing CA ({want_cn:?}): a \
+             gateway's CA endorses its own node's key only",
+            issuer.subject()
+        ));
+    }
     cert.verify_signature(Some(issuer.public_key()))
         .map_err(|_| format!("the endorsement is not signed by {}", issuer.subject()))?;
     let spki = cert.public_key();
@@ -210,27 +225,30 @@ mod tests {
         let other = tempfile::tempdir().expect("tempdir");
         let other_ca = init_site_ca(other.path(), &CaInit::new("Other site", "1")).expect("ca");
         let key = [7u8; 32];
-        let e = ca.endorse_ledger_key(3, &key).expect("endorse");
+        // `ca` is node 1's issuing CA.
+        let e = ca.endorse_ledger_key(1, &key).expect("endorse");
         let root = ca.root_der().to_vec();
-        verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 3, &key, None).expect("valid");
+        verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 1, &key, None).expect("valid");
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 3, &key, Some(now)).expect("now");
-        let err = verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 3, &[8u8; 32], None)
+        verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 1, &key, Some(now)).expect("now");
+        let err = verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 1, &[8u8; 32], None)
             .expect_err("other key");
         assert!(err.contains("another key"), "{err}");
-        let err = verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 4, &key, None)
-            .expect_err("other node");
-        assert!(err.contains("does not name node 4"), "{err}");
+        // Node 1's CA endorsing a key as node 3's (one gateway vouching for another's key).
+        let third = ca.endorse_ledger_key(3, &key).expect("endorse");
+        let err = verify_endorsement(&root, &third.issuer_pem, &third.cert_pem, 3, &key, None)
+            .expect_err("another node's CA");
+        assert!(err.contains("is not node 3's issuing CA"), "{err}");
         let other_root = other_ca.root_der().to_vec();
-        let err = verify_endorsement(&other_root, &e.issuer_pem, &e.cert_pem, 3, &key, None)
+        let err = verify_endorsement(&other_root, &e.issuer_pem, &e.cert_pem, 1, &key, None)
             .expect_err("other site");
         assert!(err.contains("not signed by the site root"), "{err}");
         // An endorsement by another site's CA, presented with this site's issuing certificate.
-        let forged = other_ca.endorse_ledger_key(3, &key).expect("endorse");
-        let err = verify_endorsement(&root, &e.issuer_pem, &forged.cert_pem, 3, &key, None)
+        let forged = other_ca.endorse_ledger_key(1, &key).expect("endorse");
+        let err = verify_endorsement(&root, &e.issuer_pem, &forged.cert_pem, 1, &key, None)
             .expect_err("forged");
         assert!(err.contains("not signed by"), "{err}");
-        let err = verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 3, &key, Some(0))
+        let err = verify_endorsement(&root, &e.issuer_pem, &e.cert_pem, 1, &key, Some(0))
             .expect_err("too early");
         assert!(err.contains("not valid at"), "{err}");
     }

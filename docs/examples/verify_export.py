@@ -7,7 +7,7 @@ of RFC 8032 section 6 (pure Python, slow: a few milliseconds per signature), wit
 that MedLedger's format requires (canonical S, no small-order key or R, R compared as bytes).
 
 Usage:
-    verify_export.py [--skip-signatures] [--trusted-key NODE_ID=HEX]... FILE
+    verify_export.py [--skip-signatures] [--trusted-key NODE_ID=HEX]... [--quorum N] FILE
     verify_export.py --self-test
 
 Exit status: 0 the document verifies, 1 it does not (the first problem is printed on stderr),
@@ -421,15 +421,37 @@ def parse_head(value):
     }
 
 
-def check_head(head, keys, opts):
+def check_head(head, keys, opts, what="tree head"):
     pk = keys.get(head["node_id"])
     if pk is None:
-        raise Invalid("tree head signed by node %d, whose key is not in the document"
-                      % head["node_id"])
+        raise Invalid("%s signed by node %d, whose key is not in the document"
+                      % (what, head["node_id"]))
     msg = (TREE_HEAD_DOMAIN + head["size"].to_bytes(8, "big") + head["root"]
            + head["time_ms"].to_bytes(8, "big", signed=True) + head["node_id"].to_bytes(8, "big"))
     if not opts["skip_signatures"] and not ed25519_verify(pk, msg, head["signature"]):
-        raise Invalid("tree head signature does not verify")
+        raise Invalid("%s signature does not verify" % what)
+
+
+def check_cosignatures(head, value, keys, opts):
+    """Section 9.6: co-signatures of the tree head; returns the nodes that signed it."""
+    if not isinstance(value, list):
+        raise Invalid("cosignatures is not a list")
+    signers = [head["node_id"]]
+    for i, v in enumerate(value):
+        c = parse_head(v)
+        what = "co-signature of node %d" % c["node_id"]
+        if c["size"] != head["size"] or c["root"] != head["root"]:
+            raise Invalid("%s is over another tree than the tree head's" % what)
+        if c["node_id"] in signers:
+            raise Invalid("node %d signs the tree head twice" % c["node_id"])
+        check_head(c, keys, opts, what)
+        signers.append(c["node_id"])
+    quorum = opts.get("quorum", 0)
+    if len(signers) < quorum:
+        raise Invalid("the tree head of %d entries is signed by node(s) %s only, fewer than "
+                      "the %d gateways the quorum requires"
+                      % (head["size"], ", ".join(map(str, signers)), quorum))
+    return signers
 
 
 def check_record(value, expected_seq, keys, opts, disclosed_classes=None, claims=None):
@@ -538,7 +560,10 @@ def verify_export(lines, opts):
     if lineno > len(lines):
         raise Invalid("line %d: the tree head line is missing" % lineno)
     try:
-        (value,) = fields(parse_json(lines[lineno - 1]), "tree head line", ("tree_head",))
+        tail = parse_json(lines[lineno - 1])
+        # Optional (section 9.6): the co-signatures of the checkpoint the export is cut at.
+        cosignatures = tail.pop("cosignatures", []) if isinstance(tail, dict) else []
+        (value,) = fields(tail, "tree head line", ("tree_head",))
         head = parse_head(value)
     except Invalid as e:
         raise Invalid("line %d: %s" % (lineno, e)) from None
@@ -550,6 +575,10 @@ def verify_export(lines, opts):
     if mth(leaves) != head["root"]:
         raise Invalid("line %d: root of the entries does not match the signed tree head" % lineno)
     check_head(head, keys, opts)
+    try:
+        signers = check_cosignatures(head, cosignatures, keys, opts)
+    except Invalid as e:
+        raise Invalid("line %d: %s" % (lineno, e)) from None
     # Section 10: every erasure marker points at the erasure entry of its entry and component.
     for seq, name, by in claims:
         if (by, seq, name) not in erasures:
@@ -557,7 +586,8 @@ def verify_export(lines, opts):
                           "is not an erasure of entry %d's component %r"
                           % (seq, name, by, by, seq, name))
     return {"document": "export", "head": head, "keys": keys, "entries": size,
-            "disclosed": disclosed, "withheld": withheld, "erased": len(claims)}
+            "disclosed": disclosed, "withheld": withheld, "erased": len(claims),
+            "signers": signers}
 
 
 def verify_receipt(text, opts):
@@ -565,6 +595,18 @@ def verify_receipt(text, opts):
     # Optional (section 8): a consistency proof from an older tree size, for a reader who checks
     # the receipt against a head seen before; its structure is checked here.
     consistency = doc.pop("consistency", None) if isinstance(doc, dict) else None
+    # Optional (sections 9.5, 9.6): co-signatures of the tree head, and the site's endorsements
+    # of the keys (X.509, checked against a site root; only their structure is checked here).
+    cosignatures = doc.pop("cosignatures", []) if isinstance(doc, dict) else []
+    endorsements = doc.pop("endorsements", []) if isinstance(doc, dict) else []
+    if not isinstance(endorsements, list):
+        raise Invalid("endorsements is not a list")
+    for i, e in enumerate(endorsements):
+        node_id, cert, issuer = fields(e, "endorsements[%d]" % i,
+                                       ("node_id", "certificate", "issuer_certificate"))
+        uint(node_id, "endorsements[%d].node_id" % i)
+        if not isinstance(cert, str) or not isinstance(issuer, str):
+            raise Invalid("endorsements[%d]: certificates are PEM text" % i)
     fmt, node_keys, record, proof, head = fields(
         doc, "receipt",
         ("format", "node_keys", "entry", "inclusion_proof", "tree_head"))
@@ -584,6 +626,7 @@ def verify_receipt(text, opts):
     if not verify_inclusion(leaf, entry["seq"], head["size"], proof, head["root"]):
         raise Invalid("entry %d: inclusion proof does not lead to the signed root" % entry["seq"])
     check_head(head, keys, opts)
+    signers = check_cosignatures(head, cosignatures, keys, opts)
     if consistency is not None:
         from_size, cproof = fields(consistency, "consistency", ("from_size", "proof"))
         from_size = uint(from_size, "consistency.from_size")
@@ -595,7 +638,8 @@ def verify_receipt(text, opts):
         for i, h in enumerate(cproof):
             lowhex(h, "consistency.proof[%d]" % i, 32)
     return {"document": "receipt", "head": head, "keys": keys, "entries": 1,
-            "disclosed": d, "withheld": w, "erased": len(erased), "entry": entry}
+            "disclosed": d, "withheld": w, "erased": len(erased), "entry": entry,
+            "signers": signers}
 
 
 def verify(data, opts):
@@ -694,7 +738,7 @@ def self_test():
 
 
 def main(argv):
-    opts = {"skip_signatures": False, "trusted": set()}
+    opts = {"skip_signatures": False, "trusted": set(), "quorum": 0}
     path = None
     args = list(argv[1:])
     while args:
@@ -704,6 +748,12 @@ def main(argv):
             return 0
         if a == "--skip-signatures":
             opts["skip_signatures"] = True
+        elif a == "--quorum" and args:
+            try:
+                opts["quorum"] = int(args.pop(0))
+            except ValueError:
+                print("--quorum: expected a number of gateways", file=sys.stderr)
+                return 2
         elif a == "--trusted-key" and args:
             spec = args.pop(0)
             node, _, key = spec.partition("=")
@@ -739,6 +789,9 @@ def main(argv):
              head["size"], head["root"].hex(), head["node_id"], head["time_ms"]))
     print("components: %d disclosed and matching their commitments, %d withheld (commitment only), "
           "%d erased" % (report["disclosed"], report["withheld"], report["erased"]))
+    if len(report["signers"]) > 1:
+        print("tree head signed by %d gateways: nodes %s"
+              % (len(report["signers"]), ", ".join(map(str, report["signers"]))))
     for node_id, pk in sorted(report["keys"].items()):
         print("node %d public key %s" % (node_id, pk.hex()))
     if opts["skip_signatures"]:

@@ -95,6 +95,21 @@ impl ExportOpening {
 #[serde(deny_unknown_fields)]
 pub struct ExportTail {
     pub tree_head: SignedTreeHead,
+    /// The co-signatures of the checkpoint the export is cut at: tree heads over the same size
+    /// and root signed by other gateways that applied it (docs/ledger-format.md §9.6). Absent
+    /// when there are none (every export before this field existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cosignatures: Vec<SignedTreeHead>,
+}
+
+/// A gateway's ledger key endorsement as a receipt carries it: the certificate of the key and
+/// the issuing CA's certificate that signed it, both PEM (docs/ledger-format.md §9.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEndorsement {
+    pub node_id: u64,
+    pub certificate: String,
+    pub issuer_certificate: String,
 }
 
 /// A receipt for one entry.
@@ -112,6 +127,14 @@ pub struct Receipt<'a> {
     /// without one (all receipts before this field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<ConsistencyProof>,
+    /// Co-signatures of `tree_head` by other gateways, when it is a co-signed checkpoint (§9.6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cosignatures: Vec<SignedTreeHead>,
+    /// The endorsements of the document's node keys by the site, so that the receipt can be
+    /// checked against the site root offline (`verify --site-root`, §9.5). Filled in by the
+    /// gateway, which knows where the ledger records them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endorsements: Vec<KeyEndorsement>,
 }
 
 /// A consistency proof carried by a receipt.
@@ -212,9 +235,27 @@ pub fn write_export(
         out,
         &ExportTail {
             tree_head: head.clone(),
+            cosignatures: cosignatures_of(store, head)?,
         },
     )?;
     out.flush().map_err(io_err)
+}
+
+/// The co-signatures the ledger recorded for `head`, when it is the latest checkpoint.
+fn cosignatures_of(
+    store: &Store,
+    head: &SignedTreeHead,
+) -> Result<Vec<SignedTreeHead>, LedgerError> {
+    Ok(match store.latest_checkpoint()? {
+        // A co-signature over another tree (left by an interrupted apply, rewritten when the
+        // apply is replayed) is no co-signature of this head.
+        Some(c) if &c == head => store
+            .checkpoint_cosignatures()?
+            .into_iter()
+            .filter(|s| s.size == head.size && s.root == head.root)
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// Builds a receipt for entry `seq` against `head`.
@@ -267,6 +308,8 @@ pub fn make_receipt_since(
         inclusion_proof: proof.into_iter().map(HexHash).collect(),
         tree_head: head.clone(),
         consistency,
+        cosignatures: cosignatures_of(store, head)?,
+        endorsements: Vec::new(),
     })
 }
 
@@ -325,6 +368,8 @@ pub struct VerifyReport {
     pub trust: Trust,
     /// The known head the document was found consistent with, when one was given.
     pub known_head: Option<KnownHeadCheck>,
+    /// The nodes whose signatures on the tree head verified: its signer, then its co-signers.
+    pub head_signers: Vec<u64>,
 }
 
 /// What kind of problem a failure is.
@@ -376,6 +421,10 @@ pub struct VerifyOptions {
     pub known_head: Option<SignedTreeHead>,
     /// Threads that check entries; 0 means one per core.
     pub threads: usize,
+    /// When not 0: the tree head must carry valid signatures (its own and co-signatures, §9.6)
+    /// of at least this many distinct nodes whose keys the verifier trusts, so that a history
+    /// one gateway signed alone is refused.
+    pub quorum: usize,
 }
 
 struct Keys {
@@ -421,6 +470,56 @@ impl Keys {
                 ),
             )
         })
+    }
+
+    /// Checks the co-signatures of `head` (already checked itself) and the quorum of `opts`;
+    /// returns the nodes that signed it, its own signer first.
+    fn check_cosignatures(
+        &self,
+        head: &SignedTreeHead,
+        cosignatures: &[SignedTreeHead],
+        quorum: usize,
+    ) -> Result<Vec<u64>, VerifyFailure> {
+        let mut signers = vec![head.node_id];
+        for c in cosignatures {
+            let what = format!("co-signature of node {}", c.node_id);
+            if c.size != head.size || c.root != head.root {
+                return Err(fail(
+                    None,
+                    None,
+                    format!(
+                        "{what} is over another tree ({} entries, root {}) than the tree head's",
+                        c.size,
+                        hex::encode(c.root)
+                    ),
+                ));
+            }
+            if signers.contains(&c.node_id) {
+                return Err(fail(
+                    None,
+                    None,
+                    format!("node {} signs the tree head twice", c.node_id),
+                ));
+            }
+            self.check_head(c, &what)?;
+            signers.push(c.node_id);
+        }
+        if signers.len() < quorum {
+            let names: Vec<String> = signers.iter().map(u64::to_string).collect();
+            return Err(fail(
+                None,
+                None,
+                format!(
+                    "the tree head of {} entries is signed by node{} {} only, fewer than the {quorum} \
+                     gateways the quorum requires: a history that no quorum of gateways applied \
+                     (one gateway's own) is not accepted",
+                    head.size,
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                ),
+            ));
+        }
+        Ok(signers)
     }
 
     fn check_head(&self, head: &SignedTreeHead, what: &str) -> Result<(), VerifyFailure> {
@@ -999,6 +1098,12 @@ fn verify_export(
         ));
     }
     keys.check_head(&head, "tree head")?;
+    let head_signers = keys
+        .check_cosignatures(&head, &tail.cosignatures, opts.quorum)
+        .map_err(|f| VerifyFailure {
+            line: Some(lineno),
+            ..f
+        })?;
     // Every erasure marker points at an erasure entry of this export that names its entry and
     // component (the entry bytes are signed; the marker is not).
     for (seq, name, by) in &claims {
@@ -1029,6 +1134,7 @@ fn verify_export(
         entry: None,
         trust: keys.trust,
         known_head,
+        head_signers,
     })
 }
 
@@ -1196,6 +1302,7 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
     verify_inclusion(&leaf, seq, r.tree_head.size, &proof, &r.tree_head.root)
         .map_err(|e| fail(Some(seq), None, format!("inclusion proof: {e}")))?;
     keys.check_head(&r.tree_head, "tree head")?;
+    let head_signers = keys.check_cosignatures(&r.tree_head, &r.cosignatures, opts.quorum)?;
     if let Some(c) = &r.consistency {
         if c.from_size == 0 || c.from_size > r.tree_head.size {
             return Err(fail(
@@ -1223,6 +1330,7 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         entry: Some((entry, r.entry.openings)),
         trust: keys.trust,
         known_head,
+        head_signers,
     })
 }
 

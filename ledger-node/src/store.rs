@@ -76,6 +76,14 @@ pub enum Command {
     /// so exports cut at it are byte-identical on every node and the head leaves the node that
     /// signed it.
     Checkpoint(crate::sth::SignedTreeHead),
+    /// A checkpoint with the co-signatures the leader collected from other gateways: tree heads
+    /// over the same size and root, each signed by a gateway that applied those entries and
+    /// found the same root (docs/ledger-format.md §9.6). Recorded only if every co-signature
+    /// verifies; a plain [`Command::Checkpoint`] records none.
+    CosignedCheckpoint {
+        head: crate::sth::SignedTreeHead,
+        cosignatures: Vec<crate::sth::SignedTreeHead>,
+    },
 }
 
 /// One event ready for apply: the signed body, the signature and the openings of its components.
@@ -403,6 +411,8 @@ const LAYOUT: u8 = 3;
 /// Layouts this version reads.
 const LAYOUTS_READ: [u8; 2] = [2, 3];
 const META_CHECKPOINT: &str = "checkpoint";
+/// The co-signatures of the checkpoint (a JSON array of signed tree heads).
+const META_COSIGNATURES: &str = "cosignatures";
 
 fn key_entry(seq: u64) -> [u8; 9] {
     let mut k = [b'E'; 9];
@@ -1020,7 +1030,10 @@ impl Store {
                     &mut pending,
                 )?,
                 Command::Checkpoint(head) => {
-                    self.apply_checkpoint(head, &new_keys, &mut batch, &mut pending)?
+                    self.apply_checkpoint(head, &[], &new_keys, &mut batch, &mut pending)?
+                }
+                Command::CosignedCheckpoint { head, cosignatures } => {
+                    self.apply_checkpoint(head, cosignatures, &new_keys, &mut batch, &mut pending)?
                 }
             };
             outcomes.push(outcome);
@@ -1060,6 +1073,7 @@ impl Store {
     fn apply_checkpoint(
         &self,
         head: &crate::sth::SignedTreeHead,
+        cosignatures: &[crate::sth::SignedTreeHead],
         new_keys: &HashMap<u64, [u8; 32]>,
         batch: &mut Writes,
         pending: &mut Pending,
@@ -1072,11 +1086,14 @@ impl Store {
                 head.size
             ));
         }
-        let key = match new_keys.get(&head.node_id) {
-            Some(k) => Some(*k),
-            None => self.node_key_bytes(head.node_id)?,
+        let key_of = |node_id: u64| -> Result<Option<VerifyingKey>, LedgerError> {
+            let key = match new_keys.get(&node_id) {
+                Some(k) => Some(*k),
+                None => self.node_key_bytes(node_id)?,
+            };
+            Ok(key.and_then(|k| VerifyingKey::from_bytes(&k).ok()))
         };
-        let Some(key) = key.and_then(|k| VerifyingKey::from_bytes(&k).ok()) else {
+        let Some(key) = key_of(head.node_id)? else {
             return refuse(format!(
                 "checkpoint signed by node {}, whose key is unknown",
                 head.node_id
@@ -1084,6 +1101,33 @@ impl Store {
         };
         if !head.verify(&key) {
             return refuse("checkpoint signature does not verify".into());
+        }
+        let mut signers = vec![head.node_id];
+        for c in cosignatures {
+            if c.size != head.size || c.root != head.root {
+                return refuse(format!(
+                    "the co-signature of node {} is over another tree than the checkpoint",
+                    c.node_id
+                ));
+            }
+            if signers.contains(&c.node_id) {
+                return refuse(format!("node {} signs the checkpoint twice", c.node_id));
+            }
+            match key_of(c.node_id)? {
+                Some(k) if c.verify(&k) => signers.push(c.node_id),
+                Some(_) => {
+                    return refuse(format!(
+                        "the co-signature of node {} does not verify",
+                        c.node_id
+                    ))
+                }
+                None => {
+                    return refuse(format!(
+                        "checkpoint co-signed by node {}, whose key is unknown",
+                        c.node_id
+                    ))
+                }
+            }
         }
         let reader = PendingReader {
             store: self,
@@ -1106,8 +1150,21 @@ impl Store {
         }
         let json = serde_json::to_vec(head).map_err(|e| self.corrupt(&e.to_string()))?;
         batch.insert(key_meta(META_CHECKPOINT), json);
+        // Written with every checkpoint, empty for a plain one: they belong to this head only.
+        let cosigs = serde_json::to_vec(cosignatures).map_err(|e| self.corrupt(&e.to_string()))?;
+        batch.insert(key_meta(META_COSIGNATURES), cosigs);
         pending.checkpoint = Some(head.size);
         Ok(ApplyOutcome::Checkpointed { size: head.size })
+    }
+
+    /// The co-signatures recorded with the latest checkpoint (none for a plain checkpoint, or one
+    /// recorded by a version without them).
+    pub fn checkpoint_cosignatures(&self) -> Result<Vec<crate::sth::SignedTreeHead>, LedgerError> {
+        match self.get(&key_meta(META_COSIGNATURES))? {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| self.corrupt(&format!("checkpoint co-signatures: {e}"))),
+        }
     }
 
     /// The latest replicated checkpoint, if any.

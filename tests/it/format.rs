@@ -447,7 +447,10 @@ fn test_vectors_match_code_and_document() {
         };
         lines.push(serde_json::to_string(&record).expect("record json"));
     }
-    let tail = export::ExportTail { tree_head: sth };
+    let tail = export::ExportTail {
+        tree_head: sth,
+        cosignatures: vec![],
+    };
     lines.push(serde_json::to_string(&tail).expect("tail json"));
     for l in &lines {
         in_doc("example export line", l);
@@ -945,4 +948,180 @@ fn verdict_says_whether_a_trust_anchor_was_used() {
         "{out}"
     );
     assert!(!out.contains("not against a trust anchor"), "{out}");
+}
+
+/// §9.6: a checkpoint co-signed by other gateways. Every replica's apply records the
+/// co-signatures only if each verifies over the same size and root; the export and receipt cut
+/// at it carry them; `--quorum N` accepts a head signed by N gateways and refuses one gateway's
+/// own history, naming it; the Python verifier agrees; a file without co-signatures (as every
+/// version 1 file) still verifies without the requirement.
+#[test]
+fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
+    use ledger_node::{ApplyOutcome, Command, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let keys: Vec<SigningKey> = (1..=3u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    let mut cmds: Vec<Command> = keys
+        .iter()
+        .zip(1u64..)
+        .map(|(k, id)| Command::RegisterNode {
+            node_id: id,
+            public_key: k.verifying_key().to_bytes(),
+        })
+        .collect();
+    for i in 0..5u64 {
+        let ev = event(
+            EventKind::Calibration,
+            vec![comp("result", DisclosureClass::Maintenance, "\"pass\"")],
+            None,
+        );
+        let node = i % 3;
+        cmds.push(Command::Append(
+            ledger_node::ledger::prepare(ev, "local:test", node + 1, &keys[node as usize], 1)
+                .expect("prepare"),
+        ));
+    }
+    store.apply(&cmds, &[]).expect("apply");
+    // Readers see what is flushed.
+    store.flush_blocking().expect("flush");
+    let root = store.root(5).expect("root");
+    let sign = |node: u64, root: Hash| {
+        SignedTreeHead::sign(5, root, 1_767_603_600_000, node, &keys[node as usize - 1])
+    };
+    let head = sign(1, root);
+    // A co-signature over another root, or twice by one node: the whole checkpoint is refused.
+    for (bad, why) in [
+        (
+            vec![sign(2, [7; 32])],
+            "co-signature of node 2 is over another tree",
+        ),
+        (
+            vec![sign(2, root), sign(2, root)],
+            "node 2 signs the checkpoint twice",
+        ),
+    ] {
+        let out = store
+            .apply(
+                &[Command::CosignedCheckpoint {
+                    head: head.clone(),
+                    cosignatures: bad,
+                }],
+                &[],
+            )
+            .expect("apply");
+        assert!(
+            matches!(&out[..], [ApplyOutcome::Refused { reason }] if reason.contains(why)),
+            "{why}: {out:?}"
+        );
+    }
+    assert!(store.latest_checkpoint().expect("checkpoint").is_none());
+    let out = store
+        .apply(
+            &[Command::CosignedCheckpoint {
+                head: head.clone(),
+                cosignatures: vec![sign(2, root), sign(3, root)],
+            }],
+            &[],
+        )
+        .expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Checkpointed { size: 5 }]);
+    store.flush_blocking().expect("flush");
+    let mut buf = Vec::new();
+    export::write_export(&store, &head, &None, &mut buf).expect("export");
+    let cosigned = String::from_utf8(buf).expect("utf-8");
+    assert!(cosigned
+        .lines()
+        .last()
+        .expect("tail")
+        .contains("\"cosignatures\""));
+    let verify = |text: &str, quorum: usize| {
+        export::verify(
+            &mut std::io::Cursor::new(text.as_bytes()),
+            &VerifyOptions {
+                quorum,
+                ..VerifyOptions::default()
+            },
+            &mut |_, _| {},
+        )
+    };
+    let report = verify(&cosigned, 3).expect("three gateways signed it");
+    assert_eq!(report.head_signers, vec![1, 2, 3]);
+    // The receipt cut at the checkpoint carries the co-signatures too.
+    let receipt = serde_json::to_string_pretty(
+        &export::make_receipt(&store, 3, &head, &None).expect("receipt"),
+    )
+    .expect("json");
+    assert_eq!(
+        verify(&receipt, 2).expect("receipt").head_signers,
+        vec![1, 2, 3]
+    );
+    // A co-signature tampered with: refused, naming its node.
+    let tampered = edit_line(&cosigned, 6, |v| {
+        v["cosignatures"][1]["time_ms"] = serde_json::json!(1);
+    });
+    let err = verify(&tampered, 0).expect_err("tampered co-signature");
+    assert!(
+        err.reason
+            .contains("co-signature of node 3 signature does not verify"),
+        "{err}"
+    );
+
+    // One gateway's own history: node 1's key alone signed it (another ledger, same key).
+    let forged_dir = tempfile::tempdir().expect("tempdir");
+    let forged = Store::open(forged_dir.path()).expect("store");
+    let mut cmds = vec![Command::RegisterNode {
+        node_id: 1,
+        public_key: keys[0].verifying_key().to_bytes(),
+    }];
+    cmds.push(Command::Append(
+        ledger_node::ledger::prepare(
+            event(
+                EventKind::Calibration,
+                vec![comp("result", DisclosureClass::Maintenance, "\"fail\"")],
+                None,
+            ),
+            "local:test",
+            1,
+            &keys[0],
+            1,
+        )
+        .expect("prepare"),
+    ));
+    forged.apply(&cmds, &[]).expect("apply");
+    forged.flush_blocking().expect("flush");
+    let forged_head = SignedTreeHead::sign(1, forged.root(1).expect("root"), 2, 1, &keys[0]);
+    let mut buf = Vec::new();
+    export::write_export(&forged, &forged_head, &None, &mut buf).expect("export");
+    let forged_text = String::from_utf8(buf).expect("utf-8");
+    verify(&forged_text, 0).expect("on its own, it verifies");
+    let err = verify(&forged_text, 2).expect_err("one gateway's history");
+    assert!(
+        err.reason.contains("signed by node 1 only") && err.reason.contains("2 gateways"),
+        "{err}"
+    );
+    // Like every version 1 export, it carries no co-signatures, and verifies as before.
+    assert!(!forged_text.contains("cosignatures"));
+
+    // The Python verifier, written from the document, agrees.
+    let files = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let (c, _, e) = python_verify(&write("cosigned.jsonl", &cosigned), &["--quorum", "3"]);
+    assert_eq!(c, 0, "{e}");
+    let (c, _, e) = python_verify(&write("receipt.json", &receipt), &["--quorum", "3"]);
+    assert_eq!(c, 0, "{e}");
+    let (c, _, e) = python_verify(&write("tampered.jsonl", &tampered), &[]);
+    assert_eq!(c, 1, "{e}");
+    assert!(
+        e.contains("co-signature of node 3 signature does not verify"),
+        "{e}"
+    );
+    let (c, _, e) = python_verify(&write("forged.jsonl", &forged_text), &["--quorum", "2"]);
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("signed by node(s) 1 only"), "{e}");
 }

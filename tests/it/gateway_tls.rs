@@ -1204,9 +1204,9 @@ async fn a_revocation_made_while_stopped_holds_after_start_and_restart() {
 }
 
 /// `verify --site-root`: a gateway with an issuing CA endorses its ledger key at start (a
-/// `certificate-issued` entry, profile `ledger-key`), so its exports verify against the site's
-/// root; against another site's root, or without the endorsement, they are refused with a
-/// message naming the node.
+/// `certificate-issued` entry, profile `ledger-key`), so its exports and receipts verify against
+/// the site's root; against another site's root, or without the endorsement, they are refused
+/// with a message naming the node. `GET /v1/keys` serves the endorsement and its chain.
 #[tokio::test(flavor = "multi_thread")]
 async fn exports_verify_against_the_site_root_that_endorsed_their_keys() {
     let _turn = medledger_tests::one_cluster_at_a_time().await;
@@ -1274,6 +1274,80 @@ async fn exports_verify_against_the_site_root_that_endorsed_their_keys() {
         "{out}"
     );
 
+    // The key and its endorsement as the API serves them: PEM and DER, and the chain up to the
+    // site root, which checks under that root.
+    let keys: Value =
+        serde_json::from_slice(&get_bytes(&admin, &format!("https://{}/v1/keys", gw.addr())).await)
+            .expect("keys json");
+    let k = &keys[0];
+    assert_eq!(k["node_id"], 1, "{keys}");
+    let e = &k["endorsement"];
+    let cert_pem = e["certificate_pem"].as_str().expect("certificate_pem");
+    let chain: Vec<&str> = e["chain_pem"]
+        .as_array()
+        .expect("chain_pem")
+        .iter()
+        .map(|c| c.as_str().expect("pem"))
+        .collect();
+    let root_pem = std::fs::read_to_string(&root).expect("root");
+    assert_eq!(chain.len(), 2, "{e}");
+    assert_eq!(chain[1], root_pem, "the chain ends at the site root");
+    let der = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(e["certificate_der"].as_str().expect("certificate_der"))
+            .expect("base64")
+    };
+    let from_pem =
+        certs::pem::certs_from_pem(cert_pem.as_bytes(), Path::new("endorsement")).expect("pem");
+    assert_eq!(
+        from_pem[0].as_ref(),
+        der.as_slice(),
+        "PEM and DER are one certificate"
+    );
+    let public_key: [u8; 32] = hex::decode(k["public_key"].as_str().expect("key"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let root_der = certs::pem::load_certs(&root).expect("root der");
+    certs::endorse::verify_endorsement(&root_der[0], chain[0], cert_pem, 1, &public_key, None)
+        .expect("the served endorsement checks under the site root");
+
+    // A receipt carries the endorsements of its keys: it verifies against the site root alone.
+    let receipt = get_bytes(
+        &admin,
+        &format!("https://{}/v1/entries/0/receipt", gw.addr()),
+    )
+    .await;
+    let receipt_path = dir.join("receipt.json");
+    std::fs::write(&receipt_path, &receipt).expect("write");
+    let (code, out) = verify(&root, &receipt_path);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("valid receipt") && out.contains("the keys of node 1 are endorsed"),
+        "{out}"
+    );
+    let (code, out) = verify(&other.path().join("root.crt"), &receipt_path);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("node 1's key") && out.contains("is not endorsed by the site root"),
+        "{out}"
+    );
+    // Without its endorsements (stripped, or made without them): refused, naming the node.
+    let mut stripped: Value = serde_json::from_slice(&receipt).expect("receipt json");
+    stripped
+        .as_object_mut()
+        .expect("object")
+        .remove("endorsements")
+        .expect("the receipt had endorsements");
+    std::fs::write(&receipt_path, stripped.to_string()).expect("write");
+    let (code, out) = verify(&root, &receipt_path);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("node 1's key") && out.contains("has no endorsement in the receipt"),
+        "{out}"
+    );
+
     // An insurer's export (commitments only for patient data) carries the endorsement too.
     let insurer = site.staff_client("sr-insurer", StaffRole::Insurer);
     let partial = insurer
@@ -1318,6 +1392,248 @@ async fn exports_verify_against_the_site_root_that_endorsed_their_keys() {
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("node 1's key") && out.contains("has no endorsement in the file"),
+        "{out}"
+    );
+}
+
+/// The body of a GET of `url` by `client`.
+async fn get_bytes(client: &reqwest::Client, url: &str) -> Vec<u8> {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .to_vec()
+}
+
+/// Writes `path` and runs `medledger verify` on it with `args` before the file; returns the exit
+/// code and what it printed.
+fn verify_with(path: &Path, bytes: &[u8], args: &[&str]) -> (Option<i32>, String) {
+    std::fs::write(path, bytes).expect("write document");
+    let out = std::process::Command::new(bin("medledger"))
+        .arg("verify")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("verify");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A gateway signs nothing before its own key's registration is applied on it: a write made on
+/// a gateway before it even joined waits for that, so it lands after the key in the Raft log,
+/// and a receipt or an export made by another gateway the moment the write is acknowledged
+/// carries the key. (Before, the write usually won the race with the registration, and such a
+/// receipt failed with "key not in the document".)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_on_a_joining_gateway_verifies_in_another_gateways_receipt_and_export() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let (site, gw1) = single_node("[ledger]\ncheckpoint_interval_ms = 60000\n").await;
+    let admin = site.staff_client("join-admin", StaffRole::Admin);
+    let writer = site.staff_client("join-biomed", StaffRole::Biomed);
+    let mut gw2 = Gateway::new(&site, 2, "");
+    gw2.start();
+    let addr2 = gw2.addr();
+    eventually("gateway 2 to listen", Duration::from_secs(30), || {
+        medledger_tests::cluster::status(&admin, &addr2)
+    })
+    .await;
+    // Posted while gateway 2 is in no cluster: it waits for a leader (and, now, for its key).
+    let write = {
+        let (writer, addr2) = (writer.clone(), addr2.clone());
+        tokio::spawn(async move {
+            writer
+                .post(format!("https://{addr2}/v1/events"))
+                .json(&event_for("pump-joined"))
+                .send()
+                .await
+        })
+    };
+    medledger(&[
+        "cluster",
+        "join",
+        "--config",
+        gw2.config.to_str().expect("utf8"),
+        "--via",
+        &gw1.addr(),
+    ])
+    .await;
+    let r = write.await.expect("writer").expect("post on gateway 2");
+    assert!(
+        r.status().is_success(),
+        "write on gateway 2: {}",
+        r.status()
+    );
+    let ack: Value = r.json().await.expect("json");
+    let seq = ack["seq"].as_u64().expect("seq");
+    // At once, from gateway 1 (the leader applied the entry before the write was acknowledged).
+    let receipt = get_bytes(
+        &admin,
+        &format!("https://{}/v1/entries/{seq}/receipt", gw1.addr()),
+    )
+    .await;
+    let dir = site.dir.path();
+    let (code, out) = verify_with(&dir.join("joined-receipt.json"), &receipt, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "receipt of entry {seq} from gateway 1: {out}"
+    );
+    let entry: Value = serde_json::from_slice(&receipt).expect("receipt json");
+    let bytes = hex::decode(entry["entry"]["entry"].as_str().expect("entry hex")).expect("hex");
+    let signer = ledger_node::entry::Entry::decode(&bytes)
+        .expect("entry")
+        .body
+        .node_id;
+    assert_eq!(
+        signer, 2,
+        "the entry is signed by the gateway it was written on"
+    );
+    // An export cut at a checkpoint that covers it, from gateway 1.
+    medledger(&[
+        "cluster",
+        "checkpoint",
+        "--config",
+        gw1.config.to_str().expect("utf8"),
+    ])
+    .await;
+    let export = get_bytes(&admin, &format!("https://{}/v1/export", gw1.addr())).await;
+    let (code, out) = verify_with(&dir.join("joined-export.jsonl"), &export, &[]);
+    assert_eq!(code, Some(0), "export from gateway 1: {out}");
+    assert!(
+        String::from_utf8_lossy(&export).contains(&format!("\"seq\":{seq},")),
+        "the export covers entry {seq}"
+    );
+    drop(gw2);
+}
+
+/// Checkpoints co-signed by a quorum (docs/ledger-format.md §9.6): the checkpoint a gateway
+/// records carries the co-signatures of the other voters, which each gave only for the head it
+/// applied itself; every gateway's export and receipt cut at it verify with `--quorum 2` against
+/// the three gateways' keys. A history that gateway 1's key alone signed (a ledger made with a
+/// copy of its key) verifies on its own but is refused with `--quorum 2`, naming node 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let site = Site::new();
+    let nodes = start_cluster(&site, 3, "[ledger]\ncheckpoint_interval_ms = 60000\n").await;
+    let admin = site.staff_client("q-admin", StaffRole::Admin);
+    let writer = site.staff_client("q-biomed", StaffRole::Biomed);
+    for i in 0..6 {
+        let r = writer
+            .post(format!("https://{}/v1/events", nodes[i % 3].addr()))
+            .json(&event_for(&format!("pump-q{i}")))
+            .send()
+            .await
+            .expect("post");
+        assert!(r.status().is_success(), "write {i}: {}", r.status());
+    }
+    medledger(&[
+        "cluster",
+        "checkpoint",
+        "--config",
+        nodes[0].config.to_str().expect("utf8"),
+    ])
+    .await;
+    let dir = site.dir.path();
+    let keys: Value = serde_json::from_slice(
+        &get_bytes(&admin, &format!("https://{}/v1/keys", nodes[1].addr())).await,
+    )
+    .expect("keys json");
+    let mut trusted = Vec::new();
+    for k in keys.as_array().expect("keys") {
+        trusted.push("--trusted-key".to_owned());
+        trusted.push(format!(
+            "{}={}",
+            k["node_id"],
+            k["public_key"].as_str().expect("key")
+        ));
+    }
+    assert_eq!(trusted.len(), 6, "three keys: {keys}");
+    let mut args: Vec<&str> = trusted.iter().map(String::as_str).collect();
+    args.extend(["--quorum", "2"]);
+    // Gateway 3 serves the same checkpoint, with its co-signatures, once it has applied it.
+    let export = eventually(
+        "gateway 3's export cut at the co-signed checkpoint",
+        Duration::from_secs(30),
+        || {
+            let (admin, addr) = (admin.clone(), nodes[2].addr());
+            async move {
+                let b = admin
+                    .get(format!("https://{addr}/v1/export"))
+                    .send()
+                    .await
+                    .ok()?
+                    .bytes()
+                    .await
+                    .ok()?;
+                String::from_utf8_lossy(&b)
+                    .contains("\"cosignatures\"")
+                    .then_some(b)
+            }
+        },
+    )
+    .await;
+    let (code, out) = verify_with(&dir.join("cosigned.jsonl"), &export, &args);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("tree head signed by 3 gateways"), "{out}");
+    // A receipt of an entry the checkpoint holds is cut at it too.
+    let receipt = get_bytes(
+        &admin,
+        &format!("https://{}/v1/entries/2/receipt", nodes[1].addr()),
+    )
+    .await;
+    let (code, out) = verify_with(&dir.join("cosigned-receipt.json"), &receipt, &args);
+    assert_eq!(code, Some(0), "{out}");
+
+    // Gateway 1's key alone: a history of its own.
+    let forged = dir.join("forged");
+    std::fs::create_dir_all(&forged).expect("mkdir");
+    std::fs::copy(nodes[0].dir.join("node.key"), forged.join("node.key")).expect("copy key");
+    let events = dir.join("forged-events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"event_id\":\"f1\",\"kind\":\"calibration\",\"device_id\":\"pump-q0\"}\n",
+    )
+    .expect("write");
+    let forged_dir = forged.display().to_string();
+    medledger(&[
+        "import",
+        "--data-dir",
+        &forged_dir,
+        &events.display().to_string(),
+    ])
+    .await;
+    let forged_export = dir.join("forged.jsonl");
+    medledger(&[
+        "ledger",
+        "export",
+        "--data-dir",
+        &forged_dir,
+        "--out",
+        &forged_export.display().to_string(),
+    ])
+    .await;
+    let forged_bytes = std::fs::read(&forged_export).expect("read");
+    let (code, out) = verify_with(&forged_export, &forged_bytes, &args[..6]);
+    assert_eq!(
+        code,
+        Some(0),
+        "signed by a trusted key, it verifies alone: {out}"
+    );
+    let (code, out) = verify_with(&forged_export, &forged_bytes, &args);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("signed by node 1 only") && out.contains("2 gateways the quorum requires"),
         "{out}"
     );
 }

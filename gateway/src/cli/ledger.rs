@@ -528,7 +528,8 @@ pub async fn receipt_since(
     since_size: Option<u64>,
 ) -> anyhow::Result<()> {
     let head = ledger.tree_head()?;
-    let r = export::make_receipt_since(ledger.store(), seq, &head, disclose, since_size)?;
+    let mut r = export::make_receipt_since(ledger.store(), seq, &head, disclose, since_size)?;
+    r.endorsements = crate::service::revocation::endorsements_of(ledger.store(), &r.node_keys)?;
     write_atomic(out, |w| {
         serde_json::to_writer_pretty(&mut *w, &r)?;
         w.write_all(b"\n")?;
@@ -557,15 +558,16 @@ pub fn verify(
     trusted: Vec<NodeKey>,
     progress_bar: bool,
 ) -> anyhow::Result<Result<export::VerifyReport, export::VerifyFailure>> {
-    verify_with(file, trusted, None, 0, progress_bar)
+    verify_with(file, trusted, None, 0, 0, progress_bar)
 }
 
-/// `verify --known-head FILE --threads N`.
+/// `verify --known-head FILE --threads N --quorum Q`.
 pub fn verify_with(
     file: &PathBuf,
     trusted: Vec<NodeKey>,
     known_head: Option<&Path>,
     threads: usize,
+    quorum: usize,
     progress_bar: bool,
 ) -> anyhow::Result<Result<export::VerifyReport, export::VerifyFailure>> {
     let known_head = match known_head {
@@ -597,6 +599,7 @@ pub fn verify_with(
         trusted_keys: trusted,
         known_head,
         threads,
+        quorum,
     };
     let result = export::verify(&mut input, &opts, &mut |done, total| {
         bar.set_length(total);
@@ -658,6 +661,14 @@ pub fn describe(report: &export::VerifyReport) -> String {
         head.node_id,
         crate::event::format_ms(head.time_ms),
     );
+    if report.head_signers.len() > 1 {
+        let nodes: Vec<String> = report.head_signers.iter().map(u64::to_string).collect();
+        s += &format!(
+            "tree head signed by {} gateways: nodes {}\n",
+            nodes.len(),
+            nodes.join(", ")
+        );
+    }
     s += &format!(
         "components: {} disclosed and matching their commitments, {} withheld (commitment only), {} erased\n",
         report.disclosed_components, report.withheld_components, report.erased_components

@@ -157,11 +157,18 @@ struct VerifyArgs {
     /// older head is refused as a rollback, a different tree as a fork.
     #[arg(long = "known-head")]
     known_head: Option<PathBuf>,
-    /// The site's root certificate (PEM): every key the export was signed with must be endorsed
-    /// by a certificate chaining to it, found in the export's own `certificate-issued` entries
-    /// (profile `ledger-key`; class `device` disclosed). Exports only.
+    /// The site's root certificate (PEM): every key the file carries must be endorsed by a
+    /// certificate chaining to it, through that node's own issuing CA: found in an export's own
+    /// `certificate-issued` entries (profile `ledger-key`; class `device` disclosed), or in a
+    /// receipt's `endorsements`.
     #[arg(long = "site-root")]
     site_root: Option<PathBuf>,
+    /// Require the tree head the file ends at to be signed by at least this many gateways (the
+    /// checkpoint's signer and its co-signers), with keys the file is checked against (pinned
+    /// with --trusted-key, or endorsed with --site-root): with 2 of 3 voters, a history one
+    /// gateway signed alone is refused. 0 (default): no such requirement.
+    #[arg(long, default_value_t = 0)]
+    quorum: usize,
     /// Threads that check entries (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -271,8 +278,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let file = a.file.clone();
             let (trusted, known, threads) = (a.trusted_keys, a.known_head, a.threads);
+            let quorum = a.quorum;
             let result = tokio::task::spawn_blocking(move || {
-                ledger::verify_with(&file, trusted, known.as_deref(), threads, tty)
+                ledger::verify_with(&file, trusted, known.as_deref(), threads, quorum, tty)
             })
             .await??;
             match result {

@@ -74,6 +74,16 @@ pub struct Node {
     pub disk: Arc<crate::service::disk::DiskGuard>,
     proposals: mpsc::Sender<(Command, Reply)>,
     write_timeout: Duration,
+    /// Whether this node has applied the registration of its own key ([`register_key`]). Until
+    /// it has, nothing this node signs is proposed: an entry or checkpoint signed with a key the
+    /// ledger does not hold yet would make an export or receipt cut after it name a key it does
+    /// not carry. Proposed only after the registration is applied here, it comes after the
+    /// registration in the Raft log, so every replica applies the key first.
+    /// `None` while the registration is pending, then `Ok` or why the cluster refused it.
+    key_registered: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+    /// The site root this gateway trusts (`[tls] ca_file`, PEM), which `GET /v1/keys` serves at
+    /// the top of each endorsement's chain; `None` if it could not be read.
+    site_root: Option<String>,
 }
 
 impl Node {
@@ -131,6 +141,8 @@ impl Node {
             )),
             proposals: tx,
             write_timeout: Duration::from_secs(10),
+            key_registered: tokio::sync::watch::Sender::new(None),
+            site_root: std::fs::read_to_string(&config.tls.ca_file).ok(),
         });
         tokio::spawn(proposer(
             node.clone(),
@@ -166,6 +178,9 @@ impl Node {
     /// Submits a prepared command and waits until it is committed by a quorum and applied.
     pub async fn submit(&self, cmd: Command) -> Result<ApplyOutcome, WriteError> {
         let started = Instant::now();
+        if !matches!(cmd, Command::RegisterNode { .. }) {
+            self.key_applied().await?;
+        }
         let r = match self.disk.check() {
             Err(full) => Err(WriteError::DiskFull(full.to_string())),
             Ok(()) => {
@@ -196,6 +211,7 @@ impl Node {
     ) -> Result<Vec<ApplyOutcome>, WriteError> {
         let started = Instant::now();
         let n = commands.len();
+        self.key_applied().await?;
         let r = match self.disk.check() {
             Err(full) => Err(WriteError::DiskFull(full.to_string())),
             Ok(()) => match self.write_batch(commands).await {
@@ -217,6 +233,34 @@ impl Node {
             Err(e) => (0..n).for_each(|_| self.metrics.write_outcome(error_label(e))),
         }
         r
+    }
+
+    /// Waits (up to the write timeout) until this node has applied its own key's registration;
+    /// see [`Node::key_registered`].
+    async fn key_applied(&self) -> Result<(), WriteError> {
+        let mut rx = self.key_registered.subscribe();
+        let state = tokio::time::timeout(self.write_timeout, rx.wait_for(Option::is_some))
+            .await
+            .map(|r| r.map(|state| state.clone()));
+        match state {
+            Ok(Ok(Some(Err(reason)))) => Err(WriteError::Refused(format!(
+                "this gateway's ledger key (node {}) was refused by the cluster, so it signs \
+                 nothing: {reason}",
+                self.id
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::ShuttingDown),
+            Err(_) => Err(WriteError::NoLeader(format!(
+                "this gateway's ledger key (node {}) is not registered in the ledger yet, so it \
+                 signs nothing: no leader has accepted the registration within {:?}",
+                self.id, self.write_timeout
+            ))),
+        }
+    }
+
+    /// The site root this gateway trusts, PEM (see [`Node::site_root`]).
+    pub fn site_root_pem(&self) -> Option<String> {
+        self.site_root.clone()
     }
 
     /// The data directory.
@@ -327,11 +371,150 @@ impl Node {
             }
         }
         let head = self.tree_head().map_err(|e| failed(&e))?;
-        match self.submit(Command::Checkpoint(head)).await? {
+        let cosignatures = self.collect_cosignatures(&head).await;
+        let cmd = if cosignatures.is_empty() {
+            Command::Checkpoint(head)
+        } else {
+            Command::CosignedCheckpoint { head, cosignatures }
+        };
+        match self.submit(cmd).await? {
             ApplyOutcome::Checkpointed { size } => Ok(size),
             ApplyOutcome::Refused { reason } => Err(WriteError::Refused(reason)),
             other => Err(WriteError::Failed(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// Asks every other voter to co-sign `head` (`POST /raft/cosign`: each signs the same size
+    /// and root once it has applied those entries and found that root itself) and returns the
+    /// co-signatures that verify with the keys the ledger holds. A voter that does not answer
+    /// within [`COSIGN_WAIT`] is left out: the checkpoint is recorded with fewer co-signatures
+    /// rather than later.
+    async fn collect_cosignatures(&self, head: &SignedTreeHead) -> Vec<SignedTreeHead> {
+        let m = self.membership();
+        let keys: BTreeMap<u64, [u8; 32]> = match self.store.node_keys() {
+            Ok(k) => k.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node keys to check co-signatures");
+                return Vec::new();
+            }
+        };
+        let req = CosignRequest {
+            size: head.size,
+            root: head.root,
+        };
+        let Ok(body) = crate::service::raft_net::encode(&req) else {
+            return Vec::new();
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for id in m.voter_ids().filter(|id| *id != self.id) {
+            let Some(addr) = m.get_node(&id).map(|n| n.addr.clone()) else {
+                continue;
+            };
+            let (client, body) = (self.peers.get(), body.clone());
+            asks.spawn(async move {
+                let ask = async {
+                    let resp = client
+                        .post(format!("https://{addr}/raft/cosign"))
+                        .header(
+                            reqwest::header::CONTENT_TYPE,
+                            crate::service::raft_net::MSGPACK,
+                        )
+                        .body(body)
+                        .send()
+                        .await?;
+                    let status = resp.status();
+                    let bytes = resp.bytes().await?;
+                    if !status.is_success() {
+                        anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes));
+                    }
+                    Ok(crate::service::raft_net::decode::<SignedTreeHead>(&bytes)?)
+                };
+                let r = match tokio::time::timeout(COSIGN_WAIT, ask).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("no answer within {COSIGN_WAIT:?}")),
+                };
+                (id, r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            let Ok((id, r)) = joined else { continue };
+            let c = match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(node = id, error = %e, size = head.size, "no co-signature");
+                    continue;
+                }
+            };
+            let verifies = keys
+                .get(&id)
+                .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(k).ok())
+                .is_some_and(|k| c.verify(&k));
+            if c.node_id == id && c.size == head.size && c.root == head.root && verifies {
+                out.push(c);
+            } else {
+                tracing::warn!(
+                    node = id,
+                    size = head.size,
+                    "a co-signature that does not verify, left out"
+                );
+            }
+        }
+        out.sort_by_key(|c| c.node_id);
+        out
+    }
+
+    /// Co-signs the head of `size` entries with root `root` for the leader's checkpoint, once
+    /// this node has applied that many entries (waiting up to [`COSIGN_WAIT`]) and only if its
+    /// own tree of that size has that root.
+    pub async fn cosign(&self, size: u64, root: [u8; 32]) -> Result<SignedTreeHead, WriteError> {
+        if !matches!(*self.key_registered.borrow(), Some(Ok(()))) {
+            return Err(WriteError::Refused(format!(
+                "node {}'s key is not registered in the ledger yet",
+                self.id
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + COSIGN_WAIT;
+        let mut metrics = self.raft.metrics();
+        while self.store.size() < size {
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteError::ShuttingDown),
+                Err(_) => {
+                    return Err(WriteError::NoLeader(format!(
+                        "node {} has applied {} entries, not the {size} to co-sign, after \
+                         {COSIGN_WAIT:?}",
+                        self.id,
+                        self.store.size()
+                    )))
+                }
+            }
+        }
+        let mine = self
+            .store
+            .root(size)
+            .map_err(|e| WriteError::Failed(e.to_string()))?;
+        if mine != root {
+            return Err(WriteError::Refused(format!(
+                "node {}'s first {size} entries have root {}, not {}: it does not co-sign another \
+                 history",
+                self.id,
+                hex::encode(mine),
+                hex::encode(root)
+            )));
+        }
+        Ok(self.sign_head(size, root))
+    }
+
+    /// This node's signature, now, on the tree of `size` entries with root `root`.
+    fn sign_head(&self, size: u64, root: [u8; 32]) -> SignedTreeHead {
+        SignedTreeHead::sign(
+            size,
+            root,
+            ledger_node::ledger::now_ms(),
+            self.id,
+            &self.key,
+        )
     }
 
     /// The cluster's membership (voters and learners) as this node last saw it.
@@ -353,14 +536,7 @@ impl Node {
     /// Signs a tree head over what this node has applied.
     pub fn tree_head(&self) -> anyhow::Result<SignedTreeHead> {
         let size = self.store.size();
-        let root = self.store.root(size)?;
-        Ok(SignedTreeHead::sign(
-            size,
-            root,
-            ledger_node::ledger::now_ms(),
-            self.id,
-            &self.key,
-        ))
+        Ok(self.sign_head(size, self.store.root(size)?))
     }
 
     /// Raft's view: leader, term, membership, and (on the leader) every node's matched index.
@@ -426,6 +602,17 @@ fn error_label(e: &WriteError) -> &'static str {
         WriteError::Failed(_) => "failed",
         WriteError::DiskFull(_) => "disk_full",
     }
+}
+
+/// How long a checkpoint waits for a voter's co-signature, and a voter for the entries to
+/// co-sign.
+pub const COSIGN_WAIT: Duration = Duration::from_secs(2);
+
+/// What the leader asks a voter to co-sign (`POST /raft/cosign`, MessagePack).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CosignRequest {
+    pub size: u64,
+    pub root: [u8; 32],
 }
 
 /// Gathers concurrent commands into batches and keeps at most `inflight` batches in flight:
@@ -574,9 +761,12 @@ fn snapshot_estimate(node: &Node) -> u64 {
 }
 
 /// Makes this node's public key part of the replicated ledger, so that every replica and every
-/// export can check the entries this node signs.
+/// export can check the entries this node signs; once the registration is applied here, lets
+/// this node's writes through (see [`Node::key_registered`]).
 async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
     let public_key = node.key.verifying_key().to_bytes();
+    let mut applied = node.raft.metrics();
+    let mut submitted: Option<Instant> = None;
     loop {
         let known = node
             .store
@@ -584,9 +774,14 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
             .ok()
             .is_some_and(|k| k.iter().any(|(id, pk)| *id == node.id && pk == &public_key));
         if known {
+            node.key_registered.send_replace(Some(Ok(())));
             return;
         }
-        if node.raft.metrics().borrow().current_leader.is_some() {
+        // A registration accepted by the leader is applied here soon after: wait for it rather
+        // than submit it again.
+        let pending = submitted.is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+        if !pending && node.raft.metrics().borrow().current_leader.is_some() {
+            submitted = None;
             match node
                 .submit(Command::RegisterNode {
                     node_id: node.id,
@@ -596,14 +791,17 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
             {
                 Ok(ApplyOutcome::Refused { reason }) => {
                     tracing::error!(%reason, "the cluster refused this node's public key");
+                    node.key_registered.send_replace(Some(Err(reason)));
                     return;
                 }
-                Ok(_) => {}
+                Ok(_) => submitted = Some(Instant::now()),
                 Err(e) => tracing::debug!(error = %e, "registering the node key; will retry"),
             }
         }
+        // Checked again at every apply here (or leader change), and at least every 200 ms.
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }

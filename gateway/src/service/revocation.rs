@@ -147,6 +147,50 @@ pub fn ledger_key_event_id(node_id: u64, key: &[u8; 32]) -> String {
     format!("ledger-key:{node_id}:{}", hex::encode(key))
 }
 
+/// The endorsement of `key` as node `node_id`'s ledger key, as the ledger recorded it (its
+/// [`ledger_key_event`]): `None` when the ledger holds none, or not its certificates (erased).
+pub fn recorded_endorsement(
+    store: &Store,
+    node_id: u64,
+    key: &[u8; 32],
+) -> anyhow::Result<Option<(u64, ledger_node::export::KeyEndorsement)>> {
+    let Some(seq) = store.find_event_id(&ledger_key_event_id(node_id, key))? else {
+        return Ok(None);
+    };
+    let entry = store.entry(seq)?;
+    let openings = store.openings(seq)?;
+    let field = |name: &str| -> Option<String> {
+        let i = entry.body.components.iter().position(|c| c.name == name)?;
+        let o = openings.get(i)?.as_ref()?;
+        serde_json::from_str::<String>(&o.value).ok()
+    };
+    Ok(match (field("certificate"), field("issuer_certificate")) {
+        (Some(certificate), Some(issuer_certificate)) => Some((
+            seq,
+            ledger_node::export::KeyEndorsement {
+                node_id,
+                certificate,
+                issuer_certificate,
+            },
+        )),
+        _ => None,
+    })
+}
+
+/// The recorded endorsements of `keys` (those the ledger holds), for a receipt to carry.
+pub fn endorsements_of(
+    store: &Store,
+    keys: &[ledger_node::export::NodeKey],
+) -> anyhow::Result<Vec<ledger_node::export::KeyEndorsement>> {
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some((_, e)) = recorded_endorsement(store, k.node_id, &k.public_key)? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// Records in the replicated ledger every certificate of this gateway's local record that it
 /// does not hold yet; retries until a leader accepts them. Idempotent: the event id is derived
 /// from the serial.

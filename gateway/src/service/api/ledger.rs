@@ -98,22 +98,64 @@ pub struct NodeKeyDoc {
     node_id: u64,
     /// Ed25519 public key, hex.
     public_key: String,
+    /// The key's endorsement by the site (docs/ledger-format.md §9.5), when the ledger records
+    /// one: absent for a gateway without an issuing CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endorsement: Option<EndorsementDoc>,
+}
+
+/// An X.509 certificate of a gateway's ledger key and its chain up to the site root.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EndorsementDoc {
+    /// The ledger entry (`certificate-issued`, profile `ledger-key`) that records it.
+    seq: u64,
+    /// The endorsement certificate, PEM.
+    certificate_pem: String,
+    /// The same certificate, DER in base64 (standard alphabet, padded).
+    certificate_der: String,
+    /// The chain above it, PEM, nearest first: the gateway's issuing CA, then the site root
+    /// this gateway trusts (`openssl verify -CAfile ROOT -untrusted ISSUING CERT`).
+    chain_pem: Vec<String>,
 }
 
 /// The public keys of the gateways, as the replicated ledger records them: what entries,
-/// checkpoints, receipts and exports are signed with.
+/// checkpoints, receipts and exports are signed with; with each key's endorsement by the site
+/// where the ledger records one.
 #[utoipa::path(get, path = "/v1/keys", tag = "ledger",
     responses((status = 200, description = "Every gateway's key", body = Vec<NodeKeyDoc>)))]
 pub async fn keys(State(node): State<Arc<Node>>) -> Result<Json<Vec<NodeKeyDoc>>, ApiError> {
+    use base64::Engine;
     let keys = node.store.node_keys().map_err(ApiError::internal)?;
-    Ok(Json(
-        keys.into_iter()
-            .map(|(node_id, k)| NodeKeyDoc {
-                node_id,
-                public_key: hex::encode(k),
-            })
-            .collect(),
-    ))
+    let root = node.site_root_pem();
+    let mut out = Vec::new();
+    for (node_id, k) in keys {
+        let endorsement =
+            crate::service::revocation::recorded_endorsement(&node.store, node_id, &k)
+                .map_err(ApiError::internal)?
+                .and_then(|(seq, e)| {
+                    let der = certs::pem::certs_from_pem(
+                        e.certificate.as_bytes(),
+                        std::path::Path::new("the endorsement"),
+                    )
+                    .ok()?
+                    .into_iter()
+                    .next()?;
+                    Some(EndorsementDoc {
+                        seq,
+                        certificate_pem: e.certificate,
+                        certificate_der: base64::engine::general_purpose::STANDARD.encode(der),
+                        chain_pem: std::iter::once(e.issuer_certificate)
+                            .chain(root.clone())
+                            .collect(),
+                    })
+                });
+        out.push(NodeKeyDoc {
+            node_id,
+            public_key: hex::encode(k),
+            endorsement,
+        });
+    }
+    Ok(Json(out))
 }
 
 /// The two tree sizes of a consistency proof.
@@ -189,7 +231,9 @@ pub struct SeqParam {
 }
 
 /// A receipt for one entry: the entry with the components the caller may see, its inclusion
-/// proof and a signed tree head; `medledger verify` checks it offline.
+/// proof, a signed tree head (the latest checkpoint with its co-signatures when it holds the
+/// entry, else this gateway's head) and the site's endorsements of the keys; `medledger verify`
+/// checks it offline, also against the site root.
 #[utoipa::path(get, path = "/v1/entries/{seq}/receipt", tag = "ledger",
     params(("seq" = u64, Path, description = "Sequence number of the entry")),
     responses((status = 200, description = "Receipt (docs/ledger-format.md)", body = Object),
@@ -200,7 +244,12 @@ pub async fn receipt(
     Extension(peer): Extension<Peer>,
     PathParams(SeqParam { seq }): PathParams<SeqParam>,
 ) -> Result<Response, ApiError> {
-    let head = node.tree_head().map_err(ApiError::internal)?;
+    // Against the latest checkpoint when it holds the entry: a head every gateway recorded,
+    // with the co-signatures of the gateways that applied it (§9.6); else this gateway's own.
+    let head = match node.store.latest_checkpoint().map_err(ApiError::internal)? {
+        Some(c) if seq < c.size => c,
+        _ => node.tree_head().map_err(ApiError::internal)?,
+    };
     if seq >= head.size {
         return Err(ApiError::not_found(format!(
             "no entry {seq}: the ledger has {} entries",
@@ -208,9 +257,11 @@ pub async fn receipt(
         ))
         .at("seq"));
     }
-    let r =
+    let mut r =
         ledger_node::export::make_receipt(&node.store, seq, &head, &Some(visible_classes(&peer)))
             .map_err(ApiError::internal)?;
+    r.endorsements = crate::service::revocation::endorsements_of(&node.store, &r.node_keys)
+        .map_err(ApiError::internal)?;
     Ok(Json(r).into_response())
 }
 

@@ -254,6 +254,7 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::vote)))
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::snapshot)))
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::forward)))
+        .routes(guarded(Gateway, SMALL_BODY, routes!(raft::cosign)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::init)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::add_learner)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::promote)))

@@ -100,3 +100,23 @@ pub async fn forward(
         Err(e) => Err(ApiError::unavailable(e)),
     }
 }
+
+/// The leader asks this voter to co-sign the head of a checkpoint: this node signs the same
+/// size and root once it has applied those entries and found that root (docs/ledger-format.md
+/// §9.6); a different root is refused (409), so no gateway co-signs a history it did not apply.
+#[utoipa::path(post, path = "/raft/cosign", tag = "raft",
+    request_body(content = Vec<u8>, content_type = "application/msgpack"),
+    responses((status = 200, description = "This node's signed tree head over the same size and root", body = Vec<u8>, content_type = "application/msgpack"),
+              (status = 409, description = "This node's tree of that size has another root, or its key is not registered", body = super::Problem, content_type = "application/problem+json"),
+              (status = 503, description = "This node has not applied that many entries in time", body = super::Problem, content_type = "application/problem+json")))]
+pub async fn cosign(
+    State(node): State<Arc<Node>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: crate::service::node::CosignRequest = parse(&body)?;
+    match node.cosign(req.size, req.root).await {
+        Ok(head) => msgpack(&head),
+        Err(crate::service::node::WriteError::Refused(why)) => Err(ApiError::conflict(why)),
+        Err(e) => Err(ApiError::unavailable(e)),
+    }
+}
