@@ -179,7 +179,7 @@ impl Accounts {
     }
 }
 
-fn check_id(id: &str) -> Result<(), AccountError> {
+pub fn check_id(id: &str) -> Result<(), AccountError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
