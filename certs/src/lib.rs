@@ -87,9 +87,9 @@ pub use mosquitto::{
 };
 pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
 pub use tls::{
-    client_config, enrollment_server_config, web_server_config, modbus_client_config, mqtt_client_config,
-    peer_identity, raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor,
-    ReloadableServerConfig, RevocationPolicy,
+    client_config, enrollment_server_config, modbus_client_config, mqtt_client_config,
+    peer_identity, raft_peer_client_config, server_config, web_server_config, CertifiedKey,
+    MtlsAcceptor, ReloadableServerConfig, RevocationPolicy,
 };
 pub use udi::{udi_parts, validate_device_id, DeviceIdKind, UdiIssuer, UdiParts};
 

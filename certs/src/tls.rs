@@ -247,10 +247,11 @@ pub fn web_server_config(
     server: &CertifiedKey,
 ) -> Result<Arc<ServerConfig>> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(tls_err)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
     let cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(tls_err)?

@@ -56,6 +56,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/raft/vote"),
     ("POST", "/raft/snapshot"),
     ("POST", "/raft/forward"),
+    ("GET", "/v1/staff-accounts/{id}"),
     ("POST", "/cluster/init"),
     ("POST", "/cluster/learner"),
     ("POST", "/cluster/promote"),

@@ -287,15 +287,7 @@ async fn web_device_list(root: &Path, line: &str) -> String {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client");
-    let cookie_of = |r: &reqwest::Response, name: &str| {
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned)
-    };
+    let cookie_of = crate::web::cookie_set;
     let r = http
         .get(format!("https://{addr}/login"))
         .send()
@@ -316,7 +308,12 @@ async fn web_device_list(root: &Path, line: &str) -> String {
         .send()
         .await
         .expect("sign in");
-    assert_eq!(r.status(), 303, "sign-in as {account}: {:?}", r.text().await);
+    assert_eq!(
+        r.status(),
+        303,
+        "sign-in as {account}: {:?}",
+        r.text().await
+    );
     let session = cookie_of(&r, "__Host-medledger-session").expect("a session cookie");
     let r = http
         .get(format!("https://{addr}/devices"))
@@ -378,12 +375,11 @@ async fn demo_records_an_alarm_read_through_the_api_and_leaves_no_process() {
     assert!(start.elapsed() <= Duration::from_secs(60));
     assert!(alarm["fields"]["rule"].is_string(), "{alarm}");
     // The web page the demo printed: sign in with the printed account, see the device list.
-    let web = demo
-        .out
-        .iter()
-        .find(|l| l.trim_start().starts_with("Web page: https://"))
-        .cloned()
-        .unwrap_or_else(|| panic!("no web page line: {}", demo.out.join("\n")));
+    let is_web = |l: &str| l.trim_start().starts_with("Web page: https://");
+    let web = match demo.out.iter().find(|l| is_web(l)).cloned() {
+        Some(l) => l,
+        None => demo.wait_line("the web page's line", Duration::from_secs(10), is_web),
+    };
     let list = web_device_list(&site, &web).await;
     assert!(
         list.contains("vent-ward-03") || list.contains("PMP1"),

@@ -19,7 +19,7 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::Page;
 use futures::StreamExt;
-use medledger_tests::cluster::{start_cluster, Site};
+use medledger_tests::cluster::{start_nodes, Gateway, Site};
 use medledger_tests::{bin, free_port};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 const TECH_PASSWORD: &str = "tess tech's long password";
 const VICTIM_PASSWORD: &str = "victim's long password";
 const SUPER_PASSWORD: &str = "sam super's long password";
+const ROAM_PASSWORD: &str = "ro am's long password";
 const MAX_FAILURES: u32 = 3;
 
 fn chromium() -> Option<PathBuf> {
@@ -181,6 +182,27 @@ async fn refused_sign_in(page: &Page, base: &str, account: &str, password: &str)
     js(page, "document.querySelector('#login-message').innerText").await
 }
 
+/// The device ids the device list at `url` shows.
+async fn listed(page: &Page, url: &str) -> Vec<String> {
+    page.goto(url).await.expect(url);
+    js(
+        page,
+        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
+    )
+    .await
+}
+
+/// The value (`name=value`) of cookie `name` that `r` sets, unless it deletes it.
+pub(crate) fn cookie_set(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
 /// Bytes transferred for the current document and its resources (Resource Timing).
 async fn page_weight(page: &Page) -> (u64, u64) {
     let v: Value = js(
@@ -207,12 +229,17 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     let extra = format!(
         "[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_failures = {MAX_FAILURES}\nlockout_seconds = 600\n"
     );
-    let nodes = start_cluster(&site, 1, &extra).await;
+    // Two gateways; the web page on the first. An account added on the second signs in on the
+    // first's page.
+    let prepared = vec![Gateway::new(&site, 1, &extra), Gateway::new(&site, 2, "")];
+    let voters: Vec<(u64, String)> = prepared.iter().map(|g| (g.id, g.addr())).collect();
+    let nodes = start_nodes(&site, prepared, &voters).await;
     let gw = &nodes[0];
     let base = format!("https://127.0.0.1:{web_port}");
     staff_add(&gw.dir, "tess", "Tess Tech", "biomed", TECH_PASSWORD);
     staff_add(&gw.dir, "victim", "Vic Tim", "supervisor", VICTIM_PASSWORD);
     staff_add(&gw.dir, "sam", "Sam Super", "supervisor", SUPER_PASSWORD);
+    staff_add(&nodes[1].dir, "roam", "Ro Am", "biomed", ROAM_PASSWORD);
 
     // A device's history through the API: registered, an alarm raised, a calibration and a
     // correction of it.
@@ -238,9 +265,11 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     // its PM is overdue.
     let r = api
         .post(format!("https://{}/v1/devices", gw.addr()))
-        .json(&json!({"device_id": dev, "location": "ICU 3", "life_support": true,
+        .json(
+            &json!({"device_id": dev, "location": "ICU 3", "life_support": true,
             "manufacturer": "Acme", "model": "P-7", "pm_interval_days": 180,
-            "occurred_at": "2024-01-01T00:00:00Z"}))
+            "occurred_at": "2024-01-01T00:00:00Z"}),
+        )
         .send()
         .await
         .expect("register");
@@ -348,32 +377,11 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         "{row}"
     );
     // Filters: open alarms only, and a search.
-    page.goto(format!("{base}/devices?alarms=1"))
-        .await
-        .expect("filter");
-    let rows: Vec<String> = js(
-        &page,
-        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
-    )
-    .await;
+    let rows = listed(&page, &format!("{base}/devices?alarms=1")).await;
     assert_eq!(rows, vec![dev.to_string()]);
-    page.goto(format!("{base}/devices?overdue=1"))
-        .await
-        .expect("filter");
-    let rows: Vec<String> = js(
-        &page,
-        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
-    )
-    .await;
+    let rows = listed(&page, &format!("{base}/devices?overdue=1")).await;
     assert_eq!(rows, vec![dev.to_string()]);
-    page.goto(format!("{base}/devices?q=ward"))
-        .await
-        .expect("search");
-    let rows: Vec<String> = js(
-        &page,
-        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
-    )
-    .await;
+    let rows = listed(&page, &format!("{base}/devices?q=ward")).await;
     assert_eq!(rows, vec!["vent-quiet-1".to_string()]);
 
     // Open the device from the list.
@@ -645,6 +653,30 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         "sign-ins not logged"
     );
 
+    // An account added on gateway 2 signs in on gateway 1's page; locked on gateway 2, it is
+    // refused on gateway 1 at the next sign-in.
+    sign_in(&page, &base, "roam", ROAM_PASSWORD).await;
+    until(
+        &page,
+        "the device list for an account of gateway 2",
+        "location.pathname === '/devices' && document.body.innerText.includes('Ro Am')",
+    )
+    .await;
+    click(&page, ".who button").await;
+    until(&page, "signed out", "location.pathname === '/login'").await;
+    let out = Command::new(bin("medledger"))
+        .args(["staff", "lock", "roam", "--data-dir"])
+        .arg(&nodes[1].dir)
+        .output()
+        .expect("staff lock");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msg = refused_sign_in(&page, &base, "roam", ROAM_PASSWORD).await;
+    assert!(msg.contains("locked by an administrator"), "{msg}");
+
     // ...and in the replicated ledger, as entries about `staff:<account>`, with no password.
     let accesses = |account: &'static str| {
         let api = api.clone();
@@ -697,7 +729,10 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
             && tess.contains(&"sign-in-failed/password".to_string()),
         "{tess:?}: {text}"
     );
-    assert!(!text.contains("argon2") && !text.contains("not my password"), "{text}");
+    assert!(
+        !text.contains("argon2") && !text.contains("not my password"),
+        "{text}"
+    );
 
     browser.close().await.expect("close");
     let _ = browser.wait().await;
@@ -715,11 +750,9 @@ fn cert_client(site: &Site, spec: &certs::CertSpec) -> (reqwest::Client, String)
         .ca
         .issue(spec, certs::Validity::days(2).expect("validity"))
         .expect("issue");
-    let key = certs::CertifiedKey::from_pem(
-        &issued.chain_pem,
-        issued.key_pem.as_deref().expect("key"),
-    )
-    .expect("key");
+    let key =
+        certs::CertifiedKey::from_pem(&issued.chain_pem, issued.key_pem.as_deref().expect("key"))
+            .expect("key");
     let tls = certs::client_config(
         &[site.ca.root_der().clone()],
         &key,
@@ -752,17 +785,7 @@ async fn certificate_sign_in(site: &Site, gw: &medledger_tests::cluster::Gateway
         .expect("login with a certificate");
     assert_eq!(r.status(), 303, "{:?}", r.text().await);
     assert_eq!(r.headers()["location"], "/devices");
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-medledger-session=") && !v.contains("Max-Age=0"))
-        .expect("a session cookie")
-        .split(';')
-        .next()
-        .expect("cookie")
-        .to_owned();
+    let cookie = cookie_set(&r, "__Host-medledger-session").expect("a session cookie");
     let page = carol
         .get(format!("{base}/devices"))
         .header("cookie", &cookie)
@@ -811,7 +834,13 @@ async fn certificate_sign_in(site: &Site, gw: &medledger_tests::cluster::Gateway
     let out = Command::new(bin("medledger"))
         .args(["cert", "revoke", "--config"])
         .arg(&gw.config)
-        .args([&serial, "--reason", "key-compromise", "--subject", "staff:dora"])
+        .args([
+            &serial,
+            "--reason",
+            "key-compromise",
+            "--subject",
+            "staff:dora",
+        ])
         .output()
         .expect("cert revoke");
     assert!(

@@ -74,7 +74,12 @@ pub struct Auth {
     failures: Mutex<HashMap<String, Failures>>,
     /// Where sign-ins, failures and locks go to become ledger entries ([`super::audit`]).
     audit: Option<tokio::sync::mpsc::Sender<Audit>>,
+    /// The cluster whose gateways' accounts are asked for at sign-in ([`Auth::lookup`]).
+    cluster: Option<std::sync::Arc<crate::service::node::Node>>,
 }
+
+/// How long a sign-in waits for a peer gateway's account record.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A sign-in, failure or lock, for the ledger. Never the password or its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +115,59 @@ impl Auth {
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             audit: None,
+            cluster: None,
         }
+    }
+
+    /// Accounts of every gateway of `node`'s cluster sign in here ([`Auth::lookup`]).
+    pub fn with_cluster(mut self, node: std::sync::Arc<crate::service::node::Node>) -> Self {
+        self.cluster = Some(node);
+        self
+    }
+
+    /// Account `id` as the cluster knows it: this gateway's record and those of the peer
+    /// gateways that answer within [`PEER_TIMEOUT`] (`GET /v1/staff-accounts/{id}`, gateways
+    /// only), the newest (`changed_ms`) winning. So `medledger staff add` on one gateway lets
+    /// the person sign in on every gateway that reaches it, and a `passwd` or `lock` there
+    /// applies everywhere at the next sign-in, without a password hash in the ledger.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Account>, super::accounts::AccountError> {
+        let local = self.accounts.get(id)?;
+        let Some(node) = &self.cluster else {
+            return Ok(local);
+        };
+        if super::accounts::check_id(id).is_err() {
+            return Ok(local);
+        }
+        let peers: Vec<String> = node
+            .membership()
+            .nodes()
+            .filter(|(n, _)| **n != node.id)
+            .map(|(_, b)| b.addr.clone())
+            .collect();
+        let http = node.peers.get();
+        let asks = peers.into_iter().map(|addr| {
+            let http = http.clone();
+            let url = format!("https://{addr}/v1/staff-accounts/{id}");
+            async move {
+                let r = tokio::time::timeout(PEER_TIMEOUT, http.get(&url).send())
+                    .await
+                    .ok()?
+                    .ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                tokio::time::timeout(PEER_TIMEOUT, r.json::<Account>())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+        });
+        let remote = futures::future::join_all(asks).await;
+        Ok(local
+            .into_iter()
+            .chain(remote.into_iter().flatten())
+            .filter(|a| a.id == id)
+            .max_by_key(|a| a.changed_ms))
     }
 
     /// Sends every sign-in, failure and lock to `audit` as well as to the log.
@@ -121,7 +178,13 @@ impl Auth {
 
     /// Queues an audit record; a full queue (a flood of failures faster than the ledger takes
     /// them) drops it with an error in the log, which has every attempt all the same.
-    pub fn audit(&self, account: &str, access: &'static str, method: &'static str, serial: Option<String>) {
+    pub fn audit(
+        &self,
+        account: &str,
+        access: &'static str,
+        method: &'static str,
+        serial: Option<String>,
+    ) {
         let Some(tx) = &self.audit else { return };
         let a = Audit {
             account: account.to_owned(),
@@ -146,7 +209,7 @@ impl Auth {
             self.audit(id, "refused-locked", "password", None);
             return Err(Refused::Locked(left));
         }
-        let account = match self.accounts.get(id) {
+        let account = match self.lookup(id).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(target: "medledger::web::auth", error = %e, "cannot read the staff accounts");
@@ -161,6 +224,7 @@ impl Auth {
             role: StaffRole::Auditor,
             password_hash: DUMMY_HASH.into(),
             locked: false,
+            changed_ms: 0,
         });
         let ok = tokio::task::spawn_blocking(move || verify_password(&probe, &password))
             .await
@@ -237,7 +301,12 @@ impl Auth {
     /// Signs in the holder of a verified, unrevoked staff certificate (`role` is its role).
     pub fn start_certificate_session(&self, identity: Identity, role: StaffRole) -> String {
         tracing::info!(target: "medledger::web::auth", account = %identity.id, role = %role, serial = %identity.serial, "signed in with a staff certificate");
-        self.audit(&identity.id, "signed-in", "certificate", Some(identity.serial.clone()));
+        self.audit(
+            &identity.id,
+            "signed-in",
+            "certificate",
+            Some(identity.serial.clone()),
+        );
         self.insert_session(identity, role, true)
     }
 

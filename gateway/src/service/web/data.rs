@@ -15,7 +15,7 @@ use ledger_node::entry::{DisclosureClass, EventKind, SIGNATURE_COMPONENT};
 
 use crate::records::Manifestation;
 use crate::service::registry::due::{self, DueState, Work};
-use crate::service::registry::index::{DeviceState, Index};
+use crate::service::registry::index::{DeviceState, Done, Index};
 
 use ledger_node::Store;
 
@@ -274,7 +274,6 @@ fn timeline_entry(e: &Read, classes: &BTreeSet<DisclosureClass>) -> TimelineEntr
     }
 }
 
-
 fn risk_text(dev: &DeviceState) -> &'static str {
     if dev.life_support {
         "life support"
@@ -299,7 +298,12 @@ fn date(rfc3339: &str) -> String {
 
 /// A device's row from the registry's state as of `now_ms`; `last` is its latest entry's kind
 /// and recorded time.
-fn summary_of(index: &Index, dev: &DeviceState, now_ms: i64, last: (String, String)) -> DeviceSummary {
+fn summary_of(
+    index: &Index,
+    dev: &DeviceState,
+    now_ms: i64,
+    last: (String, String),
+) -> DeviceSummary {
     let mut s = DeviceSummary {
         id: dev.device_id.clone(),
         registered: dev.registered,
@@ -331,7 +335,11 @@ fn summary_of(index: &Index, dev: &DeviceState, now_ms: i64, last: (String, Stri
         }
     }
     if dev.registered {
-        s.calibration_state = Some(due::calibration_state(index, dev, now_ms).as_str().to_owned());
+        s.calibration_state = Some(
+            due::calibration_state(index, dev, now_ms)
+                .as_str()
+                .to_owned(),
+        );
     }
     s
 }
@@ -351,10 +359,13 @@ fn facts_of(index: &Index, dev: &DeviceState) -> Vec<(String, String)> {
             _ => "no registration entry in the ledger".to_owned(),
         }),
     );
-    put("UDI", dev.udi.as_ref().map(|u| match &u.pi {
-        Some(pi) => format!("{} ({}; DI {}, PI {pi})", u.carrier, u.issuer, u.di),
-        None => format!("{} ({}; DI {})", u.carrier, u.issuer, u.di),
-    }));
+    put(
+        "UDI",
+        dev.udi.as_ref().map(|u| match &u.pi {
+            Some(pi) => format!("{} ({}; DI {}, PI {pi})", u.carrier, u.issuer, u.di),
+            None => format!("{} ({}; DI {})", u.carrier, u.issuer, u.di),
+        }),
+    );
     put("Asset number", dev.asset_number.clone());
     put(
         "Manufacturer and model",
@@ -375,10 +386,12 @@ fn facts_of(index: &Index, dev: &DeviceState) -> Vec<(String, String)> {
     put("Category", Some(dev.category.as_str().to_owned()));
     put(
         "Status since",
-        dev.status_since.as_ref().map(|at| match &dev.status_reason {
-            Some(r) => format!("{at} ({r})"),
-            None => at.clone(),
-        }),
+        dev.status_since
+            .as_ref()
+            .map(|at| match &dev.status_reason {
+                Some(r) => format!("{at} ({r})"),
+                None => at.clone(),
+            }),
     );
     put(
         "Maintenance strategy",
@@ -397,28 +410,16 @@ fn facts_of(index: &Index, dev: &DeviceState) -> Vec<(String, String)> {
         "Calibration interval",
         index.calibration_interval(dev).map(|d| format!("{d} days")),
     );
-    put(
-        "Last PM",
-        dev.last_pm().map(|d| {
-            format!(
-                "{} (entry #{}){}",
-                crate::event::format_ms(d.at_ms),
-                d.seq,
-                if d.passed { "" } else { ", failed" }
-            )
-        }),
-    );
-    put(
-        "Last calibration",
-        dev.last_calibration().map(|d| {
-            format!(
-                "{} (entry #{}){}",
-                crate::event::format_ms(d.at_ms),
-                d.seq,
-                if d.passed { "" } else { ", failed" }
-            )
-        }),
-    );
+    let done = |d: Done| {
+        format!(
+            "{} (entry #{}){}",
+            crate::event::format_ms(d.at_ms),
+            d.seq,
+            if d.passed { "" } else { ", failed" }
+        )
+    };
+    put("Last PM", dev.last_pm().map(done));
+    put("Last calibration", dev.last_calibration().map(done));
     put(
         "Attempts to locate",
         (!dev.locate_attempts.is_empty()).then(|| {

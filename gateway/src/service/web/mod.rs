@@ -63,16 +63,23 @@ pub async fn start(
     // Sign-ins, failures and locks become ledger entries, written by this gateway.
     let author = format!(
         "sha256:{}",
-        certs::parse_identity(tls.gateway.chain.first().context("web: no gateway certificate")?)
-            .context("web: the gateway certificate")?
-            .fingerprint
+        certs::parse_identity(
+            tls.gateway
+                .chain
+                .first()
+                .context("web: no gateway certificate")?
+        )
+        .context("web: the gateway certificate")?
+        .fingerprint
     );
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(audit::QUEUE);
     tasks.spawn(audit::run(node.clone(), author, audit_rx, serving.clone()));
+    let auth = auth::Auth::new(accounts::Accounts::in_data_dir(&config.node.data_dir), web)
+        .with_audit(audit_tx)
+        .with_cluster(node.clone());
     let state = Arc::new(Web {
         node,
-        auth: auth::Auth::new(accounts::Accounts::in_data_dir(&config.node.data_dir), web)
-            .with_audit(audit_tx),
+        auth,
         recent,
         revoked,
     });

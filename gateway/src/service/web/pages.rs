@@ -247,8 +247,12 @@ async fn login_page(
     let refusal = match (revoked, id.staff_role()) {
         (true, _) => {
             tracing::warn!(target: "medledger::web::auth", account = %id.id, serial = %id.serial, "certificate sign-in refused: certificate revoked");
-            web.auth
-                .audit(&id.id, "certificate-refused", "certificate", Some(id.serial.clone()));
+            web.auth.audit(
+                &id.id,
+                "certificate-refused",
+                "certificate",
+                Some(id.serial.clone()),
+            );
             format!(
                 "The certificate your browser presented ({} {}, serial {}) is revoked: it \
                  does not sign in. Sign in with your staff account, or ask an administrator \
@@ -405,7 +409,8 @@ async fn device_list(
         return to_login("/devices");
     };
     let node = web.node.clone();
-    let all = match tokio::task::spawn_blocking(move || data::source().list((&*node).into())).await {
+    let all = match tokio::task::spawn_blocking(move || data::source().list((&*node).into())).await
+    {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
@@ -506,20 +511,21 @@ async fn render_device(
     let node = web.node.clone();
     let classes = crate::service::api::staff_classes(Some(s.role));
     let want = id.clone();
-    let detail =
-        match tokio::task::spawn_blocking(move || data::source().detail((&*node).into(), &want, &classes))
-            .await
-        {
-            Ok(Ok(Some(d))) => d,
-            Ok(Ok(None)) => {
-                return page_error(
-                    StatusCode::NOT_FOUND,
-                    &format!("The ledger has no entry about device {id:?}."),
-                )
-            }
-            Ok(Err(e)) => return internal(e),
-            Err(e) => return internal(e),
-        };
+    let detail = match tokio::task::spawn_blocking(move || {
+        data::source().detail((&*node).into(), &want, &classes)
+    })
+    .await
+    {
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => {
+            return page_error(
+                StatusCode::NOT_FOUND,
+                &format!("The ledger has no entry about device {id:?}."),
+            )
+        }
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let charts = web
         .recent
@@ -597,6 +603,26 @@ struct RecordForm {
     password: Option<String>,
 }
 
+/// The session and its token of a form posted from device `id`'s page, whose `csrf` field must
+/// be the session's; otherwise the answer to send.
+fn form_session(
+    web: &Web,
+    headers: &HeaderMap,
+    id: &str,
+    csrf: &str,
+) -> Result<(String, Session), Response> {
+    let Some((token, s)) = session(web, headers) else {
+        return Err(to_login(&format!("/devices/{}", path_segment(id))));
+    };
+    if csrf != s.csrf {
+        return Err(page_error(
+            StatusCode::FORBIDDEN,
+            "The form did not come from this session's page; reload the page and try again.",
+        ));
+    }
+    Ok((token, s))
+}
+
 /// A `datetime-local` value (`2026-12-06T14:30`, taken as UTC) or RFC 3339.
 fn occurred_at(v: &str) -> Option<String> {
     let v = v.trim();
@@ -616,15 +642,10 @@ async fn record(
     Path(id): Path<String>,
     Form(f): Form<RecordForm>,
 ) -> Response {
-    let Some((token, s)) = session(&web, &headers) else {
-        return to_login(&format!("/devices/{}", path_segment(&id)));
+    let (token, s) = match form_session(&web, &headers, &id, &f.csrf) {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
-    if f.csrf != s.csrf {
-        return page_error(
-            StatusCode::FORBIDDEN,
-            "The form did not come from this session's page; reload the page and try again.",
-        );
-    }
     let again = |status, msg: String| {
         let web = web.clone();
         let s = s.clone();
@@ -655,7 +676,8 @@ async fn record(
         )
         .await;
     }
-    if let Err((status, msg)) = confirm_signer(&web, &token, &s, &peer, f.password.as_deref()).await {
+    if let Err((status, msg)) = confirm_signer(&web, &token, &s, &peer, f.password.as_deref()).await
+    {
         return again(status, msg).await;
     }
     let corrects = match f
@@ -793,15 +815,10 @@ async fn sign(
     Path((id, seq)): Path<(String, String)>,
     Form(f): Form<SignForm>,
 ) -> Response {
-    let Some((token, s)) = session(&web, &headers) else {
-        return to_login(&format!("/devices/{}", path_segment(&id)));
+    let (token, s) = match form_session(&web, &headers, &id, &f.csrf) {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
-    if f.csrf != s.csrf {
-        return page_error(
-            StatusCode::FORBIDDEN,
-            "The form did not come from this session's page; reload the page and try again.",
-        );
-    }
     let again = |status, msg: String| {
         let web = web.clone();
         let s = s.clone();
@@ -825,7 +842,8 @@ async fn sign(
             .await
         }
     };
-    if let Err((status, msg)) = confirm_signer(&web, &token, &s, &peer, f.password.as_deref()).await {
+    if let Err((status, msg)) = confirm_signer(&web, &token, &s, &peer, f.password.as_deref()).await
+    {
         return again(status, msg).await;
     }
     match records::sign_entry(&web.node, &s.identity, seq, meaning, f.comment.clone()).await {
@@ -893,14 +911,15 @@ async fn pm_report(
         );
     };
     let node = web.node.clone();
-    let r =
-        match tokio::task::spawn_blocking(move || data::source().pm_report((&*node).into(), from_ms, to_ms))
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return internal(e),
-            Err(e) => return internal(e),
-        };
+    let r = match tokio::task::spawn_blocking(move || {
+        data::source().pm_report((&*node).into(), from_ms, to_ms)
+    })
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
     html(
         StatusCode::OK,
         &ReportPage {
