@@ -153,8 +153,8 @@ pub struct Ledger<'a> {
 impl<'a> From<&'a Node> for Ledger<'a> {
     fn from(n: &'a Node) -> Self {
         Ledger {
-            store: &*n.store,
-            registry: &*n.registry,
+            store: &n.store,
+            registry: &n.registry,
         }
     }
 }

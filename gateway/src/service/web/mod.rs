@@ -43,6 +43,9 @@ pub struct Web {
 }
 
 /// Binds `[web] listen` and serves the pages until `serving` is cancelled.
+// The inputs are the gateway's parts the page uses, each owned elsewhere; a struct for them
+// would only be built here.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: &Config,
     web: &WebSection,

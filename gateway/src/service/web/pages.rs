@@ -610,15 +610,18 @@ fn form_session(
     headers: &HeaderMap,
     id: &str,
     csrf: &str,
-) -> Result<(String, Session), Response> {
+) -> Result<(String, Session), Box<Response>> {
     let Some((token, s)) = session(web, headers) else {
-        return Err(to_login(&format!("/devices/{}", path_segment(id))));
+        return Err(Box::new(to_login(&format!(
+            "/devices/{}",
+            path_segment(id)
+        ))));
     };
     if csrf != s.csrf {
-        return Err(page_error(
+        return Err(Box::new(page_error(
             StatusCode::FORBIDDEN,
             "The form did not come from this session's page; reload the page and try again.",
-        ));
+        )));
     }
     Ok((token, s))
 }
@@ -644,7 +647,7 @@ async fn record(
 ) -> Response {
     let (token, s) = match form_session(&web, &headers, &id, &f.csrf) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let again = |status, msg: String| {
         let web = web.clone();
@@ -817,7 +820,7 @@ async fn sign(
 ) -> Response {
     let (token, s) = match form_session(&web, &headers, &id, &f.csrf) {
         Ok(x) => x,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let again = |status, msg: String| {
         let web = web.clone();
