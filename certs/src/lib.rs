@@ -46,6 +46,7 @@
 //! RevocationPolicy { crls, revoked_serials, allow_unknown_revocation_status }
 //! server_config(&roots, &server_key, &policy, &alpn) -> Result<Arc<ServerConfig>>
 //! enrollment_server_config(&server_key) -> Result<Arc<ServerConfig>>   // enrollment listener only: no client auth, token-authenticated
+//! web_server_config(&roots, &server_key) -> Result<Arc<ServerConfig>>  // staff web page: client certificate optional, checked by the page
 //! ReloadableServerConfig::new(roots, server_key, &policy, alpn)?; .current(); .update_revocation(&policy)
 //! MtlsAcceptor::new(Arc<ReloadableServerConfig>, &[Profile]).accept(tcp, peer).await -> Result<(TlsStream, Identity)>
 //! client_config / raft_peer_client_config / mqtt_client_config / modbus_client_config; peer_identity(conn)
@@ -87,8 +88,8 @@ pub use mosquitto::{
 pub use profile::{CertSpec, DeviceSpec, IssuedCert, ServerSpec, StaffSpec};
 pub use tls::{
     client_config, enrollment_server_config, modbus_client_config, mqtt_client_config,
-    peer_identity, raft_peer_client_config, server_config, CertifiedKey, MtlsAcceptor,
-    ReloadableServerConfig, RevocationPolicy,
+    peer_identity, raft_peer_client_config, server_config, web_server_config, CertifiedKey,
+    MtlsAcceptor, ReloadableServerConfig, RevocationPolicy,
 };
 pub use udi::{udi_parts, validate_device_id, DeviceIdKind, UdiIssuer, UdiParts};
 

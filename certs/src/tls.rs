@@ -235,6 +235,32 @@ pub fn enrollment_server_config(server: &CertifiedKey) -> Result<Arc<ServerConfi
     Ok(Arc::new(cfg))
 }
 
+/// Server config for the staff web page: the gateway's certificate, and a client certificate
+/// **optionally** (`WebPkiClientVerifier::allow_unauthenticated`): a browser that presents one
+/// must prove its key and chain it to `roots`, a browser without one still connects (staff sign
+/// in with a password then). Revocation and the certificate's profile are the page's to check
+/// after the handshake, so that a revoked or non-staff certificate gets a page saying so rather
+/// than a failed handshake; the page must treat a connection without a verified certificate as
+/// anonymous.
+pub fn web_server_config(
+    roots: &[CertificateDer<'static>],
+    server: &CertifiedKey,
+) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server.chain.clone(), server.key.clone_key())
+        .map_err(|e| tls_err(format!("server certificate: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
 /// A server config that can be rebuilt while the listener runs: each accepted connection reads
 /// [`ReloadableServerConfig::current`], so a new CRL or revoked serial takes effect for the next
 /// handshake without a restart.

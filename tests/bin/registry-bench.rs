@@ -4,7 +4,8 @@
 //! gateway does at start and after a snapshot install that does not extend its ledger), one
 //! device's history read from the store (entries and openings, as `GET
 //! /v1/devices/{id}/history` reads them), the due list of every device, the PM-completion
-//! report of a year, catching up with new entries, and the process's resident memory.
+//! report of a year, catching up with new entries, and the process's resident memory; and the
+//! staff web page's device page (registry state, history, HTML) as its handler builds it.
 //!
 //! In process, without HTTPS: what the registry costs itself. `cargo run --release -p
 //! medledger-tests --bin registry-bench -- --entries 1000000 --devices 10000`; results in
@@ -19,6 +20,7 @@ use medledger_gateway::service::registry::due::{self, Filter};
 use medledger_gateway::service::registry::index::parse_ms;
 use medledger_gateway::service::registry::request::{DeviceRecord, ModelRequest};
 use medledger_gateway::service::registry::{report, Registry};
+use medledger_gateway::service::web::data as web_data;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -167,6 +169,32 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "one device's history ({n} entries) from the store: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99)
+    );
+
+    // The staff web page's device page (issue 15): the registry's state, the history with its
+    // openings, and the HTML, as the page handler builds them (without TLS and session).
+    let classes = medledger_gateway::service::api::staff_classes(Some(certs::StaffRole::Biomed));
+    let ledger = web_data::Ledger {
+        store: &store,
+        registry: &registry,
+    };
+    let mut lat = Vec::new();
+    let mut bytes = 0;
+    for r in 0..runs * 4 {
+        let dev = name((r as u64 * 7919 + 13) % devices);
+        let t = Instant::now();
+        let detail = web_data::source()
+            .detail(ledger, &dev, &classes)
+            .map_err(anyhow::Error::msg)?
+            .ok_or_else(|| anyhow::anyhow!("no device {dev}"))?;
+        let html = medledger_gateway::service::web::pages::device_html(detail)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        bytes = html.len();
+    }
+    println!(
+        "web device page ({bytes} bytes of HTML), server time: p50 {:.2} ms, p99 {:.2} ms",
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99)
     );

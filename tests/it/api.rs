@@ -57,6 +57,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/raft/snapshot"),
     ("POST", "/raft/forward"),
     ("POST", "/raft/cosign"),
+    ("GET", "/v1/staff-accounts/{id}"),
     ("POST", "/cluster/init"),
     ("POST", "/cluster/learner"),
     ("POST", "/cluster/promote"),

@@ -259,6 +259,72 @@ fn staff_client(root: &Path) -> reqwest::Client {
         .expect("client")
 }
 
+/// Signs in on the web page of the demo's line `Web page: https://ADDR/  sign in as ID with
+/// password PW` as a browser without a certificate would (the sign-in form, its CSRF cookie,
+/// the session cookie) and returns the device list's HTML.
+async fn web_device_list(root: &Path, line: &str) -> String {
+    let rest = line.trim_start().trim_start_matches("Web page: https://");
+    let (addr, rest) = rest.split_once('/').expect("address");
+    let account = rest
+        .split_once("sign in as ")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .expect("account");
+    let password = rest.rsplit_once("password ").expect("password").1.trim();
+    let mut store = rustls::RootCertStore::empty();
+    for c in certs::pem::load_certs(&root.join("gateway1/pki/root.crt")).expect("site root") {
+        store.add(c).expect("root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let cookie_of = crate::web::cookie_set;
+    let r = http
+        .get(format!("https://{addr}/login"))
+        .send()
+        .await
+        .expect("sign-in page");
+    assert_eq!(r.status(), 200);
+    let login = cookie_of(&r, "__Host-medledger-login").expect("the sign-in form's cookie");
+    let csrf = login.split_once('=').expect("cookie").1.to_owned();
+    let r = http
+        .post(format!("https://{addr}/login"))
+        .header("cookie", &login)
+        .form(&[
+            ("account", account),
+            ("password", password),
+            ("csrf", csrf.as_str()),
+            ("next", "/devices"),
+        ])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(
+        r.status(),
+        303,
+        "sign-in as {account}: {:?}",
+        r.text().await
+    );
+    let session = cookie_of(&r, "__Host-medledger-session").expect("a session cookie");
+    let r = http
+        .get(format!("https://{addr}/devices"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("device list");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("body")
+}
+
 /// The first alarm entry among the demo's devices, read through the API.
 async fn an_alarm(client: &reqwest::Client, addr: &str) -> Option<Value> {
     for dev in ["%2801%2900884838035249%2821%29PMP1", "vent-ward-03"] {
@@ -308,6 +374,17 @@ async fn demo_records_an_alarm_read_through_the_api_and_leaves_no_process() {
     .await;
     assert!(start.elapsed() <= Duration::from_secs(60));
     assert!(alarm["fields"]["rule"].is_string(), "{alarm}");
+    // The web page the demo printed: sign in with the printed account, see the device list.
+    let is_web = |l: &str| l.trim_start().starts_with("Web page: https://");
+    let web = match demo.out.iter().find(|l| is_web(l)).cloned() {
+        Some(l) => l,
+        None => demo.wait_line("the web page's line", Duration::from_secs(10), is_web),
+    };
+    let list = web_device_list(&site, &web).await;
+    assert!(
+        list.contains("vent-ward-03") || list.contains("PMP1"),
+        "the device list lacks the demo's devices: {list}"
+    );
     let status = demo.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "{status}: {}", demo.out.join("\n"));
     assert!(

@@ -19,13 +19,15 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::Page;
 use futures::StreamExt;
-use medledger_tests::cluster::{start_cluster, Site};
+use medledger_tests::cluster::{start_nodes, Gateway, Site};
 use medledger_tests::{bin, free_port};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const TECH_PASSWORD: &str = "tess tech's long password";
 const VICTIM_PASSWORD: &str = "victim's long password";
+const SUPER_PASSWORD: &str = "sam super's long password";
+const ROAM_PASSWORD: &str = "ro am's long password";
 const MAX_FAILURES: u32 = 3;
 
 fn chromium() -> Option<PathBuf> {
@@ -180,6 +182,27 @@ async fn refused_sign_in(page: &Page, base: &str, account: &str, password: &str)
     js(page, "document.querySelector('#login-message').innerText").await
 }
 
+/// The device ids the device list at `url` shows.
+async fn listed(page: &Page, url: &str) -> Vec<String> {
+    page.goto(url).await.expect(url);
+    js(
+        page,
+        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
+    )
+    .await
+}
+
+/// The value (`name=value`) of cookie `name` that `r` sets, unless it deletes it.
+pub(crate) fn cookie_set(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
 /// Bytes transferred for the current document and its resources (Resource Timing).
 async fn page_weight(page: &Page) -> (u64, u64) {
     let v: Value = js(
@@ -206,11 +229,17 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     let extra = format!(
         "[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_failures = {MAX_FAILURES}\nlockout_seconds = 600\n"
     );
-    let nodes = start_cluster(&site, 1, &extra).await;
+    // Two gateways; the web page on the first. An account added on the second signs in on the
+    // first's page.
+    let prepared = vec![Gateway::new(&site, 1, &extra), Gateway::new(&site, 2, "")];
+    let voters: Vec<(u64, String)> = prepared.iter().map(|g| (g.id, g.addr())).collect();
+    let nodes = start_nodes(&site, prepared, &voters).await;
     let gw = &nodes[0];
     let base = format!("https://127.0.0.1:{web_port}");
     staff_add(&gw.dir, "tess", "Tess Tech", "biomed", TECH_PASSWORD);
     staff_add(&gw.dir, "victim", "Vic Tim", "supervisor", VICTIM_PASSWORD);
+    staff_add(&gw.dir, "sam", "Sam Super", "supervisor", SUPER_PASSWORD);
+    staff_add(&nodes[1].dir, "roam", "Ro Am", "biomed", ROAM_PASSWORD);
 
     // A device's history through the API: registered, an alarm raised, a calibration and a
     // correction of it.
@@ -232,12 +261,23 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         }
     };
     let dev = "pump-web-7";
-    post(
-        json!({"kind": "device-registered", "device_id": dev, "components": [
-        {"name": "location", "class": "device", "value": "ICU 3"},
-        {"name": "risk", "class": "device", "value": "life support"}]}),
-    )
-    .await;
+    // Registered through the registry two years ago with a 180-day PM interval and none done:
+    // its PM is overdue.
+    let r = api
+        .post(format!("https://{}/v1/devices", gw.addr()))
+        .json(
+            &json!({"device_id": dev, "location": "ICU 3", "life_support": true,
+            "manufacturer": "Acme", "model": "P-7", "pm_interval_days": 180,
+            "occurred_at": "2024-01-01T00:00:00Z"}),
+        )
+        .send()
+        .await
+        .expect("register");
+    assert!(
+        r.status().is_success(),
+        "register: {}",
+        r.text().await.unwrap_or_default()
+    );
     post(
         json!({"kind": "device-registered", "device_id": "vent-quiet-1", "components": [
         {"name": "location", "class": "device", "value": "Ward 9"}]}),
@@ -323,27 +363,25 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     );
     let row: String = js(&page, &format!("[...document.querySelectorAll('table.devices tbody tr')].find(r => r.innerText.includes('{dev}')).innerText")).await;
     assert!(
-        row.contains("life support") && row.contains("1 open alarm") && row.contains("ICU 3"),
+        row.contains("life support")
+            && row.contains("1 open alarm")
+            && row.contains("ICU 3")
+            && row.contains("PM overdue: 2024-06-29")
+            && row.contains("in-service"),
+        "{row}"
+    );
+    // The legacy registration (no registry component) is registered too, with no interval.
+    let row: String = js(&page, "[...document.querySelectorAll('table.devices tbody tr')].find(r => r.innerText.includes('vent-quiet-1')).innerText").await;
+    assert!(
+        row.contains("no interval known") && row.contains("Ward 9"),
         "{row}"
     );
     // Filters: open alarms only, and a search.
-    page.goto(format!("{base}/devices?alarms=1"))
-        .await
-        .expect("filter");
-    let rows: Vec<String> = js(
-        &page,
-        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
-    )
-    .await;
+    let rows = listed(&page, &format!("{base}/devices?alarms=1")).await;
     assert_eq!(rows, vec![dev.to_string()]);
-    page.goto(format!("{base}/devices?q=ward"))
-        .await
-        .expect("search");
-    let rows: Vec<String> = js(
-        &page,
-        "[...document.querySelectorAll('table.devices tbody th')].map(t => t.innerText)",
-    )
-    .await;
+    let rows = listed(&page, &format!("{base}/devices?overdue=1")).await;
+    assert_eq!(rows, vec![dev.to_string()]);
+    let rows = listed(&page, &format!("{base}/devices?q=ward")).await;
     assert_eq!(rows, vec!["vent-quiet-1".to_string()]);
 
     // Open the device from the list.
@@ -366,6 +404,15 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     assert!(beside, "the correction is not shown beside entry {cal}");
     let alarms: String = js(&page, "document.querySelector('ul.alarms').innerText").await;
     assert!(alarms.contains("occlusion"), "{alarms}");
+    // The registry's derived state.
+    let state: String = js(&page, "document.querySelector('dl.state').innerText").await;
+    assert!(
+        state.contains("PM overdue: 2024-06-29")
+            && state.contains("180 days")
+            && state.contains("Acme P-7")
+            && state.contains("in-service"),
+        "{state}"
+    );
     // Every receipt checks out in the browser.
     until(
         &page,
@@ -461,9 +508,42 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         .iter()
         .find(|e| e["seq"] == seq)
         .expect("entry in history");
-    assert_eq!(e["fields"]["signer_name"], "Tess Tech");
-    assert_eq!(e["fields"]["signature_meaning"], "performed");
+    // The same `signature` component as a record signed over the API (the calibration).
+    assert_eq!(e["signature"]["name"], "Tess Tech");
+    assert_eq!(e["signature"]["meaning"], "performed");
+    assert_eq!(e["signature"]["id"], "tess");
     assert_eq!(e["author"], "web:tess");
+    let by_api = hist["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["seq"] == cal)
+        .expect("the calibration");
+    let keys = |v: &Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        keys(&e["fields"]["signature"]),
+        keys(&by_api["fields"]["signature"]),
+        "web {e} / api {by_api}"
+    );
+    assert!(e["fields"].get("signer_name").is_none(), "{e}");
+
+    // Reviewing one's own record is refused with the API's words.
+    click(&page, &format!("#sign-{seq} button.review")).await;
+    until(
+        &page,
+        "the refusal of a self-review",
+        "!!document.querySelector('#record-message')",
+    )
+    .await;
+    let msg: String = js(&page, "document.querySelector('#record-message').innerText").await;
+    assert!(msg.contains("separation of duties"), "{msg}");
+    // Nor may a biomed approve: no approve button.
+    let approve: bool = js(&page, "!!document.querySelector('button.approve')").await;
+    assert!(!approve, "a biomed is offered approval");
 
     // A tampered receipt shows invalid: one bit of the entry, or of the head's signature.
     for (what, tamper) in [
@@ -510,10 +590,42 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         "{report}"
     );
 
-    // Sign out; then a wrong password locks the account after MAX_FAILURES tries, and the
-    // right one is refused while it is locked.
+    // A supervisor approves Tess's record: password at the first signature, then the approval
+    // is an entry of its own naming the record.
     click(&page, ".who button").await;
     until(&page, "signed out", "location.pathname === '/login'").await;
+    sign_in(&page, &base, "sam", SUPER_PASSWORD).await;
+    until(&page, "the device list", "location.pathname === '/devices'").await;
+    page.goto(format!("{base}/devices/{dev}"))
+        .await
+        .expect("device page");
+    until(
+        &page,
+        "the approve button",
+        &format!("!!document.querySelector('#sign-{seq} button.approve')"),
+    )
+    .await;
+    type_into(&page, &format!("#comment-{seq}"), "checked the readings").await;
+    type_into(&page, &format!("#sign-password-{seq}"), SUPER_PASSWORD).await;
+    click(&page, &format!("#sign-{seq} button.approve")).await;
+    until(
+        &page,
+        "the approval entry",
+        &format!("location.hash.startsWith('#entry-') && location.hash !== '#entry-{seq}' && !!document.querySelector(location.hash)"),
+    )
+    .await;
+    let approval: String = js(&page, "document.querySelector(location.hash).innerText").await;
+    assert!(
+        approval.contains("approval")
+            && approval.contains("Signed by Sam Super (supervisor), meaning: approved")
+            && approval.contains(&format!("entry #{seq}")),
+        "{approval}"
+    );
+    click(&page, ".who button").await;
+    until(&page, "signed out", "location.pathname === '/login'").await;
+
+    // A wrong password locks the account after MAX_FAILURES tries, and the right one is
+    // refused while it is locked.
     for i in 1..=MAX_FAILURES {
         let msg = refused_sign_in(&page, &base, "victim", "wrong password").await;
         if i < MAX_FAILURES {
@@ -541,9 +653,217 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         "sign-ins not logged"
     );
 
+    // An account added on gateway 2 signs in on gateway 1's page; locked on gateway 2, it is
+    // refused on gateway 1 at the next sign-in.
+    sign_in(&page, &base, "roam", ROAM_PASSWORD).await;
+    until(
+        &page,
+        "the device list for an account of gateway 2",
+        "location.pathname === '/devices' && document.body.innerText.includes('Ro Am')",
+    )
+    .await;
+    click(&page, ".who button").await;
+    until(&page, "signed out", "location.pathname === '/login'").await;
+    let out = Command::new(bin("medledger"))
+        .args(["staff", "lock", "roam", "--data-dir"])
+        .arg(&nodes[1].dir)
+        .output()
+        .expect("staff lock");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msg = refused_sign_in(&page, &base, "roam", ROAM_PASSWORD).await;
+    assert!(msg.contains("locked by an administrator"), "{msg}");
+
+    // ...and in the replicated ledger, as entries about `staff:<account>`, with no password.
+    let accesses = |account: &'static str| {
+        let api = api.clone();
+        let url = format!("https://{}/v1/devices/staff:{account}/history", gw.addr());
+        async move {
+            let r = api.get(url).send().await.expect("history");
+            if !r.status().is_success() {
+                return (Vec::new(), String::new());
+            }
+            let v: Value = r.json().await.expect("json");
+            let list = v["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["fields"]["access"].as_str().unwrap_or("?"),
+                        e["fields"]["method"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>();
+            (list, v.to_string())
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let (list, text) = accesses("victim").await;
+        if list.len() >= MAX_FAILURES as usize + 2 {
+            break (list, text);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ledger has {list:?} about staff:victim"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut want = vec!["sign-in-failed/password"; MAX_FAILURES as usize];
+    want.push("locked/password");
+    want.push("refused-locked/password");
+    assert_eq!(victim.0, want, "{}", victim.1);
+    assert!(
+        !victim.1.contains("wrong password") && !victim.1.contains(VICTIM_PASSWORD),
+        "a password in the ledger: {}",
+        victim.1
+    );
+    let (tess, text) = accesses("tess").await;
+    assert!(
+        tess.contains(&"signed-in/password".to_string())
+            && tess.contains(&"sign-in-failed/password".to_string()),
+        "{tess:?}: {text}"
+    );
+    assert!(
+        !text.contains("argon2") && !text.contains("not my password"),
+        "{text}"
+    );
+
     browser.close().await.expect("close");
     let _ = browser.wait().await;
     events.abort();
+
+    certificate_sign_in(&site, gw, &base).await;
     // Keep the gateway up until the browser is gone.
     drop(nodes);
+}
+
+/// An HTTPS client of the web listener presenting a certificate of `spec` (following no
+/// redirect, keeping no cookie), and the certificate's serial.
+fn cert_client(site: &Site, spec: &certs::CertSpec) -> (reqwest::Client, String) {
+    let issued = site
+        .ca
+        .issue(spec, certs::Validity::days(2).expect("validity"))
+        .expect("issue");
+    let key =
+        certs::CertifiedKey::from_pem(&issued.chain_pem, issued.key_pem.as_deref().expect("key"))
+            .expect("key");
+    let tls = certs::client_config(
+        &[site.ca.root_der().clone()],
+        &key,
+        &certs::RevocationPolicy::default(),
+        &[],
+    )
+    .expect("client config");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    (client, issued.identity.serial)
+}
+
+/// Sign-in with a staff certificate on the web listener, with a real TLS client presenting it
+/// (headless Chromium here has no NSS tools to hold a client certificate): a valid staff
+/// certificate signs in without a password and its session shows the name; a device
+/// certificate and a revoked staff certificate get the sign-in page saying why.
+async fn certificate_sign_in(site: &Site, gw: &medledger_tests::cluster::Gateway, base: &str) {
+    let (carol, _) = cert_client(
+        site,
+        &certs::CertSpec::staff("carol", "Carol Cert", StaffRole::Biomed),
+    );
+    let r = carol
+        .get(format!("{base}/login?next=/devices"))
+        .send()
+        .await
+        .expect("login with a certificate");
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    assert_eq!(r.headers()["location"], "/devices");
+    let cookie = cookie_set(&r, "__Host-medledger-session").expect("a session cookie");
+    let page = carol
+        .get(format!("{base}/devices"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("devices");
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.expect("body");
+    assert!(
+        body.contains("Carol Cert") && body.contains("pump-web-7"),
+        "{body}"
+    );
+    // The device page offers signing without the password field (the certificate is the
+    // first signature's second component).
+    let body = carol
+        .get(format!("{base}/devices/pump-web-7"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("device")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        body.contains("id=\"record-form\"") && !body.contains("id=\"sign-password\""),
+        "{body}"
+    );
+
+    // A device's certificate does not sign in.
+    let (device, _) = cert_client(site, &certs::CertSpec::device("pump-web-7"));
+    let r = device
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("not a staff"), "{body}");
+
+    // A revoked staff certificate does not sign in (revoked through the ledger while the
+    // gateway runs).
+    let (dora, serial) = cert_client(
+        site,
+        &certs::CertSpec::staff("dora", "Dora Doe", StaffRole::Biomed),
+    );
+    let out = Command::new(bin("medledger"))
+        .args(["cert", "revoke", "--config"])
+        .arg(&gw.config)
+        .args([
+            &serial,
+            "--reason",
+            "key-compromise",
+            "--subject",
+            "staff:dora",
+        ])
+        .output()
+        .expect("cert revoke");
+    assert!(
+        out.status.success(),
+        "cert revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = dora
+            .get(format!("{base}/login"))
+            .send()
+            .await
+            .expect("login");
+        let status = r.status();
+        let body = r.text().await.expect("body");
+        if status == 403 && body.contains("is revoked") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked certificate still signs in: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

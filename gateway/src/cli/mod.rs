@@ -69,7 +69,8 @@ enum Cmd {
     /// Device enrollment tokens and the device registry of a running gateway.
     #[command(subcommand)]
     Device(pki::DeviceCmd),
-    /// Staff accounts of the web page (password sign-in; docs/web.md).
+    /// Staff accounts of the web page (password sign-in on every gateway of the cluster;
+    /// docs/web.md).
     #[command(subcommand)]
     Staff(staff::StaffCmd),
     /// Write a Mosquitto TLS listener config, ACL, broker certificate and CRL for the site broker.

@@ -43,7 +43,7 @@ pub enum StaffCmd {
         #[command(flatten)]
         dir: StaffDir,
     },
-    /// Lock an account: no sign-in until unlocked.
+    /// Lock an account: no sign-in until unlocked (on every gateway, at its next sign-in).
     Lock {
         id: String,
         #[command(flatten)]

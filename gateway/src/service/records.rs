@@ -120,9 +120,25 @@ fn refuse_on_learner(node: &Node) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// The author identity an entry names: the certificate's SHA-256 fingerprint.
+/// The author identity an entry names: the certificate's SHA-256 fingerprint, or
+/// `web:<account>` for a staff member signed in on the web page with an account's password
+/// (an identity without a certificate has an empty fingerprint: `web::auth::account_identity`).
 pub fn author_of(id: &Identity) -> String {
-    format!("sha256:{}", id.fingerprint)
+    if id.fingerprint.is_empty() {
+        format!("web:{}", id.id)
+    } else {
+        format!("sha256:{}", id.fingerprint)
+    }
+}
+
+/// What names a signer in the event id of a review or approval: the certificate's fingerprint
+/// (as before web accounts existed), or the account's author string.
+fn signer_key(id: &Identity) -> String {
+    if id.fingerprint.is_empty() {
+        author_of(id)
+    } else {
+        id.fingerprint.clone()
+    }
 }
 
 /// Entry `seq` with its openings, or `NotFound` naming `field`.
@@ -381,7 +397,7 @@ pub async fn sign_entry(
         occurred_at: None,
         components,
         corrects: None,
-        event_id: Some(format!("{}:{seq}:{}", meaning.as_str(), signer.fingerprint)),
+        event_id: Some(format!("{}:{seq}:{}", meaning.as_str(), signer_key(signer))),
     }
     .validate()
     .map_err(|e| invalid("comment", e.to_string()))?;

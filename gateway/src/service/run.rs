@@ -78,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             node.clone(),
             recent,
             &tls,
+            revoked.clone(),
             &mut tasks,
             serving.clone(),
         )

@@ -330,7 +330,23 @@ pub async fn serve_tls_no_client_auth(
                 who,
                 peer: addr,
             };
-            let router = router.layer(axum::Extension(conn.clone()));
+            let mut router = router.layer(axum::Extension(conn.clone()));
+            // A client certificate, where the config asks for one optionally (the web page's
+            // listener) and the client presented one: rustls verified its chain and key; what
+            // it names is the handler's to judge (revocation, profile).
+            let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            if let Some(der) = presented {
+                match certs::parse_identity(der) {
+                    Ok(identity) => {
+                        router = router.layer(axum::Extension(Peer(Arc::new(identity))));
+                    }
+                    Err(e) => {
+                        if let Some(left_out) = warn.allow(&conn.who, "handshake") {
+                            tracing::warn!(peer = %addr, error = %e, left_out, "client certificate names no identity; serving the connection as anonymous");
+                        }
+                    }
+                }
+            }
             serve_connection(
                 Tracked::new(tls, activity),
                 router,

@@ -19,6 +19,7 @@ mod problem;
 mod raft;
 mod records;
 mod registry;
+mod staff;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -255,6 +256,7 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::snapshot)))
         .routes(guarded(Gateway, RAFT_BODY, routes!(raft::forward)))
         .routes(guarded(Gateway, SMALL_BODY, routes!(raft::cosign)))
+        .routes(guarded(Gateway, SMALL_BODY, routes!(staff::get_account)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::init)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::add_learner)))
         .routes(guarded(Admin, SMALL_BODY, routes!(cluster::promote)))

@@ -152,6 +152,10 @@ pub struct DeviceState {
     /// Calibrations, in ledger order.
     #[serde(skip)]
     pub calibrations: Vec<Done>,
+    /// Open alarms by rule: the latest `alarm` entry of each rule says `raised` (or names no
+    /// state). For the web page's badges; not part of the API's device document.
+    #[serde(skip)]
+    pub open_alarms: BTreeMap<String, Done>,
 }
 
 impl DeviceState {
@@ -188,6 +192,7 @@ impl DeviceState {
             refused: Vec::new(),
             pm: Vec::new(),
             calibrations: Vec::new(),
+            open_alarms: BTreeMap::new(),
         }
     }
 
@@ -377,6 +382,10 @@ impl Index {
             }
             return;
         }
+        // Sign-in audit entries of the web page (`service::web::audit`) are about staff.
+        if id.starts_with(crate::service::web::audit::STAFF_PREFIX) {
+            return;
+        }
         if id.starts_with(RECALL_PREFIX) {
             if action.as_deref() == Some("recall") {
                 self.apply_recall(entry, &fields);
@@ -460,6 +469,19 @@ impl Index {
                 }
                 _ => {}
             },
+            EventKind::Alarm => {
+                let rule = fields.text("rule").unwrap_or_else(|| "alarm".into());
+                if fields.text("state").is_none_or(|st| st == "raised") {
+                    let done = Done {
+                        seq,
+                        at_ms,
+                        passed: false,
+                    };
+                    dev.open_alarms.insert(rule, done);
+                } else {
+                    dev.open_alarms.remove(&rule);
+                }
+            }
             _ => {}
         }
     }

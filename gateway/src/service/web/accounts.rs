@@ -37,6 +37,10 @@ pub struct Account {
     /// Locked by an administrator (`medledger staff lock`): no sign-in until unlocked.
     #[serde(default)]
     pub locked: bool,
+    /// When it was added or last changed (Unix ms): where gateways hold different records of
+    /// one account, the newest is the account (`auth::Auth::lookup`).
+    #[serde(default)]
+    pub changed_ms: i64,
 }
 
 /// What went wrong with the accounts file or a request about it.
@@ -140,6 +144,7 @@ impl Accounts {
             role,
             password_hash: hash_password(password)?,
             locked: false,
+            changed_ms: ledger_node::ledger::now_ms(),
         };
         all.push(account.clone());
         self.save(all)?;
@@ -158,6 +163,7 @@ impl Accounts {
             .find(|a| a.id == id)
             .ok_or_else(|| AccountError::NoSuchAccount(id.into()))?;
         f(a)?;
+        a.changed_ms = ledger_node::ledger::now_ms().max(a.changed_ms + 1);
         let out = a.clone();
         self.save(all)?;
         Ok(out)
@@ -179,7 +185,7 @@ impl Accounts {
     }
 }
 
-fn check_id(id: &str) -> Result<(), AccountError> {
+pub fn check_id(id: &str) -> Result<(), AccountError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use certs::StaffRole;
+use certs::{Identity, Profile, StaffRole};
 use sha2::{Digest, Sha256};
 
 use super::accounts::{verify_password, Account, Accounts};
@@ -34,6 +34,11 @@ pub struct Session {
     /// Part 11 §11.200: the first signing of a session asks for the password again; later ones
     /// in the same session need only the signer's session.
     pub has_signed: bool,
+    /// Who signs records made in this session (`service::records`): the staff certificate the
+    /// browser presented, or the account (no certificate: [`account_identity`]).
+    pub identity: Identity,
+    /// Signed in with a staff certificate rather than a password.
+    pub by_certificate: bool,
     started: Instant,
     last_seen: Instant,
 }
@@ -67,6 +72,27 @@ pub struct Auth {
     lockout: Duration,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     failures: Mutex<HashMap<String, Failures>>,
+    /// Where sign-ins, failures and locks go to become ledger entries ([`super::audit`]).
+    audit: Option<tokio::sync::mpsc::Sender<Audit>>,
+    /// The cluster whose gateways' accounts are asked for at sign-in ([`Auth::lookup`]).
+    cluster: Option<std::sync::Arc<crate::service::node::Node>>,
+}
+
+/// How long a sign-in waits for a peer gateway's account record.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A sign-in, failure or lock, for the ledger. Never the password or its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// The account (or staff id of a certificate) as typed or presented.
+    pub account: String,
+    /// `signed-in`, `sign-in-failed`, `locked`, `refused-locked`, `refused-disabled`,
+    /// `certificate-refused`.
+    pub access: &'static str,
+    /// `password` or `certificate`.
+    pub method: &'static str,
+    /// The certificate's serial, for certificate sign-ins and refusals.
+    pub serial: Option<String>,
 }
 
 /// A fresh random token, hex.
@@ -88,6 +114,86 @@ impl Auth {
             lockout: Duration::from_secs(web.lockout_seconds),
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            audit: None,
+            cluster: None,
+        }
+    }
+
+    /// Accounts of every gateway of `node`'s cluster sign in here ([`Auth::lookup`]).
+    pub fn with_cluster(mut self, node: std::sync::Arc<crate::service::node::Node>) -> Self {
+        self.cluster = Some(node);
+        self
+    }
+
+    /// Account `id` as the cluster knows it: this gateway's record and those of the peer
+    /// gateways that answer within [`PEER_TIMEOUT`] (`GET /v1/staff-accounts/{id}`, gateways
+    /// only), the newest (`changed_ms`) winning. So `medledger staff add` on one gateway lets
+    /// the person sign in on every gateway that reaches it, and a `passwd` or `lock` there
+    /// applies everywhere at the next sign-in, without a password hash in the ledger.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Account>, super::accounts::AccountError> {
+        let local = self.accounts.get(id)?;
+        let Some(node) = &self.cluster else {
+            return Ok(local);
+        };
+        if super::accounts::check_id(id).is_err() {
+            return Ok(local);
+        }
+        let peers: Vec<String> = node
+            .membership()
+            .nodes()
+            .filter(|(n, _)| **n != node.id)
+            .map(|(_, b)| b.addr.clone())
+            .collect();
+        let http = node.peers.get();
+        let asks = peers.into_iter().map(|addr| {
+            let http = http.clone();
+            let url = format!("https://{addr}/v1/staff-accounts/{id}");
+            async move {
+                let r = tokio::time::timeout(PEER_TIMEOUT, http.get(&url).send())
+                    .await
+                    .ok()?
+                    .ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                tokio::time::timeout(PEER_TIMEOUT, r.json::<Account>())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+        });
+        let remote = futures::future::join_all(asks).await;
+        Ok(local
+            .into_iter()
+            .chain(remote.into_iter().flatten())
+            .filter(|a| a.id == id)
+            .max_by_key(|a| a.changed_ms))
+    }
+
+    /// Sends every sign-in, failure and lock to `audit` as well as to the log.
+    pub fn with_audit(mut self, audit: tokio::sync::mpsc::Sender<Audit>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Queues an audit record; a full queue (a flood of failures faster than the ledger takes
+    /// them) drops it with an error in the log, which has every attempt all the same.
+    pub fn audit(
+        &self,
+        account: &str,
+        access: &'static str,
+        method: &'static str,
+        serial: Option<String>,
+    ) {
+        let Some(tx) = &self.audit else { return };
+        let a = Audit {
+            account: account.to_owned(),
+            access,
+            method,
+            serial,
+        };
+        if let Err(e) = tx.try_send(a) {
+            tracing::error!(target: "medledger::web::auth", account = %account, access, error = %e, "sign-in audit entry not queued for the ledger (the log has it)");
         }
     }
 
@@ -100,9 +206,10 @@ impl Auth {
     pub async fn check_password(&self, id: &str, password: &str) -> Result<Account, Refused> {
         if let Some(left) = self.locked_for(id) {
             tracing::warn!(target: "medledger::web::auth", account = %id, left_s = left.as_secs(), "sign-in refused: account locked after failures");
+            self.audit(id, "refused-locked", "password", None);
             return Err(Refused::Locked(left));
         }
-        let account = match self.accounts.get(id) {
+        let account = match self.lookup(id).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(target: "medledger::web::auth", error = %e, "cannot read the staff accounts");
@@ -117,6 +224,7 @@ impl Auth {
             role: StaffRole::Auditor,
             password_hash: DUMMY_HASH.into(),
             locked: false,
+            changed_ms: 0,
         });
         let ok = tokio::task::spawn_blocking(move || verify_password(&probe, &password))
             .await
@@ -124,6 +232,7 @@ impl Auth {
         match account {
             Some(a) if ok && a.locked => {
                 tracing::warn!(target: "medledger::web::auth", account = %id, "sign-in refused: account locked by an administrator");
+                self.audit(id, "refused-disabled", "password", None);
                 Err(Refused::Disabled)
             }
             Some(a) if ok => {
@@ -136,8 +245,10 @@ impl Auth {
             _ => {
                 let locked = self.count_failure(id);
                 tracing::warn!(target: "medledger::web::auth", account = %id, known = ok || self.is_known(id), "sign-in failed: wrong id or password");
+                self.audit(id, "sign-in-failed", "password", None);
                 if locked {
                     tracing::warn!(target: "medledger::web::auth", account = %id, failures = self.max_failures, lock_s = self.lockout.as_secs(), "account locked after repeated sign-in failures");
+                    self.audit(id, "locked", "password", None);
                     return Err(Refused::Locked(self.lockout));
                 }
                 Err(Refused::Wrong)
@@ -182,21 +293,40 @@ impl Auth {
 
     /// Signs `account` in: returns the new session's token.
     pub fn start_session(&self, account: &Account) -> String {
+        tracing::info!(target: "medledger::web::auth", account = %account.id, role = %account.role, "signed in");
+        self.audit(&account.id, "signed-in", "password", None);
+        self.insert_session(account_identity(account), account.role, false)
+    }
+
+    /// Signs in the holder of a verified, unrevoked staff certificate (`role` is its role).
+    pub fn start_certificate_session(&self, identity: Identity, role: StaffRole) -> String {
+        tracing::info!(target: "medledger::web::auth", account = %identity.id, role = %role, serial = %identity.serial, "signed in with a staff certificate");
+        self.audit(
+            &identity.id,
+            "signed-in",
+            "certificate",
+            Some(identity.serial.clone()),
+        );
+        self.insert_session(identity, role, true)
+    }
+
+    fn insert_session(&self, identity: Identity, role: StaffRole, by_certificate: bool) -> String {
         let token = random_token();
         let now = Instant::now();
         let session = Session {
-            account: account.id.clone(),
-            name: account.name.clone(),
-            role: account.role,
+            account: identity.id.clone(),
+            name: crate::records::printed_name(&identity),
+            role,
             csrf: random_token(),
             has_signed: false,
+            identity,
+            by_certificate,
             started: now,
             last_seen: now,
         };
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         s.retain(|_, v| !self.expired(v, now));
         s.insert(token_key(&token), session);
-        tracing::info!(target: "medledger::web::auth", account = %account.id, role = %account.role, "signed in");
         token
     }
 
@@ -234,6 +364,26 @@ impl Auth {
         if let Some(session) = s.remove(&token_key(token)) {
             tracing::info!(target: "medledger::web::auth", account = %session.account, "signed out");
         }
+    }
+}
+
+/// The identity a staff account signs with: staff profile, the account's id, role and printed
+/// name, and no certificate (empty fingerprint and serial), so that `service::records` names
+/// the author `web:<account>`.
+pub fn account_identity(a: &Account) -> Identity {
+    let now = time::OffsetDateTime::now_utc();
+    Identity {
+        profile: Profile::Staff,
+        id: a.id.clone(),
+        role: Some(a.role.as_str().to_owned()),
+        name: Some(a.name.clone()),
+        fingerprint: String::new(),
+        serial: String::new(),
+        server_auth: false,
+        dns_names: Vec::new(),
+        ip_addrs: Vec::new(),
+        not_before: now,
+        not_after: now,
     }
 }
 

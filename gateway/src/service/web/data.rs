@@ -2,18 +2,25 @@
 //! device's state and history, and the preventive-maintenance completion report. Pages call only
 //! these, never the store.
 //!
-//! **Where the device registry plugs in.** Until the registry (issue 14: derived device state,
-//! due lists, the PM completion report) is merged, [`LedgerDerived`] reads what the ledger
-//! holds today: the per-device index and each device's entries, with status, location and risk
-//! taken from the latest `status-change` / `device-registered` components when present. Due and
-//! overdue are unknown (`None`) until then. Swap the one `impl DeviceSource` (`source()` at
-//! the bottom) for one that asks the registry; the pages and templates stay as they are.
+//! Device state (status, risk, location, what is due, calibration state, open alarms) is the
+//! device registry's (`service::registry`): [`RegistryDerived`] reads the registry's index,
+//! caught up with what this gateway applied, and due dates as of now, so the page says what
+//! `GET /v1/devices` and `GET /v1/due` say. A device's history (the timeline) is read from the
+//! store through its per-device index, newest [`MAX_HISTORY`] entries. [`source`] is the one
+//! place that picks the source.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ledger_node::entry::{DisclosureClass, EventKind};
+use ledger_node::entry::{DisclosureClass, EventKind, SIGNATURE_COMPONENT};
+
+use crate::records::Manifestation;
+use crate::service::registry::due::{self, DueState, Work};
+use crate::service::registry::index::{DeviceState, Done, Index};
+
+use ledger_node::Store;
 
 use crate::service::node::Node;
+use crate::service::registry::Registry;
 
 /// One row of the device list.
 #[derive(Debug, Clone, Default)]
@@ -24,10 +31,18 @@ pub struct DeviceSummary {
     /// high-risk / life support, or not.
     pub risk: Option<String>,
     pub location: Option<String>,
+    /// Whether the registry has a registration entry for it.
+    pub registered: bool,
     /// When the next preventive maintenance is due (RFC 3339 date), from the registry.
     pub pm_due: Option<String>,
+    /// `scheduled`, `due` (within 30 days) or `overdue`, with `pm_due`.
+    pub pm_state: Option<String>,
     /// When the next calibration is due, from the registry.
     pub calibration_due: Option<String>,
+    /// `scheduled`, `due` or `overdue`, with `calibration_due`.
+    pub calibration_due_state: Option<String>,
+    /// FHIR's DeviceMetric calibration state (`calibrated`, `calibration-required`...).
+    pub calibration_state: Option<String>,
     /// PM or calibration overdue (registry).
     pub overdue: bool,
     pub open_alarms: usize,
@@ -61,6 +76,12 @@ pub struct Signer {
     pub name: String,
     pub role: String,
     pub meaning: String,
+    /// The staff id that signed (the account or the certificate's staff id).
+    pub id: String,
+    /// The entry a review or approval signs.
+    pub of: Option<u64>,
+    /// The reason of a correction.
+    pub reason: Option<String>,
 }
 
 /// An open alarm: the latest entry of an alarm rule says `raised`.
@@ -75,6 +96,8 @@ pub struct OpenAlarm {
 #[derive(Debug, Clone)]
 pub struct DeviceDetail {
     pub summary: DeviceSummary,
+    /// The registry's derived state, as label and text, in the order shown.
+    pub facts: Vec<(String, String)>,
     /// Originals in ledger order, each with its corrections beside it.
     pub timeline: Vec<TimelineEntry>,
     pub open_alarms: Vec<OpenAlarm>,
@@ -88,6 +111,13 @@ pub struct ReportRow {
     /// Scheduled in the period (registry), when known.
     pub scheduled: Option<usize>,
     pub completed: usize,
+    /// Completed after their due date.
+    pub late: usize,
+    pub missed: usize,
+    /// Missed, with the device unable to locate and the attempts logged.
+    pub documented: usize,
+    /// (completed + documented) / scheduled in percent, two decimals.
+    pub percent: String,
 }
 
 /// The PM completion report for a period.
@@ -102,14 +132,31 @@ pub struct PmReport {
 
 /// Where device state comes from. The pages use only this.
 pub trait DeviceSource {
-    fn list(&self, node: &Node) -> Result<Vec<DeviceSummary>, String>;
+    fn list(&self, node: Ledger<'_>) -> Result<Vec<DeviceSummary>, String>;
     fn detail(
         &self,
-        node: &Node,
+        node: Ledger<'_>,
         id: &str,
         classes: &BTreeSet<DisclosureClass>,
     ) -> Result<Option<DeviceDetail>, String>;
-    fn pm_report(&self, node: &Node, from_ms: i64, to_ms: i64) -> Result<PmReport, String>;
+    fn pm_report(&self, node: Ledger<'_>, from_ms: i64, to_ms: i64) -> Result<PmReport, String>;
+}
+
+/// What the sources read: a gateway's store and its registry (a running node's, or a
+/// benchmark's own).
+#[derive(Clone, Copy)]
+pub struct Ledger<'a> {
+    pub store: &'a Store,
+    pub registry: &'a Registry,
+}
+
+impl<'a> From<&'a Node> for Ledger<'a> {
+    fn from(n: &'a Node) -> Self {
+        Ledger {
+            store: &n.store,
+            registry: &n.registry,
+        }
+    }
 }
 
 /// Most devices the list reads (the page pages them further).
@@ -117,8 +164,8 @@ pub const MAX_DEVICES: usize = 10_000;
 /// Most entries of one device read for its page, newest kept.
 pub const MAX_HISTORY: usize = 1_000;
 
-/// Today's source: the ledger's per-device index and entries.
-pub struct LedgerDerived;
+/// The registry's index for state, the store for history.
+pub struct RegistryDerived;
 
 /// A decoded entry with the openings the reader may see.
 struct Read {
@@ -132,21 +179,6 @@ struct Read {
     fields: Vec<(String, DisclosureClass, Option<String>)>,
 }
 
-impl Read {
-    /// A component's JSON value as plain text (strings without their quotes).
-    /// Only device and maintenance components, which every staff role may see, feed the
-    /// state shown in lists.
-    fn text(&self, name: &str) -> Option<String> {
-        self.fields
-            .iter()
-            .find(|(n, c, _)| {
-                n == name && matches!(c, DisclosureClass::Device | DisclosureClass::Maintenance)
-            })
-            .and_then(|(_, _, v)| v.as_deref())
-            .map(json_text)
-    }
-}
-
 fn json_text(v: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(v) {
         Ok(serde_json::Value::String(s)) => s,
@@ -154,7 +186,7 @@ fn json_text(v: &str) -> String {
     }
 }
 
-fn read(node: &Node, seq: u64) -> Result<Read, String> {
+fn read(node: Ledger<'_>, seq: u64) -> Result<Read, String> {
     let e = node.store.entry(seq).map_err(|e| e.to_string())?;
     let openings = node.store.openings(seq).map_err(|e| e.to_string())?;
     let fields = e
@@ -180,7 +212,7 @@ fn read(node: &Node, seq: u64) -> Result<Read, String> {
 }
 
 /// A device's entries, oldest first, at most the newest [`MAX_HISTORY`].
-fn history(node: &Node, id: &str) -> Result<Vec<Read>, String> {
+fn history(node: Ledger<'_>, id: &str) -> Result<Vec<Read>, String> {
     let mut seqs = Vec::new();
     let mut after = None;
     loop {
@@ -202,60 +234,6 @@ fn history(node: &Node, id: &str) -> Result<Vec<Read>, String> {
     seqs.into_iter().map(|s| read(node, s)).collect()
 }
 
-fn summarize(id: &str, entries: &[Read]) -> (DeviceSummary, Vec<OpenAlarm>) {
-    let mut s = DeviceSummary {
-        id: id.to_owned(),
-        entries: entries.len(),
-        ..Default::default()
-    };
-    // Alarm state per rule: the latest alarm entry of each rule decides.
-    let mut alarms: BTreeMap<String, Option<OpenAlarm>> = BTreeMap::new();
-    for e in entries {
-        match e.kind {
-            EventKind::StatusChange => {
-                if let Some(v) = e.text("status") {
-                    s.status = Some(v);
-                }
-            }
-            EventKind::DeviceRegistered => {
-                if let Some(v) = e.text("location") {
-                    s.location = Some(v);
-                }
-                if let Some(v) = e.text("risk") {
-                    s.risk = Some(v);
-                }
-                if s.status.is_none() {
-                    s.status = Some("in service".into());
-                }
-            }
-            EventKind::DeviceDecommissioned => s.status = Some("decommissioned".into()),
-            EventKind::Alarm => {
-                let rule = e.text("rule").unwrap_or_else(|| "alarm".into());
-                let raised = e.text("state").is_none_or(|st| st == "raised");
-                alarms.insert(
-                    rule.clone(),
-                    raised.then(|| OpenAlarm {
-                        seq: e.seq,
-                        rule,
-                        since: e
-                            .occurred_at
-                            .clone()
-                            .unwrap_or_else(|| crate::event::format_ms(e.recorded_at_ms)),
-                    }),
-                );
-            }
-            _ => {}
-        }
-    }
-    if let Some(last) = entries.last() {
-        s.last_kind = last.kind.as_str().to_owned();
-        s.last_at = crate::event::format_ms(last.recorded_at_ms);
-    }
-    let open: Vec<OpenAlarm> = alarms.into_values().flatten().collect();
-    s.open_alarms = open.len();
-    (s, open)
-}
-
 fn timeline_entry(e: &Read, classes: &BTreeSet<DisclosureClass>) -> TimelineEntry {
     let fields = e
         .fields
@@ -269,18 +247,19 @@ fn timeline_entry(e: &Read, classes: &BTreeSet<DisclosureClass>) -> TimelineEntr
             (n.clone(), c.as_str().to_owned(), shown)
         })
         .collect();
-    let visible = |name: &str| {
-        e.fields
-            .iter()
-            .find(|(n, c, _)| n == name && classes.contains(c))
-            .and_then(|(_, _, v)| v.as_deref())
-            .map(json_text)
-    };
-    let signer = visible(super::SIGNER_NAME).map(|name| Signer {
-        name,
-        role: visible(super::SIGNER_ROLE).unwrap_or_default(),
-        meaning: visible(super::SIGNATURE_MEANING).unwrap_or_default(),
-    });
+    let signer = e
+        .fields
+        .iter()
+        .find(|(n, c, _)| n == SIGNATURE_COMPONENT && classes.contains(c))
+        .and_then(|(_, _, v)| serde_json::from_str::<Manifestation>(v.as_deref()?).ok())
+        .map(|m| Signer {
+            name: m.name,
+            role: m.role,
+            meaning: m.meaning.as_str().to_owned(),
+            id: m.id,
+            of: m.of,
+            reason: m.reason,
+        });
     TimelineEntry {
         seq: e.seq,
         kind: e.kind.as_str().to_owned(),
@@ -295,31 +274,234 @@ fn timeline_entry(e: &Read, classes: &BTreeSet<DisclosureClass>) -> TimelineEntr
     }
 }
 
-impl DeviceSource for LedgerDerived {
-    fn list(&self, node: &Node) -> Result<Vec<DeviceSummary>, String> {
-        let ids = node
-            .store
-            .device_ids(MAX_DEVICES)
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let entries = history(node, &id)?;
-            out.push(summarize(&id, &entries).0);
+fn risk_text(dev: &DeviceState) -> &'static str {
+    if dev.life_support {
+        "life support"
+    } else if dev.high_risk {
+        "high risk"
+    } else {
+        "not high risk"
+    }
+}
+
+fn state_text(s: DueState) -> &'static str {
+    match s {
+        DueState::Scheduled => "scheduled",
+        DueState::Due => "due",
+        DueState::Overdue => "overdue",
+    }
+}
+
+fn date(rfc3339: &str) -> String {
+    rfc3339.get(..10).unwrap_or(rfc3339).to_owned()
+}
+
+/// A device's row from the registry's state as of `now_ms`; `last` is its latest entry's kind
+/// and recorded time.
+fn summary_of(
+    index: &Index,
+    dev: &DeviceState,
+    now_ms: i64,
+    last: (String, String),
+) -> DeviceSummary {
+    let mut s = DeviceSummary {
+        id: dev.device_id.clone(),
+        registered: dev.registered,
+        status: Some(if dev.registered {
+            dev.status.as_str().to_owned()
+        } else {
+            "not registered".to_owned()
+        }),
+        risk: dev.registered.then(|| risk_text(dev).to_owned()),
+        location: dev.location.clone(),
+        open_alarms: dev.open_alarms.len(),
+        entries: usize::try_from(dev.entries).unwrap_or(usize::MAX),
+        last_kind: last.0,
+        last_at: last.1,
+        ..Default::default()
+    };
+    for item in due::device_due(index, dev, now_ms, due::DEFAULT_WINDOW_DAYS) {
+        s.overdue |= item.state == DueState::Overdue;
+        let state = Some(state_text(item.state).to_owned());
+        match item.work {
+            Work::PreventiveMaintenance => {
+                s.pm_due = Some(date(&item.due_at));
+                s.pm_state = state;
+            }
+            Work::Calibration => {
+                s.calibration_due = Some(date(&item.due_at));
+                s.calibration_due_state = state;
+            }
+        }
+    }
+    if dev.registered {
+        s.calibration_state = Some(
+            due::calibration_state(index, dev, now_ms)
+                .as_str()
+                .to_owned(),
+        );
+    }
+    s
+}
+
+/// The registry's state of a device as lines for people.
+fn facts_of(index: &Index, dev: &DeviceState) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            f.push((k.to_owned(), v));
+        }
+    };
+    put(
+        "Registered",
+        Some(match (&dev.registered_at, dev.registered_seq) {
+            (Some(at), Some(seq)) => format!("{at} (entry #{seq})"),
+            _ => "no registration entry in the ledger".to_owned(),
+        }),
+    );
+    put(
+        "UDI",
+        dev.udi.as_ref().map(|u| match &u.pi {
+            Some(pi) => format!("{} ({}; DI {}, PI {pi})", u.carrier, u.issuer, u.di),
+            None => format!("{} ({}; DI {})", u.carrier, u.issuer, u.di),
+        }),
+    );
+    put("Asset number", dev.asset_number.clone());
+    put(
+        "Manufacturer and model",
+        match (&dev.manufacturer, &dev.model) {
+            (Some(m), Some(n)) => Some(format!("{m} {n}")),
+            (m, n) => m.clone().or(n.clone()),
+        },
+    );
+    put("Serial", dev.serial.clone());
+    put(
+        "Nomenclature",
+        dev.nomenclature.as_ref().map(|n| match &n.code {
+            Some(c) => format!("{} ({} {c})", n.term, n.system),
+            None => format!("{} ({})", n.term, n.system),
+        }),
+    );
+    put("Cost centre", dev.cost_centre.clone());
+    put("Category", Some(dev.category.as_str().to_owned()));
+    put(
+        "Status since",
+        dev.status_since
+            .as_ref()
+            .map(|at| match &dev.status_reason {
+                Some(r) => format!("{at} ({r})"),
+                None => at.clone(),
+            }),
+    );
+    put(
+        "Maintenance strategy",
+        Some(match &dev.strategy {
+            crate::service::registry::Strategy::Manufacturer => "manufacturer's".to_owned(),
+            crate::service::registry::Strategy::Aem { justification } => {
+                format!("alternative (AEM): {justification}")
+            }
+        }),
+    );
+    put(
+        "PM interval",
+        index.pm_interval(dev).map(|d| format!("{d} days")),
+    );
+    put(
+        "Calibration interval",
+        index.calibration_interval(dev).map(|d| format!("{d} days")),
+    );
+    let done = |d: Done| {
+        format!(
+            "{} (entry #{}){}",
+            crate::event::format_ms(d.at_ms),
+            d.seq,
+            if d.passed { "" } else { ", failed" }
+        )
+    };
+    put("Last PM", dev.last_pm().map(done));
+    put("Last calibration", dev.last_calibration().map(done));
+    put(
+        "Attempts to locate",
+        (!dev.locate_attempts.is_empty()).then(|| {
+            dev.locate_attempts
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}: {} ({})",
+                        a.at,
+                        a.searched,
+                        if a.found { "found" } else { "not found" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }),
+    );
+    for r in &dev.refused {
+        put(
+            &format!("Entry #{} changed nothing", r.seq),
+            Some(r.reason.clone()),
+        );
+    }
+    f
+}
+
+fn last_of(node: Ledger<'_>, dev: &DeviceState) -> Result<(String, String), String> {
+    match dev.last_seq {
+        Some(seq) => {
+            let e = node.store.entry(seq).map_err(|e| e.to_string())?;
+            Ok((
+                e.body.kind.as_str().to_owned(),
+                crate::event::format_ms(e.body.recorded_at_ms),
+            ))
+        }
+        None => Ok((String::new(), String::new())),
+    }
+}
+
+fn registry_error(e: ledger_node::LedgerError) -> String {
+    format!("cannot read the device registry: {e}")
+}
+
+impl DeviceSource for RegistryDerived {
+    fn list(&self, node: Ledger<'_>) -> Result<Vec<DeviceSummary>, String> {
+        let now = ledger_node::ledger::now_ms();
+        let r = node.registry.read(node.store).map_err(registry_error)?;
+        let mut out = Vec::with_capacity(r.index.devices.len().min(MAX_DEVICES));
+        for dev in r.index.devices.values().take(MAX_DEVICES) {
+            out.push(summary_of(&r.index, dev, now, last_of(node, dev)?));
         }
         Ok(out)
     }
 
     fn detail(
         &self,
-        node: &Node,
+        node: Ledger<'_>,
         id: &str,
         classes: &BTreeSet<DisclosureClass>,
     ) -> Result<Option<DeviceDetail>, String> {
+        let now = ledger_node::ledger::now_ms();
+        let (summary, facts, open_alarms) = {
+            let r = node.registry.read(node.store).map_err(registry_error)?;
+            let Some(dev) = r.index.devices.get(id) else {
+                return Ok(None);
+            };
+            let alarms = dev
+                .open_alarms
+                .iter()
+                .map(|(rule, d)| OpenAlarm {
+                    seq: d.seq,
+                    rule: rule.clone(),
+                    since: crate::event::format_ms(d.at_ms),
+                })
+                .collect();
+            (
+                summary_of(&r.index, dev, now, last_of(node, dev)?),
+                facts_of(&r.index, dev),
+                alarms,
+            )
+        };
         let entries = history(node, id)?;
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        let (summary, open_alarms) = summarize(id, &entries);
         // Corrections sit beside their original: collect them under the seq they correct (a
         // correction of a correction goes under the original as well).
         let mut root_of: BTreeMap<u64, u64> = BTreeMap::new();
@@ -342,61 +524,41 @@ impl DeviceSource for LedgerDerived {
         }
         Ok(Some(DeviceDetail {
             summary,
+            facts,
             timeline: originals,
             open_alarms,
         }))
     }
 
-    fn pm_report(&self, node: &Node, from_ms: i64, to_ms: i64) -> Result<PmReport, String> {
-        let ids = node
-            .store
-            .device_ids(MAX_DEVICES)
-            .map_err(|e| e.to_string())?;
-        let mut life = (0usize, 0usize);
-        let mut other = (0usize, 0usize);
-        for id in ids {
-            let entries = history(node, &id)?;
-            let (s, _) = summarize(&id, &entries);
-            let done = entries
-                .iter()
-                .filter(|e| {
-                    e.kind == EventKind::PreventiveMaintenance
-                        && (from_ms..to_ms).contains(&e.recorded_at_ms)
-                })
-                .count();
-            let high = s
-                .risk
-                .as_deref()
-                .is_some_and(|r| r.contains("life") || r.contains("high"));
-            let g = if high { &mut life } else { &mut other };
-            g.0 += 1;
-            g.1 += done;
-        }
+    fn pm_report(&self, node: Ledger<'_>, from_ms: i64, to_ms: i64) -> Result<PmReport, String> {
+        let r = node.registry.read(node.store).map_err(registry_error)?;
+        let rep = crate::service::registry::report::pm_completion(&r.index, from_ms, to_ms);
+        let row = |group: &str, c: &crate::service::registry::report::Completion| ReportRow {
+            group: group.to_owned(),
+            devices: usize::try_from(c.devices).unwrap_or(usize::MAX),
+            scheduled: Some(usize::try_from(c.scheduled).unwrap_or(usize::MAX)),
+            completed: usize::try_from(c.completed).unwrap_or(usize::MAX),
+            late: usize::try_from(c.late).unwrap_or(usize::MAX),
+            missed: usize::try_from(c.missed).unwrap_or(usize::MAX),
+            documented: usize::try_from(c.documented).unwrap_or(usize::MAX),
+            percent: format!("{:.2}", c.percent),
+        };
         Ok(PmReport {
-            from: crate::event::format_ms(from_ms),
-            to: crate::event::format_ms(to_ms),
+            from: rep.from.clone(),
+            to: rep.to.clone(),
             rows: vec![
-                ReportRow {
-                    group: "life support / high risk".into(),
-                    devices: life.0,
-                    scheduled: None,
-                    completed: life.1,
-                },
-                ReportRow {
-                    group: "other equipment".into(),
-                    devices: other.0,
-                    scheduled: None,
-                    completed: other.1,
-                },
+                row("life support", &rep.life_support),
+                row("other equipment (high-risk included)", &rep.other),
             ],
-            basis: "preventive-maintenance entries recorded in the period; scheduled counts \
-                    come with the device registry",
+            basis: "the device registry: each registered device's preventive maintenances that \
+                    came due in the period (one interval after the last one done, or after \
+                    registration), completed when done before the period ended \
+                    (GET /v1/reports/pm-completion gives the same figures)",
         })
     }
 }
 
-/// The one place that picks where device state comes from: replace with the registry's
-/// source when it is merged.
+/// The one place that picks where device state comes from.
 pub fn source() -> &'static dyn DeviceSource {
-    &LedgerDerived
+    &RegistryDerived
 }

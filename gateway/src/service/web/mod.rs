@@ -1,6 +1,7 @@
 //! The staff web page (`[web] listen`): server-rendered pages (askama templates in
-//! `gateway/templates/`) for maintenance staff who sign in with a staff account
-//! ([`accounts`], [`auth`]): the device list, a device's page (state, history with corrections
+//! `gateway/templates/`) for maintenance staff who sign in with a staff certificate in the
+//! browser (asked for optionally in the TLS handshake) or with a staff account ([`accounts`],
+//! [`auth`]): the device list, a device's page (state, history with corrections
 //! beside their originals, 24 h of telemetry as an SVG chart, open alarms, a form that records
 //! and signs an event), and the PM completion report.
 //!
@@ -10,14 +11,16 @@
 //! and fetches from this origin only (no inline script, no eval). Forms carry a per-session CSRF
 //! token; the session cookie is HttpOnly, Secure, SameSite=Strict.
 //!
-//! Pages read device state only through [`data::source`], the one place where the device
-//! registry replaces what is read from the ledger today.
+//! Pages read device state only through [`data::source`] (the device registry). Records and
+//! signatures go through `service::records`, as on the API: a record signed here carries the
+//! same `signature` component as one signed over the API.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 mod chart;
 pub mod data;
-mod pages;
+pub mod pages;
 
 use std::sync::Arc;
 
@@ -28,30 +31,28 @@ use crate::config::{Config, WebSection};
 use crate::service::node::Node;
 use crate::service::telemetry::recent::Recent;
 
-/// Component names of a signature made on the web page (21 CFR Part 11 §11.50): the signer's
-/// printed name, role and the meaning of the signature, in the maintenance class. The records
-/// of issue 14 may name them otherwise; these three constants are where to change them.
-pub const SIGNER_NAME: &str = "signer_name";
-pub const SIGNER_ROLE: &str = "signer_role";
-pub const SIGNATURE_MEANING: &str = "signature_meaning";
-/// The reason of a correction.
-pub const CORRECTION_REASON: &str = "correction_reason";
-
 /// What every page handler shares.
 pub struct Web {
     pub node: Arc<Node>,
     pub auth: auth::Auth,
     /// Recent telemetry, when this gateway ingests telemetry.
     pub recent: Option<Arc<Recent>>,
+    /// Serials revoked according to the ledger (kept current by the revocation watcher): a
+    /// staff certificate among them does not sign in.
+    pub revoked: crate::service::server::RevokedSerials,
 }
 
 /// Binds `[web] listen` and serves the pages until `serving` is cancelled.
+// The inputs are the gateway's parts the page uses, each owned elsewhere; a struct for them
+// would only be built here.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: &Config,
     web: &WebSection,
     node: Arc<Node>,
     recent: Option<Arc<Recent>>,
     tls: &crate::service::tls::TlsMaterial,
+    revoked: crate::service::server::RevokedSerials,
     tasks: &mut tokio::task::JoinSet<()>,
     serving: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -59,12 +60,31 @@ pub async fn start(
         .await
         .with_context(|| format!("web.listen {}: cannot bind", web.listen))?;
     let bound = listener.local_addr()?;
-    // The page asks for no client certificate: staff sign in with their account.
-    let server = certs::enrollment_server_config(&tls.gateway).context("web.listen")?;
+    // A client certificate is asked for, optionally: staff sign in with their certificate or
+    // with their account's password; the page checks revocation and the profile itself.
+    let server = certs::web_server_config(&tls.roots, &tls.gateway).context("web.listen")?;
+    // Sign-ins, failures and locks become ledger entries, written by this gateway.
+    let author = format!(
+        "sha256:{}",
+        certs::parse_identity(
+            tls.gateway
+                .chain
+                .first()
+                .context("web: no gateway certificate")?
+        )
+        .context("web: the gateway certificate")?
+        .fingerprint
+    );
+    let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(audit::QUEUE);
+    tasks.spawn(audit::run(node.clone(), author, audit_rx, serving.clone()));
+    let auth = auth::Auth::new(accounts::Accounts::in_data_dir(&config.node.data_dir), web)
+        .with_audit(audit_tx)
+        .with_cluster(node.clone());
     let state = Arc::new(Web {
         node,
-        auth: auth::Auth::new(accounts::Accounts::in_data_dir(&config.node.data_dir), web),
+        auth,
         recent,
+        revoked,
     });
     tracing::info!(listen = %bound, "staff web page listening (HTTPS)");
     tasks.spawn(crate::service::server::serve_tls_no_client_auth(

@@ -11,13 +11,15 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use certs::StaffRole;
-use ledger_node::{ApplyOutcome, Command};
 use serde::Deserialize;
 
 use super::auth::{random_token, Refused, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use super::data::{self, DeviceSummary};
 use super::Web;
 use crate::event::{ComponentRequest, EventRequest};
+use crate::records::Meaning;
+use crate::service::records::{self, RecordError};
+use crate::service::server::Peer;
 
 /// The policy of every answer: scripts, styles, images and fetches from this origin only, no
 /// inline script or style, no eval, forms post only here, never framed.
@@ -39,6 +41,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/devices", get(device_list))
         .route("/devices/{id}", get(device_page))
         .route("/devices/{id}/events", post(record))
+        .route("/devices/{id}/entries/{seq}/signatures", post(sign))
         .route("/reports/pm", get(pm_report))
         .route("/data/keys", get(keys))
         .route("/data/entries/{seq}/receipt", get(receipt))
@@ -224,13 +227,74 @@ fn login_form(status: StatusCode, next: String, account: String, message: String
     resp
 }
 
-async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    login_form(
-        StatusCode::OK,
-        safe_next(q.next.as_deref()),
-        String::new(),
-        String::new(),
-    )
+/// Signs in a browser that presented a staff certificate: valid (rustls checked its chain and
+/// key), unrevoked (the ledger's revocations) and of the staff profile with a role. Otherwise
+/// the sign-in form says why the certificate was not taken; the password path stays.
+async fn login_page(
+    State(web): State<Arc<Web>>,
+    peer: Option<axum::Extension<Peer>>,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    let next = safe_next(q.next.as_deref());
+    let Some(axum::Extension(Peer(id))) = peer else {
+        return login_form(StatusCode::OK, next, String::new(), String::new());
+    };
+    let revoked = web
+        .revoked
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&id.serial);
+    let refusal = match (revoked, id.staff_role()) {
+        (true, _) => {
+            tracing::warn!(target: "medledger::web::auth", account = %id.id, serial = %id.serial, "certificate sign-in refused: certificate revoked");
+            web.auth.audit(
+                &id.id,
+                "certificate-refused",
+                "certificate",
+                Some(id.serial.clone()),
+            );
+            format!(
+                "The certificate your browser presented ({} {}, serial {}) is revoked: it \
+                 does not sign in. Sign in with your staff account, or ask an administrator \
+                 for a new certificate.",
+                id.profile, id.id, id.serial
+            )
+        }
+        (false, None) => {
+            tracing::warn!(target: "medledger::web::auth", profile = %id.profile, id = %id.id, "certificate sign-in refused: not a staff certificate");
+            web.auth.audit(
+                &format!("{}:{}", id.profile, id.id),
+                "certificate-refused",
+                "certificate",
+                Some(id.serial.clone()),
+            );
+            format!(
+                "The certificate your browser presented is a {} certificate ({}), not a staff \
+                 certificate: it does not sign in. Sign in with your staff account.",
+                id.profile, id.id
+            )
+        }
+        (false, Some(role)) => {
+            let token = web.auth.start_certificate_session((*id).clone(), role);
+            return signed_in(&web, &next, &token);
+        }
+    };
+    login_form(StatusCode::FORBIDDEN, next, String::new(), refusal)
+}
+
+/// The answer to a sign-in: the session cookie, back to `next`.
+fn signed_in(web: &Web, next: &str, token: &str) -> Response {
+    let ttl = web.auth.session_ttl().as_secs();
+    let mut resp = Redirect::to(next).into_response();
+    for (k, v) in [
+        set_cookie(SESSION_COOKIE, token, ttl),
+        set_cookie(LOGIN_CSRF_COOKIE, "", 0),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
 }
 
 #[derive(Deserialize)]
@@ -259,17 +323,7 @@ async fn login(
     match web.auth.check_password(&account, &f.password).await {
         Ok(a) => {
             let token = web.auth.start_session(&a);
-            let ttl = web.auth.session_ttl().as_secs();
-            let mut resp = Redirect::to(&next).into_response();
-            for (k, v) in [
-                set_cookie(SESSION_COOKIE, &token, ttl),
-                set_cookie(LOGIN_CSRF_COOKIE, "", 0),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    resp.headers_mut().append(k, v);
-                }
-            }
-            resp
+            signed_in(&web, &next, &token)
         }
         Err(r) => login_form(StatusCode::UNAUTHORIZED, next, account, refusal_text(&r)),
     }
@@ -355,7 +409,8 @@ async fn device_list(
         return to_login("/devices");
     };
     let node = web.node.clone();
-    let all = match tokio::task::spawn_blocking(move || data::source().list(&node)).await {
+    let all = match tokio::task::spawn_blocking(move || data::source().list((&*node).into())).await
+    {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
@@ -415,7 +470,10 @@ struct DevicePage {
     action: String,
     charts: Vec<super::chart::Chart>,
     can_sign: bool,
+    can_approve: bool,
     needs_password: bool,
+    /// `/devices/{id}/entries/`: where an entry's review or approval is posted.
+    sign_base: String,
     message: String,
     kinds: &'static [&'static str],
     meanings: &'static [&'static str],
@@ -432,8 +490,9 @@ const FORM_KINDS: &[&str] = &[
     "firmware-update",
     "status-change",
 ];
-/// Part 11 §11.50 meanings of a signature.
-const MEANINGS: &[&str] = &["performed", "reviewed", "approved"];
+/// Part 11 §11.50 meanings of the signature of a record made here (reviewed and approved are
+/// signatures of an existing entry: the buttons on each entry).
+const MEANINGS: &[&str] = &["performed", "corrected"];
 
 fn can_sign(role: StaffRole) -> bool {
     matches!(
@@ -452,20 +511,21 @@ async fn render_device(
     let node = web.node.clone();
     let classes = crate::service::api::staff_classes(Some(s.role));
     let want = id.clone();
-    let detail =
-        match tokio::task::spawn_blocking(move || data::source().detail(&node, &want, &classes))
-            .await
-        {
-            Ok(Ok(Some(d))) => d,
-            Ok(Ok(None)) => {
-                return page_error(
-                    StatusCode::NOT_FOUND,
-                    &format!("The ledger has no entry about device {id:?}."),
-                )
-            }
-            Ok(Err(e)) => return internal(e),
-            Err(e) => return internal(e),
-        };
+    let detail = match tokio::task::spawn_blocking(move || {
+        data::source().detail((&*node).into(), &want, &classes)
+    })
+    .await
+    {
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => {
+            return page_error(
+                StatusCode::NOT_FOUND,
+                &format!("The ledger has no entry about device {id:?}."),
+            )
+        }
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let charts = web
         .recent
@@ -481,7 +541,9 @@ async fn render_device(
             d: detail,
             charts,
             can_sign: can_sign(s.role),
-            needs_password: !s.has_signed,
+            can_approve: matches!(s.role, StaffRole::Supervisor | StaffRole::Admin),
+            needs_password: !s.has_signed && !s.by_certificate,
+            sign_base: format!("/devices/{}/entries/", path_segment(&id)),
             message,
             kinds: FORM_KINDS,
             meanings: MEANINGS,
@@ -489,6 +551,32 @@ async fn render_device(
             chart_height: super::chart::HEIGHT,
         },
     )
+}
+
+/// The device page's HTML for `detail` as a biomed who has not signed yet sees it, without
+/// telemetry: what the page costs the server besides the TLS and the session (the web
+/// benchmark, `tests/bin/web-bench.rs`).
+pub fn device_html(detail: data::DeviceDetail) -> Result<String, askama::Error> {
+    DevicePage {
+        user: Some(UserView {
+            name: "Bench Biomed".into(),
+            role: StaffRole::Biomed.to_string(),
+            csrf: String::new(),
+        }),
+        action: format!("/devices/{}/events", path_segment(&detail.summary.id)),
+        sign_base: format!("/devices/{}/entries/", path_segment(&detail.summary.id)),
+        d: detail,
+        charts: Vec::new(),
+        can_sign: true,
+        can_approve: false,
+        needs_password: true,
+        message: String::new(),
+        kinds: FORM_KINDS,
+        meanings: MEANINGS,
+        chart_width: super::chart::WIDTH,
+        chart_height: super::chart::HEIGHT,
+    }
+    .render()
 }
 
 async fn device_page(
@@ -515,6 +603,29 @@ struct RecordForm {
     password: Option<String>,
 }
 
+/// The session and its token of a form posted from device `id`'s page, whose `csrf` field must
+/// be the session's; otherwise the answer to send.
+fn form_session(
+    web: &Web,
+    headers: &HeaderMap,
+    id: &str,
+    csrf: &str,
+) -> Result<(String, Session), Box<Response>> {
+    let Some((token, s)) = session(web, headers) else {
+        return Err(Box::new(to_login(&format!(
+            "/devices/{}",
+            path_segment(id)
+        ))));
+    };
+    if csrf != s.csrf {
+        return Err(Box::new(page_error(
+            StatusCode::FORBIDDEN,
+            "The form did not come from this session's page; reload the page and try again.",
+        )));
+    }
+    Ok((token, s))
+}
+
 /// A `datetime-local` value (`2026-12-06T14:30`, taken as UTC) or RFC 3339.
 fn occurred_at(v: &str) -> Option<String> {
     let v = v.trim();
@@ -530,18 +641,14 @@ fn occurred_at(v: &str) -> Option<String> {
 async fn record(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
     Path(id): Path<String>,
     Form(f): Form<RecordForm>,
 ) -> Response {
-    let Some((token, s)) = session(&web, &headers) else {
-        return to_login(&format!("/devices/{}", path_segment(&id)));
+    let (token, s) = match form_session(&web, &headers, &id, &f.csrf) {
+        Ok(x) => x,
+        Err(resp) => return *resp,
     };
-    if f.csrf != s.csrf {
-        return page_error(
-            StatusCode::FORBIDDEN,
-            "The form did not come from this session's page; reload the page and try again.",
-        );
-    }
     let again = |status, msg: String| {
         let web = web.clone();
         let s = s.clone();
@@ -559,7 +666,7 @@ async fn record(
         return again(
             StatusCode::BAD_REQUEST,
             format!(
-                "Meaning {:?} is not one of performed, reviewed, approved.",
+                "Meaning {:?} is not one of performed, corrected.",
                 f.meaning
             ),
         )
@@ -572,23 +679,9 @@ async fn record(
         )
         .await;
     }
-    // §11.200: the first signing of a session uses both components (id and password).
-    if !s.has_signed {
-        let pw = f.password.clone().unwrap_or_default();
-        match web.auth.check_password(&s.account, &pw).await {
-            Ok(_) => {}
-            Err(r) => {
-                if matches!(r, Refused::Locked(_) | Refused::Disabled) {
-                    web.auth.end_session(&token);
-                }
-                tracing::warn!(target: "medledger::web::auth", account = %s.account, "signature refused: password not confirmed");
-                return again(
-                    StatusCode::UNAUTHORIZED,
-                    format!("Signature not made: {}", refusal_text(&r)),
-                )
-                .await;
-            }
-        }
+    if let Err((status, msg)) = confirm_signer(&web, &token, &s, &peer, f.password.as_deref()).await
+    {
+        return again(status, msg).await;
     }
     let corrects = match f
         .corrects
@@ -608,14 +701,6 @@ async fn record(
             }
         },
     };
-    let reason = f.reason.as_deref().map(str::trim).unwrap_or_default();
-    if corrects.is_some() && reason.is_empty() {
-        return again(
-            StatusCode::BAD_REQUEST,
-            "A correction needs its reason.".into(),
-        )
-        .await;
-    }
     let maintenance = |name: &str, v: &str| ComponentRequest {
         name: name.into(),
         class: "maintenance".into(),
@@ -628,12 +713,6 @@ async fn record(
     if let Some(n) = f.notes.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
         components.push(maintenance("notes", n));
     }
-    if corrects.is_some() {
-        components.push(maintenance(super::CORRECTION_REASON, reason));
-    }
-    components.push(maintenance(super::SIGNER_NAME, &s.name));
-    components.push(maintenance(super::SIGNER_ROLE, s.role.as_str()));
-    components.push(maintenance(super::SIGNATURE_MEANING, &f.meaning));
     let req = EventRequest {
         event_id: Some(format!("web:{}", random_token())),
         kind: f.kind.clone(),
@@ -642,48 +721,144 @@ async fn record(
         components,
         corrects,
         corrects_event_id: None,
-        // The page writes its signer's components itself (account sign-in, no certificate).
-        meaning: None,
-        reason: None,
+        // The signature component is written by service::records, as for POST /v1/events.
+        meaning: Some(f.meaning.clone()),
+        reason: f.reason.clone(),
     };
-    match append(&web, &s, req).await {
-        Ok(seq) => {
+    match records::record_event(&web.node, &s.identity, req).await {
+        Ok(r) => {
             web.auth.mark_signed(&token);
-            tracing::info!(target: "medledger::web::auth", account = %s.account, device = %id, seq, meaning = %f.meaning, kind = %f.kind, "event signed on the web page");
-            Redirect::to(&format!("/devices/{}#entry-{seq}", path_segment(&id))).into_response()
+            tracing::info!(target: "medledger::web::auth", account = %s.account, device = %id, seq = r.seq, meaning = %f.meaning, kind = %f.kind, "event signed on the web page");
+            Redirect::to(&format!("/devices/{}#entry-{}", path_segment(&id), r.seq)).into_response()
         }
-        Err(msg) => again(StatusCode::UNPROCESSABLE_ENTITY, msg).await,
+        Err(e) => {
+            let (status, msg) = record_refusal(&e);
+            again(status, msg).await
+        }
     }
 }
 
-/// Records `req` as `s`'s event; the error is the sentence the page shows.
-async fn append(web: &Web, s: &Session, req: EventRequest) -> Result<u64, String> {
-    let node = &web.node;
-    if node.is_learner() {
-        return Err(format!(
-            "Gateway {} is a read-only learner: record events on a voting gateway.",
-            node.id
-        ));
-    }
-    let ev = req
-        .into_event(1, String::new)
-        .map_err(|e| format!("The event was refused: {}.", e.reason))?;
-    let author = format!("web:{}", s.account);
-    let cmd = ledger_node::ledger::prepare(
-        ev.event,
-        &author,
-        node.id,
-        &node.key,
-        ledger_node::ledger::now_ms(),
-    )
-    .map_err(|e| format!("The event was refused: {e}."))?;
-    match node.submit(Command::Append(cmd)).await {
-        Ok(ApplyOutcome::Appended { seq, .. }) | Ok(ApplyOutcome::Duplicate { seq }) => Ok(seq),
-        Ok(ApplyOutcome::Refused { reason }) => {
-            Err(format!("The ledger refused the event: {reason}."))
+/// §11.200: the first signing of an account's session uses both components (id and
+/// password); a certificate session signs from a connection that presents its certificate.
+async fn confirm_signer(
+    web: &Web,
+    token: &str,
+    s: &Session,
+    peer: &Option<axum::Extension<Peer>>,
+    password: Option<&str>,
+) -> Result<(), (StatusCode, String)> {
+    if s.by_certificate {
+        let same = peer
+            .as_ref()
+            .is_some_and(|p| p.0 .0.fingerprint == s.identity.fingerprint);
+        if !same {
+            tracing::warn!(target: "medledger::web::auth", account = %s.account, "signature refused: the connection does not present the session's certificate");
+            return Err((
+                StatusCode::FORBIDDEN,
+                "Signature not made: this session signed in with a staff certificate, and the \
+                 browser did not present it with this request."
+                    .into(),
+            ));
         }
-        Ok(_) => Err("Unexpected answer of the ledger.".into()),
-        Err(e) => Err(format!("The event was not recorded: {e}.")),
+        return Ok(());
+    }
+    if s.has_signed {
+        return Ok(());
+    }
+    match web
+        .auth
+        .check_password(&s.account, password.unwrap_or_default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(r) => {
+            if matches!(r, Refused::Locked(_) | Refused::Disabled) {
+                web.auth.end_session(token);
+            }
+            tracing::warn!(target: "medledger::web::auth", account = %s.account, "signature refused: password not confirmed");
+            Err((
+                StatusCode::UNAUTHORIZED,
+                format!("Signature not made: {}", refusal_text(&r)),
+            ))
+        }
+    }
+}
+
+/// What the page says when `service::records` refuses: the API's own words.
+fn record_refusal(e: &RecordError) -> (StatusCode, String) {
+    let status = match e {
+        RecordError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        RecordError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        RecordError::NotFound { .. } => StatusCode::NOT_FOUND,
+        RecordError::Write(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let field = match e {
+        RecordError::Forbidden { field: Some(f), .. }
+        | RecordError::Invalid { field: Some(f), .. }
+        | RecordError::NotFound { field: Some(f), .. } => format!(" ({f})"),
+        _ => String::new(),
+    };
+    (status, format!("Not recorded{field}: {e}."))
+}
+
+#[derive(Deserialize)]
+struct SignForm {
+    csrf: String,
+    meaning: String,
+    comment: Option<String>,
+    password: Option<String>,
+}
+
+/// Reviews or approves entry `seq` (`POST /v1/entries/{seq}/signatures` on the API).
+async fn sign(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
+    Path((id, seq)): Path<(String, String)>,
+    Form(f): Form<SignForm>,
+) -> Response {
+    let (token, s) = match form_session(&web, &headers, &id, &f.csrf) {
+        Ok(x) => x,
+        Err(resp) => return *resp,
+    };
+    let again = |status, msg: String| {
+        let web = web.clone();
+        let s = s.clone();
+        let id = id.clone();
+        async move { render_device(&web, &s, id, status, msg).await }
+    };
+    let Ok(seq) = seq.parse::<u64>() else {
+        return again(
+            StatusCode::BAD_REQUEST,
+            format!("Entry {seq:?} is not an entry number."),
+        )
+        .await;
+    };
+    let meaning = match Meaning::parse(&f.meaning) {
+        Some(m @ (Meaning::Reviewed | Meaning::Approved)) => m,
+        _ => {
+            return again(
+                StatusCode::BAD_REQUEST,
+                format!("Meaning {:?} is not one of reviewed, approved.", f.meaning),
+            )
+            .await
+        }
+    };
+    if let Err((status, msg)) = confirm_signer(&web, &token, &s, &peer, f.password.as_deref()).await
+    {
+        return again(status, msg).await;
+    }
+    match records::sign_entry(&web.node, &s.identity, seq, meaning, f.comment.clone()).await {
+        Ok(r) => {
+            web.auth.mark_signed(&token);
+            tracing::info!(target: "medledger::web::auth", account = %s.account, device = %id, seq = r.seq, of = seq, meaning = meaning.as_str(), "entry signed on the web page");
+            Redirect::to(&format!("/devices/{}#entry-{}", path_segment(&id), r.seq)).into_response()
+        }
+        Err(e) => {
+            let (status, msg) = record_refusal(&e);
+            again(status, msg).await
+        }
     }
 }
 
@@ -739,14 +914,15 @@ async fn pm_report(
         );
     };
     let node = web.node.clone();
-    let r =
-        match tokio::task::spawn_blocking(move || data::source().pm_report(&node, from_ms, to_ms))
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return internal(e),
-            Err(e) => return internal(e),
-        };
+    let r = match tokio::task::spawn_blocking(move || {
+        data::source().pm_report((&*node).into(), from_ms, to_ms)
+    })
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
     html(
         StatusCode::OK,
         &ReportPage {
