@@ -10,9 +10,8 @@
 //! medledger-tests --bin registry-bench -- --entries 1000000 --devices 10000`; results in
 //! docs/benchmarks.md.
 //!
-//! With `--cluster`: the set-up instead. The same ledger is written into gateway 1's
-//! data directory through the import's own path (`cli::ledger::import_events`, what
-//! `medledger import` does after parsing its file), gateway 1 starts as a cluster of one
+//! With `--cluster`: the set-up instead. The same ledger is written into the store of
+//! gateway 1's data directory before it starts, gateway 1 starts as a cluster of one
 //! (`medledger run`, `cluster init`), takes a snapshot, gateways 2 and 3 join and catch up from
 //! it and are promoted; then, over HTTPS with a staff client certificate, on every gateway: one
 //! device's history, the due list of every device (the current minute, then a distinct `now`
@@ -326,34 +325,29 @@ mod cluster {
         let mut nodes: Vec<Gateway> = (1..=3).map(|i| Gateway::new(&site, i, &extra)).collect();
         let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
 
-        // The ledger, into gateway 1's data directory: opened as `medledger import` opens it
-        // (gateway 1's key, registered), the first events through the import's own path, the
-        // rest applied to its store in batches of 1,000 and flushed once (the import would
-        // flush every batch: half an hour for a million entries on this machine).
+        // The ledger, straight into the store gateway 1's `medledger run` opens
+        // (`ledger_node::raft::open_storage`: `<data_dir>/sled`), signed with gateway 1's key,
+        // in batches of 1,000 and flushed once. `medledger import` cannot do it: it writes a
+        // standalone ledger (`<data_dir>/ledger`) that `medledger run` does not read.
         let t = Instant::now();
         {
-            let ledger = medledger_gateway::cli::ledger::open_ledger(&nodes[0].dir, 1).await?;
-            let mut all = events(entries, devices, start_ms);
-            let first: Vec<_> = all
-                .by_ref()
-                .take(1000)
-                .enumerate()
-                .map(|(i, event)| medledger_gateway::event::ImportEvent {
-                    line: i + 1,
-                    event,
-                    corrects_event_id: None,
-                })
-                .collect();
-            medledger_gateway::cli::ledger::import_events(&ledger, first, "local:import", "bench")
-                .await?;
-            let store = ledger.store();
+            let dir = &nodes[0].dir;
+            let key = ledger_node::keys::load_or_create(&dir.join("node.key"))?;
+            let (log, machine, store) = ledger_node::raft::open_storage(dir)?;
+            store.apply(
+                &[ledger_node::Command::RegisterNode {
+                    node_id: 1,
+                    public_key: key.verifying_key().to_bytes(),
+                }],
+                &[],
+            )?;
             let mut batch = Vec::with_capacity(1000);
-            for e in all {
+            for e in events(entries, devices, start_ms) {
                 batch.push(ledger_node::Command::Append(ledger_node::ledger::prepare(
                     e,
                     "local:import",
                     1,
-                    ledger.signing_key(),
+                    &key,
                     ledger_node::ledger::now_ms(),
                 )?));
                 if batch.len() == 1000 {
@@ -370,6 +364,7 @@ mod cluster {
                 store.size(),
                 t.elapsed().as_secs_f64()
             );
+            drop((log, machine, store));
         }
 
         // Gateway 1 alone, then a snapshot that gateways 2 and 3 catch up from.
