@@ -424,8 +424,8 @@ mod cluster {
         );
         let size = size_of(&admin, &addrs[0]).await.context("size")?;
         let t = Instant::now();
-        for i in 1..3 {
-            nodes[i].start();
+        for (i, node) in nodes.iter_mut().enumerate().skip(1) {
+            node.start();
             poll("a gateway to listen", Duration::from_secs(60), || {
                 status(&admin, &addrs[i])
             })

@@ -252,7 +252,8 @@ pub async fn record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let components = a
         .components
         .iter()
-        .map(|s| component(s))
+        .map(String::as_str)
+        .map(component)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let body = crate::event::EventRequest {
         event_id: a.event_id.clone(),

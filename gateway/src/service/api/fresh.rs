@@ -38,7 +38,7 @@ pub async fn min_seq(State(node): State<Arc<Node>>, mut req: Request, next: Next
     match wait_applied(&node, wanted, MAX_WAIT).await {
         Ok(()) => next.run(req).await,
         Err(size) => {
-            let behind = wanted + 1 - size;
+            let behind = wanted.saturating_add(1).saturating_sub(size);
             let mut r = ApiError::unavailable(format!(
                 "gateway {} has applied {size} entries and not yet entry {wanted} ({behind} \
                  behind) after waiting {} ms: retry, or read from another gateway",
