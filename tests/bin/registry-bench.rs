@@ -117,6 +117,36 @@ fn events(entries: u64, devices: u64, start_ms: i64) -> impl Iterator<Item = Eve
     models.chain(registrations).chain(maintenance)
 }
 
+/// Signs `events` as node 1 with `key` and applies them to `store` in batches of 1,000, then
+/// flushes once.
+fn write(
+    store: &Store,
+    key: &SigningKey,
+    author: &str,
+    events: impl Iterator<Item = EventInput>,
+    recorded_at_ms: i64,
+) -> anyhow::Result<()> {
+    let mut batch: Vec<Command> = Vec::with_capacity(1000);
+    for e in events {
+        batch.push(Command::Append(ledger_node::ledger::prepare(
+            e,
+            author,
+            1,
+            key,
+            recorded_at_ms,
+        )?));
+        if batch.len() == 1000 {
+            store.apply(&batch, &[])?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        store.apply(&batch, &[])?;
+    }
+    store.flush_blocking()?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let entries = arg("--entries", 100_000);
     let devices = arg("--devices", 1_000).max(1);
@@ -135,20 +165,13 @@ fn main() -> anyhow::Result<()> {
     let store = Store::open(&dir.path().join("ledger"))?;
     let key = SigningKey::from_bytes(&[5; 32]);
     let t = Instant::now();
-    let mut batch: Vec<Command> = Vec::with_capacity(1000);
-    for e in events(entries, devices, start_ms) {
-        batch.push(Command::Append(ledger_node::ledger::prepare(
-            e, "bench", 1, &key, start_ms,
-        )?));
-        if batch.len() == 1000 {
-            store.apply(&batch, &[])?;
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        store.apply(&batch, &[])?;
-    }
-    store.flush_blocking()?;
+    write(
+        &store,
+        &key,
+        "bench",
+        events(entries, devices, start_ms),
+        start_ms,
+    )?;
     println!(
         "ledger: {} entries over {devices} devices written in {:.1} s",
         store.size(),
@@ -341,24 +364,13 @@ mod cluster {
                 }],
                 &[],
             )?;
-            let mut batch = Vec::with_capacity(1000);
-            for e in events(entries, devices, start_ms) {
-                batch.push(ledger_node::Command::Append(ledger_node::ledger::prepare(
-                    e,
-                    "local:import",
-                    1,
-                    &key,
-                    ledger_node::ledger::now_ms(),
-                )?));
-                if batch.len() == 1000 {
-                    store.apply(&batch, &[])?;
-                    batch.clear();
-                }
-            }
-            if !batch.is_empty() {
-                store.apply(&batch, &[])?;
-            }
-            store.flush_blocking()?;
+            super::write(
+                &store,
+                &key,
+                "local:import",
+                events(entries, devices, start_ms),
+                ledger_node::ledger::now_ms(),
+            )?;
             println!(
                 "gateway 1: {} entries over {devices} devices written in {:.0} s",
                 store.size(),
