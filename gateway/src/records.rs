@@ -5,7 +5,7 @@
 //! ([`ledger_node::entry::SIGNATURE_COMPONENT`], class `maintenance`), the manifestation §11.50
 //! asks for: the signer's printed name (from the X.520 `name` of the staff certificate, which
 //! the site CA sets), role (the certificate's OU), and the meaning (performed, reviewed,
-//! approved, corrected with its reason). The time is the entry's `recorded_at_ms` and the
+//! approved, corrected with its reason, erased with its reason). The time is the entry's `recorded_at_ms` and the
 //! signer's identity the entry's `author` (`sha256:<certificate fingerprint>`): all of it is in
 //! the bytes the gateway signs (the component through its commitment), so the manifestation
 //! cannot be moved to another record (§11.70). Review and approval are records of their own
@@ -30,6 +30,8 @@ pub enum Meaning {
     Approved,
     /// The record corrects an earlier one, for the reason given.
     Corrected,
+    /// The record erases a value of an earlier one (`of`), for the reason given.
+    Erased,
 }
 
 impl Meaning {
@@ -40,6 +42,7 @@ impl Meaning {
             Meaning::Reviewed => "reviewed",
             Meaning::Approved => "approved",
             Meaning::Corrected => "corrected",
+            Meaning::Erased => "erased",
         }
     }
 
@@ -50,6 +53,7 @@ impl Meaning {
             Meaning::Reviewed,
             Meaning::Approved,
             Meaning::Corrected,
+            Meaning::Erased,
         ]
         .into_iter()
         .find(|m| m.as_str() == s)
@@ -68,10 +72,10 @@ pub struct Manifestation {
     /// The staff role (the certificate's OU).
     pub role: String,
     pub meaning: Meaning,
-    /// The entry reviewed or approved (meanings reviewed and approved).
+    /// The entry reviewed, approved or erased from (meanings reviewed, approved, erased).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub of: Option<u64>,
-    /// Why the record was corrected (meaning corrected).
+    /// Why the record was corrected or the value erased (meanings corrected, erased).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -181,7 +185,7 @@ pub fn readers_of(class: DisclosureClass) -> Vec<StaffRole> {
 
 /// Who will read each class of what is recorded: one entry per class present, with the staff
 /// roles that read it (gateways read every class).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClassReaders {
     /// device, maintenance, patient or financial.
     pub class: String,

@@ -1244,6 +1244,11 @@ impl Store {
                 reason: "openings do not match the components".into(),
             });
         }
+        if matches!(body.kind, EventKind::Review | EventKind::Approval) {
+            if let Err(reason) = self.check_signer(body, &a.openings, seq, batch_start, batch)? {
+                return Ok(ApplyOutcome::Refused { reason });
+            }
+        }
         let is_erasure = body.kind == EventKind::Erasure;
         let erasure_id = body
             .event_id
@@ -1290,6 +1295,83 @@ impl Store {
             new_ids.insert(id.clone(), seq);
         }
         Ok(ApplyOutcome::Appended { seq, leaf })
+    }
+
+    /// Checks a review or approval (appended at `seq`) against the entry it signs: 21 CFR Part
+    /// 11 separation of duties, the same rule the API applies before it proposes one, applied
+    /// here again so that a command that did not come through the API (an import, a raw Raft
+    /// command) is refused too, identically on every gateway. Everything it reads is in the
+    /// entries: the signature component of both (the staff id and, for the review, the entry it
+    /// signs, `of`), their authors (certificate fingerprints) and devices. A signature is never
+    /// erased, so a replica that installed a snapshot decides the same.
+    fn check_signer(
+        &self,
+        body: &EntryBody,
+        openings: &[Opening],
+        seq: u64,
+        batch_start: u64,
+        batch: &Writes,
+    ) -> Result<Result<(), String>, LedgerError> {
+        let kind = body.kind.as_str();
+        let signature = body
+            .components
+            .iter()
+            .position(|c| c.name == SIGNATURE_COMPONENT)
+            .and_then(|i| openings.get(i))
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o.value).ok());
+        let Some(signature) = signature else {
+            return Ok(Err(format!(
+                "a {kind} record carries its signature (component {SIGNATURE_COMPONENT:?}) \
+                 naming the entry it signs"
+            )));
+        };
+        let signer = signature.get("id").and_then(serde_json::Value::as_str);
+        let (Some(signer), Some(of)) = (signer, signature.get("of").and_then(|v| v.as_u64()))
+        else {
+            return Ok(Err(format!(
+                "the signature of a {kind} record names its signer (id) and the entry it signs \
+                 (of)"
+            )));
+        };
+        if of >= seq {
+            return Ok(Err(format!(
+                "a {kind} of entry {of}, but the ledger has {seq} entries"
+            )));
+        }
+        let value = self.record_in_apply(of, batch_start, batch, true)?;
+        let record = self.parse_record(of, &value)?;
+        let target =
+            EntryRef::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
+        if target.device_id != body.device_id {
+            return Ok(Err(format!(
+                "a {kind} of entry {of}, which is about device {:?}, not {:?}",
+                target.device_id, body.device_id
+            )));
+        }
+        if matches!(
+            target.kind,
+            EventKind::Review | EventKind::Approval | EventKind::Erasure
+        ) {
+            return Ok(Err(format!(
+                "entry {of} is a {} record; review and approve the record it concerns",
+                target.kind.as_str()
+            )));
+        }
+        let performer = target
+            .components
+            .iter()
+            .position(|c| c.name == SIGNATURE_COMPONENT)
+            .and_then(|i| record.openings()?.into_iter().nth(i)?.open())
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o.value).ok())
+            .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
+        if target.author == body.author || performer.as_deref() == Some(signer) {
+            return Ok(Err(format!(
+                "21 CFR Part 11 separation of duties: {} performed entry {of}, and its review \
+                 or approval must be signed by someone other than the performer",
+                performer.as_deref().unwrap_or(target.author)
+            )));
+        }
+        Ok(Ok(()))
     }
 
     /// The record of entry `seq`, which the apply in progress may itself have added or (an
@@ -2007,6 +2089,85 @@ mod tests {
             corrects: None,
             event_id: Some(crate::entry::erasure_event_id(seq, name)),
         }
+    }
+
+    fn signed(
+        kind: EventKind,
+        device: &str,
+        id: &str,
+        signer: &str,
+        of: Option<u64>,
+    ) -> EventInput {
+        let mut sig = serde_json::json!({"id": signer, "name": signer, "role": "biomed",
+            "meaning": "performed"});
+        if let Some(of) = of {
+            sig["of"] = of.into();
+            sig["meaning"] = "approved".into();
+        }
+        EventInput {
+            kind,
+            device_id: device.into(),
+            occurred_at: None,
+            components: vec![ComponentInput {
+                name: SIGNATURE_COMPONENT.into(),
+                class: DisclosureClass::Maintenance,
+                value: sig.to_string(),
+            }],
+            corrects: None,
+            event_id: Some(id.into()),
+        }
+    }
+
+    /// The performer's own review or approval is refused by apply itself (a command that did
+    /// not come through the API, as an import or a raw Raft command), whether the same
+    /// certificate (author) or the same staff id on another one signs it, in the batch of its
+    /// target too; one by someone else is appended; a review without a signature naming its
+    /// entry, or of another device's entry, is refused.
+    #[test]
+    fn the_performers_own_approval_is_refused_in_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let by = |author: &str, e: EventInput| {
+            Command::Append(prepare(e, author, 1, &key, 1).expect("prepare"))
+        };
+        let store = Store::open(dir.path()).expect("open");
+        let cal = |id: &str| signed(EventKind::Calibration, "vent-1", id, "t100", None);
+        let approve = |id: &str, signer: &str, of: u64| {
+            signed(EventKind::Approval, "vent-1", id, signer, Some(of))
+        };
+        let mut unsigned = approve("u", "s200", 0);
+        unsigned.components.clear();
+        let out = store
+            .apply(
+                &[
+                    by("sha256:tech", cal("c0")),
+                    by("sha256:tech", approve("a1", "s200", 0)),
+                    by("sha256:tech-2", approve("a2", "t100", 0)),
+                    by("sha256:sup", unsigned),
+                    by(
+                        "sha256:sup",
+                        signed(EventKind::Review, "pump-x", "r", "s200", Some(0)),
+                    ),
+                    by("sha256:sup", approve("a3", "s200", 0)),
+                ],
+                &[],
+            )
+            .expect("apply");
+        let refused = |o: &ApplyOutcome, want: &str| match o {
+            ApplyOutcome::Refused { reason } => assert!(reason.contains(want), "{reason}"),
+            other => panic!("{other:?}, wanted a refusal with {want:?}"),
+        };
+        assert!(matches!(out[0], ApplyOutcome::Appended { seq: 0, .. }));
+        refused(&out[1], "separation of duties: t100 performed entry 0");
+        refused(&out[2], "separation of duties");
+        refused(&out[3], "carries its signature");
+        refused(&out[4], "about device \"vent-1\"");
+        assert!(matches!(out[5], ApplyOutcome::Appended { seq: 1, .. }));
+        // In a later batch (the target read from the tree), the same.
+        let out = store
+            .apply(&[by("sha256:tech", approve("a4", "s300", 0))], &[])
+            .expect("apply");
+        refused(&out[0], "someone other than the performer");
     }
 
     /// A correction of another device's entry and an erasure that does not match its target are

@@ -10,6 +10,14 @@
 //! In process, without HTTPS: what the registry costs itself. `cargo run --release -p
 //! medledger-tests --bin registry-bench -- --entries 1000000 --devices 10000`; results in
 //! docs/benchmarks.md.
+//!
+//! With `--cluster`: the issue's set-up instead. The same ledger is written into the store of
+//! gateway 1's data directory before it starts, gateway 1 starts as a cluster of one
+//! (`medledger run`, `cluster init`), takes a snapshot, gateways 2 and 3 join and catch up from
+//! it and are promoted; then, over HTTPS with a staff client certificate, on every gateway: one
+//! device's history, the due list of every device (the current minute, then a distinct `now`
+//! each call, which no cache answers), the PM-completion report for a year, and each gateway's
+//! resident memory idle. `--cache-mib N` sets `[ledger] cache_mib`.
 
 use std::time::Instant;
 
@@ -62,43 +70,26 @@ fn work(kind: &str, device: &str, at_ms: i64, i: u64) -> EventInput {
     .event
 }
 
-fn main() -> anyhow::Result<()> {
-    let entries = arg("--entries", 100_000);
-    let devices = arg("--devices", 1_000).max(1);
-    let runs = arg("--runs", 50) as usize;
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("ledger"))?;
-    let key = SigningKey::from_bytes(&[5; 32]);
-    let start_ms = parse_ms("2023-01-01T00:00:00Z").expect("time");
+fn name(d: u64) -> String {
+    format!("dev-{d:06}")
+}
+
+/// The bench's ledger, in order: 10 models, one registration per device, then maintenance
+/// spread over three years from `start_ms`.
+fn events(entries: u64, devices: u64, start_ms: i64) -> impl Iterator<Item = EventInput> {
     let span_ms: i64 = 3 * 365 * 86_400_000;
-    let name = |d: u64| format!("dev-{d:06}");
-    let t = Instant::now();
-    let mut batch: Vec<Command> = Vec::with_capacity(1000);
-    let push = |e: EventInput, batch: &mut Vec<Command>| -> anyhow::Result<()> {
-        batch.push(Command::Append(ledger_node::ledger::prepare(
-            e, "bench", 1, &key, start_ms,
-        )?));
-        if batch.len() == 1000 {
-            store.apply(batch, &[])?;
-            batch.clear();
+    let models = (0..10u32).map(|m| {
+        ModelRequest {
+            manufacturer: "Acme".into(),
+            model: format!("M{m}"),
+            pm_interval_days: Some(90 + 30 * m),
+            calibration_interval_days: Some(365),
+            event_id: Some(format!("model-{m}")),
         }
-        Ok(())
-    };
-    for m in 0..10 {
-        push(
-            ModelRequest {
-                manufacturer: "Acme".into(),
-                model: format!("M{m}"),
-                pm_interval_days: Some(90 + 30 * m as u32),
-                calibration_interval_days: Some(365),
-                event_id: Some(format!("model-{m}")),
-            }
-            .to_event(),
-            &mut batch,
-        )?;
-    }
-    for d in 0..devices {
-        let r = DeviceRecord {
+        .to_event()
+    });
+    let registrations = (0..devices).map(move |d| {
+        DeviceRecord {
             device_id: Some(name(d)),
             manufacturer: Some("Acme".into()),
             model: Some(format!("M{}", d % 10)),
@@ -108,15 +99,14 @@ fn main() -> anyhow::Result<()> {
             occurred_at: Some(medledger_gateway::event::format_ms(start_ms)),
             event_id: Some(format!("reg-{d}")),
             ..DeviceRecord::default()
-        };
-        push(r.to_event(&name(d), false), &mut batch)?;
-    }
-    let written = 10 + devices;
-    let rest = entries.saturating_sub(written);
-    for i in 0..rest {
+        }
+        .to_event(&name(d), false)
+    });
+    let rest = entries.saturating_sub(10 + devices);
+    let per = rest / devices + 1;
+    let maintenance = (0..rest).map(move |i| {
         let d = i % devices;
         let k = i / devices;
-        let per = rest / devices + 1;
         let at = start_ms + span_ms * k as i64 / per as i64;
         let kind = match i % 10 {
             0..=3 => "preventive-maintenance",
@@ -124,12 +114,66 @@ fn main() -> anyhow::Result<()> {
             6..=7 => "repair",
             _ => "inspection",
         };
-        push(work(kind, &name(d), at, i), &mut batch)?;
+        work(kind, &name(d), at, i)
+    });
+    models.chain(registrations).chain(maintenance)
+}
+
+/// Signs `events` as node 1 with `key` and applies them to `store` in batches of 1,000, then
+/// flushes once.
+fn write(
+    store: &Store,
+    key: &SigningKey,
+    author: &str,
+    events: impl Iterator<Item = EventInput>,
+    recorded_at_ms: i64,
+) -> anyhow::Result<()> {
+    let mut batch: Vec<Command> = Vec::with_capacity(1000);
+    for e in events {
+        batch.push(Command::Append(ledger_node::ledger::prepare(
+            e,
+            author,
+            1,
+            key,
+            recorded_at_ms,
+        )?));
+        if batch.len() == 1000 {
+            store.apply(&batch, &[])?;
+            batch.clear();
+        }
     }
     if !batch.is_empty() {
         store.apply(&batch, &[])?;
     }
     store.flush_blocking()?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let entries = arg("--entries", 100_000);
+    let devices = arg("--devices", 1_000).max(1);
+    let runs = arg("--runs", 50) as usize;
+    let start_ms = parse_ms("2023-01-01T00:00:00Z").expect("time");
+    if std::env::args().any(|a| a == "--cluster") {
+        return tokio::runtime::Runtime::new()?.block_on(cluster::run(
+            entries,
+            devices,
+            runs,
+            arg("--cache-mib", 0),
+            start_ms,
+        ));
+    }
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("ledger"))?;
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let t = Instant::now();
+    write(
+        &store,
+        &key,
+        "bench",
+        events(entries, devices, start_ms),
+        start_ms,
+    )?;
     println!(
         "ledger: {} entries over {devices} devices written in {:.1} s",
         store.size(),
@@ -256,4 +300,312 @@ fn main() -> anyhow::Result<()> {
     );
     println!("resident memory at the end: {:.0} MiB", rss_mib());
     Ok(())
+}
+
+/// The `--cluster` mode (see the crate doc).
+mod cluster {
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context};
+    use certs::StaffRole;
+    use medledger_tests::bin;
+    use medledger_tests::cluster::{poll, status, Gateway, Site};
+
+    use super::{events, name, percentile};
+
+    fn medledger(args: &[&str]) -> anyhow::Result<String> {
+        let out = std::process::Command::new(bin("medledger"))
+            .args(args)
+            .output()
+            .context("run medledger")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("medledger {args:?}: {text}");
+        }
+        Ok(text)
+    }
+
+    fn rss_of(g: &Gateway) -> f64 {
+        let Some(pid) = g.child.as_ref().map(|c| c.0.id()) else {
+            return 0.0;
+        };
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    async fn size_of(http: &reqwest::Client, addr: &str) -> Option<u64> {
+        status(http, addr).await?["ledger_size"].as_u64()
+    }
+
+    /// GET `path`, the time to the last byte of a 200, in ms.
+    async fn timed(http: &reqwest::Client, addr: &str, path: &str) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let r = http.get(format!("https://{addr}{path}")).send().await?;
+        let s = r.status();
+        let body = r.bytes().await?;
+        if !s.is_success() {
+            bail!(
+                "GET {path} from {addr}: {s}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
+
+    pub async fn run(
+        entries: u64,
+        devices: u64,
+        runs: usize,
+        cache_mib: u64,
+        start_ms: i64,
+    ) -> anyhow::Result<()> {
+        let site = Site::new();
+        let mut extra = "[raft]\nsnapshot_after_logs = 10\nsnapshot_growth_percent = 0\n\
+                         keep_logs_after_snapshot = 0\n"
+            .to_owned();
+        if cache_mib > 0 {
+            extra += &format!("[ledger]\ncache_mib = {cache_mib}\n");
+        }
+        let mut nodes: Vec<Gateway> = (1..=3).map(|i| Gateway::new(&site, i, &extra)).collect();
+        let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
+
+        // The ledger, straight into the store gateway 1's `medledger run` opens
+        // (`ledger_node::raft::open_storage`: `<data_dir>/sled`), signed with gateway 1's key,
+        // in batches of 1,000 and flushed once. `medledger import` cannot do it: it writes a
+        // standalone ledger (`<data_dir>/ledger`) that `medledger run` does not read.
+        let t = Instant::now();
+        {
+            let dir = &nodes[0].dir;
+            let key = ledger_node::keys::load_or_create(&dir.join("node.key"))?;
+            let (log, machine, store) = ledger_node::raft::open_storage(dir)?;
+            store.apply(
+                &[ledger_node::Command::RegisterNode {
+                    node_id: 1,
+                    public_key: key.verifying_key().to_bytes(),
+                }],
+                &[],
+            )?;
+            super::write(
+                &store,
+                &key,
+                "local:import",
+                events(entries, devices, start_ms),
+                ledger_node::ledger::now_ms(),
+            )?;
+            println!(
+                "gateway 1: {} entries over {devices} devices written in {:.0} s",
+                store.size(),
+                t.elapsed().as_secs_f64()
+            );
+            drop((log, machine, store));
+        }
+
+        // Gateway 1 alone, then a snapshot that gateways 2 and 3 catch up from.
+        let admin = site.staff_client("bench-admin", StaffRole::Admin);
+        let biomed = site.staff_client("bench-biomed", StaffRole::Biomed);
+        let configs: Vec<String> = nodes
+            .iter()
+            .map(|n| n.config.to_str().unwrap_or_default().to_owned())
+            .collect();
+        let config = |i: usize| configs[i].clone();
+        nodes[0].start();
+        poll("gateway 1 to listen", Duration::from_secs(120), || {
+            status(&admin, &addrs[0])
+        })
+        .await?;
+        medledger(&[
+            "cluster",
+            "init",
+            "--config",
+            &config(0),
+            "--voter",
+            &format!("1={}", addrs[0]),
+        ])?;
+        poll("gateway 1 to lead", Duration::from_secs(60), || async {
+            status(&admin, &addrs[0])
+                .await
+                .filter(|s| s["state"] == "Leader")
+        })
+        .await?;
+        for i in 0..12 {
+            let r = biomed
+                .post(format!("https://{}/v1/events", addrs[0]))
+                .json(
+                    &serde_json::json!({"kind": "inspection", "device_id": name(i),
+                    "event_id": format!("warm-{i}")}),
+                )
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("POST /v1/events: {}", r.text().await?);
+            }
+        }
+        let t = Instant::now();
+        poll(
+            "gateway 1 to snapshot and purge its log",
+            Duration::from_secs(1800),
+            || async {
+                status(&admin, &addrs[0])
+                    .await
+                    .filter(|s| s["purged_index"].as_u64().is_some())
+            },
+        )
+        .await?;
+        println!(
+            "gateway 1: snapshot taken in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        let size = size_of(&admin, &addrs[0]).await.context("size")?;
+        let t = Instant::now();
+        for (i, node) in nodes.iter_mut().enumerate().skip(1) {
+            node.start();
+            poll("a gateway to listen", Duration::from_secs(60), || {
+                status(&admin, &addrs[i])
+            })
+            .await?;
+            medledger(&[
+                "cluster",
+                "join",
+                "--config",
+                &config(i),
+                "--via",
+                &addrs[0],
+            ])?;
+        }
+        for a in &addrs[1..] {
+            poll(
+                &format!("{a} to catch up"),
+                Duration::from_secs(3600),
+                || async { size_of(&admin, a).await.filter(|s| *s >= size) },
+            )
+            .await?;
+        }
+        println!(
+            "gateways 2 and 3: caught up from the snapshot in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        for i in 2..=3 {
+            medledger(&[
+                "cluster",
+                "promote",
+                "--config",
+                &config(0),
+                "--node",
+                &i.to_string(),
+            ])?;
+        }
+        // Every registry built (the first read of each gateway builds it from the ledger).
+        for a in &addrs {
+            let t = Instant::now();
+            poll("the registry", Duration::from_secs(1800), || async {
+                timed(&biomed, a, "/v1/devices?risk=life-support")
+                    .await
+                    .ok()
+            })
+            .await?;
+            println!(
+                "{a}: registry built in {:.1} s (first read)",
+                t.elapsed().as_secs_f64()
+            );
+        }
+
+        // Over HTTPS, with a staff client certificate, one request at a time.
+        for (g, a) in addrs.iter().enumerate() {
+            let mut lat = Vec::new();
+            for r in 0..runs * 4 {
+                let d = name((r as u64 * 7919 + g as u64) % devices);
+                lat.push(timed(&biomed, a, &format!("/v1/devices/{d}/history")).await?);
+            }
+            let entries_of = {
+                let r = biomed
+                    .get(format!("https://{a}/v1/devices/{}/history", name(1)))
+                    .send()
+                    .await?;
+                let v: serde_json::Value = r.json().await?;
+                v["entries"].as_array().map_or(0, Vec::len)
+            };
+            println!(
+                "gateway {}: one device's history ({entries_of} entries): p50 {:.2} ms, p99 {:.2} ms",
+                g + 1,
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.99)
+            );
+            let mut lat = Vec::new();
+            for _ in 0..runs {
+                lat.push(timed(&biomed, a, "/v1/due").await?);
+            }
+            let items = {
+                let v: serde_json::Value = biomed
+                    .get(format!("https://{a}/v1/due"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                v["items"].as_array().map_or(0, Vec::len)
+            };
+            println!(
+                "gateway {}: due list of {devices} devices ({items} items), current minute: p50 {:.1} ms, p99 {:.1} ms",
+                g + 1,
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.99)
+            );
+            let mut lat = Vec::new();
+            for r in 0..runs {
+                let now = medledger_gateway::event::format_ms(
+                    super::parse_ms("2026-01-01T00:00:00Z").unwrap_or_default() + r as i64 * 1000,
+                );
+                lat.push(timed(&biomed, a, &format!("/v1/due?now={now}")).await?);
+            }
+            println!(
+                "gateway {}: due list, a distinct now each call (computed every time): p50 {:.1} ms, p99 {:.1} ms",
+                g + 1,
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.99)
+            );
+            let mut lat = Vec::new();
+            for _ in 0..runs.min(20) {
+                lat.push(
+                    timed(
+                        &biomed,
+                        a,
+                        "/v1/reports/pm-completion?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+                    )
+                    .await?,
+                );
+            }
+            println!(
+                "gateway {}: PM-completion report for a year: p50 {:.1} ms, max {:.1} ms",
+                g + 1,
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 1.0)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        for (g, n) in nodes.iter().enumerate() {
+            println!(
+                "gateway {}: resident memory idle: {:.0} MiB",
+                g + 1,
+                rss_of(n)
+            );
+        }
+        let du = std::process::Command::new("du")
+            .args(["-sh"])
+            .arg(&nodes[0].dir)
+            .output()?;
+        print!(
+            "gateway 1's data directory: {}",
+            String::from_utf8_lossy(&du.stdout)
+        );
+        for n in &mut nodes {
+            n.kill();
+        }
+        Ok(())
+    }
 }

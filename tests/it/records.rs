@@ -251,6 +251,86 @@ async fn signed_records_approvals_corrections_and_audience_exports() {
         text(&out)
     );
 
+    // `medledger device record` with a staff certificate: the record carries the staff
+    // member's signature, and the technician is told who reads each class. Another gateway
+    // shows it at once to a read that names the entry (`Medledger-Min-Seq`).
+    let issued = site
+        .ca
+        .issue(
+            &CertSpec::staff("t100", "Terry Tech", StaffRole::Biomed),
+            certs::Validity::days(2).expect("validity"),
+        )
+        .expect("issue");
+    let (tcert, tkey) = (dir.path().join("t100.crt"), dir.path().join("t100.key"));
+    issued.write_files(&tcert, &tkey).expect("write");
+    let cli_record = |extra: &[&str]| {
+        let mut args = vec![
+            "device",
+            "record",
+            "--config",
+            nodes[0].config.to_str().expect("utf8"),
+            "--cert",
+            tcert.to_str().expect("utf8"),
+            "--key",
+            tkey.to_str().expect("utf8"),
+            "vent-icu-07",
+        ];
+        args.extend_from_slice(extra);
+        let out = medledger(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let seq: u64 = text(&out)
+            .split("recorded at seq ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no seq: {}", text(&out)));
+        (seq, text(&out))
+    };
+    let (pm_seq, out) = cli_record(&[
+        "--kind",
+        "preventive-maintenance",
+        "--component",
+        "result:maintenance=pass",
+        "--component",
+        r#"cost:financial={"amount":40,"currency":"EUR"}"#,
+    ]);
+    assert!(
+        out.contains("signed by Terry Tech (biomed), performed")
+            && out.contains("financial (cost): read by supervisor, insurer, admin"),
+        "{out}"
+    );
+    let (fix_seq, out) = cli_record(&[
+        "--kind",
+        "preventive-maintenance",
+        "--corrects",
+        &pm_seq.to_string(),
+        "--reason",
+        "wrong work order",
+        "--component",
+        "result:maintenance=pass",
+    ]);
+    assert!(
+        out.contains("signed by Terry Tech (biomed), corrected (reason: wrong work order)"),
+        "{out}"
+    );
+    let r = sup
+        .get(format!(
+            "https://{}/v1/devices/vent-icu-07/history",
+            addrs[2]
+        ))
+        .header("Medledger-Min-Seq", fix_seq.to_string())
+        .send()
+        .await
+        .expect("history");
+    assert_eq!(r.status(), StatusCode::OK);
+    let h: Value = r.json().await.expect("json");
+    let pm = h["entries"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["seq"] == pm_seq))
+        .cloned()
+        .unwrap_or_else(|| panic!("entry {pm_seq} not in the history: {h}"));
+    assert_eq!(pm["signature"]["name"], "Terry Tech", "{pm}");
+    assert_eq!(pm["corrected_by"], json!([fix_seq]), "{pm}");
+
     // A correction of another device's entry is refused; one of the same device needs its
     // reason and then shows beside its original.
     let mut wrong = calibration("pump-x");
@@ -297,6 +377,11 @@ async fn signed_records_approvals_corrections_and_audience_exports() {
     // pump-x got nothing.
     let (s, _) = get(&sup, &addrs[2], "/v1/devices/pump-x/history").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The performer's own approval as a raw Raft command (as an import or a gateway that
+    // skipped the API's check would send it): refused by apply itself, and every gateway
+    // keeps the same ledger.
+    forged_approval_is_refused(&site, &addrs, &original, cal_seq).await;
 
     // An insurer's export hides patient values and verifies, by the API (the caller's role)
     // and by the CLI (`--role insurer` through the running gateway).
@@ -354,6 +439,96 @@ async fn signed_records_approvals_corrections_and_audience_exports() {
     let (s, _) = get(&insurer, &addrs[1], "/v1/export?role=biomed").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     drop(nodes);
+}
+
+/// Sends the performer's own approval of `cal_seq` (entry `original`, as a history shows it)
+/// straight to the leader's Raft, with a gateway certificate, and checks that the ledger refused
+/// it with the Part 11 rule and that every gateway holds the same ledger after it.
+async fn forged_approval_is_refused(site: &Site, addrs: &[String], original: &Value, cal_seq: u64) {
+    use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+    use ledger_node::raft::types::{RaftRequest, RaftResponse};
+    use medledger_gateway::service::raft_net;
+    let signature = json!({"id": "t100", "name": "Terry Tech", "role": "biomed",
+        "meaning": "approved", "of": cal_seq});
+    let forged = EventInput {
+        kind: EventKind::Approval,
+        device_id: "vent-icu-07".into(),
+        occurred_at: None,
+        components: vec![ComponentInput {
+            name: "signature".into(),
+            class: DisclosureClass::Maintenance,
+            value: signature.to_string(),
+        }],
+        corrects: None,
+        event_id: Some("forged-own-approval".into()),
+    };
+    let author = original["author"].as_str().expect("author");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let cmd =
+        ledger_node::ledger::prepare(forged, author, 1, &key, 1_800_000_000_000).expect("prepare");
+    let body = raft_net::encode(&RaftRequest {
+        commands: vec![ledger_node::Command::Append(cmd)],
+    })
+    .expect("encode");
+    let gateway = site.client_for(&CertSpec::gateway("9"));
+    let answer: RaftResponse = eventually(
+        "the leader to take the raw command",
+        Duration::from_secs(30),
+        || async {
+            for addr in addrs {
+                let r = gateway
+                    .post(format!("https://{addr}/raft/forward"))
+                    .header("content-type", raft_net::MSGPACK)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status().is_success() {
+                    return raft_net::decode(&r.bytes().await.ok()?).ok();
+                }
+            }
+            None
+        },
+    )
+    .await;
+    match answer.outcomes.as_slice() {
+        [ledger_node::ApplyOutcome::Refused { reason }] => assert!(
+            reason.contains("separation of duties") && reason.contains("t100"),
+            "{reason}"
+        ),
+        other => panic!("the performer's own approval was not refused: {other:?}"),
+    }
+    // The same ledger everywhere (the refusal is in the entries alone, so every gateway
+    // refused it), with nothing under the forged event id.
+    let head = |addr: String| {
+        let gateway = gateway.clone();
+        async move {
+            let r = gateway
+                .get(format!("https://{addr}/v1/head"))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            Some((v["size"].as_u64()?, v["root"].as_str()?.to_owned()))
+        }
+    };
+    for addr in &addrs[1..] {
+        eventually(
+            &format!("{addr} to hold the same ledger as gateway 1"),
+            Duration::from_secs(30),
+            || async {
+                let (a, b) = (head(addrs[0].clone()).await?, head(addr.clone()).await?);
+                (a == b).then_some(())
+            },
+        )
+        .await;
+    }
+    let (s, h) = get(&gateway, &addrs[1], "/v1/devices/vent-icu-07/history").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        !String::from_utf8_lossy(&h).contains("forged-own-approval"),
+        "the forged approval is in the ledger"
+    );
 }
 
 /// An import refuses a correction of another device's entry before writing anything.
@@ -415,7 +590,28 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     let (s, other) = record(&tech, &addrs[0], "/v1/events", &calibration("pump-2")).await;
     assert_eq!(s, StatusCode::CREATED, "{other}");
     let other_seq = other["seq"].as_u64().expect("seq");
-    applied(&admin, &addrs[2], other_seq + 1).await;
+    // pump-1 is registered at ICU-3, and every gateway's registry has read it.
+    let (s, reg) = record(
+        &tech,
+        &addrs[0],
+        "/v1/devices",
+        &json!({"device_id": "pump-1", "manufacturer": "Acme", "location": "ICU-3"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{reg}");
+    let reg_seq = reg["seq"].as_u64().expect("seq");
+    for addr in &addrs {
+        let (s, d) = get(
+            &tech,
+            addr,
+            &format!("/v1/devices/pump-1?min_seq={reg_seq}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&d));
+        let d: Value = serde_json::from_slice(&d).expect("json");
+        assert_eq!(d["location"], "ICU-3", "{d}");
+    }
+    applied(&admin, &addrs[2], reg_seq + 1).await;
     let had = status(&gateway, &addrs[2]).await.expect("status")["last_log_index"]
         .as_u64()
         .expect("last log index");
@@ -442,6 +638,45 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     let (s, erased) = record(&admin, &addrs[1], &erase, &reason).await;
     assert_eq!(s, StatusCode::CREATED, "{erased}");
     let by = erased["seq"].as_u64().expect("seq");
+    // The erasure is signed like any staff record (21 CFR Part 11 §11.50).
+    let sig = &erased["signature"];
+    assert_eq!(
+        (&sig["name"], &sig["role"], &sig["meaning"], &sig["of"]),
+        (
+            &json!("Ada Admin"),
+            &json!("admin"),
+            &json!("erased"),
+            &json!(seq)
+        ),
+        "{erased}"
+    );
+    assert_eq!(
+        sig["reason"], "patient's request (right to erasure)",
+        "{erased}"
+    );
+    // The registered location is erased: the running gateways' registries drop it at once
+    // (not only after a restart).
+    let (s, loc) = record(
+        &admin,
+        &addrs[0],
+        &format!("/v1/entries/{reg_seq}/components/location/erase"),
+        &json!({"reason": "location named a patient's room"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{loc}");
+    let loc_seq = loc["seq"].as_u64().expect("seq");
+    for addr in &addrs[..2] {
+        let (s, d) = get(
+            &tech,
+            addr,
+            &format!("/v1/devices/pump-1?min_seq={loc_seq}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&d));
+        let d: Value = serde_json::from_slice(&d).expect("json");
+        assert_eq!(d["location"], Value::Null, "{addr}: {d}");
+        assert_eq!(d["manufacturer"], "Acme", "{addr}: {d}");
+    }
     let (s, again) = record(&admin, &addrs[0], &erase, &reason).await;
     assert_eq!(s, StatusCode::OK, "{again}");
     assert_eq!(again["seq"], by);
@@ -494,13 +729,18 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
             i + 1
         );
         assert_eq!(e["fields"]["result"], "pass");
+        // The registry has no location for pump-1, after restarts and a snapshot install too.
+        let (s, d) = get(&tech, addr, "/v1/devices/pump-1").await;
+        assert_eq!(s, StatusCode::OK);
+        let d: Value = serde_json::from_slice(&d).expect("json");
+        assert_eq!(d["location"], Value::Null, "gateway {}: {d}", i + 1);
         // The full export marks it and verifies; the value is nowhere in it.
         let export = export_of(&gateway, addr, "", size).await;
         let file = dir.path().join(format!("export-{}.jsonl", i + 1));
         std::fs::write(&file, &export).expect("write");
         let out = verify(&file);
         assert!(out.status.success(), "gateway {}: {}", i + 1, text(&out));
-        assert!(text(&out).contains("1 erased"), "{}", text(&out));
+        assert!(text(&out).contains("2 erased"), "{}", text(&out));
         let out = python_verify(&file);
         assert!(
             out.status.success(),
@@ -508,7 +748,7 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
             i + 1,
             text(&out)
         );
-        assert!(text(&out).contains("1 erased"), "{}", text(&out));
+        assert!(text(&out).contains("2 erased"), "{}", text(&out));
         let body = String::from_utf8(export).expect("utf8");
         let line: Value =
             serde_json::from_str(body.lines().nth(seq as usize + 1).expect("line")).expect("json");

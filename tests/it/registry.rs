@@ -438,6 +438,52 @@ async fn registry_and_due_lists_agree_on_every_gateway() {
         s["snapshot_index"].as_u64().is_some(),
         "the learner did not install a snapshot: {s}"
     );
+
+    // Read-your-writes on any gateway: the seq a write answered, as `min_seq` or the
+    // `Medledger-Min-Seq` header, makes a follower or learner wait until it has applied it
+    // (without it a read there may come before the entry: 404 for a device just registered).
+    let v = ok(
+        &biomed,
+        &addrs[0],
+        "/v1/devices",
+        &json!({"device_id": "pump-ryw", "location": "ICU-9"}),
+    )
+    .await;
+    let seq = v["seq"].as_u64().expect("seq");
+    for a in [&addrs[1], &addrs[2], &la] {
+        let d = get(&biomed, a, &format!("/v1/devices/pump-ryw?min_seq={seq}")).await;
+        assert_eq!(d["location"], "ICU-9", "{a}: {d}");
+        let r = biomed
+            .get(format!("https://{a}/v1/due?location=ICU-9&now={NOW}"))
+            .header("Medledger-Min-Seq", seq.to_string())
+            .send()
+            .await
+            .expect("due");
+        assert_eq!(r.status(), StatusCode::OK, "{a}");
+    }
+    // An entry the gateway does not reach within the wait: 503, Retry-After, the lag named.
+    let ahead = seq + 1_000_000;
+    let r = biomed
+        .get(format!("https://{}/v1/devices?min_seq={ahead}", addrs[1]))
+        .send()
+        .await
+        .expect("devices");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    let p: Value = r.json().await.expect("problem");
+    assert_eq!(p["field"], "min_seq", "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("not yet entry {ahead}")) && d.contains("behind")),
+        "{p}"
+    );
+    let r = biomed
+        .get(format!("https://{}/v1/due?min_seq=soon", addrs[1]))
+        .send()
+        .await
+        .expect("due");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     drop(learner);
     drop(nodes);
 }

@@ -219,6 +219,9 @@ pub enum DeviceCmd {
     Show(crate::cli::registry::ShowArgs),
     /// Register a device from a JSON record (docs/registry.md).
     Register(crate::cli::registry::RegisterArgs),
+    /// Record one maintenance event (calibration, PM, repair...) with its signature meaning,
+    /// signed with a staff certificate (docs/registry.md).
+    Record(crate::cli::registry::RecordArgs),
 }
 
 #[derive(Args, Debug)]
@@ -845,6 +848,7 @@ pub async fn run_device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
         DeviceCmd::List(a) => return crate::cli::registry::list(a).await,
         DeviceCmd::Show(a) => return crate::cli::registry::show(a).await,
         DeviceCmd::Register(a) => return crate::cli::registry::register(a).await,
+        DeviceCmd::Record(a) => return crate::cli::registry::record(a).await,
     };
     if ttl_hours == 0 || ttl_hours > 720 {
         bail!("--ttl-hours {ttl_hours} is not in 1..=720");

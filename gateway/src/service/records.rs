@@ -191,6 +191,13 @@ pub async fn record_event(
                     ),
                 ))
             }
+            Some(Meaning::Erased) => {
+                return Err(invalid(
+                    "meaning",
+                    "an erasure is a record of its own: POST \
+                     /v1/entries/{seq}/components/{name}/erase (administrators)",
+                ))
+            }
             Some(m) => Some(m),
             None => {
                 return Err(invalid(
@@ -323,7 +330,7 @@ pub async fn sign_entry(
     let kind = match meaning {
         Meaning::Reviewed => EventKind::Review,
         Meaning::Approved => EventKind::Approval,
-        Meaning::Performed | Meaning::Corrected => {
+        Meaning::Performed | Meaning::Corrected | Meaning::Erased => {
             return Err(invalid(
                 "meaning",
                 format!(
@@ -406,7 +413,8 @@ pub async fn sign_entry(
 
 /// Erases the value and salt of component `name` of entry `seq` on every gateway
 /// (`POST /v1/entries/{seq}/components/{name}/erase`): an erasure entry of its own, replicated
-/// like any entry, with the `reason` as a maintenance component. The entry's commitment stays,
+/// like any entry, with the `reason` as a maintenance component and, from staff, the signature
+/// manifestation (meaning erased, `of` the entry, the reason). The entry's commitment stays,
 /// so the ledger still verifies; exports mark the value as erased by the erasure entry. The
 /// `signature` component of a record is never erased. Erasing an erased component again is a
 /// duplicate. Who may call it is the route's business (administrators).
@@ -456,21 +464,31 @@ pub async fn erase_component(
             ),
         });
     }
+    let mut components = vec![ComponentInput {
+        name: "reason".into(),
+        class: DisclosureClass::Maintenance,
+        value: serde_json::Value::String(reason.to_owned()).to_string(),
+    }];
+    // A staff member's erasure is signed like any record (§11.50): printed name, role, the
+    // meaning erased with the entry and the reason, the time of the entry.
+    let signature = if caller.profile == Profile::Staff {
+        let m = Manifestation::new(caller, Meaning::Erased, Some(seq), Some(reason.to_owned()))?;
+        components.push(m.component());
+        Some(m)
+    } else {
+        None
+    };
     let event = EventInput {
         kind: EventKind::Erasure,
         device_id: target.body.device_id.clone(),
         occurred_at: None,
-        components: vec![ComponentInput {
-            name: "reason".into(),
-            class: DisclosureClass::Maintenance,
-            value: serde_json::Value::String(reason.to_owned()).to_string(),
-        }],
+        components,
         corrects: None,
         event_id: Some(erasure_event_id(seq, name)),
     }
     .validate()
     .map_err(|e| invalid("reason", e.to_string()))?;
-    submit(node, caller, event, None).await
+    submit(node, caller, event, signature).await
 }
 
 /// Records a registry event (device registered or changed, model intervals, status, attempt to

@@ -14,6 +14,7 @@ mod cluster;
 mod devices;
 mod events;
 pub mod extract;
+pub mod fresh;
 mod ledger;
 mod problem;
 mod raft;
@@ -273,6 +274,11 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // `min_seq` / `Medledger-Min-Seq`: read-your-writes on any gateway (fresh.rs).
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            fresh::min_seq,
+        ))
         .layer(axum::middleware::from_fn(problem::uniform))
         .with_state(node)
 }

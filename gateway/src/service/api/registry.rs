@@ -527,19 +527,42 @@ pub struct DueList {
 pub async fn due_list(
     State(node): State<Arc<Node>>,
     QueryParams(q): QueryParams<DueQuery>,
-) -> Result<Json<DueList>, ApiError> {
-    let now = now_param(q.now.as_deref())?;
+) -> Result<Response, ApiError> {
+    // Without `now`, the current minute: what is due changes by the day, and one answer per
+    // minute and ledger state serves every screen that asks meanwhile.
+    let now = match q.now {
+        None => ledger_node::ledger::now_ms().div_euclid(60_000) * 60_000,
+        Some(_) => now_param(q.now.as_deref())?,
+    };
     let window = window(q.window_days)?;
+    let overdue = q.overdue.unwrap_or(false);
     let s = indexed(&node, q.consistency.as_deref()).await?;
     let filter = Filter {
         location: q.location,
         risk: q.risk,
         status: None,
     };
-    Ok(Json(DueList {
-        now: crate::event::format_ms(now),
-        items: due::due_list(&s.index, &filter, now, window, q.overdue.unwrap_or(false)),
-    }))
+    let key = format!(
+        "due {} {now} {window} {overdue} {:?} {:?}",
+        s.generation(),
+        filter.risk,
+        filter.location.as_deref().map(str::to_lowercase)
+    );
+    let body = node
+        .registry
+        .answer(key, || {
+            serde_json::to_vec(&DueList {
+                now: crate::event::format_ms(now),
+                items: due::due_list(&s.index, &filter, now, window, overdue),
+            })
+        })
+        .map_err(ApiError::internal)?;
+    drop(s);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from_owner(body),
+    )
+        .into_response())
 }
 
 /// The period of a report.

@@ -87,6 +87,7 @@ fn item(
     work: Work,
     now_ms: i64,
     window_days: u32,
+    keep: &dyn Fn(DueState) -> bool,
 ) -> Option<DueItem> {
     if !dev.registered || dev.status == Status::Decommissioned {
         return None;
@@ -108,6 +109,10 @@ fn item(
     } else {
         DueState::Scheduled
     };
+    // Decided before the item's texts are made: most of a long list's cost is in them.
+    if !keep(state) {
+        return None;
+    }
     let days_left = (due_ms - now_ms).div_euclid(DAY_MS);
     Some(DueItem {
         device_id: dev.device_id.clone(),
@@ -129,7 +134,7 @@ fn item(
 pub fn device_due(index: &Index, dev: &DeviceState, now_ms: i64, window_days: u32) -> Vec<DueItem> {
     [Work::PreventiveMaintenance, Work::Calibration]
         .into_iter()
-        .filter_map(|w| item(index, dev, w, now_ms, window_days))
+        .filter_map(|w| item(index, dev, w, now_ms, window_days, &|_| true))
         .collect()
 }
 
@@ -210,12 +215,16 @@ pub fn due_list(
     window_days: u32,
     overdue_only: bool,
 ) -> Vec<DueItem> {
+    let keep = |state: DueState| match state {
+        DueState::Overdue => true,
+        DueState::Due => !overdue_only,
+        DueState::Scheduled => false,
+    };
     let mut out: Vec<DueItem> = devices(index, filter)
-        .flat_map(|d| device_due(index, d, now_ms, window_days))
-        .filter(|i| match i.state {
-            DueState::Overdue => true,
-            DueState::Due => !overdue_only,
-            DueState::Scheduled => false,
+        .flat_map(|d| {
+            [Work::PreventiveMaintenance, Work::Calibration]
+                .into_iter()
+                .filter_map(move |w| item(index, d, w, now_ms, window_days, &keep))
         })
         .collect();
     out.sort_by(|a, b| {

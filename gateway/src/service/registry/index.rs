@@ -156,6 +156,10 @@ pub struct DeviceState {
     /// state). For the web page's badges; not part of the API's device document.
     #[serde(skip)]
     pub open_alarms: BTreeMap<String, Done>,
+    /// The latest of `pm` and of `calibrations` (by when done), kept as entries are applied so
+    /// that a due list of thousands of devices does not scan every device's completions.
+    #[serde(skip)]
+    latest: [Option<Done>; 2],
 }
 
 impl DeviceState {
@@ -193,6 +197,33 @@ impl DeviceState {
             pm: Vec::new(),
             calibrations: Vec::new(),
             open_alarms: BTreeMap::new(),
+            latest: [None, None],
+        }
+    }
+
+    /// Records a completed preventive maintenance (`pm`) or calibration.
+    fn push_done(&mut self, pm: bool, d: Done) {
+        let (list, latest) = if pm {
+            (&mut self.pm, &mut self.latest[0])
+        } else {
+            (&mut self.calibrations, &mut self.latest[1])
+        };
+        list.push(d);
+        if latest.is_none_or(|l| (d.at_ms, d.seq) > (l.at_ms, l.seq)) {
+            *latest = Some(d);
+        }
+    }
+
+    /// Withdraws the completion recorded by entry `seq` (corrected).
+    fn withdraw(&mut self, seq: u64) {
+        let latest = |v: &[Done]| v.iter().copied().max_by_key(|d| (d.at_ms, d.seq));
+        if self.pm.iter().any(|d| d.seq == seq) {
+            self.pm.retain(|d| d.seq != seq);
+            self.latest[0] = latest(&self.pm);
+        }
+        if self.calibrations.iter().any(|d| d.seq == seq) {
+            self.calibrations.retain(|d| d.seq != seq);
+            self.latest[1] = latest(&self.calibrations);
         }
     }
 
@@ -203,15 +234,12 @@ impl DeviceState {
 
     /// The latest completed preventive maintenance (by when it was done).
     pub fn last_pm(&self) -> Option<Done> {
-        self.pm.iter().copied().max_by_key(|d| (d.at_ms, d.seq))
+        self.latest[0]
     }
 
     /// The latest calibration (by when it was done).
     pub fn last_calibration(&self) -> Option<Done> {
-        self.calibrations
-            .iter()
-            .copied()
-            .max_by_key(|d| (d.at_ms, d.seq))
+        self.latest[1]
     }
 
     /// Why an AEM programme may not maintain this device, if it may not: the rule, named.
@@ -403,21 +431,18 @@ impl Index {
         dev.last_seq = Some(seq);
         // A correction replaces the completion it corrects, of this device only.
         if let Some(c) = entry.body.corrects {
-            dev.pm.retain(|d| d.seq != c);
-            dev.calibrations.retain(|d| d.seq != c);
+            dev.withdraw(c);
         }
         let void = fields.flag("void") == Some(true);
         match kind {
-            EventKind::PreventiveMaintenance if !void => dev.pm.push(Done {
-                seq,
-                at_ms,
-                passed: !failed(&fields),
-            }),
-            EventKind::Calibration if !void => dev.calibrations.push(Done {
-                seq,
-                at_ms,
-                passed: !failed(&fields),
-            }),
+            EventKind::PreventiveMaintenance | EventKind::Calibration if !void => dev.push_done(
+                kind == EventKind::PreventiveMaintenance,
+                Done {
+                    seq,
+                    at_ms,
+                    passed: !failed(&fields),
+                },
+            ),
             EventKind::DeviceRegistered => {
                 if let Err(reason) = apply_record(dev, &fields, seq, at_ms, &at) {
                     dev.refused.push(Refusal { seq, reason });

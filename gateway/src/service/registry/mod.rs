@@ -16,8 +16,9 @@ pub mod index;
 pub mod report;
 pub mod request;
 
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
+use ledger_node::entry::{parse_erasure_event_id, EventKind};
 use ledger_node::hash::Hash;
 use ledger_node::{LedgerError, Store};
 use serde::{Deserialize, Serialize};
@@ -122,7 +123,13 @@ pub struct Registry {
     state: RwLock<Indexed>,
     /// One catch-up at a time; readers wait for it rather than each reading the same entries.
     catching_up: Mutex<()>,
+    /// The last answers of reads that callers repeat (the due list of every device, asked by
+    /// every screen and script each minute), by a key that names the index's generation.
+    answers: Mutex<std::collections::VecDeque<(String, Arc<[u8]>)>>,
 }
+
+/// How many answers [`Registry::answer`] keeps.
+const ANSWERS: usize = 16;
 
 #[derive(Default)]
 pub struct Indexed {
@@ -134,9 +141,39 @@ pub struct Indexed {
     root: Hash,
     /// How many times the index was rebuilt from the start (for tests and logs).
     pub rebuilds: u64,
+    /// How many times a device was derived again after an erasure of one of its values.
+    pub refolds: u64,
+}
+
+impl Indexed {
+    /// What the index's content depends on: it changes whenever an entry is folded in, the
+    /// index is rebuilt or a device is derived again after an erasure.
+    pub fn generation(&self) -> String {
+        format!("{}.{}.{}", self.scanned, self.rebuilds, self.refolds)
+    }
 }
 
 impl Registry {
+    /// The answer kept under `key` (which must name [`Indexed::generation`] and every parameter
+    /// of the answer), or `make`'s, then kept.
+    pub fn answer<E>(
+        &self,
+        key: String,
+        make: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Arc<[u8]>, E> {
+        let lock = || self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, a)) = lock().iter().find(|(k, _)| *k == key) {
+            return Ok(a.clone());
+        }
+        let a: Arc<[u8]> = make()?.into();
+        let mut answers = lock();
+        if answers.len() >= ANSWERS {
+            answers.pop_front();
+        }
+        answers.push_back((key, a.clone()));
+        Ok(a)
+    }
+
     /// The index caught up with everything this gateway has applied.
     pub fn read(&self, store: &Store) -> Result<RwLockReadGuard<'_, Indexed>, LedgerError> {
         if !self.is_current(store)? {
@@ -187,18 +224,75 @@ impl Registry {
             s.scanned = 0;
             s.rebuilds += 1;
         }
+        // Entries read in this pass are read with the openings as they are now, erasures
+        // included; an erasure of an entry read in an earlier pass is folded in below.
+        let mut pass_start = s.scanned;
         while s.scanned < size {
             let seq = s.scanned;
             let entry = store.entry(seq)?;
             let openings = store.openings(seq)?;
             s.index.apply(&entry, &openings);
             s.scanned = seq + 1;
+            let erased = match entry.body.kind {
+                EventKind::Erasure => entry
+                    .body
+                    .event_id
+                    .as_deref()
+                    .and_then(parse_erasure_event_id),
+                _ => None,
+            };
+            let Some((target, _)) = erased else { continue };
+            if target >= pass_start {
+                continue;
+            }
+            let id = entry.body.device_id.as_str();
+            if id.starts_with(index::MODEL_PREFIX) || id.starts_with(index::RECALL_PREFIX) {
+                // Model intervals and recalls are keyed by what their entries say, not by
+                // device: read everything again (erasures there are rare).
+                tracing::info!(
+                    seq,
+                    target,
+                    "an erasure of a model or recall entry: rebuilding the registry"
+                );
+                s.index = Index::default();
+                s.scanned = 0;
+                s.rebuilds += 1;
+                pass_start = 0;
+                continue;
+            }
+            Self::refold_device(s, store, id, seq)?;
         }
         s.root = if size == 0 {
             [0; 32]
         } else {
             store.root(size)?
         };
+        Ok(())
+    }
+
+    /// Derives device `id` again from its entries up to `through`, as their openings are now:
+    /// what an erasure of one of its values changes. A device's state depends only on its own
+    /// entries, so this is what a gateway that reads the whole ledger after a restart derives.
+    fn refold_device(
+        s: &mut Indexed,
+        store: &Store,
+        id: &str,
+        through: u64,
+    ) -> Result<(), LedgerError> {
+        s.index.devices.remove(id);
+        let mut after = None;
+        loop {
+            let seqs = store.device_history(id, after, 1024)?;
+            let Some(&last) = seqs.last() else { break };
+            for seq in seqs.into_iter().filter(|q| *q <= through) {
+                s.index.apply(&store.entry(seq)?, &store.openings(seq)?);
+            }
+            if last >= through {
+                break;
+            }
+            after = Some(last);
+        }
+        s.refolds += 1;
         Ok(())
     }
 }

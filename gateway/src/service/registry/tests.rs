@@ -295,3 +295,94 @@ fn aem_status_locate_and_recalls() {
         vec!["(01)00884838035249(21)X9".to_owned()]
     );
 }
+
+fn erasure(device: &str, seq: u64, name: &str) -> EventInput {
+    EventInput {
+        kind: ledger_node::entry::EventKind::Erasure,
+        device_id: device.into(),
+        occurred_at: None,
+        components: Vec::new(),
+        corrects: None,
+        event_id: Some(ledger_node::entry::erasure_event_id(seq, name)),
+    }
+}
+
+/// An erasure of a value the index already read refreshes the index at once (not only after a
+/// restart): the device is derived again from its entries as they are now, and the result is
+/// what a fresh index of the same ledger (a restarted gateway) holds; so is an erasure in a
+/// model's entry, and an erasure read in the same pass as its target.
+#[test]
+fn an_erasure_refreshes_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[6; 32]);
+    let store = Store::open(dir.path()).expect("open");
+    let model = ModelRequest {
+        manufacturer: "Acme".into(),
+        model: "P1".into(),
+        pm_interval_days: Some(90),
+        calibration_interval_days: Some(365),
+        event_id: Some("model-p1".into()),
+    };
+    let mut reg = pump("pump-2", "2025-01-01T00:00:00Z");
+    reg.serial = Some("SN-1".into());
+    append(
+        &store,
+        &key,
+        vec![
+            model.to_event(),
+            reg.to_event("pump-2", false),
+            work("calibration", "pump-2", "2025-06-01T00:00:00Z", "fail"),
+        ],
+    );
+    let registry = Registry::default();
+    let now = ms("2025-07-01T00:00:00Z");
+    {
+        let s = registry.read(&store).expect("read");
+        let dev = &s.index.devices["pump-2"];
+        assert_eq!(dev.location.as_deref(), Some("ICU-2"));
+        assert_eq!(
+            due::calibration_state(&s.index, dev, now),
+            CalibrationState::NotCalibrated
+        );
+    }
+    // The location of the registration and the failed result of the calibration are erased.
+    append(
+        &store,
+        &key,
+        vec![
+            erasure("pump-2", 1, "location"),
+            erasure("pump-2", 2, "result"),
+        ],
+    );
+    let s = registry.read(&store).expect("read");
+    let dev = &s.index.devices["pump-2"];
+    assert_eq!(dev.location, None, "the erased location is gone at once");
+    assert_eq!(dev.serial.as_deref(), Some("SN-1"));
+    assert_eq!(
+        due::calibration_state(&s.index, dev, now),
+        CalibrationState::Calibrated,
+        "a calibration whose failed result is erased reads as done"
+    );
+    assert_eq!(s.refolds, 2);
+    assert_eq!(
+        Registry::default().read(&store).expect("read").index,
+        s.index,
+        "what a restarted gateway derives"
+    );
+    drop(s);
+    // The model's interval is erased: the model is read again, the devices see no interval.
+    append(
+        &store,
+        &key,
+        vec![erasure(&model.to_event().device_id, 0, "pm_interval_days")],
+    );
+    let s = registry.read(&store).expect("read");
+    let dev = &s.index.devices["pump-2"];
+    assert_eq!(s.index.pm_interval(dev), None);
+    assert_eq!(s.index.calibration_interval(dev), Some(365));
+    assert_eq!(s.rebuilds, 1);
+    assert_eq!(
+        Registry::default().read(&store).expect("read").index,
+        s.index
+    );
+}
