@@ -19,4 +19,5 @@ mod records;
 mod registry;
 mod systemd;
 mod telemetry;
+mod upgrade;
 mod web;
