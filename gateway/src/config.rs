@@ -653,8 +653,14 @@ mod tests {
                 "version: this file is written for release 99.0.0, newer than this gateway's \
                  release",
             ),
-            ("version = \"0.2\"\n[node]\nid = 1\n", "version: \"0.2\" is not a release"),
-            ("version = 2\n[node]\nid = 1\n", "version: 2 is not a release"),
+            (
+                "version = \"0.2\"\n[node]\nid = 1\n",
+                "version: \"0.2\" is not a release",
+            ),
+            (
+                "version = 2\n[node]\nid = 1\n",
+                "version: 2 is not a release",
+            ),
             ("[node]\nid = 1\nfuture = 1\n", "this gateway runs release"),
             ("[node]\nid = \"x\"\n", "invalid type"),
             ("[api]\nlisten = \"1.2.3.4:1\"\n", "missing field `node`"),

@@ -82,7 +82,10 @@ async fn unknown_versions_are_refused_naming_both() {
         &peer,
         &addr,
         "/raft/vote",
-        &[("x-medledger-release", "0.2.0"), ("x-medledger-protocol", "one")],
+        &[
+            ("x-medledger-release", "0.2.0"),
+            ("x-medledger-protocol", "one"),
+        ],
         &vote,
     )
     .await;
@@ -178,7 +181,10 @@ async fn unknown_versions_are_refused_naming_both() {
         .lines()
         .filter(|l| l.contains("refused:") && l.contains("9.1.0"))
         .count();
-    assert_eq!(refusals, 1, "the same refusal logged {refusals} times:\n{log}");
+    assert_eq!(
+        refusals, 1,
+        "the same refusal logged {refusals} times:\n{log}"
+    );
 }
 
 /// The directory of the previous release's source and build under `target/`.
@@ -264,14 +270,17 @@ fn stop(g: &mut Gateway) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("upgrade: gateway {} did not stop within 30 s of SIGTERM", g.id);
+    eprintln!(
+        "upgrade: gateway {} did not stop within 30 s of SIGTERM",
+        g.id
+    );
     c.kill();
 }
 
 fn event(i: u64) -> Value {
     json!({
         "event_id": format!("up-{i}"),
-        "kind": if i % 3 == 0 { "calibration" } else { "preventive-maintenance" },
+        "kind": if i.is_multiple_of(3) { "calibration" } else { "preventive-maintenance" },
         "device_id": format!("pump-{}", i % 20),
         "occurred_at": "2026-01-05T10:00:00Z",
         "components": [
@@ -372,7 +381,10 @@ async fn converged(admin: &reqwest::Client, addrs: &[String], what: &str) -> u64
 
 /// `medledger` (new or old) with `args`, asserting success; its stdout.
 fn run_ok(exe: &Path, args: &[&str]) -> String {
-    let out = Command::new(exe).args(args).output().expect("run medledger");
+    let out = Command::new(exe)
+        .args(args)
+        .output()
+        .expect("run medledger");
     assert!(
         out.status.success(),
         "medledger {args:?}: {}{}",
@@ -382,25 +394,30 @@ fn run_ok(exe: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A correction of pump-0's first entry recorded as a device other than pump-0: release 0.1.0
-/// records it, this release refuses it (format 2). Its outcome through `addr`; `reason` for
-/// this release's API, which asks a staff correction for one (0.1.0's refuses the field).
-async fn cross_device_correction(
-    client: &reqwest::Client,
-    addr: &str,
-    seq: u64,
-    reason: bool,
-) -> (u16, String) {
-    let mut body = json!({
+/// Erases the `technician` component of entry `seq` through `addr` (an erasure is a format-2
+/// entry): status and body.
+async fn erase(client: &reqwest::Client, addr: &str, seq: u64) -> (u16, String) {
+    let r = client
+        .post(format!(
+            "https://{addr}/v1/entries/{seq}/components/technician/erase"
+        ))
+        .json(&json!({"reason": "recorded under the wrong name"}))
+        .send()
+        .await
+        .expect("post");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// A correction of pump-0's first entry recorded as a device other than pump-0, through a
+/// gateway of release 0.1.0 (which records it; this release refuses it): status and body.
+async fn cross_device_correction(client: &reqwest::Client, addr: &str, seq: u64) -> (u16, String) {
+    let body = json!({
         "kind": "repair",
         "device_id": "pump-other",
         "corrects": seq,
         "occurred_at": "2026-01-05T10:00:00Z",
         "components": [{"name": "result", "class": "maintenance", "value": "fixed"}],
     });
-    if reason {
-        body["reason"] = json!("wrong device recorded");
-    }
     let r = client
         .post(format!("https://{addr}/v1/events"))
         .json(&body)
@@ -412,8 +429,10 @@ async fn cross_device_correction(
 
 /// Three gateways of release v0.1.0 upgraded one at a time to this code (followers first, the
 /// leader last) while clients write through all three: every acknowledged event is on every
-/// gateway exactly once, the exports are byte-identical and verify, the cluster moves to
-/// command format 2 only once all three run this release. Prints the figures that
+/// gateway exactly once, the exports are byte-identical and verify; a correction of another
+/// device's entry is recorded while all run 0.1.0 (format 1) and every gateway keeps it; an
+/// erasure (format 2) is refused in the mixed cluster and recorded once all three run this
+/// release. Prints the figures that
 /// docs/operations.md "Releases" quotes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
@@ -435,9 +454,11 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
         start_with(g, &old);
     }
     for a in addrs.iter() {
-        eventually("a v0.1.0 gateway to listen", Duration::from_secs(60), || {
-            status(&admin, a)
-        })
+        eventually(
+            "a v0.1.0 gateway to listen",
+            Duration::from_secs(60),
+            || status(&admin, a),
+        )
         .await;
     }
     let mut init = vec![
@@ -469,7 +490,7 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
     // What format 2 refuses, while every gateway runs 0.1.0: recorded, as 0.1.0 records it.
     let first = acks.lock().expect("lock").seq.get("up-0").copied();
     let first = first.expect("the first event acknowledged");
-    let (code, body) = cross_device_correction(&writer, &addrs[0], first, false).await;
+    let (code, body) = cross_device_correction(&writer, &addrs[0], first).await;
     assert_eq!(code, 201, "0.1.0 records a cross-device correction: {body}");
 
     // Followers first, the leader last, each stopped (SIGTERM) and started on this release
@@ -503,16 +524,20 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
         );
         tokio::time::sleep(settle).await;
         if n == 0 {
-            // A mixed cluster: whoever leads, the gateways agree on the outcome (the exports
-            // below are compared), and a leader of this release holds it back.
-            let out = cross_device_correction(&writer, &a, first, true).await;
-            eprintln!("upgrade: cross-device correction in the mixed cluster: {out:?}");
+            // A mixed cluster: an erasure (format 2) through the upgraded gateway is held
+            // back by a leader of this release, or refused alike by every gateway when a
+            // 0.1.0 gateway leads (the exports below are compared).
+            let out = erase(&admin, &a, first).await;
+            eprintln!("upgrade: erasure in the mixed cluster: {out:?}");
             mixed_outcome = Some(out);
         }
     }
     let (code, body) = mixed_outcome.expect("tried");
     assert!(
-        code == 201 || body.contains("held back until every gateway"),
+        code != 201
+            && (body.contains("held back until every gateway")
+                || body.contains("needs command format 2")
+                || body.contains("unknown event kind")),
         "{code} {body}"
     );
     // All three on this release: the leader moves the cluster to format 2 with its next write.
@@ -520,12 +545,12 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
         "the cluster to apply command format 2",
         Duration::from_secs(60),
         || {
-            let writer = writer.clone();
+            let admin = admin.clone();
             let addrs = addrs.clone();
             async move {
-                let (code, body) = cross_device_correction(&writer, &addrs[1], first, true).await;
-                (code != 201 && body.contains("a correction concerns the same device"))
-                    .then_some(())
+                let (code, body) = erase(&admin, &addrs[1], first).await;
+                eprintln!("upgrade: erasure once all run this release: {code} {body}");
+                (code == 201).then_some(())
             }
         },
     )
@@ -535,7 +560,15 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
     let duration = started.elapsed();
 
     let size = converged(&admin, &addrs, "the upgraded gateways to converge").await;
-    run_ok(&new, &["cluster", "checkpoint", "--config", nodes[0].config.to_str().expect("utf8")]);
+    run_ok(
+        &new,
+        &[
+            "cluster",
+            "checkpoint",
+            "--config",
+            nodes[0].config.to_str().expect("utf8"),
+        ],
+    );
     converged(&admin, &addrs, "the checkpoint to reach every gateway").await;
     let mut exports = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
@@ -575,16 +608,15 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
     for (id, seq) in &acks.seq {
         if seen.get(id) != Some(seq) {
             lost += 1;
-            eprintln!("upgrade: {id} acknowledged at {seq}, in the ledger at {:?}", seen.get(id));
+            eprintln!(
+                "upgrade: {id} acknowledged at {seq}, in the ledger at {:?}",
+                seen.get(id)
+            );
         }
     }
     let mut at = acks.at.clone();
     at.sort();
-    let pause = at
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let pause = at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
     eprintln!(
         "upgrade: {} writes acknowledged, {lost} lost, longest write pause {:.2} s, ledger {size} \
          entries, {:.0} s from the first write to the last",

@@ -300,15 +300,19 @@ impl Node {
         let mut outcomes = if commands.is_empty() {
             Vec::new().into_iter()
         } else {
-            let resp = self.raft.client_write(RaftRequest { commands, format }).await?;
+            let resp = self
+                .raft
+                .client_write(RaftRequest { commands, format })
+                .await?;
             resp.data.outcomes.into_iter()
         };
         Ok(held
             .into_iter()
             .map(|h| {
-                h.or_else(|| outcomes.next()).unwrap_or(ApplyOutcome::Refused {
-                    reason: "no outcome for this command".into(),
-                })
+                h.or_else(|| outcomes.next())
+                    .unwrap_or(ApplyOutcome::Refused {
+                        reason: "no outcome for this command".into(),
+                    })
             })
             .collect())
     }

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use ledger_node::raft::TypeConfig;
+use ledger_node::version::{self, VersionError};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -19,7 +20,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use ledger_node::version::{self, VersionError};
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -278,9 +278,8 @@ pub fn refused(
     if let Some(m) = metrics {
         m.version_refused(what);
     }
-    let warn = WARN.get_or_init(|| {
-        crate::service::limits::WarnLimiter::new(Duration::from_secs(60), 1)
-    });
+    let warn =
+        WARN.get_or_init(|| crate::service::limits::WarnLimiter::new(Duration::from_secs(60), 1));
     if let Some(left_out) = warn.allow(who, what) {
         tracing::error!(peer = who, what, left_out, "refused: {e}");
     }

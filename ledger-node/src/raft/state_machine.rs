@@ -912,7 +912,9 @@ mod tests {
     fn a_snapshot_of_a_newer_format_is_refused_naming_both_versions() {
         let mut bytes = b"MLSNAP07".to_vec();
         bytes.extend_from_slice(&[0; 16]);
-        let e = check_snapshot_start(&bytes).expect_err("MLSNAP07").to_string();
+        let e = check_snapshot_start(&bytes)
+            .expect_err("MLSNAP07")
+            .to_string();
         assert!(
             e.contains("\"MLSNAP07\"") && e.contains(crate::version::RELEASE),
             "{e}"
@@ -924,7 +926,10 @@ mod tests {
             .err()
             .expect("refused")
             .to_string();
-        assert!(e.contains("MLSNAP07") && e.contains(crate::version::RELEASE), "{e}");
+        assert!(
+            e.contains("MLSNAP07") && e.contains(crate::version::RELEASE),
+            "{e}"
+        );
         let e = SnapshotReader::new(&b"NOTASNAPSHOT"[..], 12, Path::new("snap"))
             .err()
             .expect("refused")

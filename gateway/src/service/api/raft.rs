@@ -36,7 +36,10 @@ fn msgpack<T: Serialize>(v: &T) -> Result<Response, ApiError> {
     let [release, protocol, format] = raft_net::version_headers();
     Ok((
         [
-            (axum::http::header::CONTENT_TYPE.as_str(), raft_net::MSGPACK.to_owned()),
+            (
+                axum::http::header::CONTENT_TYPE.as_str(),
+                raft_net::MSGPACK.to_owned(),
+            ),
             release,
             protocol,
             format,
@@ -65,7 +68,10 @@ pub async fn append(
         if let openraft::EntryPayload::Normal(r) = &e.payload {
             if let Err(v) = ledger_node::version::check_format(r.format) {
                 raft_net::refused(Some(&node.metrics), "leader", "command", &v);
-                return Err(ApiError::conflict(format!("log entry {}: {v}", e.log_id.index)));
+                return Err(ApiError::conflict(format!(
+                    "log entry {}: {v}",
+                    e.log_id.index
+                )));
             }
         }
     }
