@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn refusals_name_both_versions() {
-        let e = check_format(9).unwrap_err().to_string();
+        let e = check_format(9).expect_err("format 9").to_string();
         assert!(e.contains("format 9") && e.contains(RELEASE), "{e}");
         let e = VersionError::Protocol {
             peer: " 3".into(),
