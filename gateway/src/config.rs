@@ -10,6 +10,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The release this file was written for (`version = "0.2.0"`), optional: a file for a
+    /// newer release than this gateway's is refused naming both, before its keys are read.
+    pub version: Option<String>,
     pub node: NodeConfig,
     #[serde(default)]
     pub api: ApiConfig,
@@ -411,6 +414,35 @@ pub enum ConfigError {
     },
 }
 
+/// `MAJOR.MINOR.PATCH` as numbers.
+fn release_numbers(v: &str) -> Option<(u64, u64, u64)> {
+    let mut it = v.split('.').map(|p| p.parse::<u64>().ok());
+    let r = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(r)
+}
+
+/// The `version` key: a release `MAJOR.MINOR.PATCH` not newer than this gateway's.
+fn check_version(v: &toml::Value) -> Result<(), String> {
+    let ours = ledger_node::version::RELEASE;
+    let Some(text) = v.as_str() else {
+        return Err(format!(
+            "{v} is not a release such as \"{ours}\" (a string MAJOR.MINOR.PATCH)"
+        ));
+    };
+    let (Some(theirs), Some(mine)) = (release_numbers(text), release_numbers(ours)) else {
+        return Err(format!(
+            "{text:?} is not a release such as \"{ours}\" (MAJOR.MINOR.PATCH)"
+        ));
+    };
+    if theirs > mine {
+        return Err(format!(
+            "this file is written for release {text}, newer than this gateway's release {ours}: \
+             upgrade the gateway first (or write the file for {ours})"
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -425,15 +457,32 @@ impl Config {
 
     /// Parses and validates config text (`path` is only used in messages).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
         let invalid = |field, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             field,
             message,
         };
+        // The version first: a file for a newer release may have keys this one does not know,
+        // and "unknown field" alone would not say why.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            if let Some(v) = table.get("version") {
+                check_version(v).map_err(|m| invalid("version", m))?;
+            }
+        }
+        let mut c: Config = toml::from_str(text).map_err(|e| {
+            let mut message = e.to_string();
+            if message.contains("unknown field") {
+                message.push_str(&format!(
+                    "(this gateway runs release {}; a key a newer release introduced needs that \
+                     release, see the `version` key)",
+                    ledger_node::version::RELEASE
+                ));
+            }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
+        })?;
         if c.node.id == 0 {
             return Err(invalid("node.id", "must be a positive number".into()));
         }
@@ -575,6 +624,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_for_this_release_or_an_older_one_loads() {
+        for v in ["0.1.0", "0.2.0"] {
+            let c = Config::parse(
+                Path::new("t.toml"),
+                &format!("version = \"{v}\"\n[node]\nid = 3\n"),
+            )
+            .expect(v);
+            assert_eq!(c.version.as_deref(), Some(v));
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("[node]\nid = 0\n", "node.id"),
@@ -587,6 +648,20 @@ mod tests {
                 "raft.election_timeout_min_ms",
             ),
             ("[node]\nid = 1\ncolour = 2\n", "unknown field `colour`"),
+            (
+                "version = \"99.0.0\"\n[node]\nid = 1\n[node.new_thing]\nx = 1\n",
+                "version: this file is written for release 99.0.0, newer than this gateway's \
+                 release",
+            ),
+            (
+                "version = \"0.2\"\n[node]\nid = 1\n",
+                "version: \"0.2\" is not a release",
+            ),
+            (
+                "version = 2\n[node]\nid = 1\n",
+                "version: 2 is not a release",
+            ),
+            ("[node]\nid = 1\nfuture = 1\n", "this gateway runs release"),
             ("[node]\nid = \"x\"\n", "invalid type"),
             ("[api]\nlisten = \"1.2.3.4:1\"\n", "missing field `node`"),
             (

@@ -391,7 +391,10 @@ impl EntryBody {
 pub enum DecodeError {
     #[error("entry bytes end early at offset {0}")]
     Truncated(usize),
-    #[error("unknown entry version {0}")]
+    #[error(
+        "unknown entry version {0}: this release ({release}) reads entry version {ENTRY_VERSION}",
+        release = crate::version::RELEASE
+    )]
     Version(u8),
     #[error("field at offset {0} is not valid UTF-8")]
     Utf8(usize),

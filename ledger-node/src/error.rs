@@ -36,6 +36,9 @@ pub enum LedgerError {
     /// A proof that cannot exist was asked for.
     #[error(transparent)]
     ProofRequest(#[from] crate::merkle::ProofRequestError),
+    /// Something another release wrote that this one does not know.
+    #[error(transparent)]
+    Version(#[from] crate::version::VersionError),
     /// The ledger is shutting down.
     #[error("the ledger is shutting down")]
     ShuttingDown,

@@ -19,6 +19,7 @@ pub mod raft;
 pub mod sigcheck;
 pub mod sth;
 pub mod store;
+pub mod version;
 
 pub use entry::{ComponentInput, DisclosureClass, Entry, EventInput, EventKind};
 pub use error::LedgerError;

@@ -414,6 +414,17 @@ const META_CHECKPOINT: &str = "checkpoint";
 /// The co-signatures of the checkpoint (a JSON array of signed tree heads).
 const META_COSIGNATURES: &str = "cosignatures";
 
+/// The command format the store applies by (one byte in the size record); absent: format 1.
+const META_FORMAT: &str = "format";
+
+/// The format recorded in the size record's metadata.
+fn stored_format(metas: &std::collections::BTreeMap<String, Vec<u8>>) -> u8 {
+    match metas.get(META_FORMAT).map(Vec::as_slice) {
+        Some([f]) => *f,
+        _ => crate::version::FORMAT_V1,
+    }
+}
+
 fn key_entry(seq: u64) -> [u8; 9] {
     let mut k = [b'E'; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
@@ -980,7 +991,29 @@ impl Store {
         commands: &[Command],
         meta: &[(&str, Vec<u8>)],
     ) -> Result<Vec<ApplyOutcome>, LedgerError> {
+        self.apply_at(commands, |_| crate::version::FORMAT, meta)
+    }
+
+    /// [`Store::apply`] with each command's format (`format_of(i)` for `commands[i]`, the format
+    /// its Raft entry was proposed at): a command is applied by the rules of the higher of its
+    /// format and the store's (see [`crate::version::FORMAT`]). The store's format is raised, in
+    /// the same size record, by the first command of a higher one and never lowered, so a
+    /// replica that saw format 2 keeps its rules whoever leads next; it is replicated state
+    /// (snapshots carry it), so every replica applies each command by the same rules.
+    ///
+    /// A format this release does not know is an error (nothing applied), never a guess.
+    pub fn apply_at(
+        &self,
+        commands: &[Command],
+        format_of: impl Fn(usize) -> u8,
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<Vec<ApplyOutcome>, LedgerError> {
+        for i in 0..commands.len() {
+            crate::version::check_format(format_of(i))?;
+        }
         let mut w = self.lock_writer();
+        let stored_format = stored_format(&w.metas);
+        let mut format = stored_format;
         let mut frontier = w.frontier.clone();
         let mut batch = Writes::default();
         let mut pending = Pending {
@@ -992,7 +1025,8 @@ impl Store {
         // Sized up front: growing it batch after batch cost a measurable share of the writer.
         let mut new_ids: HashMap<String, u64> = HashMap::with_capacity(commands.len());
         let mut new_keys: HashMap<u64, [u8; 32]> = HashMap::new();
-        for cmd in commands {
+        for (i, cmd) in commands.iter().enumerate() {
+            format = format.max(format_of(i));
             let outcome = match cmd {
                 Command::RegisterNode {
                     node_id,
@@ -1023,6 +1057,7 @@ impl Store {
                 }
                 Command::Append(a) => self.apply_append(
                     a,
+                    format,
                     w.frontier.size(),
                     &mut frontier,
                     &mut batch,
@@ -1032,6 +1067,15 @@ impl Store {
                 Command::Checkpoint(head) => {
                     self.apply_checkpoint(head, &[], &new_keys, &mut batch, &mut pending)?
                 }
+                // Release 0.1.0 knows no such command: refused alike by every replica while
+                // the cluster applies format 1 (the leader does not propose it then).
+                Command::CosignedCheckpoint { .. } if format < 2 => ApplyOutcome::Refused {
+                    reason: format!(
+                        "a co-signed checkpoint needs command format 2 (release {}); the \
+                         cluster applies format {format}",
+                        crate::version::format_release(2)
+                    ),
+                },
                 Command::CosignedCheckpoint { head, cosignatures } => {
                     self.apply_checkpoint(head, cosignatures, &new_keys, &mut batch, &mut pending)?
                 }
@@ -1042,6 +1086,9 @@ impl Store {
             batch.insert(META_LAYOUT, [LAYOUT]);
         }
         let mut metas = w.metas.clone();
+        if format > stored_format {
+            metas.insert(META_FORMAT.to_owned(), vec![format]);
+        }
         for (name, value) in meta {
             metas.insert((*name).to_owned(), value.clone());
         }
@@ -1177,9 +1224,13 @@ impl Store {
         }
     }
 
+    // The apply's state travels as separate borrows (frontier, writes, ids, pending) and the
+    // command format beside them: a struct of them would only move the list.
+    #[allow(clippy::too_many_arguments)]
     fn apply_append(
         &self,
         a: &AppendCommand,
+        format: u8,
         batch_start: u64,
         frontier: &mut Frontier,
         batch: &mut Writes,
@@ -1203,6 +1254,24 @@ impl Store {
             }
         };
         let body: &EntryBody = &entry.body;
+        // Format 1 (release 0.1.0) has no such kinds: its decoder refuses them, and so must
+        // every replica while the cluster applies format 1.
+        if format < 2
+            && matches!(
+                body.kind,
+                EventKind::Review | EventKind::Approval | EventKind::Erasure
+            )
+        {
+            return Ok(ApplyOutcome::Refused {
+                reason: format!(
+                    "event kind {:?} needs command format 2 (release {}); the cluster applies \
+                     format {format} until every gateway runs release {} or later",
+                    body.kind.as_str(),
+                    crate::version::format_release(2),
+                    crate::version::format_release(2),
+                ),
+            });
+        }
         if let Some(id) = &body.event_id {
             if let Some(seq) = new_ids.get(id) {
                 return Ok(ApplyOutcome::Duplicate { seq: *seq });
@@ -1224,7 +1293,11 @@ impl Store {
                 });
             }
             // A correction concerns the same device as the entry it corrects: otherwise one
-            // device's history could silently rewrite another's (issue 14).
+            // device's history could silently rewrite another's (issue 14). Format 1 (release
+            // 0.1.0) did not check it; the leader holds such a correction back while the
+            // cluster applies format 1 (`required_format`).
+        }
+        if let (Some(c), true) = (body.corrects, format >= 2) {
             let target = self.record_in_apply(c, batch_start, batch, false)?;
             let target = self.parse_record(c, &target)?;
             let target =
@@ -1250,10 +1323,11 @@ impl Store {
             }
         }
         let is_erasure = body.kind == EventKind::Erasure;
+        // In format 1 an event id starting with `erasure:` is an event id like any other.
         let erasure_id = body
             .event_id
             .as_deref()
-            .filter(|id| id.starts_with(ERASURE_ID_PREFIX));
+            .filter(|id| format >= 2 && id.starts_with(ERASURE_ID_PREFIX));
         if is_erasure != erasure_id.is_some() {
             return Ok(ApplyOutcome::Refused {
                 reason: format!(
@@ -1713,6 +1787,53 @@ impl Store {
         Ok(out)
     }
 
+    /// The command format this store applies by: the highest a command of it was applied at
+    /// (see [`Store::apply_at`]).
+    pub fn format(&self) -> u8 {
+        stored_format(&self.lock_writer().metas)
+    }
+
+    /// The command format `cmd` needs: a command that format 1 (release 0.1.0) would apply
+    /// otherwise than this release needs format 2. The leader holds such a command back while a
+    /// member of the cluster applies an older format.
+    pub fn required_format(&self, cmd: &Command) -> Result<u8, LedgerError> {
+        let a = match cmd {
+            Command::Append(a) => a,
+            Command::CosignedCheckpoint { .. } => return Ok(2),
+            _ => return Ok(crate::version::FORMAT_V1),
+        };
+        let mut bytes = Vec::with_capacity(a.body.len() + 73);
+        bytes.push(crate::entry::ENTRY_VERSION);
+        bytes.extend_from_slice(&0u64.to_be_bytes());
+        bytes.extend_from_slice(&a.body);
+        bytes.extend_from_slice(&a.signature);
+        let Ok(body) = EntryRef::decode(&bytes) else {
+            // Refused alike by every format.
+            return Ok(crate::version::FORMAT_V1);
+        };
+        if matches!(
+            body.kind,
+            EventKind::Review | EventKind::Approval | EventKind::Erasure
+        ) || body
+            .event_id
+            .is_some_and(|id| id.starts_with(ERASURE_ID_PREFIX))
+        {
+            return Ok(2);
+        }
+        if let Some(c) = body.corrects {
+            if c < self.size() {
+                let record = self.record(c)?;
+                let target = self.parse_record(c, &record)?;
+                let target = EntryRef::decode(target.entry)
+                    .map_err(|e| LedgerError::corrupt(&self.path, e))?;
+                if target.device_id != body.device_id {
+                    return Ok(2);
+                }
+            }
+        }
+        Ok(crate::version::FORMAT_V1)
+    }
+
     /// Sequence number of the entry that carries `event_id`, if any.
     pub fn find_event_id(&self, event_id: &str) -> Result<Option<u64>, LedgerError> {
         match self.get(&key_event_id(event_id))? {
@@ -2168,6 +2289,81 @@ mod tests {
             .apply(&[by("sha256:tech", approve("a4", "s300", 0))], &[])
             .expect("apply");
         refused(&out[0], "someone other than the performer");
+    }
+
+    /// Format 1 (release 0.1.0) rules while the cluster applies format 1: a cross-device
+    /// correction and an `erasure:` event id on another kind are appended as 0.1.0 appends them,
+    /// the kinds 0.1.0 does not know are refused as it refuses them; the first format-2 command
+    /// raises the store's format for good (a later format-1 entry is applied by format 2), the
+    /// leader's `required_format` names what needs 2, and an unknown format is an error that
+    /// names both versions, with nothing applied.
+    #[test]
+    fn format_one_applies_as_release_0_1_0_until_the_cluster_moves_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[6; 32]);
+        let cmd = |e: EventInput| Command::Append(prepare(e, "t", 1, &key, 1).expect("prepare"));
+        let store = Store::open(dir.path()).expect("open");
+        let v1 = |_: usize| crate::version::FORMAT_V1;
+        let register = Command::RegisterNode {
+            node_id: 1,
+            public_key: key.verifying_key().to_bytes(),
+        };
+        store.apply_at(&[register], v1, &[]).expect("register");
+        assert_eq!(store.format(), 1);
+        let mut review = event("vent-icu-07", "r", Some(0));
+        review.kind = EventKind::Review;
+        let cross = cmd(event("pump-x", "b", Some(0)));
+        let cmds = [
+            cmd(event("vent-icu-07", "a", None)),
+            cross.clone(),
+            cmd(event("vent-icu-07", "erasure:0:result", None)),
+            cmd(review.clone()),
+            cmd(erasure("vent-icu-07", 0, "patient_mrn")),
+        ];
+        let out = store.apply_at(&cmds, v1, &[]).expect("apply");
+        store.publish();
+        assert!(matches!(out[0], ApplyOutcome::Appended { seq: 0, .. }));
+        assert!(matches!(out[1], ApplyOutcome::Appended { seq: 1, .. }));
+        assert!(matches!(out[2], ApplyOutcome::Appended { seq: 2, .. }));
+        for o in &out[3..] {
+            assert!(
+                matches!(o, ApplyOutcome::Refused { reason } if reason.contains("needs command format 2")),
+                "{o:?}"
+            );
+        }
+        assert_eq!(store.format(), 1);
+        // What the leader holds back while a member applies format 1.
+        assert_eq!(store.required_format(&cross).expect("required"), 2);
+        assert_eq!(store.required_format(&cmds[3]).expect("required"), 2);
+        assert_eq!(store.required_format(&cmds[4]).expect("required"), 2);
+        let same = cmd(event("vent-icu-07", "s", Some(0)));
+        assert_eq!(store.required_format(&same).expect("required"), 1);
+        // An unknown format: nothing applied, both versions named.
+        let e = store
+            .apply_at(std::slice::from_ref(&same), |_| 9, &[])
+            .expect_err("format 9");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("format 9") && msg.contains(crate::version::RELEASE),
+            "{msg}"
+        );
+        assert_eq!(store.size(), 3);
+        // Format 2 once: the store keeps its rules, also for entries that say format 1.
+        let out = store
+            .apply_at(&[cmd(review)], |_| 2, &[])
+            .expect("format 2");
+        assert!(matches!(out[0], ApplyOutcome::Appended { seq: 3, .. }));
+        assert_eq!(store.format(), 2);
+        let out = store
+            .apply_at(&[cmd(event("pump-x", "b2", Some(0)))], v1, &[])
+            .expect("apply");
+        assert!(
+            matches!(&out[0], ApplyOutcome::Refused { reason } if reason.contains("same device")),
+            "{out:?}"
+        );
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.format(), 2);
     }
 
     /// A correction of another device's entry and an erasure that does not match its target are

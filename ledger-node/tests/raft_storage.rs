@@ -97,7 +97,7 @@ fn commands(key: &SigningKey, node_id: u64, n: u64) -> Vec<Command> {
 fn normal(term: u64, index: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(RaftRequest { commands }),
+        payload: EntryPayload::Normal(RaftRequest::new(commands)),
     }
 }
 
@@ -844,9 +844,7 @@ mod cluster {
         let mut outcomes = Vec::new();
         for chunk in cmds.chunks(3) {
             let resp = leader
-                .client_write(RaftRequest {
-                    commands: chunk.to_vec(),
-                })
+                .client_write(RaftRequest::new(chunk.to_vec()))
                 .await
                 .expect("client write");
             assert_eq!(resp.data.outcomes.len(), chunk.len());
@@ -872,7 +870,7 @@ mod cluster {
         // The log id of the write itself: the leader's metrics may not show it applied yet when
         // the answer arrives, and waiting for an older index would compare the stores too soon.
         let last = leader
-            .client_write(RaftRequest { commands: more })
+            .client_write(RaftRequest::new(more))
             .await
             .expect("write after the learner joined")
             .log_id;

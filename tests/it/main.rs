@@ -20,4 +20,5 @@ mod records;
 mod registry;
 mod systemd;
 mod telemetry;
+mod upgrade;
 mod web;

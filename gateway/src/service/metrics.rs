@@ -30,6 +30,11 @@ struct IdentityLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -77,6 +82,9 @@ pub struct Metrics {
     outbox_max_bytes: Gauge,
     disk_free: Gauge,
     disk_reserve: Gauge,
+    /// Version refusals (issue 16, upgrades), by what was refused.
+    version_refused: Family<WhatLabel, Counter>,
+    cluster_format: Gauge,
     /// Set by telemetry when it runs; no outbox gauges without it.
     outbox_probe: std::sync::OnceLock<OutboxProbe>,
     /// The data directory's free-space reserve, read at each scrape.
@@ -209,7 +217,23 @@ impl Metrics {
             "Free space under which writes are refused (node.reserve_mb)",
             disk_reserve.clone(),
         );
+        let version_refused = Family::<WhatLabel, Counter>::default();
+        registry.register(
+            "version_refusals",
+            "Things another release sent that this gateway refused, by what (peer: a Raft RPC \
+             of an unknown peer protocol or malformed version header, command: a Raft entry of \
+             an unknown command format, snapshot: an unknown snapshot format)",
+            version_refused.clone(),
+        );
+        let cluster_format = Gauge::default();
+        registry.register(
+            "cluster_command_format",
+            "On the leader: the command format it proposes at, the highest every member applies",
+            cluster_format.clone(),
+        );
         Self {
+            version_refused,
+            cluster_format,
             registry,
             commit_latency,
             writes,
@@ -244,6 +268,20 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a version refusal (`peer`, `command`, `snapshot`).
+    pub fn version_refused(&self, what: &str) {
+        self.version_refused
+            .get_or_create(&WhatLabel {
+                what: what.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The command format the leader proposes at.
+    pub fn cluster_format(&self, format: u8) {
+        self.cluster_format.set(i64::from(format));
     }
 
     /// Records when a certificate (`identity`: e.g. `gateway:1`, `root`) expires.

@@ -144,6 +144,7 @@ impl Node {
             key_registered: tokio::sync::watch::Sender::new(None),
             site_root: std::fs::read_to_string(&config.tls.ca_file).ok(),
         });
+        let _ = node.peers.metrics.set(node.metrics.clone());
         tokio::spawn(proposer(
             node.clone(),
             rx,
@@ -288,15 +289,111 @@ impl Node {
         }
     }
 
+    /// The command format this gateway proposes at when it leads: the highest format every
+    /// member of the cluster applies (as their answers said, see `raft_net::PeerVersions`),
+    /// or the store's own once the cluster has moved to it (it never goes back).
+    pub fn cluster_format(&self) -> u8 {
+        let format = self
+            .store
+            .format()
+            .max(self.peers.versions.cluster_format(self.id, self.members()));
+        self.metrics.cluster_format(format);
+        format
+    }
+
+    /// The members of the cluster (voters and learners) in the membership this node knows.
+    fn members(&self) -> Vec<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Proposes `req` through this node's Raft. On the leader, the entry carries the cluster
+    /// format ([`Node::cluster_format`]) and a command that needs a newer format is held back:
+    /// answered with a refusal naming the members that are behind, never proposed, so that
+    /// no gateway of an older release receives what it would apply otherwise than the others.
+    /// Elsewhere openraft answers `ForwardToLeader`.
+    pub async fn propose(
+        &self,
+        req: &RaftRequest,
+    ) -> Result<Vec<ApplyOutcome>, RaftError<u64, ClientWriteError<u64, BasicNode>>> {
+        let leads = self.raft.metrics().borrow().current_leader == Some(self.id);
+        let mut format = if leads {
+            self.cluster_format()
+        } else {
+            ledger_node::version::FORMAT_V1
+        };
+        // A leader elected a moment ago may not have heard from every member yet; rather than
+        // hold a command back for that, give them a few heartbeats to answer.
+        if leads && format < ledger_node::version::FORMAT {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline
+                && self.peers.versions.any_unheard(self.id, self.members())
+                && req
+                    .commands
+                    .iter()
+                    .any(|c| self.store.required_format(c).unwrap_or(format) > format)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                format = self.cluster_format();
+            }
+        }
+        let mut held: Vec<Option<ApplyOutcome>> = vec![None; req.commands.len()];
+        let mut commands = Vec::with_capacity(req.commands.len());
+        for (i, c) in req.commands.iter().enumerate() {
+            let needs = if leads && format < ledger_node::version::FORMAT {
+                // A store read failing here only loses the better message: apply decides.
+                self.store.required_format(c).unwrap_or(format)
+            } else {
+                format
+            };
+            if needs > format {
+                let members = self.members();
+                held[i] = Some(ApplyOutcome::Refused {
+                    reason: format!(
+                        "held back until every gateway of the cluster runs release {} or later \
+                         (command format {needs}): {}",
+                        ledger_node::version::format_release(needs),
+                        self.peers.versions.behind(self.id, members)
+                    ),
+                });
+            } else {
+                commands.push(c.clone());
+            }
+        }
+        let mut outcomes = if commands.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            let resp = self
+                .raft
+                .client_write(RaftRequest { commands, format })
+                .await?;
+            resp.data.outcomes.into_iter()
+        };
+        Ok(held
+            .into_iter()
+            .map(|h| {
+                h.or_else(|| outcomes.next())
+                    .unwrap_or(ApplyOutcome::Refused {
+                        reason: "no outcome for this command".into(),
+                    })
+            })
+            .collect())
+    }
+
     /// Writes a batch as one Raft entry on this node if it leads, otherwise forwards it to the
     /// leader; retries until the write timeout while there is no leader.
     async fn write_batch(&self, commands: Vec<Command>) -> Result<Vec<ApplyOutcome>, WriteError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        let req = RaftRequest { commands };
+        let req = RaftRequest::new(commands);
         let mut last;
         loop {
-            match self.raft.client_write(req.clone()).await {
-                Ok(resp) => return Ok(resp.data.outcomes),
+            match self.propose(&req).await {
+                Ok(outcomes) => return Ok(outcomes),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
                         (Some(id), Some(n)) if id != self.id => {
@@ -341,6 +438,7 @@ impl Node {
                 reqwest::header::CONTENT_TYPE,
                 crate::service::raft_net::MSGPACK,
             )
+            .headers(crate::service::raft_net::request_headers())
             .body(crate::service::raft_net::encode(req)?)
             .send()
             .await?;
@@ -371,7 +469,13 @@ impl Node {
             }
         }
         let head = self.tree_head().map_err(|e| failed(&e))?;
-        let cosignatures = self.collect_cosignatures(&head).await;
+        // Co-signed checkpoints are command format 2: while the ledger applies format 1 (a
+        // cluster still running release 0.1.0 somewhere), the checkpoint is a plain one.
+        let cosignatures = if self.store.format() >= 2 {
+            self.collect_cosignatures(&head).await
+        } else {
+            Vec::new()
+        };
         let cmd = if cosignatures.is_empty() {
             Command::Checkpoint(head)
         } else {

@@ -496,7 +496,7 @@ mod tests {
             .collect();
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: openraft::EntryPayload::Normal(super::super::RaftRequest { commands }),
+            payload: openraft::EntryPayload::Normal(super::super::RaftRequest::new(commands)),
         }
     }
 

@@ -336,6 +336,19 @@ type OwnedPair = (Vec<u8>, Vec<u8>);
 /// Reads a snapshot's pairs from `r`, which holds `content` bytes before the checksum (checked
 /// beforehand by [`check_sum`]). Every length is checked against what is left, so damaged or
 /// hostile input is an error, never a panic or a huge allocation.
+/// Checks the start of a snapshot as it arrives (its first chunk): a snapshot of a format this
+/// release does not read is refused before anything is written, with both releases named.
+pub fn check_snapshot_start(chunk: &[u8]) -> Result<(), crate::version::VersionError> {
+    match chunk.get(..MAGIC.len()) {
+        Some(m) if m != MAGIC && m != MAGIC_V1 && m.starts_with(b"MLSNAP") => {
+            Err(crate::version::VersionError::Snapshot {
+                found: String::from_utf8_lossy(m).into_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 struct SnapshotReader<R: Read> {
     r: R,
     left: u64,
@@ -355,6 +368,13 @@ impl<R: Read> SnapshotReader<R> {
         let v1 = match magic.as_slice() {
             m if m == MAGIC => false,
             m if m == MAGIC_V1 => true,
+            // A later format of ours: say so, naming this release, rather than "not a snapshot".
+            m if m.starts_with(b"MLSNAP") => {
+                return Err(crate::version::VersionError::Snapshot {
+                    found: String::from_utf8_lossy(m).into_owned(),
+                }
+                .into())
+            }
             _ => return Err(corrupt(path, "not a medledger snapshot")),
         };
         let len = reader(4, &mut left)?;
@@ -760,6 +780,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // All commands of all entries go through one `Store::apply`, one atomic batch: apply is
         // sequential within a batch, so this gives the same result as one call per entry.
         let mut commands: Vec<Command> = Vec::new();
+        // The command format of each command: its entry's (`RaftRequest::format`).
+        let mut formats: Vec<u8> = Vec::new();
         let mut per_entry: Vec<usize> = Vec::new();
         let mut last: Option<LogId> = None;
         let mut first: Option<LogId> = None;
@@ -770,6 +792,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => per_entry.push(0),
                 EntryPayload::Normal(req) => {
                     per_entry.push(req.commands.len());
+                    formats.extend(std::iter::repeat_n(req.format, req.commands.len()));
                     commands.extend(req.commands);
                 }
                 EntryPayload::Membership(m) => {
@@ -801,7 +824,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let outcomes = self
             .store
-            .apply(&commands, &meta)
+            .apply_at(&commands, |i| formats[i], &meta)
             .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
         if outcomes.len() != commands.len() {
             return Err(write(&format!(
@@ -964,6 +987,37 @@ mod tests {
         replace_snapshot_file(&lock, &tmp, &path, Some(openraft::testing::log_id(2, 1, 9)))
             .expect("replace");
         assert_eq!(std::fs::read(&path).expect("read"), b"newer");
+    }
+
+    /// A snapshot of a later format is refused at its first chunk and when opened, naming the
+    /// format found and this release; other bytes stay "not a medledger snapshot".
+    #[test]
+    fn a_snapshot_of_a_newer_format_is_refused_naming_both_versions() {
+        let mut bytes = b"MLSNAP07".to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let e = check_snapshot_start(&bytes)
+            .expect_err("MLSNAP07")
+            .to_string();
+        assert!(
+            e.contains("\"MLSNAP07\"") && e.contains(crate::version::RELEASE),
+            "{e}"
+        );
+        assert!(check_snapshot_start(b"MLSNAP02rest").is_ok());
+        assert!(check_snapshot_start(b"MLSNAP01rest").is_ok());
+        let len = bytes.len() as u64;
+        let e = SnapshotReader::new(&bytes[..], len, Path::new("snap"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("MLSNAP07") && e.contains(crate::version::RELEASE),
+            "{e}"
+        );
+        let e = SnapshotReader::new(&b"NOTASNAPSHOT"[..], 12, Path::new("snap"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("not a medledger snapshot"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,30 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftRequest {
     pub commands: Vec<Command>,
+    /// The command format the leader proposed this entry at ([`crate::version::FORMAT`]): the
+    /// rules every replica applies its commands by. Absent (release 0.1.0, and any entry
+    /// proposed while a member of the cluster runs 0.1.0) means format 1, and is then left out
+    /// of the bytes, so that a 0.1.0 gateway receives what 0.1.0 itself writes.
+    #[serde(default = "format_v1", skip_serializing_if = "is_format_v1")]
+    pub format: u8,
+}
+
+impl RaftRequest {
+    /// A request of the oldest format: the leader raises it when every member reads more.
+    pub fn new(commands: Vec<Command>) -> Self {
+        RaftRequest {
+            commands,
+            format: crate::version::FORMAT_V1,
+        }
+    }
+}
+
+fn format_v1() -> u8 {
+    crate::version::FORMAT_V1
+}
+
+fn is_format_v1(f: &u8) -> bool {
+    *f == crate::version::FORMAT_V1
 }
 
 /// What applying one Raft entry did: one outcome per command of a normal entry, none for blank
