@@ -466,10 +466,8 @@ async fn forged_approval_is_refused(site: &Site, addrs: &[String], original: &Va
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let cmd =
         ledger_node::ledger::prepare(forged, author, 1, &key, 1_800_000_000_000).expect("prepare");
-    let body = raft_net::encode(&RaftRequest {
-        commands: vec![ledger_node::Command::Append(cmd)],
-    })
-    .expect("encode");
+    let body = raft_net::encode(&RaftRequest::new(vec![ledger_node::Command::Append(cmd)]))
+        .expect("encode");
     let gateway = site.client_for(&CertSpec::gateway("9"));
     let answer: RaftResponse = eventually(
         "the leader to take the raw command",
