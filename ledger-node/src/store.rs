@@ -2348,10 +2348,11 @@ mod tests {
             "{msg}"
         );
         assert_eq!(store.size(), 3);
-        // Format 2 once: the store keeps its rules, also for entries that say format 1.
-        let out = store
-            .apply_at(&[cmd(review)], |_| 2, &[])
-            .expect("format 2");
+        // Format 2 once: the store keeps its rules, also for entries that say format 1. (A
+        // review is then checked as a Part 11 record: signed, by someone else, naming entry 0.)
+        let review = signed(EventKind::Review, "vent-icu-07", "r", "s200", Some(0));
+        let review = Command::Append(prepare(review, "sup", 1, &key, 1).expect("prepare"));
+        let out = store.apply_at(&[review], |_| 2, &[]).expect("format 2");
         assert!(matches!(out[0], ApplyOutcome::Appended { seq: 3, .. }));
         assert_eq!(store.format(), 2);
         let out = store
