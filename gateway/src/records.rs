@@ -18,6 +18,10 @@ use certs::{Identity, Profile, StaffRole};
 use ledger_node::entry::{ComponentInput, DisclosureClass, Entry, Opening, SIGNATURE_COMPONENT};
 use serde::{Deserialize, Serialize};
 
+/// Device ids of the web page's sign-in audit entries (`staff:<account>`): not devices, so
+/// the registry leaves them out.
+pub const STAFF_PREFIX: &str = "staff:";
+
 /// What a signature means (§11.50(a)(3)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

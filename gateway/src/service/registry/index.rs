@@ -411,7 +411,7 @@ impl Index {
             return;
         }
         // Sign-in audit entries of the web page (`service::web::audit`) are about staff.
-        if id.starts_with(crate::service::web::audit::STAFF_PREFIX) {
+        if id.starts_with(crate::records::STAFF_PREFIX) {
             return;
         }
         if id.starts_with(RECALL_PREFIX) {

@@ -559,6 +559,16 @@ const MAX_BATCH: usize = 512;
 /// At most this many outbox events share one Raft entry on their way to the ledger.
 const DRAIN_BATCH: usize = 64;
 
+/// What a batch holds until its outbox write: events not yet written, the messages waiting
+/// for them, and their arrival times.
+#[derive(Default)]
+struct Held {
+    events: Vec<RuleEvent>,
+    bytes: u64,
+    acks: Vec<MqttMessage>,
+    arrivals: Vec<i64>,
+}
+
 /// One input of the pipeline.
 enum Input {
     Message(MqttMessage),
@@ -644,15 +654,18 @@ impl Pipeline {
     async fn batch(&mut self, batch: Vec<Input>) -> Result<(), Stop> {
         // A data directory below its reserve counts as a full outbox: the samples that raise no
         // event are dropped (and counted), and a rule event waits in `commit`.
-        let full = self.outbox.is_full() || self.disk.check().is_err();
-        let mut evs = Vec::new();
-        let mut acks = Vec::new();
-        let mut arrivals = Vec::new();
+        let disk_low = self.disk.check().is_err();
+        let mut held = Held::default();
         for input in batch {
+            // Full as the outbox will be once what this batch holds is written.
+            let full = disk_low || self.outbox.is_full_after(held.bytes);
+            let mut evs = Vec::new();
+            let mut arrivals = Vec::new();
+            let mut message = None;
             match input {
                 Input::Message(m) => {
                     self.values("mqtt", &m.values, full, &mut evs, &mut arrivals);
-                    acks.push(m);
+                    message = Some(m);
                 }
                 Input::Adapter(AdapterEvent::Telemetry(t)) => self.values(
                     "modbus",
@@ -663,14 +676,32 @@ impl Pipeline {
                 ),
                 Input::Adapter(AdapterEvent::Status(s)) => evs.extend(self.engine.on_status(&s)),
             }
+            if !evs.is_empty() {
+                let bytes: u64 = Outbox::encode(&evs).iter().map(|b| b.len() as u64).sum();
+                // Near the bound, what the batch holds goes first (and its messages are
+                // acknowledged): the outbox fills event by event as it would without batching,
+                // and a write never waits for more room than its latest events need.
+                if !held.events.is_empty() && !self.outbox.has_room(held.bytes + bytes) {
+                    self.flush(&mut held).await?;
+                }
+                held.bytes += bytes;
+                held.events.extend(evs);
+            }
+            held.acks.extend(message);
+            held.arrivals.extend(arrivals);
         }
-        self.commit(evs).await?;
-        // Only now: the events these messages caused are on disk.
-        for m in acks {
+        self.flush(&mut held).await
+    }
+
+    /// Writes what a batch holds to the outbox, and only then acknowledges its messages.
+    async fn flush(&mut self, held: &mut Held) -> Result<(), Stop> {
+        self.commit(std::mem::take(&mut held.events)).await?;
+        held.bytes = 0;
+        for m in held.acks.drain(..) {
             m.ack();
         }
         let now = ledger_node::ledger::now_ms();
-        for arrived in arrivals {
+        for arrived in held.arrivals.drain(..) {
             self.counters.latency.record(now.saturating_sub(arrived));
         }
         Ok(())

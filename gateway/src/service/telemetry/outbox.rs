@@ -143,8 +143,17 @@ impl Outbox {
     /// smaller) of its bound. Samples that raise no event are then dropped and counted; the
     /// headroom keeps taking rule events until it too runs out, and then they wait.
     pub fn is_full(&self) -> bool {
+        self.is_full_after(0)
+    }
+
+    /// Whether the outbox counts as full once `pending` more bytes are written.
+    pub fn is_full_after(&self, pending: u64) -> bool {
         let headroom = FULL_HEADROOM.min(self.max_bytes / 4);
-        self.lock().bytes.saturating_add(headroom) >= self.max_bytes
+        self.lock()
+            .bytes
+            .saturating_add(pending)
+            .saturating_add(headroom)
+            >= self.max_bytes
     }
 
     /// Whether `bytes` more fit. An empty outbox takes anything, so one event larger than the

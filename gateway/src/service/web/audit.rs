@@ -20,10 +20,8 @@ use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Audit;
+use crate::records::STAFF_PREFIX;
 use crate::service::node::Node;
-
-/// Device ids of sign-in audit entries (`staff:<account>`).
-pub const STAFF_PREFIX: &str = "staff:";
 
 /// How many audit records may wait for the ledger.
 pub const QUEUE: usize = 1024;
