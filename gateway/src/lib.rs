@@ -7,6 +7,7 @@
 //! request type of a maintenance event, shared by import, API and CLI).
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod event;

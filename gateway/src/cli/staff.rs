@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::service::web::accounts::{AccountError, Accounts};
+use crate::accounts::{AccountError, Accounts};
 
 #[derive(Args, Debug)]
 pub struct StaffDir {

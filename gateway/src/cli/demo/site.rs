@@ -148,7 +148,7 @@ pub async fn add_web_account(l: &Layout, id: u64) -> anyhow::Result<String> {
         .take(16)
         .map(char::from)
         .collect();
-    let accounts = crate::service::web::accounts::Accounts::in_data_dir(&l.gateway_dir(id));
+    let accounts = crate::accounts::Accounts::in_data_dir(&l.gateway_dir(id));
     let pw = password.clone();
     tokio::task::spawn_blocking(move || {
         accounts.add(STAFF_ID, "Demo Biomed", certs::StaffRole::Biomed, &pw)

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::extract::PathParams;
 use super::ApiError;
 use crate::service::node::Node;
-use crate::service::web::accounts::{check_id, Accounts};
+use crate::accounts::{check_id, Accounts};
 
 #[derive(Deserialize)]
 pub struct AccountParam {

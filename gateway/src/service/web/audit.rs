@@ -28,7 +28,7 @@ pub const QUEUE: usize = 1024;
 
 /// The ledger event of `a` on gateway `node_id`.
 pub fn event(a: &Audit, node_id: u64) -> EventInput {
-    let valid = super::accounts::check_id(&a.account).is_ok();
+    let valid = crate::accounts::check_id(&a.account).is_ok();
     let comp = |name: &str, value: serde_json::Value| ComponentInput {
         name: name.into(),
         class: DisclosureClass::Maintenance,

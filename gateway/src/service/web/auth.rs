@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use certs::{Identity, Profile, StaffRole};
 use sha2::{Digest, Sha256};
 
-use super::accounts::{verify_password, Account, Accounts};
+use crate::accounts::{verify_password, Account, Accounts};
 use crate::config::WebSection;
 
 /// The session cookie's name; `__Host-` makes browsers refuse it unless Secure, Path=/ and
@@ -130,12 +130,12 @@ impl Auth {
     /// only), the newest (`changed_ms`) winning. So `medledger staff add` on one gateway lets
     /// the person sign in on every gateway that reaches it, and a `passwd` or `lock` there
     /// applies everywhere at the next sign-in, without a password hash in the ledger.
-    pub async fn lookup(&self, id: &str) -> Result<Option<Account>, super::accounts::AccountError> {
+    pub async fn lookup(&self, id: &str) -> Result<Option<Account>, crate::accounts::AccountError> {
         let local = self.accounts.get(id)?;
         let Some(node) = &self.cluster else {
             return Ok(local);
         };
-        if super::accounts::check_id(id).is_err() {
+        if crate::accounts::check_id(id).is_err() {
             return Ok(local);
         }
         let peers: Vec<String> = node

@@ -15,7 +15,6 @@
 //! signatures go through `service::records`, as on the API: a record signed here carries the
 //! same `signature` component as one signed over the API.
 
-pub mod accounts;
 pub mod audit;
 pub mod auth;
 mod chart;
@@ -77,7 +76,7 @@ pub async fn start(
     );
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(audit::QUEUE);
     tasks.spawn(audit::run(node.clone(), author, audit_rx, serving.clone()));
-    let auth = auth::Auth::new(accounts::Accounts::in_data_dir(&config.node.data_dir), web)
+    let auth = auth::Auth::new(crate::accounts::Accounts::in_data_dir(&config.node.data_dir), web)
         .with_audit(audit_tx)
         .with_cluster(node.clone());
     let state = Arc::new(Web {
