@@ -323,22 +323,26 @@ struct Writers {
 impl Writers {
     fn start(
         client: &reqwest::Client,
-        addrs: &[String],
+        nodes: &[&PNode],
         prefix: &str,
         n: usize,
         acked: &Acked,
     ) -> Self {
+        let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
+        let logs: Arc<Vec<PathBuf>> =
+            Arc::new(nodes.iter().map(|n| n.gw.dir.join("gateway.log")).collect());
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(0));
-        let addrs = Arc::new(addrs.to_vec());
+        let addrs = Arc::new(addrs);
         let tasks = (0..n)
             .map(|w| {
-                let (client, addrs, next, acked, stop) = (
+                let (client, addrs, next, acked, stop, logs) = (
                     client.clone(),
                     addrs.clone(),
                     next.clone(),
                     acked.clone(),
                     stop.clone(),
+                    logs.clone(),
                 );
                 let prefix = prefix.to_string();
                 tokio::spawn(async move {
@@ -348,6 +352,8 @@ impl Writers {
                         let id = format!("{prefix}-{i}");
                         let body = event(&id, i);
                         let deadline = Instant::now() + Duration::from_secs(120);
+                        // What each gateway last answered, for the message if none takes it.
+                        let mut answers: HashMap<String, String> = HashMap::new();
                         loop {
                             let addr = &addrs[node % addrs.len()];
                             let r = client
@@ -355,18 +361,29 @@ impl Writers {
                                 .json(&body)
                                 .send()
                                 .await;
-                            if let Ok(r) = r {
-                                if r.status().is_success() {
+                            match r {
+                                Ok(r) if r.status().is_success() => {
                                     let v: Value = r.json().await.expect("json");
                                     let seq = v["seq"].as_u64().expect("seq");
                                     acked.lock().expect("lock").insert(id, seq);
                                     break;
                                 }
+                                Ok(r) => {
+                                    let status = r.status();
+                                    let text = r.text().await.unwrap_or_default();
+                                    answers.insert(addr.clone(), format!("{status}: {text}"));
+                                }
+                                Err(e) => {
+                                    answers.insert(addr.clone(), format!("error: {e}"));
+                                }
                             }
-                            assert!(
-                                Instant::now() < deadline,
-                                "event {id} not acknowledged within 120 s"
-                            );
+                            if Instant::now() >= deadline {
+                                panic!(
+                                    "event {id} not acknowledged within 120 s; last answers: \
+                                     {answers:#?}\n{}",
+                                    keep_logs(&logs)
+                                );
+                            }
                             node += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
@@ -384,6 +401,26 @@ impl Writers {
             t.await.expect("writer task");
         }
     }
+}
+
+/// Keeps the gateways' logs in `$TMPDIR/medledger-powerloss-<pid>` (the site's directory goes
+/// when the test fails) and returns where, with each log's last lines.
+fn keep_logs(logs: &[PathBuf]) -> String {
+    let keep = std::env::temp_dir().join(format!("medledger-powerloss-{}", std::process::id()));
+    let _ = fs::create_dir_all(&keep);
+    let mut out = format!("logs kept in {}", keep.display());
+    for (i, log) in logs.iter().enumerate() {
+        let name = log.parent().and_then(|d| d.file_name()).map_or_else(
+            || format!("gateway{i}"),
+            |d| d.to_string_lossy().into_owned(),
+        );
+        let _ = fs::copy(log, keep.join(format!("{name}.log")));
+        let t = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        out.push_str(&format!("\n--- {} (last lines):\n{tail}", log.display()));
+    }
+    out
 }
 
 fn acked_count(acked: &Acked) -> usize {
@@ -653,13 +690,18 @@ async fn power_cut_one_gateway_under_writes() {
     let mut nodes = start_site(&site, 1, "").await;
     let admin = site.staff_client("it-admin", StaffRole::Admin);
     let writer = site.staff_client("it-biomed", StaffRole::Biomed);
-    let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
     let acked: Acked = Arc::default();
     let mut tally = Tally::default();
     for (round, seed) in seeds.into_iter().enumerate() {
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let writers = Writers::start(&writer, &addrs, &format!("r{round}"), 8, &acked);
+        let writers = Writers::start(
+            &writer,
+            &nodes.iter().collect::<Vec<_>>(),
+            &format!("r{round}"),
+            8,
+            &acked,
+        );
         let target = acked_count(&acked) + rng.range(20, 300) as usize;
         until_acked(&acked, target, "writes before the cut").await;
         let t1 = t.elapsed();
@@ -720,13 +762,18 @@ async fn power_cut_whole_site_under_writes() {
     let mut nodes = start_site(&site, 3, "").await;
     let admin = site.staff_client("it-admin", StaffRole::Admin);
     let writer = site.staff_client("it-biomed", StaffRole::Biomed);
-    let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
     let acked: Acked = Arc::default();
     let mut tally = Tally::default();
     for (round, seed) in seeds.into_iter().enumerate() {
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let writers = Writers::start(&writer, &addrs, &format!("r{round}"), 12, &acked);
+        let writers = Writers::start(
+            &writer,
+            &nodes.iter().collect::<Vec<_>>(),
+            &format!("r{round}"),
+            12,
+            &acked,
+        );
         let target = acked_count(&acked) + rng.range(20, 300) as usize;
         until_acked(&acked, target, "writes before the cut").await;
         // The power goes everywhere at the same moment: every process dies before any volume
@@ -791,7 +838,13 @@ async fn power_cut_one_of_three_gateways() {
     for (round, seed) in seeds.into_iter().enumerate() {
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let writers = Writers::start(&writer, &addrs, &format!("r{round}"), 12, &acked);
+        let writers = Writers::start(
+            &writer,
+            &nodes.iter().collect::<Vec<_>>(),
+            &format!("r{round}"),
+            12,
+            &acked,
+        );
         let target = acked_count(&acked) + rng.range(20, 300) as usize;
         until_acked(&acked, target, "writes before the cut").await;
         let leader = status(&admin, &addrs[0])
@@ -1100,16 +1153,17 @@ async fn applied_of(admin: &reqwest::Client, addr: &str) -> u64 {
 async fn write_until_purged(
     admin: &reqwest::Client,
     writer: &reqwest::Client,
-    addrs: &[String],
+    nodes: &[PNode],
     behind: usize,
     applied: u64,
     leader: u64,
     round: usize,
     acked: &Acked,
 ) -> Writers {
-    let others: Vec<String> = (0..addrs.len())
+    let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
+    let others: Vec<&PNode> = (0..nodes.len())
         .filter(|i| *i != behind)
-        .map(|i| addrs[i].clone())
+        .map(|i| &nodes[i])
         .collect();
     let writers = Writers::start(writer, &others, &format!("r{round}"), 12, acked);
     let leader_addr = addrs[(leader - 1) as usize].clone();
@@ -1177,7 +1231,7 @@ async fn snapshot_rounds(test: &str, found: &[u64], cut_sender: bool) {
             tally.add(&nodes[behind].cut(&mut rng));
         }
         let writers = write_until_purged(
-            &admin, &writer, &addrs, behind, applied, leader, round, &acked,
+            &admin, &writer, &nodes, behind, applied, leader, round, &acked,
         )
         .await;
         // The sender goes on taking writes (and building snapshots) while it sends.

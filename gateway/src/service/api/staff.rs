@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::extract::PathParams;
 use super::ApiError;
-use crate::service::node::Node;
 use crate::accounts::{check_id, Accounts};
+use crate::service::node::Node;
 
 #[derive(Deserialize)]
 pub struct AccountParam {

@@ -76,9 +76,12 @@ pub async fn start(
     );
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(audit::QUEUE);
     tasks.spawn(audit::run(node.clone(), author, audit_rx, serving.clone()));
-    let auth = auth::Auth::new(crate::accounts::Accounts::in_data_dir(&config.node.data_dir), web)
-        .with_audit(audit_tx)
-        .with_cluster(node.clone());
+    let auth = auth::Auth::new(
+        crate::accounts::Accounts::in_data_dir(&config.node.data_dir),
+        web,
+    )
+    .with_audit(audit_tx)
+    .with_cluster(node.clone());
     let state = Arc::new(Web {
         node,
         auth,
