@@ -367,13 +367,42 @@ mod cluster {
         start_ms: i64,
     ) -> anyhow::Result<()> {
         let site = Site::new();
+        let r = run_on(&site, entries, devices, runs, cache_mib, start_ms).await;
+        if r.is_err() {
+            // The site's directory goes with `site`: keep what explains the failure.
+            let keep = std::env::temp_dir().join(format!("registry-bench-{}", std::process::id()));
+            for i in 1..=3 {
+                let log = site.dir.path().join(format!("node{i}")).join("gateway.log");
+                if let Ok(text) = std::fs::read_to_string(&log) {
+                    let _ = std::fs::create_dir_all(&keep);
+                    let _ = std::fs::write(keep.join(format!("node{i}.log")), &text);
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("--- gateway {i}, last lines of its log:");
+                    for l in &lines[lines.len().saturating_sub(20)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+            eprintln!("gateway logs kept in {}", keep.display());
+        }
+        r
+    }
+
+    async fn run_on(
+        site: &Site,
+        entries: u64,
+        devices: u64,
+        runs: usize,
+        cache_mib: u64,
+        start_ms: i64,
+    ) -> anyhow::Result<()> {
         let mut extra = "[raft]\nsnapshot_after_logs = 10\nsnapshot_growth_percent = 0\n\
                          keep_logs_after_snapshot = 0\n"
             .to_owned();
         if cache_mib > 0 {
             extra += &format!("[ledger]\ncache_mib = {cache_mib}\n");
         }
-        let mut nodes: Vec<Gateway> = (1..=3).map(|i| Gateway::new(&site, i, &extra)).collect();
+        let mut nodes: Vec<Gateway> = (1..=3).map(|i| Gateway::new(site, i, &extra)).collect();
         let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
 
         // The ledger, straight into the store gateway 1's `medledger run` opens

@@ -622,7 +622,12 @@ async fn a_learner_joins_late_and_catches_up_from_a_snapshot() {
         "the leader never purged its log: {s}"
     );
 
-    let mut learner = Gateway::new(&site, 2, small_logs);
+    let learner_health = format!("127.0.0.1:{}", medledger_tests::free_port());
+    let mut learner = Gateway::new(
+        &site,
+        2,
+        &format!("health_listen = \"{learner_health}\"\n{small_logs}"),
+    );
     learner.start();
     let learner_addr = learner.addr();
     eventually("the learner to listen", Duration::from_secs(30), || {
@@ -668,6 +673,24 @@ async fn a_learner_joins_late_and_catches_up_from_a_snapshot() {
         "the learner did not install a snapshot: {s}"
     );
     assert_eq!(s["state"], "Learner");
+    // It registered its key once: the leader's answer lets its writes through; it does not
+    // register again every 2 s while it installs the snapshot (each registration is a Raft log
+    // entry, and with small logs every few of them made the leader copy its ledger into a new
+    // snapshot, which started the learner's transfer over).
+    let (code, metrics) = crate::ops::get(&learner_health, "/metrics")
+        .await
+        .expect("the learner's metrics");
+    assert_eq!(code, 200);
+    let registrations: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("medledger_writes_total{") && l.contains("node_registered"))
+        .collect();
+    assert_eq!(
+        registrations,
+        vec!["medledger_writes_total{outcome=\"node_registered\"} 1"],
+        "after catching up for {:?}",
+        caught_up.elapsed()
+    );
     // Read-only: it serves a device's history and refuses writes.
     let h: Value = admin
         .get(format!("https://{learner_addr}/v1/devices/pump-7/history"))

@@ -74,11 +74,12 @@ pub struct Node {
     pub disk: Arc<crate::service::disk::DiskGuard>,
     proposals: mpsc::Sender<(Command, Reply)>,
     write_timeout: Duration,
-    /// Whether this node has applied the registration of its own key ([`register_key`]). Until
-    /// it has, nothing this node signs is proposed: an entry or checkpoint signed with a key the
-    /// ledger does not hold yet would make an export or receipt cut after it name a key it does
-    /// not carry. Proposed only after the registration is applied here, it comes after the
-    /// registration in the Raft log, so every replica applies the key first.
+    /// Whether the registration of this node's own key is in the ledger: applied here, or
+    /// committed and applied by the leader ([`register_key`]). Until it is, nothing this node
+    /// signs is proposed: an entry or checkpoint signed with a key the ledger does not hold yet
+    /// would make an export or receipt cut after it name a key it does not carry. Proposed only
+    /// after the registration is committed, it comes after the registration in the Raft log, so
+    /// every replica applies the key first.
     /// `None` while the registration is pending, then `Ok` or why the cluster refused it.
     key_registered: tokio::sync::watch::Sender<Option<Result<(), String>>>,
     /// The site root this gateway trusts (`[tls] ca_file`, PEM), which `GET /v1/keys` serves at
@@ -865,8 +866,10 @@ fn snapshot_estimate(node: &Node) -> u64 {
 }
 
 /// Makes this node's public key part of the replicated ledger, so that every replica and every
-/// export can check the entries this node signs; once the registration is applied here, lets
-/// this node's writes through (see [`Node::key_registered`]).
+/// export can check the entries this node signs; once the registration is applied here or the
+/// leader answers that it applied it, lets this node's writes through (see
+/// [`Node::key_registered`]). One registration is proposed at a time, the next only after an
+/// attempt failed.
 async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
     let public_key = node.key.verifying_key().to_bytes();
     let mut applied = node.raft.metrics();
@@ -881,11 +884,11 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
             node.key_registered.send_replace(Some(Ok(())));
             return;
         }
-        // A registration accepted by the leader is applied here soon after: wait for it rather
-        // than submit it again.
+        // After a failed attempt (no leader, a leader change), the next one waits a little: an
+        // attempt whose answer was lost may still be committed, and each attempt is a log entry.
         let pending = submitted.is_some_and(|t| t.elapsed() < Duration::from_secs(2));
         if !pending && node.raft.metrics().borrow().current_leader.is_some() {
-            submitted = None;
+            submitted = Some(Instant::now());
             match node
                 .submit(Command::RegisterNode {
                     node_id: node.id,
@@ -898,7 +901,17 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
                     node.key_registered.send_replace(Some(Err(reason)));
                     return;
                 }
-                Ok(_) => submitted = Some(Instant::now()),
+                // Committed and applied by the leader: every entry this node proposes from now
+                // on comes after it in the log, so its writes may go through, even while this
+                // node is still catching up to it (a learner installing a large snapshot took
+                // minutes; registering again every 2 s meanwhile filled the log with
+                // registrations, and each 10 of them made the leader copy its ledger into a new
+                // snapshot: `registry-bench --cluster` at 1,000,000 entries).
+                Ok(ApplyOutcome::NodeRegistered { .. }) => {
+                    node.key_registered.send_replace(Some(Ok(())));
+                    return;
+                }
+                Ok(other) => tracing::warn!(outcome = ?other, "unexpected answer to the node key"),
                 Err(e) => tracing::debug!(error = %e, "registering the node key; will retry"),
             }
         }
