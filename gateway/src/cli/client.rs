@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::json;
 
 use crate::config::Config;
@@ -121,10 +121,23 @@ pub async fn call_waiting(
 
 fn give_up(why: anyhow::Error, wait: Duration) -> anyhow::Error {
     why.context(format!(
-        "gave up after {} s: no leader could take the request (is the cluster initialised, and \
-         are a majority of its voters running and reachable?)",
+        "gave up after {} s: no leader took the request (is the cluster initialised, and are a \
+         majority of its voters running and reachable?)",
         wait.as_secs()
     ))
+}
+
+/// Why a request to `url` got no answer: a gateway that accepted the connection but did not
+/// answer in time is not the same trouble as one nobody listens for.
+fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
+    if e.is_timeout() && !e.is_connect() {
+        anyhow::Error::new(e).context(format!(
+            "{url} took the connection but did not answer within the client's timeout (a busy \
+             or stalled gateway: see its log)"
+        ))
+    } else {
+        anyhow::Error::new(e).context(format!("cannot reach {url}"))
+    }
 }
 
 /// POSTs `body` as JSON to `url`; the error names `url` when the gateway cannot be reached.
@@ -137,7 +150,7 @@ pub async fn post_json(
         .json(body)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))
+        .map_err(|e| unreachable(url, e))
 }
 
 /// Runs a call on the leader, found through `addr` (any member). While an election is under way
@@ -172,7 +185,7 @@ pub async fn fetch_status(http: &reqwest::Client, addr: &str) -> anyhow::Result<
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?;
+        .map_err(|e| unreachable(&url, e))?;
     if !resp.status().is_success() {
         bail!("{url}: {}", resp.status());
     }
@@ -191,7 +204,7 @@ pub async fn get_json(
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?;
+        .map_err(|e| unreachable(&url, e))?;
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.unwrap_or(json!({}));
     if !status.is_success() {
