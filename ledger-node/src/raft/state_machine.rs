@@ -125,6 +125,13 @@ fn join_err(path: &Path, e: tokio::task::JoinError) -> LedgerError {
     }
 }
 
+/// The voting members of a membership (both configurations of a joint one), ascending: the
+/// voter set a co-signed checkpoint carries (docs/ledger-format.md §9.6).
+pub fn voter_set(m: &openraft::Membership<u64, openraft::BasicNode>) -> Vec<u64> {
+    let set: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+    set.into_iter().collect()
+}
+
 /// Raft's last applied log id and membership as stored in the ledger's metadata.
 fn decode_applied(
     applied: Option<&[u8]>,
@@ -786,6 +793,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last: Option<LogId> = None;
         let mut first: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
+        // The voter set in force at each command: for commands after a membership entry of this
+        // batch, that entry's (`memberships[k - 1]`, k = `epochs[i]`); before any, the applied one.
+        let mut epochs: Vec<usize> = Vec::new();
+        let mut memberships: Vec<Vec<u64>> = Vec::new();
         for entry in entries {
             first.get_or_insert(entry.log_id);
             match entry.payload {
@@ -793,9 +804,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(req) => {
                     per_entry.push(req.commands.len());
                     formats.extend(std::iter::repeat_n(req.format, req.commands.len()));
+                    epochs.extend(std::iter::repeat_n(memberships.len(), req.commands.len()));
                     commands.extend(req.commands);
                 }
                 EntryPayload::Membership(m) => {
+                    memberships.push(voter_set(&m));
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     per_entry.push(0);
                 }
@@ -822,9 +835,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 serde_json::to_vec(m).map_err(|e| write(&e))?,
             ));
         }
+        // Read only when a command needs it (a co-signed checkpoint before any membership entry
+        // of this batch), and before apply: the store's metadata is behind its writer lock.
+        let needs_applied = commands
+            .iter()
+            .zip(&epochs)
+            .any(|(c, e)| *e == 0 && matches!(c, Command::CosignedCheckpoint { .. }));
+        let applied_voters = if needs_applied {
+            let (_, m) = self
+                .read_applied()
+                .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Read, &e))?;
+            Some(voter_set(m.membership()))
+        } else {
+            None
+        };
+        let voters_of = |i: usize| match epochs[i] {
+            0 => applied_voters.clone(),
+            k => Some(memberships[k - 1].clone()),
+        };
         let outcomes = self
             .store
-            .apply_at(&commands, |i| formats[i], &meta)
+            .apply_in(&commands, |i| formats[i], voters_of, &meta)
             .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
         if outcomes.len() != commands.len() {
             return Err(write(&format!(
