@@ -476,7 +476,7 @@ fn script() -> PathBuf {
 }
 
 /// Runs the Python verifier; returns (exit code, stdout, stderr).
-fn python_verify(file: &Path, extra: &[&str]) -> (i32, String, String) {
+pub(crate) fn python_verify(file: &Path, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new("python3")
         .arg(script())
         .args(extra)
