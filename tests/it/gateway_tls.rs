@@ -1530,7 +1530,7 @@ async fn a_write_on_a_joining_gateway_verifies_in_another_gateways_receipt_and_e
 /// ledger made with a copy of its key) verifies on its own but is refused with `--quorum 2`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not() {
-    use ledger_node::raft::types::{RaftRequest, RaftResponse};
+    use ledger_node::raft::types::RaftRequest;
     use medledger_gateway::service::raft_net;
     let _turn = medledger_tests::one_cluster_at_a_time().await;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -1558,7 +1558,7 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
             .expect("root")
             .sign_issuing_csr(&csr, 365)
             .expect("sign issuing ca");
-        certs::install_issuing_ca(&pki, &cert, &root_pem).expect("install issuing ca");
+        certs::install_issuing_ca(&pki, &cert, root_pem).expect("install issuing ca");
     }
     let voters: Vec<(u64, String)> = nodes.iter().map(|g| (g.id, g.addr())).collect();
     let mut nodes = medledger_tests::cluster::start_nodes(&site, nodes, &voters).await;
@@ -1612,24 +1612,18 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
     let site_args = ["--site-root", root_arg, "--quorum", "2"];
     // Gateway 3 serves the same checkpoint, with its voter set and co-signatures, once it has
     // applied it.
+    let export_of = |addr: String| {
+        let admin = admin.clone();
+        async move { get_bytes(&admin, &format!("https://{addr}/v1/export")).await }
+    };
     let export = eventually(
         "gateway 3's export cut at the co-signed checkpoint",
         Duration::from_secs(30),
-        || {
-            let (admin, addr) = (admin.clone(), nodes[2].addr());
-            async move {
-                let b = admin
-                    .get(format!("https://{addr}/v1/export"))
-                    .send()
-                    .await
-                    .ok()?
-                    .bytes()
-                    .await
-                    .ok()?;
-                String::from_utf8_lossy(&b)
-                    .contains("\"cosignatures\"")
-                    .then_some(b)
-            }
+        || async {
+            let b = export_of(nodes[2].addr()).await;
+            String::from_utf8_lossy(&b)
+                .contains("\"cosignatures\"")
+                .then_some(b)
         },
     )
     .await;
@@ -1704,26 +1698,7 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
     .expect("encode");
     let gateway = site.client_for(&CertSpec::gateway("9"));
     let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
-    let answer: RaftResponse = eventually(
-        "the leader to take the raw checkpoint",
-        Duration::from_secs(30),
-        || async {
-            for addr in &addrs {
-                let r = gateway
-                    .post(format!("https://{addr}/raft/forward"))
-                    .header("content-type", raft_net::MSGPACK)
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .ok()?;
-                if r.status().is_success() {
-                    return raft_net::decode(&r.bytes().await.ok()?).ok();
-                }
-            }
-            None
-        },
-    )
-    .await;
+    let answer = medledger_tests::cluster::raft_forward(&gateway, &addrs, &body).await;
     match answer.outcomes.as_slice() {
         [ledger_node::ApplyOutcome::Refused { reason }] => assert!(
             reason.contains("voter set [1] is not the cluster's voters [1, 2, 3]"),
@@ -1731,29 +1706,31 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
         ),
         other => panic!("a forged voter set was not refused: {other:?}"),
     }
-    // Every gateway still cuts its export at the same co-signed checkpoint.
+    // Every gateway, once it applied past it (a write after it, read with Medledger-Min-Seq),
+    // still cuts its export at the same co-signed checkpoint.
+    let r = writer
+        .post(format!("https://{}/v1/events", addrs[0]))
+        .json(&event_for("pump-after"))
+        .send()
+        .await
+        .expect("post");
+    let after: Value = r.json().await.expect("json");
+    let after = after["seq"].as_u64().expect("seq").to_string();
     for addr in &addrs {
-        let tail_now = eventually(
-            "the gateway to apply past the forged checkpoint",
-            Duration::from_secs(30),
-            || {
-                let (admin, addr) = (admin.clone(), addr.clone());
-                async move {
-                    let b = admin
-                        .get(format!("https://{addr}/v1/export"))
-                        .send()
-                        .await
-                        .ok()?
-                        .bytes()
-                        .await
-                        .ok()?;
-                    let t = String::from_utf8_lossy(&b).lines().last()?.to_owned();
-                    Some(t)
-                }
-            },
-        )
-        .await;
-        assert_eq!(tail_now, tail, "gateway {addr}");
+        let b = admin
+            .get(format!("https://{addr}/v1/export"))
+            .header("medledger-min-seq", &after)
+            .send()
+            .await
+            .expect("export")
+            .bytes()
+            .await
+            .expect("export");
+        let tail_now = String::from_utf8_lossy(&b)
+            .lines()
+            .last()
+            .map(str::to_owned);
+        assert_eq!(tail_now.as_deref(), Some(tail.as_str()), "gateway {addr}");
     }
 
     // The web page's receipt (certificate sign-in on gateway 2's web listener): cut at the
