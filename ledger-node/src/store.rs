@@ -84,6 +84,9 @@ pub enum Command {
     /// majority of those voters signed; a plain [`Command::Checkpoint`] records none.
     CosignedCheckpoint {
         head: crate::sth::SignedTreeHead,
+        /// Absent in the co-signed checkpoints of development builds before voter sets (the
+        /// Raft log may still hold one): read as empty, and refused alike by every replica.
+        #[serde(default)]
         voters: Vec<u64>,
         cosignatures: Vec<crate::sth::SignedTreeHead>,
     },
@@ -1219,6 +1222,9 @@ impl Store {
             // The voter set a verifier takes the quorum from: the one every replica applied at
             // this log entry, never what the recording gateway says it is.
             let voters = c.voters;
+            if voters.is_empty() {
+                return refuse("a co-signed checkpoint without a voter set".into());
+            }
             if !crate::sth::is_voter_set(voters) {
                 return refuse(format!(
                     "the checkpoint's voter set {voters:?} is not a set of node ids in ascending \

@@ -1033,6 +1033,15 @@ fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
             cosigned(vec![2, 1, 3], vec![sign(2, root)]),
             "not a set of node ids in ascending order",
         ),
+        // As development builds before voter sets wrote it: it still decodes, and is refused.
+        (
+            [
+                serde_json::from_value(serde_json::json!({"CosignedCheckpoint": {
+                "head": head, "cosignatures": [sign(2, root)]}}))
+                .expect("an old co-signed checkpoint decodes"),
+            ],
+            "without a voter set",
+        ),
     ] {
         let out = apply_in_raft(&bad);
         assert!(
