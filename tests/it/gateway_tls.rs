@@ -1801,6 +1801,25 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
         let (code, out) = verify_with(&offline, &offline_bytes, a);
         assert_eq!(code, Some(0), "{a:?}: {out}");
     }
+    // And `ledger receipt --data-dir` of it: cut at the same checkpoint, endorsements beside it.
+    let offline_receipt = dir.join("offline-receipt.json");
+    medledger(&[
+        "ledger",
+        "receipt",
+        "--data-dir",
+        nodes[2].dir.to_str().expect("utf8"),
+        "--seq",
+        "2",
+        "--out",
+        offline_receipt.to_str().expect("utf8"),
+    ])
+    .await;
+    let offline_receipt_bytes = std::fs::read(&offline_receipt).expect("offline receipt");
+    let r: Value = serde_json::from_slice(&offline_receipt_bytes).expect("receipt json");
+    assert_eq!(r["tree_head"], w["tree_head"], "{r}");
+    assert_eq!(r["voters"], json!([1, 2, 3]), "{r}");
+    let (code, out) = verify_with(&offline_receipt, &offline_receipt_bytes, &site_args);
+    assert_eq!(code, Some(0), "{out}");
 
     // The Python verifier, on the same files.
     for (path, extra) in [
@@ -1812,6 +1831,7 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
         ),
         (&web_path, &["--site-root", root_arg][..]),
         (&offline, &["--site-root", root_arg][..]),
+        (&offline_receipt, &["--site-root", root_arg][..]),
     ] {
         let (code, out, err) = crate::format::python_verify(path, extra);
         assert_eq!(code, 0, "{} {extra:?}: {out}{err}", path.display());
