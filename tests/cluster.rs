@@ -193,6 +193,37 @@ pub async fn status(client: &reqwest::Client, addr: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
+/// Sends a raw Raft request (`body`, MessagePack) to `/raft/forward` of each of `addrs` in turn
+/// with `client` (a gateway certificate) until one takes it (the leader, or a follower that
+/// forwards it), as a forged command from a gateway would arrive; returns what apply answered.
+pub async fn raft_forward(
+    client: &reqwest::Client,
+    addrs: &[String],
+    body: &[u8],
+) -> ledger_node::raft::types::RaftResponse {
+    use medledger_gateway::service::raft_net;
+    eventually(
+        "the leader to take the raw command",
+        Duration::from_secs(30),
+        || async {
+            for addr in addrs {
+                let r = client
+                    .post(format!("https://{addr}/raft/forward"))
+                    .header("content-type", raft_net::MSGPACK)
+                    .body(body.to_vec())
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status().is_success() {
+                    return raft_net::decode(&r.bytes().await.ok()?).ok();
+                }
+            }
+            None
+        },
+    )
+    .await
+}
+
 /// Polls `f` every 50 ms until it returns `Some`; an error naming `what` after `timeout`.
 pub async fn poll<F, Fut, T>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where

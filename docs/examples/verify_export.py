@@ -7,7 +7,8 @@ of RFC 8032 section 6 (pure Python, slow: a few milliseconds per signature), wit
 that MedLedger's format requires (canonical S, no small-order key or R, R compared as bytes).
 
 Usage:
-    verify_export.py [--skip-signatures] [--trusted-key NODE_ID=HEX]... [--quorum N] FILE
+    verify_export.py [--skip-signatures] [--trusted-key NODE_ID=HEX]... [--quorum N]
+                     [--site-root ROOT.crt] FILE
     verify_export.py --self-test
 
 Exit status: 0 the document verifies, 1 it does not (the first problem is printed on stderr),
@@ -16,8 +17,17 @@ Exit status: 0 the document verifies, 1 it does not (the first problem is printe
 --skip-signatures checks everything except the ed25519 signatures (entry bytes, commitments,
 Merkle root or inclusion proof, sizes, sequence numbers). It says so in its output: without
 signatures nothing ties the document to a node's key.
+
+A document cut at a co-signed checkpoint (section 9.6: it carries `voters` and `cosignatures`)
+must be signed by a majority of its voters; --quorum N requires at least N signers (of those
+voters, when there are any). --site-root ROOT.crt checks every key the document carries against
+the site's root certificate (section 9.5): an export's own ledger-key `certificate-issued`
+entries, or a receipt's `endorsements`, each signed (ECDSA P-256) by that node's issuing CA,
+itself signed by the root.
 """
 
+import base64
+import calendar
 import hashlib
 import json
 import sys
@@ -432,8 +442,32 @@ def check_head(head, keys, opts, what="tree head"):
         raise Invalid("%s signature does not verify" % what)
 
 
-def check_cosignatures(head, value, keys, opts):
-    """Section 9.6: co-signatures of the tree head; returns the nodes that signed it."""
+def parse_voters(value, what):
+    if not isinstance(value, list):
+        raise Invalid("%s is not a list" % what)
+    voters = [uint(v, what) for v in value]
+    if any(a >= b for a, b in zip(voters, voters[1:])):
+        raise Invalid("%s %s is not in ascending order" % (what, voters))
+    return voters
+
+
+def _nodes(ids):
+    if not ids:
+        return "no node"
+    return ("node %d" if len(ids) == 1 else "nodes %s") % (
+        ids[0] if len(ids) == 1 else ", ".join(map(str, ids)))
+
+
+def describe_signers(voters, signers):
+    signed = [v for v in voters if v in signers]
+    missing = [v for v in voters if v not in signers]
+    return "signed by %d of its %d voters (%s): %s signed it, %s did not" % (
+        len(signed), len(voters), _nodes(voters), _nodes(signed), _nodes(missing))
+
+
+def check_cosignatures(head, value, voters, keys, opts, what_head="tree head"):
+    """Section 9.6: co-signatures of the tree head and the quorum (a majority of its voter set
+    when it carries one, and --quorum); returns the nodes that signed it."""
     if not isinstance(value, list):
         raise Invalid("cosignatures is not a list")
     signers = [head["node_id"]]
@@ -441,17 +475,52 @@ def check_cosignatures(head, value, keys, opts):
         c = parse_head(v)
         what = "co-signature of node %d" % c["node_id"]
         if c["size"] != head["size"] or c["root"] != head["root"]:
-            raise Invalid("%s is over another tree than the tree head's" % what)
+            raise Invalid("%s is over another tree than the %s's" % (what, what_head))
         if c["node_id"] in signers:
-            raise Invalid("node %d signs the tree head twice" % c["node_id"])
+            raise Invalid("node %d signs the %s twice" % (c["node_id"], what_head))
         check_head(c, keys, opts, what)
         signers.append(c["node_id"])
     quorum = opts.get("quorum", 0)
-    if len(signers) < quorum:
-        raise Invalid("the tree head of %d entries is signed by node(s) %s only, fewer than "
-                      "the %d gateways the quorum requires"
-                      % (head["size"], ", ".join(map(str, signers)), quorum))
+    if not voters:
+        if value:
+            raise Invalid("the %s carries co-signatures but no voter set: a verifier cannot know "
+                          "the quorum they were meant to meet" % what_head)
+        if len(signers) < quorum:
+            raise Invalid("the %s of %d entries is signed by node(s) %s only, fewer than "
+                          "the %d gateways the quorum requires"
+                          % (what_head, head["size"], ", ".join(map(str, signers)), quorum))
+        return signers
+    majority = len(voters) // 2 + 1
+    need = max(majority, quorum)
+    if len([v for v in voters if v in signers]) < need:
+        raise Invalid("the %s of %d entries is %s: %s" % (
+            what_head, head["size"], describe_signers(voters, signers),
+            "fewer than a majority (%d)" % majority if need == majority
+            else "fewer than the %d gateways the quorum requires" % quorum))
     return signers
+
+
+def endorsement_of(entry, openings):
+    """The site's endorsement of a ledger key that a `certificate-issued` entry records
+    (section 9.5), with its values disclosed: (node, key hex, certificate, issuer), or None."""
+    if entry["kind"] != "certificate-issued":
+        return None
+    values = {}
+    for c, o in zip(entry["components"], openings):
+        if isinstance(o, dict) and isinstance(o.get("value"), str):
+            try:
+                v = json.loads(o["value"])
+            except ValueError:
+                continue
+            if isinstance(v, str):
+                values[c["name"]] = v
+    if values.get("profile") != "ledger-key":
+        return None
+    try:
+        node = int(values["node_id"])
+        return node, values["public_key"], values["certificate"], values["issuer_certificate"]
+    except (KeyError, ValueError):
+        return None
 
 
 def check_record(value, expected_seq, keys, opts, disclosed_classes=None, claims=None):
@@ -541,15 +610,20 @@ def verify_export(lines, opts):
     disclosed = withheld = 0
     claims = []
     erasures = set()
+    # Section 9.5: the endorsements the export records, {node: [(origin, key hex, cert, issuer)]}.
+    found = {}
     for seq in range(size):
         lineno = seq + 2
         if lineno > len(lines):
             raise Invalid("entry %d: export ends after %d of %d entries" % (seq, seq, size))
         try:
-            leaf, entry, d, w = check_record(parse_json(lines[lineno - 1]), seq, keys, opts,
-                                             set(classes), claims)
+            record = parse_json(lines[lineno - 1])
+            leaf, entry, d, w = check_record(record, seq, keys, opts, set(classes), claims)
         except Invalid as e:
             raise Invalid("entry %d: %s" % (seq, e)) from None
+        endorsement = endorsement_of(entry, record["openings"])
+        if endorsement is not None:
+            found.setdefault(endorsement[0], []).append(("entry %d" % seq,) + endorsement[1:])
         if entry["kind"] == "erasure":
             target = erasure_target(entry["event_id"])
             erasures.add((seq, target[0], target[1]))
@@ -561,8 +635,10 @@ def verify_export(lines, opts):
         raise Invalid("line %d: the tree head line is missing" % lineno)
     try:
         tail = parse_json(lines[lineno - 1])
-        # Optional (section 9.6): the co-signatures of the checkpoint the export is cut at.
+        # Optional (section 9.6): the voter set and co-signatures of the checkpoint the export
+        # is cut at.
         cosignatures = tail.pop("cosignatures", []) if isinstance(tail, dict) else []
+        voters = parse_voters(tail.pop("voters", []) if isinstance(tail, dict) else [], "voters")
         (value,) = fields(tail, "tree head line", ("tree_head",))
         head = parse_head(value)
     except Invalid as e:
@@ -576,7 +652,7 @@ def verify_export(lines, opts):
         raise Invalid("line %d: root of the entries does not match the signed tree head" % lineno)
     check_head(head, keys, opts)
     try:
-        signers = check_cosignatures(head, cosignatures, keys, opts)
+        signers = check_cosignatures(head, cosignatures, voters, keys, opts)
     except Invalid as e:
         raise Invalid("line %d: %s" % (lineno, e)) from None
     # Section 10: every erasure marker points at the erasure entry of its entry and component.
@@ -585,9 +661,14 @@ def verify_export(lines, opts):
             raise Invalid("entry %d: component %r is marked as erased by entry %d, but entry %d "
                           "is not an erasure of entry %d's component %r"
                           % (seq, name, by, by, seq, name))
+    endorsed = None
+    if opts.get("site_root") is not None:
+        endorsed = check_site_root(keys, found, head["time_ms"], opts["site_root"],
+                                   "in the file (no ledger-key certificate-issued entry with its "
+                                   "values disclosed)")
     return {"document": "export", "head": head, "keys": keys, "entries": size,
             "disclosed": disclosed, "withheld": withheld, "erased": len(claims),
-            "signers": signers}
+            "signers": signers, "voters": voters, "endorsed": endorsed}
 
 
 def verify_receipt(text, opts):
@@ -595,18 +676,21 @@ def verify_receipt(text, opts):
     # Optional (section 8): a consistency proof from an older tree size, for a reader who checks
     # the receipt against a head seen before; its structure is checked here.
     consistency = doc.pop("consistency", None) if isinstance(doc, dict) else None
-    # Optional (sections 9.5, 9.6): co-signatures of the tree head, and the site's endorsements
-    # of the keys (X.509, checked against a site root; only their structure is checked here).
+    # Optional (sections 9.5, 9.6): the voter set and co-signatures of the tree head, and the
+    # site's endorsements of the keys (X.509, checked against the site root with --site-root).
     cosignatures = doc.pop("cosignatures", []) if isinstance(doc, dict) else []
+    voters = parse_voters(doc.pop("voters", []) if isinstance(doc, dict) else [], "voters")
     endorsements = doc.pop("endorsements", []) if isinstance(doc, dict) else []
     if not isinstance(endorsements, list):
         raise Invalid("endorsements is not a list")
+    found = {}
     for i, e in enumerate(endorsements):
         node_id, cert, issuer = fields(e, "endorsements[%d]" % i,
                                        ("node_id", "certificate", "issuer_certificate"))
-        uint(node_id, "endorsements[%d].node_id" % i)
+        node_id = uint(node_id, "endorsements[%d].node_id" % i)
         if not isinstance(cert, str) or not isinstance(issuer, str):
             raise Invalid("endorsements[%d]: certificates are PEM text" % i)
+        found.setdefault(node_id, []).append(("the receipt", None, cert, issuer))
     fmt, node_keys, record, proof, head = fields(
         doc, "receipt",
         ("format", "node_keys", "entry", "inclusion_proof", "tree_head"))
@@ -626,7 +710,7 @@ def verify_receipt(text, opts):
     if not verify_inclusion(leaf, entry["seq"], head["size"], proof, head["root"]):
         raise Invalid("entry %d: inclusion proof does not lead to the signed root" % entry["seq"])
     check_head(head, keys, opts)
-    signers = check_cosignatures(head, cosignatures, keys, opts)
+    signers = check_cosignatures(head, cosignatures, voters, keys, opts)
     if consistency is not None:
         from_size, cproof = fields(consistency, "consistency", ("from_size", "proof"))
         from_size = uint(from_size, "consistency.from_size")
@@ -637,9 +721,13 @@ def verify_receipt(text, opts):
             raise Invalid("consistency.proof is not a list")
         for i, h in enumerate(cproof):
             lowhex(h, "consistency.proof[%d]" % i, 32)
+    endorsed = None
+    if opts.get("site_root") is not None:
+        endorsed = check_site_root(keys, found, head["time_ms"], opts["site_root"],
+                                   "in the receipt (it carries none for that node)")
     return {"document": "receipt", "head": head, "keys": keys, "entries": 1,
             "disclosed": d, "withheld": w, "erased": len(erased), "entry": entry,
-            "signers": signers}
+            "signers": signers, "voters": voters, "endorsed": endorsed}
 
 
 def verify(data, opts):
@@ -660,6 +748,282 @@ def verify(data, opts):
     if isinstance(first, dict) and first.get("format") == EXPORT_FORMAT:
         return verify_export(lines, opts)
     return verify_receipt(text, opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys endorsed by the site (docs/ledger-format.md section 9.5): X.509 certificates in DER, and
+# ECDSA P-256 with SHA-256 (FIPS 186-4; the site root and issuing CAs' keys) in pure Python.
+# ---------------------------------------------------------------------------------------------
+
+P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+P256_A = P256_P - 3
+P256_B = 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b
+P256_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551
+P256_G = (0x6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296,
+          0x4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5)
+
+OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+OID_P256 = "1.2.840.10045.3.1.7"
+OID_ED25519 = "1.3.101.112"
+OID_CN = "2.5.4.3"
+OID_BASIC_CONSTRAINTS = "2.5.29.19"
+OID_SAN = "2.5.29.17"
+
+
+def _p256_add(p1, p2):
+    """Affine addition on P-256; None is the point at infinity."""
+    if p1 is None:
+        return p2
+    if p2 is None:
+        return p1
+    (x1, y1), (x2, y2) = p1, p2
+    if x1 == x2:
+        if (y1 + y2) % P256_P == 0:
+            return None
+        lam = (3 * x1 * x1 + P256_A) * pow(2 * y1, P256_P - 2, P256_P) % P256_P
+    else:
+        lam = (y2 - y1) * pow(x2 - x1, P256_P - 2, P256_P) % P256_P
+    x3 = (lam * lam - x1 - x2) % P256_P
+    return (x3, (lam * (x1 - x3) - y1) % P256_P)
+
+
+def _p256_mul(k, pt):
+    out = None
+    while k:
+        if k & 1:
+            out = _p256_add(out, pt)
+        pt = _p256_add(pt, pt)
+        k >>= 1
+    return out
+
+
+def ecdsa_p256_verify(point_bytes, msg, sig_der):
+    """ECDSA over P-256 with SHA-256: `point_bytes` the uncompressed public point (0x04 || X ||
+    Y), `sig_der` the DER SEQUENCE of r and s that X.509 carries."""
+    if len(point_bytes) != 65 or point_bytes[0] != 4:
+        return False
+    x = int.from_bytes(point_bytes[1:33], "big")
+    y = int.from_bytes(point_bytes[33:], "big")
+    if x >= P256_P or y >= P256_P or (y * y - x * x * x - P256_A * x - P256_B) % P256_P:
+        return False
+    try:
+        tag, body, end = der_read(sig_der, 0)
+        if tag != 0x30 or end != len(sig_der):
+            return False
+        r, s = (der_uint(v) for v in der_children(sig_der, body, end, (0x02, 0x02)))
+    except Invalid:
+        return False
+    if not (0 < r < P256_N and 0 < s < P256_N):
+        return False
+    e = int.from_bytes(hashlib.sha256(msg).digest(), "big")
+    w = pow(s, P256_N - 2, P256_N)
+    pt = _p256_add(_p256_mul(e * w % P256_N, P256_G), _p256_mul(r * w % P256_N, (x, y)))
+    return pt is not None and pt[0] % P256_N == r
+
+
+def der_read(buf, pos):
+    """One DER element at `pos`: (tag, start of its contents, end of its contents)."""
+    if pos + 2 > len(buf):
+        raise Invalid("truncated DER")
+    tag, n = buf[pos], buf[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7f
+        if k == 0 or k > 4 or pos + k > len(buf):
+            raise Invalid("bad DER length")
+        n = int.from_bytes(buf[pos:pos + k], "big")
+        pos += k
+    if pos + n > len(buf):
+        raise Invalid("truncated DER")
+    return tag, pos, pos + n
+
+
+def der_children(buf, start, end, tags=None):
+    """The contents of the elements between `start` and `end`, as (tag, start, end, element
+    start); with `tags`, exactly those tags in that order."""
+    out = []
+    pos = start
+    while pos < end:
+        tag, s, e = der_read(buf, pos)
+        out.append((tag, s, e, pos))
+        pos = e
+    if pos != end:
+        raise Invalid("DER element runs past its parent")
+    if tags is not None:
+        if [c[0] for c in out] != list(tags):
+            raise Invalid("unexpected DER structure")
+        return [buf[c[1]:c[2]] for c in out]
+    return out
+
+
+def der_uint(b):
+    if not b or b[0] & 0x80:
+        raise Invalid("not a positive DER integer")
+    return int.from_bytes(b, "big")
+
+
+def der_oid(b):
+    if not b:
+        raise Invalid("empty OID")
+    parts, n = [], 0
+    for byte in b:
+        n = (n << 7) | (byte & 0x7f)
+        if not byte & 0x80:
+            parts.append(n)
+            n = 0
+    first = min(parts[0] // 40, 2)
+    return ".".join(map(str, [first, parts[0] - 40 * first] + parts[1:]))
+
+
+def der_time(tag, b):
+    """UTCTime or GeneralizedTime (`...Z`) as Unix seconds."""
+    text = b.decode("ascii")
+    if tag == 0x17:
+        year = int(text[:2])
+        text = ("19" if year >= 50 else "20") + text
+    elif tag != 0x18:
+        raise Invalid("not a time")
+    if not text.endswith("Z") or len(text) != 15:
+        raise Invalid("unexpected time %r" % text)
+    return calendar.timegm(tuple(int(text[i:j]) for i, j in
+                                 ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))))
+
+
+def parse_certificate(der):
+    """The parts of an X.509 certificate that section 9.5 checks."""
+    tag, s, e = der_read(der, 0)
+    if tag != 0x30 or e != len(der):
+        raise Invalid("not a DER certificate")
+    (tbs_tag, tbs_s, tbs_e, tbs_at), (_, alg_s, alg_e, _), (sig_tag, sig_s, sig_e, _) = \
+        der_children(der, s, e)
+    if tbs_tag != 0x30 or sig_tag != 0x03 or der[sig_s] != 0:
+        raise Invalid("not a DER certificate")
+    alg = der_children(der, alg_s, alg_e)
+    if not alg or alg[0][0] != 0x06:
+        raise Invalid("bad signature algorithm")
+    cert = {"tbs": der[tbs_at:tbs_e], "signature": der[sig_s + 1:sig_e],
+            "signature_algorithm": der_oid(der[alg[0][1]:alg[0][2]])}
+    fields_ = der_children(der, tbs_s, tbs_e)
+    if fields_ and fields_[0][0] == 0xa0:
+        fields_ = fields_[1:]  # version
+    if len(fields_) < 6:
+        raise Invalid("truncated tbsCertificate")
+    _serial, _alg, _issuer, validity, subject, spki = fields_[:6]
+    (t1, a1, b1, _), (t2, a2, b2, _) = der_children(der, validity[1], validity[2])
+    cert["not_before"], cert["not_after"] = der_time(t1, der[a1:b1]), der_time(t2, der[a2:b2])
+    cert["subject_cn"] = None
+    for rdn in der_children(der, subject[1], subject[2]):
+        for atv in der_children(der, rdn[1], rdn[2]):
+            (ot, os_, oe, _), (_, vs, ve, _) = der_children(der, atv[1], atv[2])
+            if ot == 0x06 and der_oid(der[os_:oe]) == OID_CN:
+                cert["subject_cn"] = der[vs:ve].decode("utf-8")
+    (alg_tag, ks, ke, _), (bit_tag, bs, be, _) = der_children(der, spki[1], spki[2])
+    if alg_tag != 0x30 or bit_tag != 0x03 or der[bs] != 0:
+        raise Invalid("bad subject public key")
+    alg = der_children(der, ks, ke)
+    cert["key_algorithm"] = der_oid(der[alg[0][1]:alg[0][2]])
+    cert["key_curve"] = der_oid(der[alg[1][1]:alg[1][2]]) if len(alg) > 1 and alg[1][0] == 0x06 \
+        else None
+    cert["public_key"] = der[bs + 1:be]
+    cert["is_ca"] = False
+    cert["uris"] = []
+    for f in fields_[6:]:
+        if f[0] != 0xa3:
+            continue
+        (_, xs, xe, _), = der_children(der, f[1], f[2])
+        for ext in der_children(der, xs, xe):
+            parts = der_children(der, ext[1], ext[2])
+            oid = der_oid(der[parts[0][1]:parts[0][2]])
+            value = parts[-1]
+            if value[0] != 0x04:
+                raise Invalid("bad extension")
+            inner_tag, ins, ine = der_read(der, value[1])
+            if oid == OID_BASIC_CONSTRAINTS:
+                items = der_children(der, ins, ine)
+                cert["is_ca"] = bool(items) and items[0][0] == 0x01 and der[items[0][1]] != 0
+            elif oid == OID_SAN:
+                cert["uris"] = [der[gs:ge].decode("ascii")
+                                for gt, gs, ge, _ in der_children(der, ins, ine) if gt == 0x86]
+    return cert
+
+
+def pem_certificates(text, what):
+    """The DER certificates of a PEM text."""
+    out = []
+    for block in text.split("-----BEGIN CERTIFICATE-----")[1:]:
+        body, sep, _ = block.partition("-----END CERTIFICATE-----")
+        if not sep:
+            raise Invalid("%s: unterminated PEM certificate" % what)
+        try:
+            out.append(base64.b64decode("".join(body.split()), validate=True))
+        except ValueError:
+            raise Invalid("%s: PEM that is not base64" % what) from None
+    return out
+
+
+def signed_by(cert, issuer):
+    return (cert["signature_algorithm"] == OID_ECDSA_SHA256
+            and issuer["key_algorithm"] == OID_EC_PUBLIC_KEY and issuer["key_curve"] == OID_P256
+            and ecdsa_p256_verify(issuer["public_key"], cert["tbs"], cert["signature"]))
+
+
+def check_endorsement(root, issuer_pem, cert_pem, node_id, key, at):
+    """Section 9.5: `cert_pem` endorses `key` as node `node_id`'s ledger key under `root`,
+    through node `node_id`'s own issuing CA `issuer_pem`, at Unix second `at`. Returns None, or
+    what did not hold."""
+    try:
+        certs_ = []
+        for text, what in ((issuer_pem, "the issuing CA certificate"),
+                           (cert_pem, "the endorsement")):
+            ders = pem_certificates(text, what)
+            if len(ders) != 1:
+                return "%s: expected one certificate, found %d" % (what, len(ders))
+            certs_.append(parse_certificate(ders[0]))
+        issuer, cert = certs_
+    except (Invalid, ValueError, IndexError, UnicodeDecodeError) as e:
+        return "unreadable certificate: %s" % e
+    if not issuer["is_ca"]:
+        return "the endorsement's issuer is not a CA certificate"
+    if not signed_by(issuer, root):
+        return "the issuing CA %r is not signed by the site root" % issuer["subject_cn"]
+    want_cn = "MedLedger issuing CA %d" % node_id
+    if issuer["subject_cn"] != want_cn:
+        return ("the endorsement's issuer %r is not node %d's issuing CA (%r): a gateway's CA "
+                "endorses its own node's key only" % (issuer["subject_cn"], node_id, want_cn))
+    if not signed_by(cert, issuer):
+        return "the endorsement is not signed by %r" % issuer["subject_cn"]
+    if cert["key_algorithm"] != OID_ED25519 or cert["public_key"] != key:
+        return "the endorsement certifies another key than node %d's %s" % (node_id, key.hex())
+    if "urn:medledger:ledger-key:node:%d" % node_id not in cert["uris"]:
+        return "the endorsement does not name node %d" % node_id
+    for c, what in ((issuer, "the issuing CA"), (cert, "the endorsement")):
+        if not c["not_before"] <= at <= c["not_after"]:
+            return "%s was not valid at the tree head's time" % what
+    return None
+
+
+def check_site_root(keys, found, time_ms, root_der, nowhere):
+    """Every key of `keys` has an endorsement in `found` ({node: [(origin, key or None, cert,
+    issuer)]}) that holds under the root; returns the nodes, or raises Invalid naming one."""
+    root = parse_certificate(root_der)
+    at = time_ms // 1000
+    for node_id, key in sorted(keys.items()):
+        short = key.hex()[:16]
+        candidates = [f for f in found.get(node_id, []) if f[1] is None or f[1] == key.hex()]
+        if not candidates:
+            raise Invalid("node %d's key %s... has no endorsement %s: the site did not endorse it"
+                          % (node_id, short, nowhere))
+        why = []
+        for origin, _, cert, issuer in candidates:
+            problem = check_endorsement(root, issuer, cert, node_id, key, at)
+            if problem is None:
+                break
+            why.append("%s: %s" % (origin, problem))
+        else:
+            raise Invalid("node %d's key %s... is not endorsed by the site root: %s"
+                          % (node_id, short, "; ".join(why)))
+    return sorted(keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,11 +1098,19 @@ def self_test():
         '"time_ms":1767603600000,"node_id":1,"signature":"71e76716c194fb51ac7b541bf4f538d5f9d58b1c'
         'a607c53eed460058b90ff2634858246dce4523bd2853cd071e885bf0f3a0fd707925c103687a9120d79f8108"}'))
     check_head(head, {1: pk}, {"skip_signatures": False})
-    print("self-test passed: RFC 8032 vectors and the vectors of docs/ledger-format.md")
+    # ECDSA P-256 / SHA-256 (the site's CA keys): a signature OpenSSL made over "medledger".
+    point = h("040352ce81cb897d08faef21ccf71c69160adb6fd2be56541c579e567afade19b88413d87450b4e315"
+              "34b548693370880ef91d3eff1a1555f811b5c0c0f63f6024")
+    sig = h("304402207a9b503c4f105cbdf83381692c38dbf0147c2d398c332381994db099e0ad2ac102202d721d61"
+            "b6fd4bf16f3904751b295a60f678f9a8f658ac25efa121509d183294")
+    assert ecdsa_p256_verify(point, b"medledger", sig)
+    assert not ecdsa_p256_verify(point, b"medledgeR", sig)
+    print("self-test passed: RFC 8032 vectors, an ECDSA P-256 vector and the vectors of "
+          "docs/ledger-format.md")
 
 
 def main(argv):
-    opts = {"skip_signatures": False, "trusted": set(), "quorum": 0}
+    opts = {"skip_signatures": False, "trusted": set(), "quorum": 0, "site_root": None}
     path = None
     args = list(argv[1:])
     while args:
@@ -754,6 +1126,19 @@ def main(argv):
             except ValueError:
                 print("--quorum: expected a number of gateways", file=sys.stderr)
                 return 2
+        elif a == "--site-root" and args:
+            root_path = args.pop(0)
+            try:
+                with open(root_path, encoding="utf-8") as f:
+                    roots = pem_certificates(f.read(), root_path)
+                if len(roots) != 1:
+                    raise Invalid("expected one certificate (the site root), found %d"
+                                  % len(roots))
+                parse_certificate(roots[0])
+            except (OSError, UnicodeDecodeError, Invalid, ValueError, IndexError) as e:
+                print("--site-root %s: %s" % (root_path, e), file=sys.stderr)
+                return 2
+            opts["site_root"] = roots[0]
         elif a == "--trusted-key" and args:
             spec = args.pop(0)
             node, _, key = spec.partition("=")
@@ -789,9 +1174,14 @@ def main(argv):
              head["size"], head["root"].hex(), head["node_id"], head["time_ms"]))
     print("components: %d disclosed and matching their commitments, %d withheld (commitment only), "
           "%d erased" % (report["disclosed"], report["withheld"], report["erased"]))
-    if len(report["signers"]) > 1:
+    if report["voters"]:
+        print("tree head %s" % describe_signers(report["voters"], report["signers"]))
+    elif len(report["signers"]) > 1:
         print("tree head signed by %d gateways: nodes %s"
               % (len(report["signers"]), ", ".join(map(str, report["signers"]))))
+    if report["endorsed"] is not None:
+        print("verified against the site root: the keys of node %s are endorsed by the site"
+              % ", ".join(map(str, report["endorsed"])))
     for node_id, pk in sorted(report["keys"].items()):
         print("node %d public key %s" % (node_id, pk.hex()))
     if opts["skip_signatures"]:

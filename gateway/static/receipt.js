@@ -206,6 +206,29 @@
     if (!headKey) fail('no key for gateway ' + head.node_id);
     const msg = cat(HEAD_DS, u64(head.size), root, u64(head.time_ms), u64(head.node_id));
     if (!(await ed25519(headKey, fromHex(head.signature, 64, 'signature'), msg))) fail('the tree head\'s signature does not verify');
+    // docs/ledger-format.md §9.6: a head co-signed by the voters needs a majority of them.
+    const signers = [String(head.node_id)];
+    for (const c of receipt.cosignatures || []) {
+      const id = String(c.node_id);
+      if (c.size !== head.size || c.root !== head.root) fail('the co-signature of gateway ' + id + ' is over another tree');
+      if (signers.includes(id)) fail('gateway ' + id + ' signs the tree head twice');
+      const k = carried.get(id);
+      if (!k) fail('no key for gateway ' + id);
+      const m = cat(HEAD_DS, u64(c.size), root, u64(c.time_ms), u64(c.node_id));
+      if (!(await ed25519(k, fromHex(c.signature, 64, 'signature'), m))) fail('the co-signature of gateway ' + id + ' does not verify');
+      signers.push(id);
+    }
+    const voters = (receipt.voters || []).map(String);
+    if (signers.length > 1 && voters.length === 0) fail('co-signatures without a voter set');
+    if (voters.length > 0) {
+      const signed = voters.filter((v) => signers.includes(v));
+      if (signed.length < Math.floor(voters.length / 2) + 1) {
+        fail('the tree head is signed by ' + signed.length + ' of its ' + voters.length + ' voters; gateways ' +
+          voters.filter((v) => !signers.includes(v)).join(', ') + ' did not sign it');
+      }
+      return 'entry #' + e.seq + ' is in the ledger of ' + head.size + ' entries signed by gateways ' +
+        signed.join(', ') + ' of the ' + voters.length + ' voters';
+    }
     return 'entry #' + e.seq + ' is in the ledger of ' + head.size + ' entries signed by gateway ' + head.node_id;
   }
 

@@ -95,6 +95,11 @@ impl ExportOpening {
 #[serde(deny_unknown_fields)]
 pub struct ExportTail {
     pub tree_head: SignedTreeHead,
+    /// The voter set of the cluster when the co-signed checkpoint the export is cut at was
+    /// recorded (ascending node ids, §9.6): a verifier requires a majority of them to have
+    /// signed `tree_head`. Absent when there are no co-signatures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<u64>,
     /// The co-signatures of the checkpoint the export is cut at: tree heads over the same size
     /// and root signed by other gateways that applied it (docs/ledger-format.md §9.6). Absent
     /// when there are none (every export before this field existed).
@@ -127,6 +132,10 @@ pub struct Receipt<'a> {
     /// without one (all receipts before this field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<ConsistencyProof>,
+    /// The voter set of the co-signed checkpoint `tree_head` is, as in an export's tree head
+    /// line (§9.6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<u64>,
     /// Co-signatures of `tree_head` by other gateways, when it is a co-signed checkpoint (§9.6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cosignatures: Vec<SignedTreeHead>,
@@ -231,31 +240,44 @@ pub fn write_export(
     for seq in 0..head.size {
         line(out, &record(store, seq, disclose)?)?;
     }
+    let (voters, cosignatures) = cosigned_parts(store, head)?;
     line(
         out,
         &ExportTail {
             tree_head: head.clone(),
-            cosignatures: cosignatures_of(store, head)?,
+            voters,
+            cosignatures,
         },
     )?;
     out.flush().map_err(io_err)
 }
 
-/// The co-signatures the ledger recorded for `head`, when it is the latest checkpoint.
-fn cosignatures_of(
+/// The voter set and co-signatures the ledger recorded for `head`, when it is the latest
+/// co-signed checkpoint; none otherwise.
+fn cosigned_parts(
     store: &Store,
     head: &SignedTreeHead,
-) -> Result<Vec<SignedTreeHead>, LedgerError> {
-    Ok(match store.latest_checkpoint()? {
-        // A co-signature over another tree (left by an interrupted apply, rewritten when the
-        // apply is replayed) is no co-signature of this head.
-        Some(c) if &c == head => store
-            .checkpoint_cosignatures()?
-            .into_iter()
-            .filter(|s| s.size == head.size && s.root == head.root)
-            .collect(),
-        _ => Vec::new(),
+) -> Result<(Vec<u64>, Vec<SignedTreeHead>), LedgerError> {
+    Ok(match store.cosigned_checkpoint()? {
+        Some(c) if &c.tree_head == head => (c.voters, c.cosignatures),
+        _ => (Vec::new(), Vec::new()),
     })
+}
+
+/// The recorded head to cut an export, or a receipt of the first `min_size` entries, at
+/// (docs/ledger-format.md §9.6): the latest co-signed checkpoint when it holds them, else the
+/// latest checkpoint when it does. `None`: no recorded head holds them, and the caller signs
+/// its own over what it applied. Exports and receipts cut so carry the checkpoint's voter set
+/// and co-signatures ([`write_export`], [`make_receipt`]).
+pub fn recorded_cut(store: &Store, min_size: u64) -> Result<Option<SignedTreeHead>, LedgerError> {
+    if let Some(c) = store.cosigned_checkpoint()? {
+        if c.tree_head.size >= min_size && c.tree_head.size <= store.size() {
+            return Ok(Some(c.tree_head));
+        }
+    }
+    Ok(store
+        .latest_checkpoint()?
+        .filter(|c| c.size >= min_size && c.size <= store.size()))
 }
 
 /// Builds a receipt for entry `seq` against `head`.
@@ -301,6 +323,7 @@ pub fn make_receipt_since(
                 .collect(),
         }),
     };
+    let (voters, cosignatures) = cosigned_parts(store, head)?;
     Ok(Receipt {
         format: RECEIPT_FORMAT.into(),
         node_keys: node_keys(store)?,
@@ -308,7 +331,8 @@ pub fn make_receipt_since(
         inclusion_proof: proof.into_iter().map(HexHash).collect(),
         tree_head: head.clone(),
         consistency,
-        cosignatures: cosignatures_of(store, head)?,
+        voters,
+        cosignatures,
         endorsements: Vec::new(),
     })
 }
@@ -370,6 +394,9 @@ pub struct VerifyReport {
     pub known_head: Option<KnownHeadCheck>,
     /// The nodes whose signatures on the tree head verified: its signer, then its co-signers.
     pub head_signers: Vec<u64>,
+    /// The voter set the document's co-signed head carries (§9.6), empty when it has none; a
+    /// majority of it signed the head.
+    pub voters: Vec<u64>,
 }
 
 /// What kind of problem a failure is.
@@ -423,8 +450,13 @@ pub struct VerifyOptions {
     pub threads: usize,
     /// When not 0: the tree head must carry valid signatures (its own and co-signatures, §9.6)
     /// of at least this many distinct nodes whose keys the verifier trusts, so that a history
-    /// one gateway signed alone is refused.
+    /// one gateway signed alone is refused. A document whose head carries a voter set needs a
+    /// majority of those voters in any case; this can only raise it.
     pub quorum: usize,
+    /// The voter set and co-signatures `known_head` came with (an earlier export or receipt cut
+    /// at a co-signed checkpoint, [`read_known`]): they are checked like the document's own.
+    pub known_voters: Vec<u64>,
+    pub known_cosignatures: Vec<SignedTreeHead>,
 }
 
 struct Keys {
@@ -472,13 +504,16 @@ impl Keys {
         })
     }
 
-    /// Checks the co-signatures of `head` (already checked itself) and the quorum of `opts`;
-    /// returns the nodes that signed it, its own signer first.
+    /// Checks the co-signatures of `head` (already checked itself) and the quorum: a majority
+    /// of `voters` when the head carries a voter set, and at least `quorum` signers (of those
+    /// voters, when there are any). Returns the nodes that signed it, its own signer first.
     fn check_cosignatures(
         &self,
         head: &SignedTreeHead,
         cosignatures: &[SignedTreeHead],
+        voters: &[u64],
         quorum: usize,
+        what_head: &str,
     ) -> Result<Vec<u64>, VerifyFailure> {
         let mut signers = vec![head.node_id];
         for c in cosignatures {
@@ -488,7 +523,7 @@ impl Keys {
                     None,
                     None,
                     format!(
-                        "{what} is over another tree ({} entries, root {}) than the tree head's",
+                        "{what} is over another tree ({} entries, root {}) than the {what_head}'s",
                         c.size,
                         hex::encode(c.root)
                     ),
@@ -498,28 +533,83 @@ impl Keys {
                 return Err(fail(
                     None,
                     None,
-                    format!("node {} signs the tree head twice", c.node_id),
+                    format!("node {} signs the {what_head} twice", c.node_id),
                 ));
             }
             self.check_head(c, &what)?;
             signers.push(c.node_id);
         }
-        if signers.len() < quorum {
-            let names: Vec<String> = signers.iter().map(u64::to_string).collect();
+        if voters.is_empty() {
+            if !cosignatures.is_empty() {
+                return Err(fail(
+                    None,
+                    None,
+                    format!(
+                        "the {what_head} carries co-signatures but no voter set: a verifier \
+                         cannot know the quorum they were meant to meet"
+                    ),
+                ));
+            }
+            if signers.len() < quorum {
+                let names: Vec<String> = signers.iter().map(u64::to_string).collect();
+                return Err(fail(
+                    None,
+                    None,
+                    format!(
+                        "the {what_head} of {} entries is signed by node{} {} only, fewer than \
+                         the {quorum} gateways the quorum requires: a history that no quorum of \
+                         gateways applied (one gateway's own) is not accepted",
+                        head.size,
+                        if names.len() == 1 { "" } else { "s" },
+                        names.join(", ")
+                    ),
+                ));
+            }
+            return Ok(signers);
+        }
+        if !crate::sth::is_voter_set(voters) {
+            return Err(fail(
+                None,
+                None,
+                format!("the {what_head}'s voter set {voters:?} is not in ascending order"),
+            ));
+        }
+        let majority = crate::sth::majority(voters.len());
+        let need = majority.max(quorum);
+        let signed = voters.iter().filter(|v| signers.contains(v)).count();
+        if signed < need {
             return Err(fail(
                 None,
                 None,
                 format!(
-                    "the tree head of {} entries is signed by node{} {} only, fewer than the {quorum} \
-                     gateways the quorum requires: a history that no quorum of gateways applied \
-                     (one gateway's own) is not accepted",
+                    "the {what_head} of {} entries is {}: {}",
                     head.size,
-                    if names.len() == 1 { "" } else { "s" },
-                    names.join(", ")
+                    crate::sth::describe_signers(voters, &signers),
+                    if need == majority {
+                        format!("fewer than a majority ({majority})")
+                    } else {
+                        format!("fewer than the {quorum} gateways the quorum requires")
+                    }
                 ),
             ));
         }
         Ok(signers)
+    }
+
+    /// The known head's signature, and its co-signatures and quorum when it came with them, with
+    /// the document's keys.
+    fn check_known_head(&self, opts: &VerifyOptions) -> Result<(), VerifyFailure> {
+        if let Some(k) = &opts.known_head {
+            self.check_head(k, "known head")?;
+            self.check_cosignatures(
+                k,
+                &opts.known_cosignatures,
+                &opts.known_voters,
+                0,
+                "known head",
+            )?;
+        }
+        Ok(())
     }
 
     fn check_head(&self, head: &SignedTreeHead, what: &str) -> Result<(), VerifyFailure> {
@@ -927,9 +1017,7 @@ fn verify_export(
         ));
     }
     let keys = Keys::new(&header.node_keys, opts)?;
-    if let Some(k) = &opts.known_head {
-        keys.check_head(k, "known head")?;
-    }
+    keys.check_known_head(opts)?;
     let disclosed_set: BTreeSet<DisclosureClass> =
         header.disclosed_classes.iter().copied().collect();
     let size = header.size;
@@ -1099,7 +1187,13 @@ fn verify_export(
     }
     keys.check_head(&head, "tree head")?;
     let head_signers = keys
-        .check_cosignatures(&head, &tail.cosignatures, opts.quorum)
+        .check_cosignatures(
+            &head,
+            &tail.cosignatures,
+            &tail.voters,
+            opts.quorum,
+            "tree head",
+        )
         .map_err(|f| VerifyFailure {
             line: Some(lineno),
             ..f
@@ -1135,6 +1229,7 @@ fn verify_export(
         trust: keys.trust,
         known_head,
         head_signers,
+        voters: tail.voters,
     })
 }
 
@@ -1260,9 +1355,7 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         return Err(fail(None, None, format!("unknown format {:?}", r.format)));
     }
     let keys = Keys::new(&r.node_keys, opts)?;
-    if let Some(k) = &opts.known_head {
-        keys.check_head(k, "known head")?;
-    }
+    keys.check_known_head(opts)?;
     let seq = r.entry.seq;
     let openings: Vec<Option<OpeningRef<'_>>> = r
         .entry
@@ -1302,7 +1395,13 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
     verify_inclusion(&leaf, seq, r.tree_head.size, &proof, &r.tree_head.root)
         .map_err(|e| fail(Some(seq), None, format!("inclusion proof: {e}")))?;
     keys.check_head(&r.tree_head, "tree head")?;
-    let head_signers = keys.check_cosignatures(&r.tree_head, &r.cosignatures, opts.quorum)?;
+    let head_signers = keys.check_cosignatures(
+        &r.tree_head,
+        &r.cosignatures,
+        &r.voters,
+        opts.quorum,
+        "tree head",
+    )?;
     if let Some(c) = &r.consistency {
         if c.from_size == 0 || c.from_size > r.tree_head.size {
             return Err(fail(
@@ -1331,13 +1430,29 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         trust: keys.trust,
         known_head,
         head_signers,
+        voters: r.voters,
     })
+}
+
+/// A head a reader saw before, with the voter set and co-signatures it came with (none for a
+/// bare signed tree head).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownHead {
+    pub head: SignedTreeHead,
+    pub voters: Vec<u64>,
+    pub cosignatures: Vec<SignedTreeHead>,
 }
 
 /// Reads the head a reader saw before from `file`: a signed tree head as the API serves it
 /// (`GET /v1/head`), an export (its last line) or a receipt (its tree head). The head's
 /// signature is checked later, against the keys of the document being verified.
 pub fn read_known_head<F: Read + Seek>(file: &mut F) -> Result<SignedTreeHead, VerifyFailure> {
+    read_known(file).map(|k| k.head)
+}
+
+/// [`read_known_head`] with the voter set and co-signatures an export or receipt carries with
+/// its head, to be checked as the document's own are (§9.6).
+pub fn read_known<F: Read + Seek>(file: &mut F) -> Result<KnownHead, VerifyFailure> {
     let len = file
         .seek(SeekFrom::End(0))
         .map_err(|e| fail(None, None, format!("cannot read: {e}")))?;
@@ -1362,7 +1477,11 @@ pub fn read_known_head<F: Read + Seek>(file: &mut F) -> Result<SignedTreeHead, V
             .unwrap_or_default();
         let t: ExportTail = serde_json::from_slice(last)
             .map_err(|e| fail(None, None, format!("the export's last line: {e}")))?;
-        return Ok(t.tree_head);
+        return Ok(KnownHead {
+            head: t.tree_head,
+            voters: t.voters,
+            cosignatures: t.cosignatures,
+        });
     }
     if len > MAX_DOCUMENT {
         return Err(fail(
@@ -1376,11 +1495,19 @@ pub fn read_known_head<F: Read + Seek>(file: &mut F) -> Result<SignedTreeHead, V
     let mut all = Vec::new();
     file.read_to_end(&mut all)
         .map_err(|e| fail(None, None, format!("cannot read: {e}")))?;
-    if let Ok(h) = serde_json::from_slice::<SignedTreeHead>(&all) {
-        return Ok(h);
+    if let Ok(head) = serde_json::from_slice::<SignedTreeHead>(&all) {
+        return Ok(KnownHead {
+            head,
+            voters: Vec::new(),
+            cosignatures: Vec::new(),
+        });
     }
     match serde_json::from_slice::<Receipt<'_>>(&all) {
-        Ok(r) => Ok(r.tree_head),
+        Ok(r) => Ok(KnownHead {
+            head: r.tree_head,
+            voters: r.voters,
+            cosignatures: r.cosignatures,
+        }),
         Err(e) => Err(fail(
             None,
             None,

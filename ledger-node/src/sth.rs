@@ -65,6 +65,51 @@ impl SignedTreeHead {
     }
 }
 
+/// A checkpoint co-signed by the cluster's voters (docs/ledger-format.md §9.6): the recording
+/// gateway's tree head, the voter set of the Raft membership in force at the checkpoint's log
+/// entry (as every gateway's apply checked it), and the other gateways' signatures of the same
+/// size and root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cosigned {
+    pub tree_head: SignedTreeHead,
+    /// Node ids of the voting members, ascending.
+    pub voters: Vec<u64>,
+    pub cosignatures: Vec<SignedTreeHead>,
+}
+
+/// How many of `voters` voters are a majority.
+pub fn majority(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// Whether `voters` is a voter set as the format writes it: not empty, ascending, no node twice.
+pub fn is_voter_set(voters: &[u64]) -> bool {
+    !voters.is_empty() && voters.windows(2).all(|w| w[0] < w[1])
+}
+
+/// The sentence naming who of `voters` signed (`signers`) and who did not, for refusals:
+/// "signed by 1 of its 3 voters (nodes 1, 2, 3): node 1 signed it, nodes 2, 3 did not".
+pub fn describe_signers(voters: &[u64], signers: &[u64]) -> String {
+    let nodes = |ids: &[u64]| {
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        match ids.len() {
+            0 => "no node".to_owned(),
+            1 => format!("node {}", list[0]),
+            _ => format!("nodes {}", list.join(", ")),
+        }
+    };
+    let (signed, missing): (Vec<u64>, Vec<u64>) = voters.iter().partition(|v| signers.contains(v));
+    format!(
+        "signed by {} of its {} voters ({}): {} signed it, {} did not",
+        signed.len(),
+        voters.len(),
+        nodes(voters),
+        nodes(&signed),
+        nodes(&missing)
+    )
+}
+
 /// Serde helper: a 64-byte signature as 128 hex digits.
 pub mod hex64 {
     use serde::{Deserializer, Serializer};

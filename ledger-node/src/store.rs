@@ -79,9 +79,15 @@ pub enum Command {
     /// A checkpoint with the co-signatures the leader collected from other gateways: tree heads
     /// over the same size and root, each signed by a gateway that applied those entries and
     /// found the same root (docs/ledger-format.md §9.6). Recorded only if every co-signature
-    /// verifies; a plain [`Command::Checkpoint`] records none.
+    /// verifies, `voters` is the voter set of the Raft membership in force at its log entry
+    /// (ascending node ids; every replica checks it against the membership it applied) and a
+    /// majority of those voters signed; a plain [`Command::Checkpoint`] records none.
     CosignedCheckpoint {
         head: crate::sth::SignedTreeHead,
+        /// Absent in the co-signed checkpoints of development builds before voter sets (the
+        /// Raft log may still hold one): read as empty, and refused alike by every replica.
+        #[serde(default)]
+        voters: Vec<u64>,
         cosignatures: Vec<crate::sth::SignedTreeHead>,
     },
 }
@@ -411,11 +417,20 @@ const LAYOUT: u8 = 3;
 /// Layouts this version reads.
 const LAYOUTS_READ: [u8; 2] = [2, 3];
 const META_CHECKPOINT: &str = "checkpoint";
-/// The co-signatures of the checkpoint (a JSON array of signed tree heads).
-const META_COSIGNATURES: &str = "cosignatures";
+/// The latest co-signed checkpoint ([`crate::sth::Cosigned`] as JSON): kept when a plain
+/// checkpoint follows it, so that exports and receipts can still be cut at it.
+const META_COSIGNED: &str = "cosigned";
 
 /// The command format the store applies by (one byte in the size record); absent: format 1.
 const META_FORMAT: &str = "format";
+
+/// What a co-signed checkpoint brings to [`Store::apply_checkpoint`] beyond its head.
+struct CosignedParts<'a> {
+    voters: &'a [u64],
+    /// The voter set of the membership in force at its log entry, where known.
+    applied_voters: Option<Vec<u64>>,
+    cosignatures: &'a [crate::sth::SignedTreeHead],
+}
 
 /// The format recorded in the size record's metadata.
 fn stored_format(metas: &std::collections::BTreeMap<String, Vec<u8>>) -> u8 {
@@ -1008,6 +1023,20 @@ impl Store {
         format_of: impl Fn(usize) -> u8,
         meta: &[(&str, Vec<u8>)],
     ) -> Result<Vec<ApplyOutcome>, LedgerError> {
+        self.apply_in(commands, format_of, |_| None, meta)
+    }
+
+    /// [`Store::apply_at`] that also knows, for each command, the voter set of the Raft
+    /// membership in force at its log entry (`voters_of(i)`, ascending node ids; `None` where no
+    /// membership is known, as outside Raft). A [`Command::CosignedCheckpoint`] is recorded only
+    /// if its voter set is that one: a voter set written by one gateway is checked by all.
+    pub fn apply_in(
+        &self,
+        commands: &[Command],
+        format_of: impl Fn(usize) -> u8,
+        voters_of: impl Fn(usize) -> Option<Vec<u64>>,
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<Vec<ApplyOutcome>, LedgerError> {
         for i in 0..commands.len() {
             crate::version::check_format(format_of(i))?;
         }
@@ -1065,7 +1094,7 @@ impl Store {
                     &mut pending,
                 )?,
                 Command::Checkpoint(head) => {
-                    self.apply_checkpoint(head, &[], &new_keys, &mut batch, &mut pending)?
+                    self.apply_checkpoint(head, None, &new_keys, &mut batch, &mut pending)?
                 }
                 // Release 0.1.0 knows no such command: refused alike by every replica while
                 // the cluster applies format 1 (the leader does not propose it then).
@@ -1076,9 +1105,21 @@ impl Store {
                         crate::version::format_release(2)
                     ),
                 },
-                Command::CosignedCheckpoint { head, cosignatures } => {
-                    self.apply_checkpoint(head, cosignatures, &new_keys, &mut batch, &mut pending)?
-                }
+                Command::CosignedCheckpoint {
+                    head,
+                    voters,
+                    cosignatures,
+                } => self.apply_checkpoint(
+                    head,
+                    Some(CosignedParts {
+                        voters,
+                        applied_voters: voters_of(i),
+                        cosignatures,
+                    }),
+                    &new_keys,
+                    &mut batch,
+                    &mut pending,
+                )?,
             };
             outcomes.push(outcome);
         }
@@ -1120,7 +1161,7 @@ impl Store {
     fn apply_checkpoint(
         &self,
         head: &crate::sth::SignedTreeHead,
-        cosignatures: &[crate::sth::SignedTreeHead],
+        cosigned: Option<CosignedParts<'_>>,
         new_keys: &HashMap<u64, [u8; 32]>,
         batch: &mut Writes,
         pending: &mut Pending,
@@ -1149,6 +1190,7 @@ impl Store {
         if !head.verify(&key) {
             return refuse("checkpoint signature does not verify".into());
         }
+        let cosignatures = cosigned.as_ref().map_or(&[][..], |c| c.cosignatures);
         let mut signers = vec![head.node_id];
         for c in cosignatures {
             if c.size != head.size || c.root != head.root {
@@ -1176,6 +1218,44 @@ impl Store {
                 }
             }
         }
+        if let Some(c) = &cosigned {
+            // The voter set a verifier takes the quorum from: the one every replica applied at
+            // this log entry, never what the recording gateway says it is.
+            let voters = c.voters;
+            if voters.is_empty() {
+                return refuse("a co-signed checkpoint without a voter set".into());
+            }
+            if !crate::sth::is_voter_set(voters) {
+                return refuse(format!(
+                    "the checkpoint's voter set {voters:?} is not a set of node ids in ascending \
+                     order"
+                ));
+            }
+            match &c.applied_voters {
+                None => {
+                    return refuse(
+                        "a co-signed checkpoint outside Raft: no membership to check its voter \
+                         set against"
+                            .into(),
+                    )
+                }
+                Some(applied) if applied != voters => {
+                    return refuse(format!(
+                        "the checkpoint's voter set {voters:?} is not the cluster's voters \
+                         {applied:?} at its log entry"
+                    ))
+                }
+                Some(_) => {}
+            }
+            let signed = voters.iter().filter(|v| signers.contains(v)).count();
+            if signed < crate::sth::majority(voters.len()) {
+                return refuse(format!(
+                    "the checkpoint of {} entries is {}: fewer than a majority",
+                    head.size,
+                    crate::sth::describe_signers(voters, &signers)
+                ));
+            }
+        }
         let reader = PendingReader {
             store: self,
             pending,
@@ -1197,20 +1277,27 @@ impl Store {
         }
         let json = serde_json::to_vec(head).map_err(|e| self.corrupt(&e.to_string()))?;
         batch.insert(key_meta(META_CHECKPOINT), json);
-        // Written with every checkpoint, empty for a plain one: they belong to this head only.
-        let cosigs = serde_json::to_vec(cosignatures).map_err(|e| self.corrupt(&e.to_string()))?;
-        batch.insert(key_meta(META_COSIGNATURES), cosigs);
+        if let Some(c) = cosigned {
+            let record = crate::sth::Cosigned {
+                tree_head: head.clone(),
+                voters: c.voters.to_vec(),
+                cosignatures: c.cosignatures.to_vec(),
+            };
+            let json = serde_json::to_vec(&record).map_err(|e| self.corrupt(&e.to_string()))?;
+            batch.insert(key_meta(META_COSIGNED), json);
+        }
         pending.checkpoint = Some(head.size);
         Ok(ApplyOutcome::Checkpointed { size: head.size })
     }
 
-    /// The co-signatures recorded with the latest checkpoint (none for a plain checkpoint, or one
-    /// recorded by a version without them).
-    pub fn checkpoint_cosignatures(&self) -> Result<Vec<crate::sth::SignedTreeHead>, LedgerError> {
-        match self.get(&key_meta(META_COSIGNATURES))? {
-            None => Ok(Vec::new()),
+    /// The latest co-signed checkpoint, if any: its head, voter set and co-signatures. A plain
+    /// checkpoint recorded after it does not replace it.
+    pub fn cosigned_checkpoint(&self) -> Result<Option<crate::sth::Cosigned>, LedgerError> {
+        match self.get(&key_meta(META_COSIGNED))? {
+            None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
-                .map_err(|e| self.corrupt(&format!("checkpoint co-signatures: {e}"))),
+                .map(Some)
+                .map_err(|e| self.corrupt(&format!("co-signed checkpoint: {e}"))),
         }
     }
 

@@ -449,6 +449,7 @@ fn test_vectors_match_code_and_document() {
     }
     let tail = export::ExportTail {
         tree_head: sth,
+        voters: vec![],
         cosignatures: vec![],
     };
     lines.push(serde_json::to_string(&tail).expect("tail json"));
@@ -475,7 +476,7 @@ fn script() -> PathBuf {
 }
 
 /// Runs the Python verifier; returns (exit code, stdout, stderr).
-fn python_verify(file: &Path, extra: &[&str]) -> (i32, String, String) {
+pub(crate) fn python_verify(file: &Path, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new("python3")
         .arg(script())
         .args(extra)
@@ -951,10 +952,12 @@ fn verdict_says_whether_a_trust_anchor_was_used() {
 }
 
 /// §9.6: a checkpoint co-signed by other gateways. Every replica's apply records the
-/// co-signatures only if each verifies over the same size and root; the export and receipt cut
-/// at it carry them; `--quorum N` accepts a head signed by N gateways and refuses one gateway's
-/// own history, naming it; the Python verifier agrees; a file without co-signatures (as every
-/// version 1 file) still verifies without the requirement.
+/// co-signatures only if each verifies over the same size and root, its voter set is the
+/// membership applied at its entry and a majority of it signed; the export and receipt cut at it
+/// carry the voter set and co-signatures; `verify` requires a majority of that voter set by
+/// default (naming who signed and who did not) and `--quorum N` raises it; one gateway's own
+/// history (no co-signatures, as every version 1 file) verifies alone and is refused with
+/// `--quorum 2`; the Python verifier agrees on every file.
 #[test]
 fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
     use ledger_node::{ApplyOutcome, Command, Store};
@@ -971,18 +974,19 @@ fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
             public_key: k.verifying_key().to_bytes(),
         })
         .collect();
-    for i in 0..5u64 {
+    let append = |i: u64| {
         let ev = event(
             EventKind::Calibration,
             vec![comp("result", DisclosureClass::Maintenance, "\"pass\"")],
             None,
         );
         let node = i % 3;
-        cmds.push(Command::Append(
+        Command::Append(
             ledger_node::ledger::prepare(ev, "local:test", node + 1, &keys[node as usize], 1)
                 .expect("prepare"),
-        ));
-    }
+        )
+    };
+    cmds.extend((0..5u64).map(append));
     store.apply(&cmds, &[]).expect("apply");
     // Readers see what is flushed.
     store.flush_blocking().expect("flush");
@@ -991,71 +995,184 @@ fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
         SignedTreeHead::sign(5, root, 1_767_603_600_000, node, &keys[node as usize - 1])
     };
     let head = sign(1, root);
-    // A co-signature over another root, or twice by one node: the whole checkpoint is refused.
+    // As in Raft: the voter set applied at the checkpoint's entry is 1, 2, 3.
+    let cosigned = |voters: Vec<u64>, cosignatures: Vec<SignedTreeHead>| {
+        [Command::CosignedCheckpoint {
+            head: head.clone(),
+            voters,
+            cosignatures,
+        }]
+    };
+    let apply_in_raft = |cmds: &[Command]| {
+        store
+            .apply_in(cmds, |_| 2, |_| Some(vec![1, 2, 3]), &[])
+            .expect("apply")
+    };
+    // A co-signature over another root, twice by one node, a voter set that is not the
+    // membership applied (one gateway claiming a cluster of its own, or one of five), one out
+    // of order, co-signers short of a majority, or no membership known at all (outside Raft):
+    // the whole checkpoint is refused.
     for (bad, why) in [
         (
-            vec![sign(2, [7; 32])],
+            cosigned(vec![1, 2, 3], vec![sign(2, [7; 32])]),
             "co-signature of node 2 is over another tree",
         ),
         (
-            vec![sign(2, root), sign(2, root)],
+            cosigned(vec![1, 2, 3], vec![sign(2, root), sign(2, root)]),
             "node 2 signs the checkpoint twice",
         ),
+        (
+            cosigned(vec![1], vec![sign(2, root)]),
+            "voter set [1] is not the cluster's voters [1, 2, 3]",
+        ),
+        (
+            cosigned(vec![1, 2, 3, 4, 5], vec![sign(2, root), sign(3, root)]),
+            "voter set [1, 2, 3, 4, 5] is not the cluster's voters [1, 2, 3]",
+        ),
+        (
+            cosigned(vec![2, 1, 3], vec![sign(2, root)]),
+            "not a set of node ids in ascending order",
+        ),
+        // As development builds before voter sets wrote it: it still decodes, and is refused.
+        (
+            [
+                serde_json::from_value(serde_json::json!({"CosignedCheckpoint": {
+                "head": head, "cosignatures": [sign(2, root)]}}))
+                .expect("an old co-signed checkpoint decodes"),
+            ],
+            "without a voter set",
+        ),
     ] {
-        let out = store
-            .apply(
-                &[Command::CosignedCheckpoint {
-                    head: head.clone(),
-                    cosignatures: bad,
-                }],
-                &[],
-            )
-            .expect("apply");
+        let out = apply_in_raft(&bad);
         assert!(
             matches!(&out[..], [ApplyOutcome::Refused { reason }] if reason.contains(why)),
             "{why}: {out:?}"
         );
     }
-    assert!(store.latest_checkpoint().expect("checkpoint").is_none());
     let out = store
-        .apply(
-            &[Command::CosignedCheckpoint {
-                head: head.clone(),
-                cosignatures: vec![sign(2, root), sign(3, root)],
-            }],
+        .apply_in(
+            &cosigned(vec![1, 2, 3, 4], vec![sign(2, root)]),
+            |_| 2,
+            |_| Some(vec![1, 2, 3, 4]),
             &[],
         )
         .expect("apply");
+    assert!(
+        matches!(&out[..], [ApplyOutcome::Refused { reason }]
+            if reason.contains("signed by 2 of its 4 voters (nodes 1, 2, 3, 4): nodes 1, 2 \
+                                signed it, nodes 3, 4 did not: fewer than a majority")),
+        "{out:?}"
+    );
+    let out = store
+        .apply(&cosigned(vec![1, 2, 3], vec![sign(2, root)]), &[])
+        .expect("apply");
+    assert!(
+        matches!(&out[..], [ApplyOutcome::Refused { reason }] if reason.contains("outside Raft")),
+        "{out:?}"
+    );
+    assert!(store.latest_checkpoint().expect("checkpoint").is_none());
+    let out = apply_in_raft(&cosigned(vec![1, 2, 3], vec![sign(2, root), sign(3, root)]));
     assert_eq!(out, vec![ApplyOutcome::Checkpointed { size: 5 }]);
+    // A plain checkpoint after it: exports stay cut at the co-signed one, a receipt of the
+    // newer entry at the plain one.
+    store.apply(&[append(5)], &[]).expect("apply");
     store.flush_blocking().expect("flush");
+    let plain = SignedTreeHead::sign(6, store.root(6).expect("root"), 2, 1, &keys[0]);
+    let out = store
+        .apply(&[Command::Checkpoint(plain.clone())], &[])
+        .expect("apply");
+    assert_eq!(out, vec![ApplyOutcome::Checkpointed { size: 6 }]);
+    store.flush_blocking().expect("flush");
+    assert_eq!(
+        export::recorded_cut(&store, 0).expect("cut"),
+        Some(head.clone())
+    );
+    assert_eq!(export::recorded_cut(&store, 6).expect("cut"), Some(plain));
     let mut buf = Vec::new();
     export::write_export(&store, &head, &None, &mut buf).expect("export");
     let cosigned = String::from_utf8(buf).expect("utf-8");
-    assert!(cosigned
-        .lines()
-        .last()
-        .expect("tail")
-        .contains("\"cosignatures\""));
-    let verify = |text: &str, quorum: usize| {
+    let tail = cosigned.lines().last().expect("tail");
+    assert!(
+        tail.contains("\"voters\":[1,2,3]") && tail.contains("\"cosignatures\""),
+        "{tail}"
+    );
+    let verify_known = |text: &str, quorum: usize, known: Option<&str>| {
+        let mut opts = VerifyOptions {
+            quorum,
+            ..VerifyOptions::default()
+        };
+        if let Some(k) = known {
+            let k = export::read_known(&mut std::io::Cursor::new(k.as_bytes())).expect("known");
+            opts.known_head = Some(k.head);
+            opts.known_voters = k.voters;
+            opts.known_cosignatures = k.cosignatures;
+        }
         export::verify(
             &mut std::io::Cursor::new(text.as_bytes()),
-            &VerifyOptions {
-                quorum,
-                ..VerifyOptions::default()
-            },
+            &opts,
             &mut |_, _| {},
         )
     };
+    let verify = |text: &str, quorum: usize| verify_known(text, quorum, None);
     let report = verify(&cosigned, 3).expect("three gateways signed it");
     assert_eq!(report.head_signers, vec![1, 2, 3]);
-    // The receipt cut at the checkpoint carries the co-signatures too.
+    assert_eq!(report.voters, vec![1, 2, 3]);
+    // The receipt cut at the checkpoint carries the voter set and co-signatures too.
     let receipt = serde_json::to_string_pretty(
         &export::make_receipt(&store, 3, &head, &None).expect("receipt"),
     )
     .expect("json");
     assert_eq!(
-        verify(&receipt, 2).expect("receipt").head_signers,
+        verify(&receipt, 0).expect("receipt").head_signers,
         vec![1, 2, 3]
+    );
+    // Co-signatures dropped from the file: a majority of its voters is required by default,
+    // naming who signed and who did not; a higher --quorum is required when asked.
+    let (tail_line, receipt_seq) = (6, 3);
+    let one_of_three = edit_line(&cosigned, tail_line, |v| {
+        v["cosignatures"] = serde_json::json!([]);
+    });
+    let err = verify(&one_of_three, 0).expect_err("one of three voters");
+    assert!(
+        err.reason.contains(
+            "signed by 1 of its 3 voters (nodes 1, 2, 3): node 1 signed it, nodes 2, 3 did not: \
+             fewer than a majority (2)"
+        ),
+        "{err}"
+    );
+    let two_of_three = edit_line(&cosigned, tail_line, |v| {
+        v["cosignatures"].as_array_mut().expect("array").pop();
+    });
+    verify(&two_of_three, 0).expect("two of three is a majority");
+    let err = verify(&two_of_three, 3).expect_err("--quorum 3");
+    assert!(
+        err.reason.contains("node 3 did not")
+            && err
+                .reason
+                .contains("fewer than the 3 gateways the quorum requires"),
+        "{err}"
+    );
+    let receipt_short = {
+        let mut v: serde_json::Value = serde_json::from_str(&receipt).expect("json");
+        v["cosignatures"] = serde_json::json!([]);
+        assert_eq!(v["entry"]["seq"], receipt_seq);
+        serde_json::to_string_pretty(&v).expect("json")
+    };
+    let err = verify(&receipt_short, 0).expect_err("receipt of one of three");
+    assert!(err.reason.contains("nodes 2, 3 did not"), "{err}");
+    // Co-signatures without the voter set they were meant to meet.
+    let no_voters = edit_line(&cosigned, tail_line, |v| {
+        v.as_object_mut().expect("object").remove("voters");
+    });
+    let err = verify(&no_voters, 0).expect_err("no voter set");
+    assert!(err.reason.contains("no voter set"), "{err}");
+    // A known head is held to its own voter set as well.
+    verify_known(&cosigned, 0, Some(&two_of_three)).expect("known head of two of three");
+    let err = verify_known(&cosigned, 0, Some(&one_of_three)).expect_err("known head short");
+    assert!(
+        err.reason
+            .contains("the known head of 5 entries is signed by 1 of its 3 voters"),
+        "{err}"
     );
     // A co-signature tampered with: refused, naming its node.
     let tampered = edit_line(&cosigned, 6, |v| {
@@ -1111,9 +1228,37 @@ fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
         std::fs::write(&p, text).expect("write");
         p
     };
-    let (c, _, e) = python_verify(&write("cosigned.jsonl", &cosigned), &["--quorum", "3"]);
+    let (c, o, e) = python_verify(&write("cosigned.jsonl", &cosigned), &["--quorum", "3"]);
     assert_eq!(c, 0, "{e}");
-    let (c, _, e) = python_verify(&write("receipt.json", &receipt), &["--quorum", "3"]);
+    assert!(o.contains("signed by 3 of its 3 voters"), "{o}");
+    let (c, _, e) = python_verify(&write("receipt.json", &receipt), &[]);
+    assert_eq!(c, 0, "{e}");
+    for (name, text, args, why) in [
+        (
+            "one-of-three.jsonl",
+            &one_of_three,
+            &[][..],
+            "signed by 1 of its 3 voters (nodes 1, 2, 3): node 1 signed it, nodes 2, 3 did not",
+        ),
+        (
+            "two-of-three.jsonl",
+            &two_of_three,
+            &["--quorum", "3"][..],
+            "fewer than the 3 gateways the quorum requires",
+        ),
+        (
+            "receipt-short.json",
+            &receipt_short,
+            &[][..],
+            "nodes 2, 3 did not",
+        ),
+        ("no-voters.jsonl", &no_voters, &[][..], "no voter set"),
+    ] {
+        let (c, _, e) = python_verify(&write(name, text), args);
+        assert_eq!(c, 1, "{name}: {e}");
+        assert!(e.contains(why), "{name}: {e}");
+    }
+    let (c, _, e) = python_verify(&write("two-of-three.jsonl", &two_of_three), &[]);
     assert_eq!(c, 0, "{e}");
     let (c, _, e) = python_verify(&write("tampered.jsonl", &tampered), &[]);
     assert_eq!(c, 1, "{e}");

@@ -1516,18 +1516,69 @@ async fn a_write_on_a_joining_gateway_verifies_in_another_gateways_receipt_and_e
     drop(gw2);
 }
 
-/// Checkpoints co-signed by a quorum (docs/ledger-format.md §9.6): the checkpoint a gateway
-/// records carries the co-signatures of the other voters, which each gave only for the head it
-/// applied itself; every gateway's export and receipt cut at it verify with `--quorum 2` against
-/// the three gateways' keys. A history that gateway 1's key alone signed (a ledger made with a
-/// copy of its key) verifies on its own but is refused with `--quorum 2`, naming node 1.
+/// Checkpoints co-signed by a majority of the voters (docs/ledger-format.md §9.6), on a site
+/// whose gateways each hold an issuing CA of their own under one site root (gateway 1 `ca
+/// init`, gateways 2 and 3 the `ca init --issuing-only` flow). The checkpoint a gateway records
+/// carries the voter set and the co-signatures of the other voters, which each gave only for
+/// the head it applied itself; every gateway's export, an API receipt, the web page's receipt
+/// and `ledger export --data-dir` of a stopped gateway are cut at it and verify with the default
+/// quorum (a majority of the voter set) and with `--site-root` and `--quorum 2` (each key
+/// endorsed by its own node's CA); the Python verifier agrees on the same files. With its
+/// co-signatures dropped, the export is refused naming who did not sign. A co-signed
+/// checkpoint sent straight to Raft with a voter set of one (a gateway claiming a cluster of its
+/// own) is refused by apply on every gateway. A history that gateway 1's key alone signed (a
+/// ledger made with a copy of its key) verifies on its own but is refused with `--quorum 2`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not() {
+    use ledger_node::raft::types::RaftRequest;
+    use medledger_gateway::service::raft_net;
     let _turn = medledger_tests::one_cluster_at_a_time().await;
-    let site = Site::new();
-    let nodes = start_cluster(&site, 3, "[ledger]\ncheckpoint_interval_ms = 60000\n").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root_dir = tmp.path().join("node1").join("pki");
+    let ca = init_site_ca(&root_dir, &CaInit::new("test hospital", "1")).expect("site ca");
+    let site = Site { dir: tmp, ca };
+    let web_port = free_port();
+    // No checkpoint of its own during the test: the test records the one it checks.
+    let extra = "[ledger]\ncheckpoint_interval_ms = 3600000\n";
+    let mut nodes: Vec<Gateway> = (1..=3)
+        .map(|i| {
+            let web = if i == 2 {
+                format!("[web]\nlisten = \"127.0.0.1:{web_port}\"\n")
+            } else {
+                String::new()
+            };
+            Gateway::new(&site, i, &format!("{extra}{web}"))
+        })
+        .collect();
+    let root_pem = site.ca.root_pem();
+    for g in &mut nodes[1..] {
+        let pki = g.dir.join("pki");
+        let csr = certs::request_issuing_ca(&pki, &g.id.to_string()).expect("issuing csr");
+        let cert = certs::RootCa::load(&root_dir)
+            .expect("root")
+            .sign_issuing_csr(&csr, 365)
+            .expect("sign issuing ca");
+        certs::install_issuing_ca(&pki, &cert, root_pem).expect("install issuing ca");
+    }
+    let voters: Vec<(u64, String)> = nodes.iter().map(|g| (g.id, g.addr())).collect();
+    let mut nodes = medledger_tests::cluster::start_nodes(&site, nodes, &voters).await;
     let admin = site.staff_client("q-admin", StaffRole::Admin);
     let writer = site.staff_client("q-biomed", StaffRole::Biomed);
+    // Each gateway endorses its key with its own CA at start: wait for all three.
+    let keys: Value = eventually(
+        "the three gateways' keys endorsed",
+        Duration::from_secs(60),
+        || {
+            let (admin, addr) = (admin.clone(), nodes[0].addr());
+            async move {
+                let r = admin.get(format!("https://{addr}/v1/keys")).send().await;
+                let v: Value = r.ok()?.json().await.ok()?;
+                let all = v.as_array()?;
+                (all.len() == 3 && all.iter().all(|k| k["endorsement"].is_object())).then_some(v)
+            }
+        },
+    )
+    .await;
     for i in 0..6 {
         let r = writer
             .post(format!("https://{}/v1/events", nodes[i % 3].addr()))
@@ -1545,10 +1596,8 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
     ])
     .await;
     let dir = site.dir.path();
-    let keys: Value = serde_json::from_slice(
-        &get_bytes(&admin, &format!("https://{}/v1/keys", nodes[1].addr())).await,
-    )
-    .expect("keys json");
+    let root = root_dir.join("root.crt");
+    let root_arg = root.to_str().expect("utf8");
     let mut trusted = Vec::new();
     for k in keys.as_array().expect("keys") {
         trusted.push("--trusted-key".to_owned());
@@ -1558,42 +1607,248 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
             k["public_key"].as_str().expect("key")
         ));
     }
-    assert_eq!(trusted.len(), 6, "three keys: {keys}");
     let mut args: Vec<&str> = trusted.iter().map(String::as_str).collect();
     args.extend(["--quorum", "2"]);
-    // Gateway 3 serves the same checkpoint, with its co-signatures, once it has applied it.
+    let site_args = ["--site-root", root_arg, "--quorum", "2"];
+    // Gateway 3 serves the same checkpoint, with its voter set and co-signatures, once it has
+    // applied it.
+    let export_of = |addr: String| {
+        let admin = admin.clone();
+        async move { get_bytes(&admin, &format!("https://{addr}/v1/export")).await }
+    };
     let export = eventually(
         "gateway 3's export cut at the co-signed checkpoint",
         Duration::from_secs(30),
-        || {
-            let (admin, addr) = (admin.clone(), nodes[2].addr());
-            async move {
-                let b = admin
-                    .get(format!("https://{addr}/v1/export"))
-                    .send()
-                    .await
-                    .ok()?
-                    .bytes()
-                    .await
-                    .ok()?;
-                String::from_utf8_lossy(&b)
-                    .contains("\"cosignatures\"")
-                    .then_some(b)
-            }
+        || async {
+            let b = export_of(nodes[2].addr()).await;
+            String::from_utf8_lossy(&b)
+                .contains("\"cosignatures\"")
+                .then_some(b)
         },
     )
     .await;
-    let (code, out) = verify_with(&dir.join("cosigned.jsonl"), &export, &args);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("tree head signed by 3 gateways"), "{out}");
-    // A receipt of an entry the checkpoint holds is cut at it too.
+    let text = String::from_utf8(export.to_vec()).expect("utf-8");
+    let tail = text.lines().last().expect("tail").to_owned();
+    assert!(tail.contains("\"voters\":[1,2,3]"), "{tail}");
+    let export_path = dir.join("cosigned.jsonl");
+    for a in [&args[..], &site_args[..], &[][..]] {
+        let (code, out) = verify_with(&export_path, &export, a);
+        assert_eq!(code, Some(0), "{a:?}: {out}");
+        assert!(out.contains("of its 3 voters (nodes 1, 2, 3)"), "{out}");
+    }
+    let (_, out) = verify_with(&export_path, &export, &site_args);
+    assert!(
+        out.contains("the keys of node 1, 2, 3 are endorsed") || out.contains("endorsed"),
+        "{out}"
+    );
+    // A receipt of an entry the checkpoint holds is cut at it too, endorsements beside it.
     let receipt = get_bytes(
         &admin,
         &format!("https://{}/v1/entries/2/receipt", nodes[1].addr()),
     )
     .await;
-    let (code, out) = verify_with(&dir.join("cosigned-receipt.json"), &receipt, &args);
+    let receipt_path = dir.join("cosigned-receipt.json");
+    for a in [&args[..], &site_args[..]] {
+        let (code, out) = verify_with(&receipt_path, &receipt, a);
+        assert_eq!(code, Some(0), "{a:?}: {out}");
+    }
+    // Co-signatures dropped from the export: refused by default, naming who did not sign.
+    let stripped = {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let last = lines.last_mut().expect("tail");
+        let mut v: Value = serde_json::from_str(last).expect("tail json");
+        let signer = v["tree_head"]["node_id"].as_u64().expect("signer");
+        v["cosignatures"] = json!([]);
+        *last = v.to_string();
+        (lines.join("\n") + "\n", signer)
+    };
+    let stripped_path = dir.join("stripped.jsonl");
+    let (code, out) = verify_with(&stripped_path, stripped.0.as_bytes(), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    let others: Vec<String> = (1..=3u64)
+        .filter(|n| *n != stripped.1)
+        .map(|n| n.to_string())
+        .collect();
+    assert!(
+        out.contains(&format!(
+            "signed by 1 of its 3 voters (nodes 1, 2, 3): node {} signed it, nodes {} did not",
+            stripped.1,
+            others.join(", ")
+        )),
+        "{out}"
+    );
+
+    // A co-signed checkpoint straight to Raft, signed by gateway 1 with a voter set of its own:
+    // refused by apply (the membership applied at its entry is 1, 2, 3), on every gateway alike.
+    let key_hex = std::fs::read_to_string(nodes[0].dir.join("node.key")).expect("node.key");
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(key_hex.trim(), &mut seed).expect("key hex");
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let head: Value = serde_json::from_str(&tail).expect("tail json");
+    let head: ledger_node::SignedTreeHead =
+        serde_json::from_value(head["tree_head"].clone()).expect("head");
+    let forged_head = ledger_node::SignedTreeHead::sign(head.size, head.root, 1, 1, &key);
+    let body = raft_net::encode(&RaftRequest::new(vec![
+        ledger_node::Command::CosignedCheckpoint {
+            head: forged_head,
+            voters: vec![1],
+            cosignatures: vec![],
+        },
+    ]))
+    .expect("encode");
+    let gateway = site.client_for(&CertSpec::gateway("9"));
+    let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
+    let answer = medledger_tests::cluster::raft_forward(&gateway, &addrs, &body).await;
+    match answer.outcomes.as_slice() {
+        [ledger_node::ApplyOutcome::Refused { reason }] => assert!(
+            reason.contains("voter set [1] is not the cluster's voters [1, 2, 3]"),
+            "{reason}"
+        ),
+        other => panic!("a forged voter set was not refused: {other:?}"),
+    }
+    // Every gateway, once it applied past it (a write after it, read with Medledger-Min-Seq),
+    // still cuts its export at the same co-signed checkpoint.
+    let r = writer
+        .post(format!("https://{}/v1/events", addrs[0]))
+        .json(&event_for("pump-after"))
+        .send()
+        .await
+        .expect("post");
+    let after: Value = r.json().await.expect("json");
+    let after = after["seq"].as_u64().expect("seq").to_string();
+    for addr in &addrs {
+        let b = admin
+            .get(format!("https://{addr}/v1/export"))
+            .header("medledger-min-seq", &after)
+            .send()
+            .await
+            .expect("export")
+            .bytes()
+            .await
+            .expect("export");
+        let tail_now = String::from_utf8_lossy(&b)
+            .lines()
+            .last()
+            .map(str::to_owned);
+        assert_eq!(tail_now.as_deref(), Some(tail.as_str()), "gateway {addr}");
+    }
+
+    // The web page's receipt (certificate sign-in on gateway 2's web listener): cut at the
+    // checkpoint, with the voter set, co-signatures and endorsements.
+    let web = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            medledger_tests::cluster::client_tls(
+                &site.ca,
+                &CertSpec::staff("q-web", "Quinn Web", StaffRole::Biomed),
+            )
+            .expect("client tls"),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let base = format!("https://127.0.0.1:{web_port}");
+    let r = web
+        .get(format!("{base}/login?next=/devices"))
+        .send()
+        .await
+        .expect("certificate sign-in");
+    assert_eq!(r.status(), 303, "sign-in");
+    let cookie = crate::web::cookie_set(&r, "__Host-medledger-session").expect("session cookie");
+    let web_receipt = web
+        .get(format!("{base}/data/entries/2/receipt"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("web receipt")
+        .bytes()
+        .await
+        .expect("body");
+    let w: Value = serde_json::from_slice(&web_receipt).expect("web receipt json");
+    assert_eq!(w["voters"], json!([1, 2, 3]), "{w}");
+    assert_eq!(
+        w["tree_head"],
+        serde_json::to_value(&head).expect("head"),
+        "{w}"
+    );
+    assert!(
+        w["cosignatures"].as_array().is_some_and(|c| !c.is_empty()),
+        "{w}"
+    );
+    let web_path = dir.join("web-receipt.json");
+    for a in [&[][..], &site_args[..]] {
+        let (code, out) = verify_with(&web_path, &web_receipt, a);
+        assert_eq!(code, Some(0), "{a:?}: {out}");
+        assert!(out.contains("of its 3 voters"), "{out}");
+    }
+
+    // `ledger export --data-dir` of gateway 3, stopped: cut at the same checkpoint.
+    nodes[2].kill();
+    let offline = dir.join("offline.jsonl");
+    medledger(&[
+        "ledger",
+        "export",
+        "--data-dir",
+        nodes[2].dir.to_str().expect("utf8"),
+        "--out",
+        offline.to_str().expect("utf8"),
+    ])
+    .await;
+    let offline_bytes = std::fs::read(&offline).expect("offline export");
+    let offline_text = String::from_utf8_lossy(&offline_bytes).to_string();
+    assert_eq!(offline_text.lines().last(), Some(tail.as_str()));
+    for a in [&[][..], &site_args[..]] {
+        let (code, out) = verify_with(&offline, &offline_bytes, a);
+        assert_eq!(code, Some(0), "{a:?}: {out}");
+    }
+    // And `ledger receipt --data-dir` of it: cut at the same checkpoint, endorsements beside it.
+    let offline_receipt = dir.join("offline-receipt.json");
+    medledger(&[
+        "ledger",
+        "receipt",
+        "--data-dir",
+        nodes[2].dir.to_str().expect("utf8"),
+        "--seq",
+        "2",
+        "--out",
+        offline_receipt.to_str().expect("utf8"),
+    ])
+    .await;
+    let offline_receipt_bytes = std::fs::read(&offline_receipt).expect("offline receipt");
+    let r: Value = serde_json::from_slice(&offline_receipt_bytes).expect("receipt json");
+    assert_eq!(r["tree_head"], w["tree_head"], "{r}");
+    assert_eq!(r["voters"], json!([1, 2, 3]), "{r}");
+    let (code, out) = verify_with(&offline_receipt, &offline_receipt_bytes, &site_args);
     assert_eq!(code, Some(0), "{out}");
+
+    // The Python verifier, on the same files.
+    for (path, extra) in [
+        (&export_path, &[][..]),
+        (&export_path, &["--site-root", root_arg][..]),
+        (
+            &receipt_path,
+            &["--site-root", root_arg, "--quorum", "2"][..],
+        ),
+        (&web_path, &["--site-root", root_arg][..]),
+        (&offline, &["--site-root", root_arg][..]),
+        (&offline_receipt, &["--site-root", root_arg][..]),
+    ] {
+        let (code, out, err) = crate::format::python_verify(path, extra);
+        assert_eq!(code, 0, "{} {extra:?}: {out}{err}", path.display());
+        assert!(out.contains("of its 3 voters"), "{out}");
+    }
+    let (code, _, err) = crate::format::python_verify(&stripped_path, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not"), "{err}");
+    let other_root = tempfile::tempdir().expect("tempdir");
+    init_site_ca(other_root.path(), &CaInit::new("another hospital", "1")).expect("other ca");
+    let other = other_root.path().join("root.crt");
+    let (code, _, err) = crate::format::python_verify(
+        &export_path,
+        &["--site-root", other.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not endorsed by the site root"), "{err}");
 
     // Gateway 1's key alone: a history of its own.
     let forged = dir.join("forged");

@@ -446,7 +446,7 @@ async fn signed_records_approvals_corrections_and_audience_exports() {
 /// it with the Part 11 rule and that every gateway holds the same ledger after it.
 async fn forged_approval_is_refused(site: &Site, addrs: &[String], original: &Value, cal_seq: u64) {
     use ledger_node::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
-    use ledger_node::raft::types::{RaftRequest, RaftResponse};
+    use ledger_node::raft::types::RaftRequest;
     use medledger_gateway::service::raft_net;
     let signature = json!({"id": "t100", "name": "Terry Tech", "role": "biomed",
         "meaning": "approved", "of": cal_seq});
@@ -469,26 +469,7 @@ async fn forged_approval_is_refused(site: &Site, addrs: &[String], original: &Va
     let body = raft_net::encode(&RaftRequest::new(vec![ledger_node::Command::Append(cmd)]))
         .expect("encode");
     let gateway = site.client_for(&CertSpec::gateway("9"));
-    let answer: RaftResponse = eventually(
-        "the leader to take the raw command",
-        Duration::from_secs(30),
-        || async {
-            for addr in addrs {
-                let r = gateway
-                    .post(format!("https://{addr}/raft/forward"))
-                    .header("content-type", raft_net::MSGPACK)
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .ok()?;
-                if r.status().is_success() {
-                    return raft_net::decode(&r.bytes().await.ok()?).ok();
-                }
-            }
-            None
-        },
-    )
-    .await;
+    let answer = medledger_tests::cluster::raft_forward(&gateway, addrs, &body).await;
     match answer.outcomes.as_slice() {
         [ledger_node::ApplyOutcome::Refused { reason }] => assert!(
             reason.contains("separation of duties") && reason.contains("t100"),

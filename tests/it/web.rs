@@ -560,6 +560,53 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         assert_eq!(state, "invalid", "a receipt with tampered {what} was not refused");
     }
 
+    // Once a checkpoint both gateways co-signed holds the entry, its receipt is cut there (voters
+    // 1 and 2, docs/ledger-format.md §9.6) and the badge checks the co-signature and the
+    // majority: valid as served, invalid with the co-signature dropped or forged.
+    let receipt = format!("(await (await fetch('/data/entries/{seq}/receipt')).json())");
+    until(
+        &page,
+        "the entry's receipt cut at a co-signed checkpoint",
+        &format!("(async () => JSON.stringify({receipt}.voters) === '[1,2]')()"),
+    )
+    .await;
+    // The co-signer is the gateway that did not record the checkpoint.
+    let signer: u64 = js(
+        &page,
+        &format!("(async () => {receipt}.tree_head.node_id)()"),
+    )
+    .await;
+    let other = 3 - signer;
+    for (what, tamper, want) in [
+        (
+            "nothing",
+            "",
+            "valid|signed by gateways 1, 2 of the 2 voters".to_owned(),
+        ),
+        (
+            "its co-signature dropped",
+            "r.cosignatures = []",
+            format!("invalid|gateways {other} did not sign it"),
+        ),
+        (
+            "its co-signature forged",
+            "const c = r.cosignatures[0]; c.signature = (c.signature[0] === '0' ? '1' : '0') + c.signature.slice(1)",
+            format!("invalid|the co-signature of gateway {other} does not verify"),
+        ),
+    ] {
+        let got: String = js(&page, &format!(
+            "(async () => {{ const r = {receipt}; {tamper}; \
+             const b = document.querySelector('#entry-{seq} button.receipt'); \
+             const state = await MedLedgerReceipt.check(b, r); return state + '|' + b.title; }})()"
+        ))
+        .await;
+        let (state, title) = want.split_once('|').expect("state|title");
+        assert!(
+            got.starts_with(state) && got.contains(title),
+            "a co-signed receipt with {what}: {got}"
+        );
+    }
+
     // The screenshot artifact: the device page with its badges checked.
     page.goto(format!("{base}/devices/{dev}"))
         .await

@@ -466,6 +466,147 @@ pub async fn export(
     Ok(head.size)
 }
 
+/// A stopped gateway's replicated ledger (`DATA_DIR/sled`), read offline by `ledger export` and
+/// `ledger receipt --data-dir`.
+struct GatewayLedger {
+    store: ledger_node::Store,
+    data_dir: PathBuf,
+}
+
+impl GatewayLedger {
+    /// `None` when `data_dir` holds no gateway's ledger (then the CLI's own, `ledger/`, is used).
+    fn open(data_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let db = data_dir.join(ledger_node::raft::DB_DIR);
+        if !db.is_dir() {
+            return Ok(None);
+        }
+        let store =
+            ledger_node::Store::open_with_cache(&db, ledger_node::store::DEFAULT_CACHE_BYTES)
+                .with_context(|| {
+                    format!(
+                        "cannot open the ledger in {} (is the gateway running? stop it, or give \
+                         --config to ask it)",
+                        db.display()
+                    )
+                })?;
+        Ok(Some(Self {
+            store,
+            data_dir: data_dir.to_owned(),
+        }))
+    }
+
+    /// The head to cut at when it holds the first `min_size` entries: the latest co-signed
+    /// checkpoint, else the latest checkpoint, as the gateway's API does (docs/ledger-format.md
+    /// §9.6); else a head over everything, signed with this gateway's own key (`node.key`, under
+    /// the node id the ledger registered it for).
+    fn head(&self, min_size: u64) -> anyhow::Result<ledger_node::SignedTreeHead> {
+        if let Some(c) = export::recorded_cut(&self.store, min_size)? {
+            return Ok(c);
+        }
+        let path = self.data_dir.join("node.key");
+        if !path.is_file() {
+            bail!(
+                "no checkpoint of the ledger in {} holds entry {}, and there is no {} to sign a \
+                 head with",
+                self.data_dir.display(),
+                min_size.saturating_sub(1),
+                path.display()
+            );
+        }
+        let key = ledger_node::keys::load_or_create(&path)?;
+        let public = key.verifying_key().to_bytes();
+        let node_id = self
+            .store
+            .node_keys()?
+            .into_iter()
+            .find(|(_, k)| *k == public)
+            .map(|(id, _)| id)
+            .with_context(|| {
+                format!(
+                    "the key in {} is not registered in the ledger of {}",
+                    path.display(),
+                    self.data_dir.display()
+                )
+            })?;
+        let size = self.store.size();
+        Ok(ledger_node::SignedTreeHead::sign(
+            size,
+            self.store.root(size)?,
+            ledger_node::ledger::now_ms(),
+            node_id,
+            &key,
+        ))
+    }
+}
+
+/// `ledger export --data-dir DIR`: a stopped gateway's ledger cut like the API's exports (at the
+/// latest co-signed checkpoint, with its voter set and co-signatures), or the CLI's own ledger.
+/// Returns the number of entries.
+pub async fn export_data_dir(
+    data_dir: &Path,
+    out: &Path,
+    disclose: &export::Disclosure,
+) -> anyhow::Result<u64> {
+    let (dir, out2, disclose2) = (data_dir.to_owned(), out.to_owned(), disclose.clone());
+    let done = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<u64>> {
+        let Some(g) = GatewayLedger::open(&dir)? else {
+            return Ok(None);
+        };
+        let head = g.head(0)?;
+        write_atomic(&out2, |w| {
+            Ok(export::write_export(&g.store, &head, &disclose2, w)?)
+        })?;
+        Ok(Some(head.size))
+    })
+    .await??;
+    match done {
+        Some(n) => Ok(n),
+        None => export(&open_ledger(data_dir, 1).await?, out, disclose).await,
+    }
+}
+
+/// `ledger receipt --data-dir DIR [--since-size N]`: like [`export_data_dir`], cut at the latest
+/// co-signed checkpoint when it holds the entry (and the tree of N entries).
+pub async fn receipt_data_dir(
+    data_dir: &Path,
+    seq: u64,
+    out: &Path,
+    disclose: &export::Disclosure,
+    since_size: Option<u64>,
+) -> anyhow::Result<()> {
+    let (dir, out2, disclose2) = (data_dir.to_owned(), out.to_owned(), disclose.clone());
+    let done = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        let Some(g) = GatewayLedger::open(&dir)? else {
+            return Ok(false);
+        };
+        let head = g.head(seq.saturating_add(1).max(since_size.unwrap_or(0)))?;
+        let mut r = export::make_receipt_since(&g.store, seq, &head, &disclose2, since_size)?;
+        r.endorsements = crate::service::revocation::endorsements_of(&g.store, &r.node_keys)?;
+        write_receipt(&out2, &r)?;
+        Ok(true)
+    })
+    .await??;
+    if done {
+        return Ok(());
+    }
+    receipt_since(
+        &open_ledger(data_dir, 1).await?,
+        seq,
+        out,
+        disclose,
+        since_size,
+    )
+    .await
+}
+
+fn write_receipt(out: &Path, r: &export::Receipt<'_>) -> anyhow::Result<()> {
+    write_atomic(out, |w| {
+        serde_json::to_writer_pretty(&mut *w, r)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    })
+}
+
 /// `ledger export --config FILE [--role R]`: the export a running gateway serves
 /// (`GET /v1/export`, cut at its latest checkpoint), fetched with the gateway's own certificate
 /// and narrowed to `role`'s classes; written atomically. Returns the number of entries.
@@ -530,11 +671,7 @@ pub async fn receipt_since(
     let head = ledger.tree_head()?;
     let mut r = export::make_receipt_since(ledger.store(), seq, &head, disclose, since_size)?;
     r.endorsements = crate::service::revocation::endorsements_of(ledger.store(), &r.node_keys)?;
-    write_atomic(out, |w| {
-        serde_json::to_writer_pretty(&mut *w, &r)?;
-        w.write_all(b"\n")?;
-        Ok(())
-    })
+    write_receipt(out, &r)
 }
 
 /// Parses `--trusted-key NODE=HEX`.
@@ -575,8 +712,8 @@ pub fn verify_with(
         Some(p) => {
             let mut f =
                 std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-            match export::read_known_head(&mut f) {
-                Ok(h) => Some(h),
+            match export::read_known(&mut f) {
+                Ok(k) => Some(k),
                 Err(e) => anyhow::bail!("known head {}: {e}", p.display()),
             }
         }
@@ -595,11 +732,17 @@ pub fn verify_with(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let (known_head, known_voters, known_cosignatures) = match known_head {
+        Some(k) => (Some(k.head), k.voters, k.cosignatures),
+        None => (None, Vec::new(), Vec::new()),
+    };
     let opts = VerifyOptions {
         trusted_keys: trusted,
         known_head,
         threads,
         quorum,
+        known_voters,
+        known_cosignatures,
     };
     let result = export::verify(&mut input, &opts, &mut |done, total| {
         bar.set_length(total);
@@ -661,7 +804,12 @@ pub fn describe(report: &export::VerifyReport) -> String {
         head.node_id,
         crate::event::format_ms(head.time_ms),
     );
-    if report.head_signers.len() > 1 {
+    if !report.voters.is_empty() {
+        s += &format!(
+            "tree head {}\n",
+            ledger_node::sth::describe_signers(&report.voters, &report.head_signers)
+        );
+    } else if report.head_signers.len() > 1 {
         let nodes: Vec<String> = report.head_signers.iter().map(u64::to_string).collect();
         s += &format!(
             "tree head signed by {} gateways: nodes {}\n",

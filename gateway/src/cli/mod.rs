@@ -102,7 +102,8 @@ enum LedgerCmd {
         #[command(flatten)]
         data: DataDir,
         /// Export from the RUNNING gateway of this config file (a cluster member) through its
-        /// API, instead of the single-node ledger of --data-dir.
+        /// API, instead of reading --data-dir (a stopped gateway's ledger, cut like the API's
+        /// at the latest co-signed checkpoint; or the CLI's own ledger of `import`).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Output file (JSON Lines, docs/ledger-format.md).
@@ -154,8 +155,9 @@ struct VerifyArgs {
     #[arg(long = "trusted-key", value_parser = ledger::parse_trusted_key)]
     trusted_keys: Vec<ledger_node::export::NodeKey>,
     /// A head seen before: a signed tree head as `GET /v1/head` serves it, or an earlier export
-    /// or receipt (its head is used). The file must be the same tree or an extension of it; an
-    /// older head is refused as a rollback, a different tree as a fork.
+    /// or receipt (its head is used, and its co-signatures must meet a majority of its voters
+    /// as the file's do). The file must be the same tree or an extension of it; an older head
+    /// is refused as a rollback, a different tree as a fork.
     #[arg(long = "known-head")]
     known_head: Option<PathBuf>,
     /// The site's root certificate (PEM): every key the file carries must be endorsed by a
@@ -167,7 +169,9 @@ struct VerifyArgs {
     /// Require the tree head the file ends at to be signed by at least this many gateways (the
     /// checkpoint's signer and its co-signers), with keys the file is checked against (pinned
     /// with --trusted-key, or endorsed with --site-root): with 2 of 3 voters, a history one
-    /// gateway signed alone is refused. 0 (default): no such requirement.
+    /// gateway signed alone is refused. A file cut at a co-signed checkpoint needs a majority
+    /// of the voter set it carries in any case (this can only raise it); 0 (default): nothing
+    /// more, and a file without co-signatures (one gateway's head) is accepted as such.
     #[arg(long, default_value_t = 0)]
     quorum: usize,
     /// Threads that check entries (default: one per core).
@@ -238,8 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(r) => Some(crate::records::role_classes(r)),
                 None => ledger::parse_disclosure(disclose.as_deref())?,
             };
-            let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
-            let n = ledger::export(&ledger, &out, &disclose).await?;
+            let n = ledger::export_data_dir(&data.data_dir, &out, &disclose).await?;
             match role {
                 Some(r) => println!(
                     "exported {n} entries to {} for role {r} (classes opened: {})",
@@ -262,8 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since_size,
         }) => {
             let disclose = ledger::parse_disclosure(disclose.as_deref())?;
-            let ledger = ledger::open_ledger(&data.data_dir, 1).await?;
-            ledger::receipt_since(&ledger, seq, &out, &disclose, since_size).await?;
+            ledger::receipt_data_dir(&data.data_dir, seq, &out, &disclose, since_size).await?;
             println!("wrote a receipt for entry {seq} to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }

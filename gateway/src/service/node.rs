@@ -477,10 +477,22 @@ impl Node {
         } else {
             Vec::new()
         };
-        let cmd = if cosignatures.is_empty() {
+        // The voter set every replica checks the checkpoint against (the membership in force at
+        // its log entry, §9.6); recorded as co-signed only when a majority of it signed, else as
+        // a plain checkpoint (exports stay cut at the previous co-signed one).
+        let voters = ledger_node::raft::state_machine::voter_set(&self.membership());
+        let signed = voters
+            .iter()
+            .filter(|v| **v == head.node_id || cosignatures.iter().any(|c| c.node_id == **v))
+            .count();
+        let cmd = if cosignatures.is_empty() || signed < ledger_node::sth::majority(voters.len()) {
             Command::Checkpoint(head)
         } else {
-            Command::CosignedCheckpoint { head, cosignatures }
+            Command::CosignedCheckpoint {
+                head,
+                voters,
+                cosignatures,
+            }
         };
         match self.submit(cmd).await? {
             ApplyOutcome::Checkpointed { size } => Ok(size),

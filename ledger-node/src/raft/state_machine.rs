@@ -125,6 +125,13 @@ fn join_err(path: &Path, e: tokio::task::JoinError) -> LedgerError {
     }
 }
 
+/// The voting members of a membership (both configurations of a joint one), ascending: the
+/// voter set a co-signed checkpoint carries (docs/ledger-format.md §9.6).
+pub fn voter_set(m: &openraft::Membership<u64, openraft::BasicNode>) -> Vec<u64> {
+    let set: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+    set.into_iter().collect()
+}
+
 /// Raft's last applied log id and membership as stored in the ledger's metadata.
 fn decode_applied(
     applied: Option<&[u8]>,
@@ -786,6 +793,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last: Option<LogId> = None;
         let mut first: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
+        // The voter set in force at each command: for commands after a membership entry of this
+        // batch, that entry's (`memberships[k - 1]`, k = `epochs[i]`); before any, the applied one.
+        let mut epochs: Vec<usize> = Vec::new();
+        let mut memberships: Vec<Vec<u64>> = Vec::new();
         for entry in entries {
             first.get_or_insert(entry.log_id);
             match entry.payload {
@@ -793,9 +804,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(req) => {
                     per_entry.push(req.commands.len());
                     formats.extend(std::iter::repeat_n(req.format, req.commands.len()));
+                    epochs.extend(std::iter::repeat_n(memberships.len(), req.commands.len()));
                     commands.extend(req.commands);
                 }
                 EntryPayload::Membership(m) => {
+                    memberships.push(voter_set(&m));
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     per_entry.push(0);
                 }
@@ -822,9 +835,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 serde_json::to_vec(m).map_err(|e| write(&e))?,
             ));
         }
+        // Read only when a command needs it (a co-signed checkpoint before any membership entry
+        // of this batch), and before apply: the store's metadata is behind its writer lock.
+        let needs_applied = commands
+            .iter()
+            .zip(&epochs)
+            .any(|(c, e)| *e == 0 && matches!(c, Command::CosignedCheckpoint { .. }));
+        let applied_voters = if needs_applied {
+            let (_, m) = self
+                .read_applied()
+                .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Read, &e))?;
+            Some(voter_set(m.membership()))
+        } else {
+            None
+        };
+        let voters_of = |i: usize| match epochs[i] {
+            0 => applied_voters.clone(),
+            k => Some(memberships[k - 1].clone()),
+        };
         let outcomes = self
             .store
-            .apply_at(&commands, |i| formats[i], &meta)
+            .apply_in(&commands, |i| formats[i], voters_of, &meta)
             .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
         if outcomes.len() != commands.len() {
             return Err(write(&format!(
@@ -967,6 +998,109 @@ mod tests {
         let mut r = SnapshotReader::new(bytes, content, p)?;
         let pairs = r.by_ref().collect::<Result<Vec<_>, _>>()?;
         Ok((r.header, pairs))
+    }
+
+    /// A co-signed checkpoint is checked against the voter set of the membership in force at
+    /// its own log entry: the one applied before its batch, or a membership entry earlier in the
+    /// same batch (openraft hands a follower or a replay several entries at once).
+    #[tokio::test]
+    async fn a_cosigned_checkpoint_is_checked_against_the_membership_at_its_entry() {
+        use crate::entry::{ComponentInput, DisclosureClass, EventInput, EventKind};
+        use crate::raft::types::RaftRequest;
+        use crate::sth::SignedTreeHead;
+        use crate::store::ApplyOutcome;
+        use ed25519_dalek::SigningKey;
+        use openraft::{BasicNode, Membership};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_log, mut sm, store) = crate::raft::open_storage(dir.path()).expect("storage");
+        let keys: Vec<SigningKey> = (1..=3u8)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .collect();
+        let member = |index: u64, ids: &[u64]| Entry {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![ids.iter().copied().collect()],
+                ids.iter()
+                    .map(|i| (*i, BasicNode::new(format!("n{i}"))))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )),
+        };
+        let normal = |index: u64, commands: Vec<Command>| Entry {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: EntryPayload::Normal(RaftRequest {
+                commands,
+                format: 2,
+            }),
+        };
+        let mut cmds: Vec<Command> = keys
+            .iter()
+            .zip(1u64..)
+            .map(|(k, id)| Command::RegisterNode {
+                node_id: id,
+                public_key: k.verifying_key().to_bytes(),
+            })
+            .collect();
+        let event = EventInput {
+            kind: EventKind::Repair,
+            device_id: "pump-1".into(),
+            occurred_at: None,
+            components: vec![ComponentInput {
+                name: "action".into(),
+                class: DisclosureClass::Maintenance,
+                value: "\"fixed\"".into(),
+            }],
+            corrects: None,
+            event_id: None,
+        };
+        cmds.push(Command::Append(
+            crate::ledger::prepare(event, "local:test", 1, &keys[0], 1).expect("prepare"),
+        ));
+        sm.apply(vec![member(1, &[1, 2]), normal(2, cmds)])
+            .await
+            .expect("apply");
+        store.flush_blocking().expect("flush");
+        let root = store.root(1).expect("root");
+        let sign = |node: u64| SignedTreeHead::sign(1, root, 5, node, &keys[node as usize - 1]);
+        let cosigned = |voters: Vec<u64>| Command::CosignedCheckpoint {
+            head: sign(1),
+            voters,
+            cosignatures: vec![sign(2), sign(3)],
+        };
+        let out = sm
+            .apply(vec![
+                normal(3, vec![cosigned(vec![1, 2, 3])]),
+                member(4, &[1, 2, 3]),
+                normal(5, vec![cosigned(vec![1, 2]), cosigned(vec![1, 2, 3])]),
+            ])
+            .await
+            .expect("apply");
+        let refused = |o: &ApplyOutcome, why: &str| matches!(o, ApplyOutcome::Refused { reason } if reason.contains(why));
+        assert!(
+            refused(
+                &out[0].outcomes[0],
+                "voter set [1, 2, 3] is not the cluster's voters [1, 2]"
+            ),
+            "{out:?}"
+        );
+        assert!(out[1].outcomes.is_empty(), "{out:?}");
+        assert!(
+            refused(
+                &out[2].outcomes[0],
+                "voter set [1, 2] is not the cluster's voters [1, 2, 3]"
+            ),
+            "{out:?}"
+        );
+        assert_eq!(out[2].outcomes[1], ApplyOutcome::Checkpointed { size: 1 });
+        // The next batch starts from the membership applied (1, 2, 3).
+        let out = sm
+            .apply(vec![normal(6, vec![cosigned(vec![1, 2])])])
+            .await
+            .expect("apply");
+        assert!(refused(&out[0].outcomes[0], "[1, 2, 3]"), "{out:?}");
+        assert_eq!(
+            store.cosigned_checkpoint().expect("read").map(|c| c.voters),
+            Some(vec![1, 2, 3])
+        );
     }
 
     /// A build that started before an install and ends after it keeps the installed snapshot.

@@ -244,11 +244,14 @@ pub async fn receipt(
     Extension(peer): Extension<Peer>,
     PathParams(SeqParam { seq }): PathParams<SeqParam>,
 ) -> Result<Response, ApiError> {
-    // Against the latest checkpoint when it holds the entry: a head every gateway recorded,
-    // with the co-signatures of the gateways that applied it (§9.6); else this gateway's own.
-    let head = match node.store.latest_checkpoint().map_err(ApiError::internal)? {
-        Some(c) if seq < c.size => c,
-        _ => node.tree_head().map_err(ApiError::internal)?,
+    // Against the latest co-signed checkpoint (else the latest checkpoint) when it holds the
+    // entry: a head every gateway recorded, with the voter set and co-signatures of the
+    // gateways that applied it (§9.6); else this gateway's own.
+    let head = match ledger_node::export::recorded_cut(&node.store, seq.saturating_add(1))
+        .map_err(ApiError::internal)?
+    {
+        Some(c) => c,
+        None => node.tree_head().map_err(ApiError::internal)?,
     };
     if seq >= head.size {
         return Err(ApiError::not_found(format!(
@@ -303,10 +306,11 @@ pub async fn export(
         }
         classes = audience;
     }
-    let head = match node.store.latest_checkpoint().map_err(ApiError::internal)? {
-        Some(h) => h,
-        None => node.tree_head().map_err(ApiError::internal)?,
-    };
+    let head =
+        match ledger_node::export::recorded_cut(&node.store, 0).map_err(ApiError::internal)? {
+            Some(h) => h,
+            None => node.tree_head().map_err(ApiError::internal)?,
+        };
     let store = node.store.clone();
     let bytes = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();

@@ -974,15 +974,28 @@ async fn receipt(
     let Ok(seq) = seq.parse::<u64>() else {
         return (StatusCode::BAD_REQUEST, "seq is not a number").into_response();
     };
-    let head = match web.node.tree_head() {
-        Ok(h) => h,
+    // Cut like the API's receipts: at the latest co-signed checkpoint when it holds the entry,
+    // carrying its voter set, co-signatures and the keys' endorsements (§9.5, §9.6).
+    let head = match ledger_node::export::recorded_cut(&web.node.store, seq.saturating_add(1)) {
+        Ok(Some(c)) => c,
+        Ok(None) => match web.node.tree_head() {
+            Ok(h) => h,
+            Err(e) => return internal(e),
+        },
         Err(e) => return internal(e),
     };
     if seq >= head.size {
         return (StatusCode::NOT_FOUND, "no such entry").into_response();
     }
     let classes = crate::service::api::staff_classes(Some(s.role));
-    match ledger_node::export::make_receipt(&web.node.store, seq, &head, &Some(classes)) {
+    let receipt = ledger_node::export::make_receipt(&web.node.store, seq, &head, &Some(classes))
+        .map_err(anyhow::Error::from)
+        .and_then(|mut r| {
+            r.endorsements =
+                crate::service::revocation::endorsements_of(&web.node.store, &r.node_keys)?;
+            Ok(r)
+        });
+    match receipt {
         Ok(r) => Json(r).into_response(),
         Err(e) => internal(e),
     }
