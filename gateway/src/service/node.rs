@@ -464,9 +464,22 @@ impl Node {
     pub async fn checkpoint(&self) -> Result<u64, WriteError> {
         let failed = |e: &dyn std::fmt::Display| WriteError::Failed(e.to_string());
         let size = self.store.size();
-        if let Some(c) = self.store.latest_checkpoint().map_err(|e| failed(&e))? {
-            if c.size >= size {
-                return Ok(c.size);
+        // A checkpoint of this size went without a majority's co-signatures (a voter busy
+        // beyond COSIGN_WAIT): co-signing it is tried again at the next round rather than
+        // only once the ledger grows, so that exports and receipts reach the newest entries.
+        let cosigning = self.store.format() >= 2 && self.membership().voter_ids().nth(1).is_some();
+        let covered = match self.store.latest_checkpoint().map_err(|e| failed(&e))? {
+            Some(c) if c.size >= size => Some(c.size),
+            _ => None,
+        };
+        if let Some(covered) = covered {
+            let cosigned = self
+                .store
+                .cosigned_checkpoint()
+                .map_err(|e| failed(&e))?
+                .is_some_and(|k| k.tree_head.size >= covered);
+            if cosigned || !cosigning {
+                return Ok(covered);
             }
         }
         let head = self.tree_head().map_err(|e| failed(&e))?;
@@ -486,6 +499,10 @@ impl Node {
             .filter(|v| **v == head.node_id || cosignatures.iter().any(|c| c.node_id == **v))
             .count();
         let cmd = if cosignatures.is_empty() || signed < ledger_node::sth::majority(voters.len()) {
+            if let Some(covered) = covered {
+                // A plain checkpoint of this size is recorded already.
+                return Ok(covered);
+            }
             Command::Checkpoint(head)
         } else {
             Command::CosignedCheckpoint {
