@@ -17,8 +17,6 @@ use crate::cli::client;
 use crate::event::{EventLines, EventRequest, ImportEvent};
 use crate::service::import::{ImportAnswer, ImportBatch, ImportOutcome};
 
-/// Events per batch the CLI sends.
-const BATCH_EVENTS: usize = 500;
 /// JSON bytes per batch the CLI sends (a single larger event goes alone).
 const BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// How often a progress line is printed.
@@ -128,7 +126,12 @@ struct Pending {
 }
 
 /// Streams `file` to the gateway in batches; memory holds one batch whatever the file's size.
-pub async fn import_via_api(target: &Target, file: &Path) -> anyhow::Result<RemoteSummary> {
+/// `batch` events at most per request.
+pub async fn import_via_api(
+    target: &Target,
+    file: &Path,
+    batch: usize,
+) -> anyhow::Result<RemoteSummary> {
     let source = file.display().to_string();
     let f = std::fs::File::open(file).with_context(|| format!("cannot read {source}"))?;
     let mut lines = EventLines::new(BufReader::with_capacity(1 << 16, f));
@@ -154,7 +157,7 @@ pub async fn import_via_api(target: &Target, file: &Path) -> anyhow::Result<Remo
             }
         };
         if !pending.events.is_empty()
-            && (pending.events.len() >= BATCH_EVENTS || pending.bytes + size > BATCH_BYTES)
+            && (pending.events.len() >= batch || pending.bytes + size > BATCH_BYTES)
         {
             send(target, &mut pending, &mut summary, &source).await?;
         }

@@ -115,6 +115,10 @@ struct ImportArgs {
     /// data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Through a gateway: events per request (at most 1000; a batch is also kept under about
+    /// 2 MiB of JSON).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000), conflicts_with = "data_dir")]
+    batch: u16,
     /// With --data-dir: the identity recorded as the author of every imported event (default
     /// local:import). Through a gateway the author is the certificate that imports.
     #[arg(long, requires = "data_dir")]
@@ -237,7 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => None,
             };
             if let Some(target) = target {
-                let s = import::import_via_api(&target, &a.file).await?;
+                let s = import::import_via_api(&target, &a.file, usize::from(a.batch)).await?;
                 println!(
                     "{}",
                     s.describe(&a.file.display().to_string(), &target.addr)
