@@ -25,9 +25,9 @@ pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Largest body of a batch: a batch holds at least one event of the largest size
 /// ([`crate::event::MAX_EVENT_BYTES`]); the CLI sends about 2 MiB at a time.
 pub const MAX_BATCH_BYTES: usize = 8 * crate::event::MAX_EVENT_BYTES;
-/// Commands per Raft entry: about what the telemetry drainer proposes at once, so one entry
-/// stays a few hundred KiB.
-const PER_RAFT_ENTRY: usize = 64;
+/// Commands per Raft entry: the proposer's default group (`[ledger] max_batch`), so one entry
+/// stays a few hundred KiB and a batch of 500 takes two Raft rounds.
+const PER_RAFT_ENTRY: usize = 256;
 /// How long a batch waits for this gateway to apply what the leader applied (a follower is
 /// normally one replication round behind).
 const APPLY_WAIT: Duration = Duration::from_secs(10);
