@@ -74,6 +74,16 @@ pub fn bin(name: &str) -> PathBuf {
     target_dir().join(profile).join(name)
 }
 
+/// The number after `name` on a bench binary's command line (`--events 1000`), or `default`.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped.
 pub struct ChildGuard(pub Child);
 

@@ -255,6 +255,21 @@ impl<R: std::io::BufRead> EventLines<R> {
                 return Ok(None);
             }
             if self.buf.len() as u64 == limit && !self.buf.ends_with(b"\n") {
+                // The rest of the line is skipped (in bounded pieces), so that a reader that
+                // goes on after this error starts at the next line.
+                loop {
+                    self.buf.clear();
+                    let n = (&mut self.reader)
+                        .take(1 << 16)
+                        .read_until(b'\n', &mut self.buf)
+                        .map_err(|e| LineError {
+                            line,
+                            reason: format!("cannot read: {e}"),
+                        })?;
+                    if n == 0 || self.buf.ends_with(b"\n") {
+                        break;
+                    }
+                }
                 return Err(LineError {
                     line,
                     reason: format!(

@@ -29,15 +29,7 @@ use medledger_gateway::service::registry::index::parse_ms;
 use medledger_gateway::service::registry::request::{DeviceRecord, ModelRequest};
 use medledger_gateway::service::registry::{report, Registry};
 use medledger_gateway::service::web::data as web_data;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use medledger_tests::arg;
 
 fn rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

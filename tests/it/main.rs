@@ -7,6 +7,7 @@ mod disk;
 mod format;
 mod gateway_tls;
 mod hostile;
+mod import;
 mod ledger;
 mod modbus;
 mod mosquitto;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use certs::{CertSpec, StaffRole};
 use medledger_tests::bin;
-use medledger_tests::cluster::{eventually, start_cluster, status, Gateway, Site};
+use medledger_tests::cluster::{eventually, start_cluster, start_nodes, status, Gateway, Site};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -53,14 +53,14 @@ async fn record(client: &Client, addr: &str, path: &str, body: &Value) -> (Statu
     panic!("POST {path}: no leader for 20 s")
 }
 
-fn medledger(args: &[&str]) -> Output {
+pub(crate) fn medledger(args: &[&str]) -> Output {
     Command::new(bin("medledger"))
         .args(args)
         .output()
         .expect("run medledger")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -68,7 +68,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn verify(file: &Path) -> Output {
+pub(crate) fn verify(file: &Path) -> Output {
     medledger(&["verify", file.to_str().expect("utf8")])
 }
 
@@ -96,7 +96,7 @@ async fn applied(admin: &Client, addr: &str, size: u64) {
 }
 
 /// Records a checkpoint through `config`'s gateway (exports are cut at the latest one).
-fn checkpoint(config: &Path) {
+pub(crate) fn checkpoint(config: &Path) {
     let out = medledger(&[
         "cluster",
         "checkpoint",
@@ -107,7 +107,7 @@ fn checkpoint(config: &Path) {
 }
 
 /// `GET /v1/export{query}` from `addr` once its latest checkpoint covers `size` entries.
-async fn export_of(client: &Client, addr: &str, query: &str, size: u64) -> Vec<u8> {
+pub(crate) async fn export_of(client: &Client, addr: &str, query: &str, size: u64) -> Vec<u8> {
     eventually(
         &format!("an export of {size} entries from {addr}"),
         Duration::from_secs(60),
@@ -550,20 +550,90 @@ fn import_refuses_a_correction_of_another_device() {
     );
 }
 
+/// Copies of `marker` in the Raft log entries and in the snapshot files (`raft-snapshot.*`) of
+/// the stopped gateway whose data directory is `dir`: (log, snapshot files). The log is read
+/// through the log store, as the gateway reads it.
+async fn raft_copies(dir: &Path, marker: &str) -> (usize, usize) {
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    let count = |hay: &[u8]| {
+        hay.windows(marker.len())
+            .filter(|w| *w == marker.as_bytes())
+            .count()
+    };
+    let log = {
+        let (mut log, _sm, _store) = ledger_node::raft::open_storage(dir).expect("open storage");
+        let entries = log
+            .get_log_reader()
+            .await
+            .try_get_log_entries(..)
+            .await
+            .expect("log entries");
+        count(&serde_json::to_vec(&entries).expect("json"))
+    };
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).expect("data dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("raft-snapshot") {
+            files += count(&std::fs::read(&path).expect("snapshot file"));
+        }
+    }
+    (log, files)
+}
+
+/// Waits until the gateway whose `/metrics` are at `health` has purged an erased value from its
+/// Raft log and snapshot file.
+async fn erasure_purged(health: &str) {
+    eventually(
+        &format!("{health} to purge an erased value"),
+        Duration::from_secs(60),
+        || async {
+            let (_, text) = super::ops::get(health, "/metrics").await?;
+            let purges = text
+                .lines()
+                .find_map(|l| l.strip_prefix("medledger_erasure_purges_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())?;
+            (purges >= 1).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot() {
     let _turn = medledger_tests::one_cluster_at_a_time().await;
     let site = Site::new();
     // Small Raft logs, so that a gateway that was down catches up from a snapshot.
     let small_logs = "[raft]\nsnapshot_after_logs = 40\nkeep_logs_after_snapshot = 5\n";
-    let mut nodes = start_cluster(&site, 3, small_logs).await;
+    let health: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", medledger_tests::free_port()))
+        .collect();
+    let nodes: Vec<Gateway> = (1..=3)
+        .map(|i| {
+            let extra = format!(
+                "health_listen = \"{}\"\n{small_logs}",
+                health[i as usize - 1]
+            );
+            Gateway::new(&site, i, &extra)
+        })
+        .collect();
+    let voters: Vec<(u64, String)> = nodes.iter().map(|g| (g.id, g.addr())).collect();
+    let mut nodes = start_nodes(&site, nodes, &voters).await;
     let addrs: Vec<String> = nodes.iter().map(Gateway::addr).collect();
     let admin = staff(&site, "a400", "Ada Admin", StaffRole::Admin);
     let tech = staff(&site, "t100", "Terry Tech", StaffRole::Biomed);
     let gateway = site.client_for(&CertSpec::gateway("9"));
     keys_known(&gateway, &addrs).await;
 
-    let (s, cal) = record(&tech, &addrs[0], "/v1/events", &calibration("pump-1")).await;
+    // The value to erase, found nowhere else.
+    let marker = "MRN-ERASED-93417";
+    let mut body = calibration("pump-1");
+    body["components"][1]["value"] = marker.into();
+    let (s, cal) = record(&tech, &addrs[0], "/v1/events", &body).await;
     assert_eq!(s, StatusCode::CREATED, "{cal}");
     let seq = cal["seq"].as_u64().expect("seq");
     let (s, other) = record(&tech, &addrs[0], "/v1/events", &calibration("pump-2")).await;
@@ -594,8 +664,14 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     let had = status(&gateway, &addrs[2]).await.expect("status")["last_log_index"]
         .as_u64()
         .expect("last log index");
-    // Gateway 3 is down while the value is erased and the log moves on.
+    // Gateway 3 is down while the value is erased and the log moves on; its Raft log holds the
+    // value (what the checks below look for is there to be found).
     nodes[2].kill();
+    let (log, _) = raft_copies(&nodes[2].dir, marker).await;
+    assert!(
+        log >= 1,
+        "gateway 3's raft log does not hold the value before the erasure"
+    );
 
     let erase = format!("/v1/entries/{seq}/components/patient_mrn/erase");
     let reason = json!({"reason": "patient's request (right to erasure)"});
@@ -659,6 +735,30 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     let (s, again) = record(&admin, &addrs[0], &erase, &reason).await;
     assert_eq!(s, StatusCode::OK, "{again}");
     assert_eq!(again["seq"], by);
+    // Soon after the erasure, neither running gateway holds the value in its Raft log or its
+    // snapshot file, with no further writes (the snapshot and purge follow the erasure itself);
+    // each is stopped (SIGKILL: what it reported purged is on disk) and read, then started.
+    for i in [1, 0] {
+        erasure_purged(&health[i]).await;
+        nodes[i].kill();
+        assert_eq!(
+            raft_copies(&nodes[i].dir, marker).await,
+            (0, 0),
+            "gateway {}: copies of the erased value in (raft log, snapshot files)",
+            i + 1
+        );
+        nodes[i].start();
+        eventually(
+            &format!("gateway {} back with a leader", i + 1),
+            Duration::from_secs(60),
+            || async {
+                status(&gateway, &addrs[i])
+                    .await
+                    .filter(|s| !s["leader"].is_null())
+            },
+        )
+        .await;
+    }
     // Enough entries for the leader to snapshot and purge what gateway 3 missed.
     let mut last = by;
     for i in 0..120 {
@@ -741,6 +841,13 @@ async fn an_erased_value_stays_erased_on_every_node_after_restart_and_snapshot()
     assert!(
         s3["snapshot_index"].as_u64() > Some(had),
         "gateway 3 did not catch up from a snapshot: {s3}"
+    );
+    // Gateway 3, which held the value and caught up from a snapshot, holds no copy either.
+    nodes[2].kill();
+    assert_eq!(
+        raft_copies(&nodes[2].dir, marker).await,
+        (0, 0),
+        "gateway 3: copies of the erased value in (raft log, snapshot files)"
     );
 
     // A value stripped from an export without an erasure entry is refused, naming entry and

@@ -131,14 +131,45 @@ struct ImportCheck {
     /// Second pass: the device of each referenced id met so far (a correction concerns the
     /// device of the entry it corrects).
     devices: std::collections::HashMap<String, String>,
-    /// The component names of the file per class, at most [`NAMES_PER_CLASS`] each, for
-    /// [`ImportCheck::readers`].
-    names: std::collections::BTreeMap<ledger_node::entry::DisclosureClass, BTreeSet<String>>,
+    /// The component names of the file per class, for [`ImportCheck::readers`].
+    names: ClassNames,
 }
 
 /// Names per class kept to say who reads what an import recorded: enough to recognise them,
 /// bounded whatever the file.
 const NAMES_PER_CLASS: usize = 8;
+
+/// The component names of an import file per class, at most [`NAMES_PER_CLASS`] each, to say
+/// which staff roles read each class of what it recorded.
+#[derive(Default)]
+pub(crate) struct ClassNames(std::collections::BTreeMap<DisclosureClass, BTreeSet<String>>);
+
+impl ClassNames {
+    pub(crate) fn add(&mut self, components: &[ledger_node::entry::ComponentInput]) {
+        for c in components {
+            let names = self.0.entry(c.class).or_default();
+            if names.len() < NAMES_PER_CLASS {
+                names.insert(c.name.clone());
+            }
+        }
+    }
+
+    /// Which staff roles read each class of the names seen.
+    pub(crate) fn readers(&self) -> Vec<crate::records::ClassReaders> {
+        let named: Vec<ledger_node::entry::ComponentInput> = self
+            .0
+            .iter()
+            .flat_map(|(class, names)| {
+                names.iter().map(|n| ledger_node::entry::ComponentInput {
+                    name: n.clone(),
+                    class: *class,
+                    value: String::new(),
+                })
+            })
+            .collect();
+        crate::records::audience(&named)
+    }
+}
 
 /// Refuses a correction of `target_device`'s entry recorded about another device.
 fn same_device(
@@ -173,18 +204,7 @@ impl ImportCheck {
 
     /// Which staff roles read each class of what the file records.
     fn readers(&self) -> Vec<crate::records::ClassReaders> {
-        let named: Vec<ledger_node::entry::ComponentInput> = self
-            .names
-            .iter()
-            .flat_map(|(class, names)| {
-                names.iter().map(|n| ledger_node::entry::ComponentInput {
-                    name: n.clone(),
-                    class: *class,
-                    value: String::new(),
-                })
-            })
-            .collect();
-        crate::records::audience(&named)
+        self.names.readers()
     }
 
     fn fingerprint(&self, id: &str) -> u64 {
@@ -210,12 +230,7 @@ impl ImportCheck {
             let device = ledger.store().entry(seq)?.body.device_id;
             same_device(source, ev, &format!("entry {seq}"), &device)?;
         }
-        for c in &ev.event.components {
-            let names = self.names.entry(c.class).or_default();
-            if names.len() < NAMES_PER_CLASS {
-                names.insert(c.name.clone());
-            }
-        }
+        self.names.add(&ev.event.components);
         if let Some(id) = &ev.event.event_id {
             self.fingerprints.push(self.fingerprint(id));
         }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod import;
 pub mod init;
 pub mod ledger;
 pub mod pki;
@@ -17,6 +18,7 @@ pub mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 /// MedLedger: a verifiable maintenance ledger for hospital medical devices.
@@ -34,8 +36,12 @@ enum Cmd {
     /// faults that raise alarms, offline devices and due maintenance. Needs mosquitto; stops on
     /// Ctrl-C or SIGTERM leaving no process behind.
     Demo(demo::DemoArgs),
-    /// Append maintenance events from a JSON Lines file (schema: docs/import-format.md). Every
-    /// line is checked first; a bad line is reported with its number and nothing is written.
+    /// Import a maintenance history from a JSON Lines file (schema: docs/import-format.md).
+    /// Through a running gateway (--config FILE, or --gateway HOST:PORT with an administrator's
+    /// certificate): every event recorded once by its event id and replicated to every gateway,
+    /// a refused line reported with its number while the rest goes on, a rerun recording only
+    /// what is missing. With --data-dir: a stand-alone ledger that no gateway serves (refused
+    /// for a gateway's data directory), all or nothing.
     Import(ImportArgs),
     /// Export the ledger or write receipts.
     #[command(subcommand)]
@@ -85,12 +91,38 @@ struct DataDir {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("into").required(true).args(["config", "gateway", "data_dir"])))]
 struct ImportArgs {
-    #[command(flatten)]
-    data: DataDir,
-    /// Identity recorded as the author of every imported event.
-    #[arg(long, default_value = "local:import")]
-    author: String,
+    /// Import through the running gateway of this configuration file, with the gateway's own
+    /// certificate (on the gateway's machine); the events are replicated to every gateway.
+    #[arg(long, conflicts_with_all = ["gateway", "data_dir"])]
+    config: Option<PathBuf>,
+    /// Import through the gateway at HOST:PORT (any member of the cluster) with an
+    /// administrator's staff certificate (--cert, --key) and the site root (--ca).
+    #[arg(long, requires_all = ["cert", "key", "ca"], conflicts_with = "data_dir")]
+    gateway: Option<String>,
+    /// The staff certificate (PEM) of an administrator, with --gateway.
+    #[arg(long, requires = "gateway")]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "gateway")]
+    key: Option<PathBuf>,
+    /// The site's root certificate (PEM), to check the gateway's.
+    #[arg(long, requires = "gateway")]
+    ca: Option<PathBuf>,
+    /// Write a stand-alone ledger in this directory (DIR/ledger) instead, which no gateway serves:
+    /// for a ledger of its own (to export and verify an old history). Refused for a gateway's
+    /// data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Through a gateway: events per request (at most 1000; a batch is also kept under about
+    /// 2 MiB of JSON).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000), conflicts_with = "data_dir")]
+    batch: u16,
+    /// With --data-dir: the identity recorded as the author of every imported event (default
+    /// local:import). Through a gateway the author is the certificate that imports.
+    #[arg(long, requires = "data_dir")]
+    author: Option<String>,
     /// The JSON Lines file.
     file: PathBuf,
 }
@@ -205,8 +237,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Import(a) => {
-            let ledger = ledger::open_ledger(&a.data.data_dir, 1).await?;
-            let s = ledger::import_file(&ledger, &a.file, &a.author).await?;
+            let target = match (&a.config, &a.gateway, &a.cert, &a.key, &a.ca) {
+                (Some(config), ..) => Some(import::Target::from_config(config)?),
+                (None, Some(gw), Some(cert), Some(key), Some(ca)) => {
+                    Some(import::Target::from_certificate(gw, cert, key, ca)?)
+                }
+                _ => None,
+            };
+            if let Some(target) = target {
+                let s = import::import_via_api(&target, &a.file, usize::from(a.batch)).await?;
+                println!(
+                    "{}",
+                    s.describe(&a.file.display().to_string(), &target.addr)
+                );
+                if !s.readers.is_empty() {
+                    print!(
+                        "who reads what was recorded (other roles see only commitments):\n{}",
+                        crate::records::describe_audience(&s.readers)
+                    );
+                }
+                return Ok(if s.refused == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let data_dir = a
+                .data_dir
+                .context("give --config, --gateway or --data-dir")?;
+            if let Some(why) = import::gateway_dir_refusal(&data_dir) {
+                anyhow::bail!(why);
+            }
+            let author = a.author.as_deref().unwrap_or("local:import");
+            let ledger = ledger::open_ledger(&data_dir, 1).await?;
+            let s = ledger::import_file(&ledger, &a.file, author).await?;
             println!(
                 "imported {} events from {} ({} already present); the ledger now has {} entries",
                 s.appended,

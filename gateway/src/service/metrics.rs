@@ -85,6 +85,12 @@ pub struct Metrics {
     /// Version refusals (issue 16, upgrades), by what was refused.
     version_refused: Family<WhatLabel, Counter>,
     cluster_format: Gauge,
+    /// 1 while an applied erasure's value may still be in this gateway's Raft log or snapshot
+    /// file (until the snapshot and purge that follow it).
+    erasure_pending: Gauge,
+    /// Erasures whose log and snapshot copies were removed, and the seconds the last took.
+    erasure_purges: Counter,
+    erasure_purge_seconds: Gauge<f64, AtomicU64>,
     /// Set by telemetry when it runs; no outbox gauges without it.
     outbox_probe: std::sync::OnceLock<OutboxProbe>,
     /// The data directory's free-space reserve, read at each scrape.
@@ -231,9 +237,31 @@ impl Metrics {
             "On the leader: the command format it proposes at, the highest every member applies",
             cluster_format.clone(),
         );
+        let erasure_pending = Gauge::default();
+        registry.register(
+            "erasure_purge_pending",
+            "1 while a value erased by an applied erasure may still be in this gateway's Raft log \
+             or snapshot file (until the snapshot and log purge that follow it)",
+            erasure_pending.clone(),
+        );
+        let erasure_purges = Counter::default();
+        registry.register(
+            "erasure_purges",
+            "Times this gateway took a snapshot and purged its Raft log after an erasure",
+            erasure_purges.clone(),
+        );
+        let erasure_purge_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "erasure_purge_seconds",
+            "Seconds from seeing the last erasure applied to its log purge being on disk",
+            erasure_purge_seconds.clone(),
+        );
         Self {
             version_refused,
             cluster_format,
+            erasure_pending,
+            erasure_purges,
+            erasure_purge_seconds,
             registry,
             commit_latency,
             writes,
@@ -277,6 +305,18 @@ impl Metrics {
                 what: what.to_owned(),
             })
             .inc();
+    }
+
+    /// An erasure's value may be in the Raft log or snapshot file until it is purged.
+    pub fn erasure_pending(&self, pending: bool) {
+        self.erasure_pending.set(i64::from(pending));
+    }
+
+    /// The snapshot and log purge after an erasure are on disk, `seconds` after it was seen.
+    pub fn erasure_purged(&self, seconds: f64) {
+        self.erasure_purges.inc();
+        self.erasure_purge_seconds.set(seconds);
+        self.erasure_pending.set(0);
     }
 
     /// The command format the leader proposes at.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod disk;
 pub mod enroll;
 pub mod health;
+pub mod import;
 pub mod limits;
 pub mod metrics;
 pub mod node;

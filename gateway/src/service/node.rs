@@ -117,6 +117,7 @@ impl Node {
         }
         .validate()?;
         let peers = network.http.clone();
+        let erasures = state_machine.erasures();
         let raft = Raft::new(
             config.node.id,
             Arc::new(raft_config),
@@ -159,6 +160,7 @@ impl Node {
                 min_logs: r.snapshot_after_logs,
                 growth_percent: r.snapshot_growth_percent,
             },
+            erasures,
             shutdown.clone(),
         ));
         tokio::spawn(register_key(node.clone(), shutdown.clone()));
@@ -257,6 +259,26 @@ impl Node {
                  signs nothing: no leader has accepted the registration within {:?}",
                 self.id, self.write_timeout
             ))),
+        }
+    }
+
+    /// Waits until this node has applied entry `seq`, at most `max`; `Err` with the entries
+    /// applied when it has not.
+    pub async fn wait_applied(&self, seq: u64, max: Duration) -> Result<(), u64> {
+        let deadline = tokio::time::Instant::now() + max;
+        // Raft's metrics change after every apply: wake on them, and at least every 50 ms.
+        let mut metrics = self.raft.metrics();
+        loop {
+            let size = self.store.size();
+            if size > seq {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(size);
+            }
+            let step = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(step, metrics.changed()).await;
         }
     }
 
@@ -828,27 +850,47 @@ impl SnapshotRule {
     }
 }
 
-/// Triggers snapshots by [`SnapshotRule`] (openraft's own policy is off).
-async fn snapshot_policy(node: Arc<Node>, rule: SnapshotRule, shutdown: CancellationToken) {
+/// Triggers snapshots by [`SnapshotRule`] (openraft's own policy is off), and after an erasure
+/// (see [`ErasurePurge`]).
+async fn snapshot_policy(
+    node: Arc<Node>,
+    rule: SnapshotRule,
+    mut erasures: tokio::sync::watch::Receiver<Option<openraft::LogId<u64>>>,
+    shutdown: CancellationToken,
+) {
     let mut metrics = node.raft.metrics();
     let mut last = metrics.borrow().snapshot;
     // How many ledger entries the last snapshot holds. Not recorded across restarts: then the
     // ledger's size now, which errs towards a later snapshot.
     let mut events_at_snapshot = if last.is_some() { node.store.size() } else { 0 };
     let mut requested: Option<Instant> = None;
+    let mut purge = ErasurePurge::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
+            changed = erasures.changed() => if changed.is_err() { return },
+            // While an erased value is being purged, look again now and then even when Raft's
+            // metrics stand still (a purge the leader held back for a replication in flight).
+            _ = tokio::time::sleep(Duration::from_secs(1)), if purge.working.is_some() => {}
         }
-        let (snapshot, applied) = {
+        let (snapshot, applied, purged) = {
             let m = metrics.borrow_and_update();
-            (m.snapshot, m.last_applied)
+            (m.snapshot, m.last_applied, m.purged)
         };
         if snapshot != last {
             last = snapshot;
             events_at_snapshot = node.store.size();
             requested = None;
+        }
+        let erased = *erasures.borrow_and_update();
+        match purge.step(&node, erased, snapshot, purged, requested).await {
+            Step::Stop => return,
+            Step::SnapshotRequested => {
+                requested = Some(Instant::now());
+                continue;
+            }
+            Step::Idle => {}
         }
         // A requested snapshot is being built; ask again only if it never came.
         if requested.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
@@ -877,6 +919,96 @@ async fn snapshot_policy(node: Arc<Node>, rule: SnapshotRule, shutdown: Cancella
             }
             requested = Some(Instant::now());
         }
+    }
+}
+
+/// What [`ErasurePurge::step`] did.
+enum Step {
+    /// Nothing for the snapshot rule to wait for.
+    Idle,
+    /// A snapshot was asked for.
+    SnapshotRequested,
+    /// Raft has shut down.
+    Stop,
+}
+
+/// Removes an erased value from this gateway's Raft log and snapshot file soon after the
+/// erasure is applied, on every gateway (each runs this for itself): the log entry that carried
+/// the value and a snapshot built before the erasure keep it, while the ledger dropped it at
+/// once. As soon as an erasure is applied (at log id E), the gateway takes a snapshot (built
+/// from the ledger, so without the value; it replaces the older snapshot file), asks Raft to
+/// purge its log up to E (allowed once a snapshot covers E; on the leader Raft holds the purge
+/// until no replication is sending those entries, and a follower that lacks them catches up
+/// from the snapshot), and flushes the database so that the purge is on disk. A restart
+/// finds E in the store's metadata and finishes the job. What remains: sled may keep the old
+/// bytes in its log-structured segment files until it rewrites them (docs/operations.md,
+/// "Erasure").
+#[derive(Default)]
+struct ErasurePurge {
+    /// The erasure being purged and when this gateway first saw it.
+    working: Option<(openraft::LogId<u64>, Instant)>,
+    /// The purge asked of Raft, up to this log id.
+    asked: Option<openraft::LogId<u64>>,
+}
+
+impl ErasurePurge {
+    async fn step(
+        &mut self,
+        node: &Node,
+        erased: Option<openraft::LogId<u64>>,
+        snapshot: Option<openraft::LogId<u64>>,
+        purged: Option<openraft::LogId<u64>>,
+        requested: Option<Instant>,
+    ) -> Step {
+        let Some(erased) = erased.filter(|e| purged < Some(*e)) else {
+            if let Some((e, since)) = self.working.take() {
+                // The purge is done: make it durable before saying so.
+                if let Err(err) = node.store.flush().await {
+                    tracing::error!(error = %err, "cannot flush the purge of an erased value");
+                    self.working = Some((e, since));
+                    return Step::Idle;
+                }
+                let seconds = since.elapsed().as_secs_f64();
+                node.metrics.erasure_purged(seconds);
+                tracing::info!(
+                    erasure = %e,
+                    seconds,
+                    "erased value removed from the raft log and snapshot file"
+                );
+            }
+            return Step::Idle;
+        };
+        if self.working.is_none_or(|(e, _)| e != erased) {
+            let since = self.working.map_or_else(Instant::now, |(_, t)| t);
+            self.working = Some((erased, since));
+            node.metrics.erasure_pending(true);
+            tracing::info!(erasure = %erased, "erasure applied: taking a snapshot and purging the raft log up to it");
+        }
+        if snapshot >= Some(erased) {
+            if self.asked < Some(erased) {
+                self.asked = Some(erased);
+                if node.raft.trigger().purge_log(erased.index).await.is_err() {
+                    return Step::Stop;
+                }
+            }
+            return Step::Idle;
+        }
+        // A snapshot asked for a moment ago (by the rule or for an erasure) may still cover it.
+        if requested.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return Step::Idle;
+        }
+        let need = snapshot_estimate(node);
+        if let Err(full) = node.disk.check_room(need) {
+            tracing::warn!(
+                needed_bytes = need,
+                "snapshot after an erasure postponed: {full}"
+            );
+            return Step::Idle;
+        }
+        if node.raft.trigger().snapshot().await.is_err() {
+            return Step::Stop;
+        }
+        Step::SnapshotRequested
     }
 }
 

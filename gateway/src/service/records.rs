@@ -107,7 +107,7 @@ fn who(id: &Identity) -> String {
     format!("{} {}", id.profile, id.id)
 }
 
-fn refuse_on_learner(node: &Node) -> Result<(), RecordError> {
+pub(crate) fn refuse_on_learner(node: &Node) -> Result<(), RecordError> {
     if node.is_learner() {
         return Err(forbidden(
             None,

@@ -64,6 +64,10 @@ use crate::store::{Command, Store, StoreView};
 pub const META_APPLIED: &str = "raft_applied";
 /// Store metadata name of Raft's last applied membership.
 pub const META_MEMBERSHIP: &str = "raft_membership";
+/// Store metadata name of the log id of the last Raft entry applied with an erasure in it: the
+/// log up to it may hold the value the erasure dropped, until this node has
+/// a snapshot covering it and has purged its log up to it (see [`StateMachine::erasures`]).
+pub const META_LAST_ERASURE: &str = "raft_last_erasure";
 
 const MAGIC_V1: &[u8; 8] = b"MLSNAP01";
 const MAGIC: &[u8; 8] = b"MLSNAP02";
@@ -83,6 +87,23 @@ pub struct StateMachine {
     /// Held while `raft-snapshot.bin` is replaced, by a build or an install (see
     /// [`replace_snapshot_file`]).
     snapshot_file: Arc<std::sync::Mutex<()>>,
+    /// The log id of the last entry applied with an erasure in it ([`META_LAST_ERASURE`]).
+    erasures: tokio::sync::watch::Sender<Option<LogId>>,
+}
+
+/// Whether the signed body of an append (`EntryBody::encode`: recorded time, node id, author,
+/// kind, ...) is of kind erasure; read without decoding the rest. A body that does not read so
+/// is not an erasure (apply refuses it anyway).
+fn is_erasure(body: &[u8]) -> bool {
+    let field = |at: usize| -> Option<(&[u8], usize)> {
+        let len = u32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        let start = at + 4;
+        Some((body.get(start..start.checked_add(len)?)?, start + len))
+    };
+    // Recorded time and node id: 8 bytes each.
+    field(16)
+        .and_then(|(_, next)| field(next))
+        .is_some_and(|(kind, _)| kind == crate::entry::EventKind::Erasure.as_str().as_bytes())
 }
 
 /// Builds snapshots of the state machine; openraft runs it beside ongoing applies.
@@ -529,12 +550,20 @@ impl StateMachine {
         snapshot_path: PathBuf,
         log: LogStore,
     ) -> Result<Self, LedgerError> {
+        let last_erasure = match store.meta(META_LAST_ERASURE)? {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_slice(&v)
+                    .map_err(|e| corrupt(durability.dir(), format!("{META_LAST_ERASURE}: {e}")))?,
+            ),
+        };
         let sm = Self {
             store,
             durability,
             snapshot_path,
             log,
             snapshot_file: Arc::default(),
+            erasures: tokio::sync::watch::Sender::new(last_erasure),
         };
         // Fail at open, not in the middle of Raft's start-up, if the metadata does not parse.
         let (applied, _) = sm.read_applied()?;
@@ -584,6 +613,14 @@ impl StateMachine {
     /// The ledger store this state machine applies to.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The log id of the last Raft entry applied with an erasure in it, as it changes; kept in the store's metadata, so known again after a
+    /// restart. Until this node has a snapshot that covers it and has purged its log up to it,
+    /// the log (and an older snapshot file) may still hold the value the erasure dropped: the
+    /// gateway takes that snapshot and purges as soon as it sees a new one.
+    pub fn erasures(&self) -> tokio::sync::watch::Receiver<Option<LogId>> {
+        self.erasures.subscribe()
     }
 
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), LedgerError> {
@@ -797,11 +834,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // batch, that entry's (`memberships[k - 1]`, k = `epochs[i]`); before any, the applied one.
         let mut epochs: Vec<usize> = Vec::new();
         let mut memberships: Vec<Vec<u64>> = Vec::new();
+        // The last entry with an erasure in it (applied or refused: a refused one only costs a
+        // snapshot), written with the apply so that a restart still knows the log holds the
+        // erased value; its own log id, so every replica records the same whatever its batches.
+        let mut erasure: Option<LogId> = None;
         for entry in entries {
             first.get_or_insert(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => per_entry.push(0),
                 EntryPayload::Normal(req) => {
+                    if req
+                        .commands
+                        .iter()
+                        .any(|c| matches!(c, Command::Append(a) if is_erasure(&a.body)))
+                    {
+                        erasure = Some(entry.log_id);
+                    }
                     per_entry.push(req.commands.len());
                     formats.extend(std::iter::repeat_n(req.format, req.commands.len()));
                     epochs.extend(std::iter::repeat_n(memberships.len(), req.commands.len()));
@@ -853,6 +901,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             0 => applied_voters.clone(),
             k => Some(memberships[k - 1].clone()),
         };
+        if let Some(at) = &erasure {
+            meta.push((
+                META_LAST_ERASURE,
+                serde_json::to_vec(at).map_err(|e| write(&e))?,
+            ));
+        }
         let outcomes = self
             .store
             .apply_in(&commands, |i| formats[i], voters_of, &meta)
@@ -869,6 +923,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.log
             .state_applied(Some(last), false)
             .map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
+        if erasure.is_some() {
+            self.erasures.send_replace(erasure);
+        }
         tracing::debug!(
             first = first.map_or(0, |f| f.index),
             last = last.index,
@@ -1101,6 +1158,37 @@ mod tests {
             store.cosigned_checkpoint().expect("read").map(|c| c.voters),
             Some(vec![1, 2, 3])
         );
+    }
+
+    /// The erasure check reads the kind from the signed body alone, and never panics on bytes
+    /// that are not a body.
+    #[test]
+    fn erasures_are_told_from_the_body_alone() {
+        use crate::entry::{EventInput, EventKind};
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let body = |kind, id: &str| {
+            let event = EventInput {
+                kind,
+                device_id: "pump-1".into(),
+                occurred_at: None,
+                components: Vec::new(),
+                corrects: None,
+                event_id: Some(id.into()),
+            };
+            crate::ledger::prepare(event, "sha256:ab", 1, &key, 1_700_000_000_000)
+                .expect("prepare")
+                .body
+        };
+        let erasure = body(
+            EventKind::Erasure,
+            &crate::entry::erasure_event_id(3, "mrn"),
+        );
+        assert!(is_erasure(&erasure));
+        assert!(!is_erasure(&body(EventKind::Calibration, "wo-1")));
+        for cut in 0..erasure.len() {
+            let _ = is_erasure(&erasure[..cut]);
+        }
+        assert!(!is_erasure(&[0xff; 40]));
     }
 
     /// A build that started before an install and ends after it keeps the installed snapshot.

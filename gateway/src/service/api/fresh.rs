@@ -35,7 +35,7 @@ pub async fn min_seq(State(node): State<Arc<Node>>, mut req: Request, next: Next
         Ok(Some(seq)) => seq,
         Err(e) => return e.into_response(),
     };
-    match wait_applied(&node, wanted, MAX_WAIT).await {
+    match node.wait_applied(wanted, MAX_WAIT).await {
         Ok(()) => next.run(req).await,
         Err(size) => {
             let behind = wanted.saturating_add(1).saturating_sub(size);
@@ -51,26 +51,6 @@ pub async fn min_seq(State(node): State<Arc<Node>>, mut req: Request, next: Next
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-    }
-}
-
-/// Waits until `node` has applied entry `seq`, at most `max`; `Err` with the entries applied
-/// when it has not.
-pub async fn wait_applied(node: &Node, seq: u64, max: Duration) -> Result<(), u64> {
-    let deadline = tokio::time::Instant::now() + max;
-    // Raft's metrics change after every apply: wake on them, and at least every 50 ms.
-    let mut metrics = node.raft.metrics();
-    loop {
-        let size = node.store.size();
-        if size > seq {
-            return Ok(());
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(size);
-        }
-        let step = (deadline - now).min(Duration::from_millis(50));
-        let _ = tokio::time::timeout(step, metrics.changed()).await;
     }
 }
 

@@ -15,6 +15,7 @@ mod devices;
 mod events;
 pub mod extract;
 pub mod fresh;
+mod import;
 mod ledger;
 mod problem;
 mod raft;
@@ -206,6 +207,11 @@ pub fn router(node: Arc<Node>, identity: OpenApiRouter<Arc<Node>>) -> Router {
         .routes(guarded(Writer, EVENT_BODY, routes!(events::append_event)))
         .routes(guarded(Writer, SMALL_BODY, routes!(records::sign)))
         .routes(guarded(Admin, SMALL_BODY, routes!(records::erase)))
+        .routes(guarded(
+            Admin,
+            import::IMPORT_BODY,
+            routes!(import::import_batch),
+        ))
         .routes(guarded(Reader, SMALL_BODY, routes!(ledger::head)))
         .routes(guarded(Reader, SMALL_BODY, routes!(ledger::keys)))
         .routes(guarded(Reader, SMALL_BODY, routes!(ledger::consistency)))

@@ -56,7 +56,13 @@ where C: RaftTypeConfig
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) fn schedule_policy_based_purge(&mut self) {
         if let Some(purge_upto) = self.calc_purge_upto() {
-            self.update_purge_upto(purge_upto);
+            // MedLedger patch (PATCHED.md, third change): a purge asked for through
+            // `Trigger::purge_log` may already be scheduled further (it ignores
+            // `max_in_snapshot_log_to_keep`) and still wait for a replication using those logs;
+            // the policy must not lower it (`update_purge_upto` asserts it never goes down).
+            if self.state.purge_upto() < Some(&purge_upto) {
+                self.update_purge_upto(purge_upto);
+            }
         }
     }
 
