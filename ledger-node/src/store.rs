@@ -591,6 +591,9 @@ impl<'a> Record<'a> {
     }
 }
 
+/// How long [`open_db`] waits for sled's lock on a database that is being let go of.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// sled's page cache when nothing else is asked for, bytes. sled's own default (1 GiB) let a
 /// gateway's memory grow with its ledger up to that much; an appliance keeps its ledger on disk
 /// and its working set (the newest entries, the Merkle frontier's nodes) in far less.
@@ -605,15 +608,34 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// power-loss tests, `tests/it/powerloss.rs`).
 pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerError> {
     create_dir_durable(dir)?;
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_bytes)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| LedgerError::Storage {
-            path: dir.to_owned(),
-            source,
-        })?;
+    let open = || {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()
+    };
+    // sled lets go of its file lock only when its last IO task ends, which can be a moment
+    // after the last handle was dropped: a reopen in the same process (a test, a bench that
+    // writes a store and then starts a gateway on it) waits for that rather than failing.
+    // Another process holding the lock (a running gateway) is still refused after the wait.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => {
+                break r.map_err(|source| LedgerError::Storage {
+                    path: dir.to_owned(),
+                    source,
+                })?
+            }
+        }
+    };
     let conf = dir.join("conf");
     match std::fs::File::open(&conf).and_then(|f| f.sync_all()) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
