@@ -427,6 +427,28 @@ fn acked_count(acked: &Acked) -> usize {
     acked.lock().expect("lock").len()
 }
 
+/// Starts `n` writers of round `round` through all of `nodes` and returns them, still writing,
+/// once a random 20 to 300 more events are acknowledged.
+async fn writes_before_the_cut(
+    writer: &reqwest::Client,
+    nodes: &[PNode],
+    round: usize,
+    n: usize,
+    acked: &Acked,
+    rng: &mut Rng,
+) -> Writers {
+    let writers = Writers::start(
+        writer,
+        &nodes.iter().collect::<Vec<_>>(),
+        &format!("r{round}"),
+        n,
+        acked,
+    );
+    let target = acked_count(acked) + rng.range(20, 300) as usize;
+    until_acked(acked, target, "writes before the cut").await;
+    writers
+}
+
 /// Waits until `n` events are acknowledged in all.
 async fn until_acked(acked: &Acked, n: usize, what: &str) {
     eventually(what, Duration::from_secs(120), || {
@@ -695,15 +717,7 @@ async fn power_cut_one_gateway_under_writes() {
     for (round, seed) in seeds.into_iter().enumerate() {
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let writers = Writers::start(
-            &writer,
-            &nodes.iter().collect::<Vec<_>>(),
-            &format!("r{round}"),
-            8,
-            &acked,
-        );
-        let target = acked_count(&acked) + rng.range(20, 300) as usize;
-        until_acked(&acked, target, "writes before the cut").await;
+        let writers = writes_before_the_cut(&writer, &nodes, round, 8, &acked, &mut rng).await;
         let t1 = t.elapsed();
         tally.add(&nodes[0].cut(&mut rng));
         nodes[0].gw.start();
@@ -767,15 +781,7 @@ async fn power_cut_whole_site_under_writes() {
     for (round, seed) in seeds.into_iter().enumerate() {
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let writers = Writers::start(
-            &writer,
-            &nodes.iter().collect::<Vec<_>>(),
-            &format!("r{round}"),
-            12,
-            &acked,
-        );
-        let target = acked_count(&acked) + rng.range(20, 300) as usize;
-        until_acked(&acked, target, "writes before the cut").await;
+        let writers = writes_before_the_cut(&writer, &nodes, round, 12, &acked, &mut rng).await;
         // The power goes everywhere at the same moment: every process dies before any volume
         // is cut.
         for n in nodes.iter_mut() {
@@ -838,15 +844,7 @@ async fn power_cut_one_of_three_gateways() {
     for (round, seed) in seeds.into_iter().enumerate() {
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let writers = Writers::start(
-            &writer,
-            &nodes.iter().collect::<Vec<_>>(),
-            &format!("r{round}"),
-            12,
-            &acked,
-        );
-        let target = acked_count(&acked) + rng.range(20, 300) as usize;
-        until_acked(&acked, target, "writes before the cut").await;
+        let writers = writes_before_the_cut(&writer, &nodes, round, 12, &acked, &mut rng).await;
         let leader = status(&admin, &addrs[0])
             .await
             .and_then(|s| s["leader"].as_u64());
