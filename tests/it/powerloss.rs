@@ -930,8 +930,13 @@ fn client_from_files(prefix: &Path, root_pem: &[u8]) -> reqwest::Client {
         .expect("client")
 }
 
-/// Round seeds of `power_cut_after_ca_init_cluster_init_and_issue` that found a missing sync.
-const FOUND_PKI: &[u64] = &[];
+/// Rounds of `power_cut_after_ca_init_cluster_init_and_issue` that found a defect: (round seed,
+/// stage). 2736623188282813470, stage 2 (round 128 of run seed 268372509954072845): the export
+/// after the cut lacked the acknowledged revocation. The gateway came back with it in its Raft
+/// log but not applied (the apply was not yet synced), and `POST /cluster/checkpoint`, asked as
+/// soon as the gateway led again, covered only the entries before it; the checkpoint now waits
+/// until everything committed is applied (`api::cluster::checkpoint`).
+const FOUND_PKI: &[(u64, usize)] = &[(2_736_623_188_282_813_470, 2)];
 
 /// Kind 4: the power goes right after `medledger ca init` (before any gateway ran), right after
 /// `cluster init`, or right after certificates were issued (staff, devices) and one revoked,
@@ -942,11 +947,17 @@ async fn power_cut_after_ca_init_cluster_init_and_issue() {
     let _turn = medledger_tests::one_cluster_at_a_time().await;
     let started = Instant::now();
     let test = "power_cut_after_ca_init_cluster_init_and_issue";
-    let seeds = round_seeds(test, FOUND_PKI, 3);
+    // The stage of an ordinary round is its place among the ordinary rounds, so that a run seed
+    // replays the same rounds whatever was found since.
+    let seeds = FOUND_PKI.iter().copied().chain(
+        round_seeds(test, &[], 3)
+            .into_iter()
+            .enumerate()
+            .map(|(i, seed)| (seed, i % 3)),
+    );
     let mut tally = Tally::default();
-    for (round, seed) in seeds.into_iter().enumerate() {
+    for (round, (seed, stage)) in seeds.enumerate() {
         let mut rng = Rng::new(seed);
-        let stage = round % 3;
         let t = Instant::now();
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("node1");
