@@ -629,7 +629,10 @@ def read_known(data):
             raise Invalid("the export's last line: %s" % e) from None
     doc = parse_json(text)
     if isinstance(doc, dict) and "tree_head" not in doc:
-        return parse_head(doc), [], []
+        try:
+            return parse_head(doc), [], []
+        except Invalid as e:
+            raise Invalid("neither a signed tree head, an export nor a receipt: %s" % e) from None
     if not isinstance(doc, dict) or doc.get("format") != RECEIPT_FORMAT:
         raise Invalid("neither a signed tree head, an export nor a receipt")
     for k in doc:
