@@ -253,6 +253,23 @@ where
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Waits until `GET /v1/keys` of the gateway at `addr` lists `n` keys, each with its
+/// endorsement by the site (a gateway with an issuing CA endorses its key at start); returns
+/// the keys.
+pub async fn endorsed_keys(client: &reqwest::Client, addr: &str, n: usize) -> Value {
+    eventually(
+        &format!("the {n} gateways' keys endorsed"),
+        Duration::from_secs(60),
+        || async move {
+            let r = client.get(format!("https://{addr}/v1/keys")).send().await;
+            let v: Value = r.ok()?.json().await.ok()?;
+            let all = v.as_array()?;
+            (all.len() == n && all.iter().all(|k| k["endorsement"].is_object())).then_some(v)
+        },
+    )
+    .await
+}
+
 /// Starts `n` gateways and makes them one cluster of voters through the CLI.
 pub async fn start_cluster(site: &Site, n: u64, extra: &str) -> Vec<Gateway> {
     let nodes: Vec<Gateway> = (1..=n).map(|i| Gateway::new(site, i, extra)).collect();

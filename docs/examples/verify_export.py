@@ -8,7 +8,7 @@ that MedLedger's format requires (canonical S, no small-order key or R, R compar
 
 Usage:
     verify_export.py [--skip-signatures] [--trusted-key NODE_ID=HEX]... [--quorum N]
-                     [--site-root ROOT.crt] FILE
+                     [--site-root ROOT.crt] [--known-head FILE] FILE
     verify_export.py --self-test
 
 Exit status: 0 the document verifies, 1 it does not (the first problem is printed on stderr),
@@ -24,6 +24,14 @@ voters, when there are any). --site-root ROOT.crt checks every key the document 
 the site's root certificate (section 9.5): an export's own ledger-key `certificate-issued`
 entries, or a receipt's `endorsements`, each signed (ECDSA P-256) by that node's issuing CA,
 itself signed by the root.
+
+--known-head FILE checks that the document is consistent with a tree head seen before (section
+9.4): FILE is a signed tree head as `GET /v1/head` serves it, or an earlier export or receipt
+whose tree head (with its voter set and co-signatures) is used. The known head must verify with
+the document's keys; a document whose head is older is refused as a rollback, one whose tree does
+not extend the known tree as a fork (an export carries every leaf: the root of its first
+known-size leaves must be the known root; a receipt newer than the known head must carry a
+consistency proof from the known size).
 """
 
 import base64
@@ -146,6 +154,8 @@ def ed25519_verify(pk, msg, sig):
 
 EXPORT_FORMAT = "medledger-export/1"
 RECEIPT_FORMAT = "medledger-receipt/1"
+RECEIPT_FIELDS = ("format", "node_keys", "entry", "inclusion_proof", "tree_head", "consistency",
+                  "voters", "cosignatures", "endorsements")
 ENTRY_VERSION = 1
 ENTRY_DOMAIN = b"medledger/entry/v1\x00"
 COMPONENT_DOMAIN = b"medledger/component/v1\x00"
@@ -595,6 +605,112 @@ def _where(seq=None, line=None):
     return ""
 
 
+# ---- section 9.4: against a head seen before (rollback and fork) ----
+
+def read_known(data):
+    """The head a reader saw before, from the bytes of FILE: a signed tree head as `GET /v1/head`
+    serves it, an export (its last line) or a receipt (its tree head), with the voter set and
+    co-signatures it came with. Its signature is checked later, with the document's keys."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("not UTF-8") from None
+    first = text.split("\n", 1)[0]
+    if is_export_header(first):
+        last = [line for line in text.split("\n") if line.strip()][-1]
+        try:
+            tail = parse_json(last)
+            cosignatures = tail.pop("cosignatures", []) if isinstance(tail, dict) else []
+            voters = parse_voters(tail.pop("voters", []) if isinstance(tail, dict) else [],
+                                  "voters")
+            (value,) = fields(tail, "tree head line", ("tree_head",))
+            return parse_head(value), voters, cosignatures
+        except Invalid as e:
+            raise Invalid("the export's last line: %s" % e) from None
+    doc = parse_json(text)
+    if isinstance(doc, dict) and "tree_head" not in doc:
+        try:
+            return parse_head(doc), [], []
+        except Invalid as e:
+            raise Invalid("neither a signed tree head, an export nor a receipt: %s" % e) from None
+    if not isinstance(doc, dict) or doc.get("format") != RECEIPT_FORMAT:
+        raise Invalid("neither a signed tree head, an export nor a receipt")
+    for k in doc:
+        if k not in RECEIPT_FIELDS:
+            raise Invalid("receipt: unknown field %r" % k)
+    voters = parse_voters(doc.get("voters", []), "voters")
+    return parse_head(doc["tree_head"]), voters, doc.get("cosignatures", [])
+
+
+def check_known_head(keys, opts):
+    """The known head's signature, and its co-signatures and the majority of its voter set when
+    it came with them, with the document's keys (section 9.4)."""
+    known = opts.get("known")
+    if known is None:
+        return
+    head, voters, cosignatures = known
+    check_head(head, keys, opts, "known head")
+    check_cosignatures(head, cosignatures, voters, keys, dict(opts, quorum=0), "known head")
+
+
+def _rollback(doc, head, known):
+    return Invalid("rollback: the %s's tree head has %d entries, older than the known head of %d "
+                   "entries" % (doc, head["size"], known["size"]))
+
+
+def relate_export(known, head, leaves):
+    """An export carries every leaf: its tree extends the known head's exactly when the root of
+    its first known-size leaves is the known root."""
+    if head["size"] < known["size"]:
+        raise _rollback("export", head, known)
+    prefix = mth(leaves, 0, known["size"])
+    if prefix != known["root"]:
+        raise Invalid("fork: the export's first %d entries have root %s, the known head of %d "
+                      "entries has root %s"
+                      % (known["size"], prefix.hex(), known["size"], known["root"].hex()))
+    return {"known": known, "newer_by": head["size"] - known["size"]}
+
+
+def relate_receipt(known, head, consistency):
+    """A receipt carries one leaf: its head extends the known head when it is the same head, or
+    when its consistency proof from the known size verifies between the two roots."""
+    if head["size"] < known["size"]:
+        raise _rollback("receipt", head, known)
+    check = {"known": known, "newer_by": head["size"] - known["size"]}
+    if head["size"] == known["size"]:
+        if head["root"] != known["root"]:
+            raise Invalid("fork: the receipt's tree head and the known head both have %d entries "
+                          "but different roots (%s and %s)"
+                          % (head["size"], head["root"].hex(), known["root"].hex()))
+        return check
+    if known["size"] == 0:
+        return check  # every tree extends the empty one
+    if consistency is None:
+        raise Invalid("the receipt's tree head (%d entries) is newer than the known head (%d "
+                      "entries) and the receipt carries no consistency proof from it (make it "
+                      "with `medledger ledger receipt --since-size %d`)"
+                      % (head["size"], known["size"], known["size"]))
+    from_size, proof = consistency
+    if from_size != known["size"]:
+        raise Invalid("the receipt's consistency proof starts at size %d, the known head has %d "
+                      "entries" % (from_size, known["size"]))
+    if not verify_consistency(known["size"], head["size"], proof, known["root"], head["root"]):
+        raise Invalid("fork: the receipt's tree head (%d entries) is not consistent with the "
+                      "known head (%d entries): consistency proof does not verify"
+                      % (head["size"], known["size"]))
+    return check
+
+
+def is_export_header(first):
+    """Section 8: a first line naming an export format is an export's header."""
+    try:
+        v = json.loads(first)
+    except ValueError:
+        return '"medledger-export/' in first
+    return isinstance(v, dict) and isinstance(v.get("format"), str) \
+        and v["format"].startswith("medledger-export/")
+
+
 def verify_export(lines, opts):
     try:
         header = parse_json(lines[0])
@@ -606,6 +722,7 @@ def verify_export(lines, opts):
         keys = parse_keys(node_keys, opts["trusted"])
     except Invalid as e:
         raise Invalid("line 1: %s" % e) from None
+    check_known_head(keys, opts)
     leaves = []
     disclosed = withheld = 0
     claims = []
@@ -661,6 +778,9 @@ def verify_export(lines, opts):
             raise Invalid("entry %d: component %r is marked as erased by entry %d, but entry %d "
                           "is not an erasure of entry %d's component %r"
                           % (seq, name, by, by, seq, name))
+    known = None
+    if opts.get("known") is not None:
+        known = relate_export(opts["known"][0], head, leaves)
     endorsed = None
     if opts.get("site_root") is not None:
         endorsed = check_site_root(keys, found, head["time_ms"], opts["site_root"],
@@ -668,7 +788,7 @@ def verify_export(lines, opts):
                                    "values disclosed)")
     return {"document": "export", "head": head, "keys": keys, "entries": size,
             "disclosed": disclosed, "withheld": withheld, "erased": len(claims),
-            "signers": signers, "voters": voters, "endorsed": endorsed}
+            "signers": signers, "voters": voters, "endorsed": endorsed, "known": known}
 
 
 def verify_receipt(text, opts):
@@ -697,6 +817,7 @@ def verify_receipt(text, opts):
     if fmt != RECEIPT_FORMAT:
         raise Invalid("unknown format %r" % (fmt,))
     keys = parse_keys(node_keys, opts["trusted"])
+    check_known_head(keys, opts)
     head = parse_head(head)
     try:
         erased = []
@@ -719,15 +840,18 @@ def verify_receipt(text, opts):
                           % (from_size, head["size"]))
         if not isinstance(cproof, list):
             raise Invalid("consistency.proof is not a list")
-        for i, h in enumerate(cproof):
-            lowhex(h, "consistency.proof[%d]" % i, 32)
+        consistency = (from_size, [lowhex(h, "consistency.proof[%d]" % i, 32)
+                                    for i, h in enumerate(cproof)])
+    known = None
+    if opts.get("known") is not None:
+        known = relate_receipt(opts["known"][0], head, consistency)
     endorsed = None
     if opts.get("site_root") is not None:
         endorsed = check_site_root(keys, found, head["time_ms"], opts["site_root"],
                                    "in the receipt (it carries none for that node)")
     return {"document": "receipt", "head": head, "keys": keys, "entries": 1,
             "disclosed": d, "withheld": w, "erased": len(erased), "entry": entry,
-            "signers": signers, "voters": voters, "endorsed": endorsed}
+            "signers": signers, "voters": voters, "endorsed": endorsed, "known": known}
 
 
 def verify(data, opts):
@@ -1110,7 +1234,8 @@ def self_test():
 
 
 def main(argv):
-    opts = {"skip_signatures": False, "trusted": set(), "quorum": 0, "site_root": None}
+    opts = {"skip_signatures": False, "trusted": set(), "quorum": 0, "site_root": None,
+            "known": None}
     path = None
     args = list(argv[1:])
     while args:
@@ -1139,6 +1264,17 @@ def main(argv):
                 print("--site-root %s: %s" % (root_path, e), file=sys.stderr)
                 return 2
             opts["site_root"] = roots[0]
+        elif a == "--known-head" and args:
+            known_path = args.pop(0)
+            try:
+                with open(known_path, "rb") as f:
+                    opts["known"] = read_known(f.read())
+            except OSError as e:
+                print("cannot read %s: %s" % (known_path, e), file=sys.stderr)
+                return 2
+            except Invalid as e:
+                print("known head %s: %s" % (known_path, e), file=sys.stderr)
+                return 2
         elif a == "--trusted-key" and args:
             spec = args.pop(0)
             node, _, key = spec.partition("=")
@@ -1184,6 +1320,13 @@ def main(argv):
               % ", ".join(map(str, report["endorsed"])))
     for node_id, pk in sorted(report["keys"].items()):
         print("node %d public key %s" % (node_id, pk.hex()))
+    if report["known"] is not None:
+        k = report["known"]["known"]
+        newer_by = report["known"]["newer_by"]
+        print("consistent with the known head of %d entries (root %s, signed by node %d at %d ms): "
+              "%s" % (k["size"], k["root"].hex(), k["node_id"], k["time_ms"],
+                      "the same tree" if newer_by == 0
+                      else "this tree extends it by %d entries" % newer_by))
     if opts["skip_signatures"]:
         print("WARNING: signatures were NOT checked (--skip-signatures): nothing ties this "
               "document to a node's key")

@@ -374,6 +374,9 @@ async fn demo_records_an_alarm_read_through_the_api_and_leaves_no_process() {
     .await;
     assert!(start.elapsed() <= Duration::from_secs(60));
     assert!(alarm["fields"]["rule"].is_string(), "{alarm}");
+    // Each gateway has an issuing CA of its own and endorsed its ledger key with it, so the web
+    // page's receipt badges find every key endorsed by the site.
+    medledger_tests::cluster::endorsed_keys(&client, &addr, 3).await;
     // The web page the demo printed: sign in with the printed account, see the device list.
     let is_web = |l: &str| l.trim_start().starts_with("Web page: https://");
     let web = match demo.out.iter().find(|l| is_web(l)).cloned() {

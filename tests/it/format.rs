@@ -765,13 +765,65 @@ fn cli_export(data: &Path, out: &Path) {
     assert_eq!(code, 0, "export: {o}{e}");
 }
 
+/// `medledger verify --known-head KNOWN FILE`, and the Python verifier with the same
+/// arguments: both must give the same verdict (exit code, and for a refusal the same kind,
+/// rollback or fork, and the same reason). Returns the CLI's (exit code, stdout, stderr).
 fn verify_known(file: &Path, known: &Path) -> (i32, String, String) {
-    medledger(&[
+    let known_arg = known.to_str().expect("utf8");
+    let (code, out, err) = medledger(&[
         "verify",
         "--known-head",
-        known.to_str().expect("utf8"),
+        known_arg,
         file.to_str().expect("utf8"),
-    ])
+    ]);
+    let (py_code, py_out, py_err) = python_verify(file, &["--known-head", known_arg]);
+    assert_eq!(
+        code, py_code,
+        "the two verifiers disagree on {} against {}:\nmedledger: {out}{err}\npython: {py_out}{py_err}",
+        file.display(),
+        known.display()
+    );
+    if code == 0 {
+        // The same relation to the known head, in the same words.
+        let relation = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("consistent with the known head"))
+                .map(|l| l.rsplit(": ").next().unwrap_or_default().to_owned())
+        };
+        assert!(relation(&out).is_some(), "{out}");
+        assert_eq!(
+            relation(&out),
+            relation(&py_out),
+            "medledger: {out}\npython: {py_out}"
+        );
+    } else {
+        // The CLI prints `INVALID FILE: reason`, the Python verifier `invalid: reason`; both
+        // name a rollback or a fork the same way (the details of a failed proof may differ).
+        let reason = out
+            .split_once(": ")
+            .map(|(_, r)| r.trim())
+            .unwrap_or_default();
+        let py_reason = py_err.trim().trim_start_matches("invalid: ");
+        let kind = |r: &str| {
+            ["rollback:", "fork:"]
+                .into_iter()
+                .find(|k| r.starts_with(k))
+                .unwrap_or("invalid")
+        };
+        assert!(
+            !reason.is_empty() && !py_reason.is_empty(),
+            "{out}{err}{py_err}"
+        );
+        assert_eq!(
+            kind(reason),
+            kind(py_reason),
+            "medledger: {out}\npython: {py_err}"
+        );
+        if kind(reason) == "rollback:" {
+            assert_eq!(reason, py_reason);
+        }
+    }
+    (code, out, err)
 }
 
 #[test]
@@ -866,6 +918,10 @@ fn verify_known_head_refuses_rollback_and_fork_and_takes_receipt_proofs() {
         out.contains("consistent with the known head of 40 entries"),
         "{out}"
     );
+    // A receipt as the known head: its tree head is used.
+    let (code, out, err) = verify_known(&new, &receipt);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the same tree"), "{out}");
     // Against the forked ledger's head it is refused.
     let fork_head = p.join("fork-old.jsonl");
     {
@@ -1269,4 +1325,31 @@ fn cosigned_checkpoints_meet_a_quorum_and_one_gateways_history_does_not() {
     let (c, _, e) = python_verify(&write("forged.jsonl", &forged_text), &["--quorum", "2"]);
     assert_eq!(c, 1, "{e}");
     assert!(e.contains("signed by node(s) 1 only"), "{e}");
+    // Its known head is held to its own voter set too (§9.4), and one key's own history is a
+    // fork of the co-signed one.
+    let cosigned_path = write("cosigned.jsonl", &cosigned);
+    let known = |name: &str, text: &str| {
+        let k = write(name, text);
+        python_verify(&cosigned_path, &["--known-head", k.to_str().expect("utf8")])
+    };
+    let (c, o, e) = known("known-two.jsonl", &two_of_three);
+    assert_eq!(c, 0, "{e}");
+    assert!(o.contains("the same tree"), "{o}");
+    let (c, o, e) = known("known-receipt.json", &receipt);
+    assert_eq!(c, 0, "{e}");
+    assert!(o.contains("the same tree"), "{o}");
+    let (c, _, e) = known("known-one.jsonl", &one_of_three);
+    assert_eq!(c, 1, "{e}");
+    assert!(
+        e.contains("the known head of 5 entries is signed by 1 of its 3 voters"),
+        "{e}"
+    );
+    let (c, _, e) = known("forged-known.jsonl", &forged_text);
+    assert_eq!(c, 1, "{e}");
+    assert!(
+        e.contains("fork: the export's first 1 entries have root"),
+        "{e}"
+    );
+    let err = verify_known(&cosigned, 0, Some(&forged_text)).expect_err("fork");
+    assert_eq!(err.kind, export::FailureKind::Fork, "{err}");
 }

@@ -1565,20 +1565,9 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
     let admin = site.staff_client("q-admin", StaffRole::Admin);
     let writer = site.staff_client("q-biomed", StaffRole::Biomed);
     // Each gateway endorses its key with its own CA at start: wait for all three.
-    let keys: Value = eventually(
-        "the three gateways' keys endorsed",
-        Duration::from_secs(60),
-        || {
-            let (admin, addr) = (admin.clone(), nodes[0].addr());
-            async move {
-                let r = admin.get(format!("https://{addr}/v1/keys")).send().await;
-                let v: Value = r.ok()?.json().await.ok()?;
-                let all = v.as_array()?;
-                (all.len() == 3 && all.iter().all(|k| k["endorsement"].is_object())).then_some(v)
-            }
-        },
-    )
-    .await;
+    let keys = medledger_tests::cluster::endorsed_keys(&admin, &nodes[0].addr(), 3).await;
+    // The head a reader saw before the writes, as the API serves it (§9.4: `--known-head`).
+    let head_before = get_bytes(&admin, &format!("https://{}/v1/head", nodes[0].addr())).await;
     for i in 0..6 {
         let r = writer
             .post(format!("https://{}/v1/events", nodes[i % 3].addr()))
@@ -1840,6 +1829,43 @@ async fn a_history_cosigned_by_a_quorum_verifies_and_one_gateways_own_does_not()
     let (code, _, err) = crate::format::python_verify(&stripped_path, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("did not"), "{err}");
+    // Against a head seen before (§9.4), both verifiers alike: the export cut at the checkpoint
+    // extends the head gateway 1 served before the writes, the receipt is the export's tree,
+    // and the receipt, newer than the served head, needs a consistency proof it does not carry.
+    let head_before_path = dir.join("head-before.json");
+    std::fs::write(&head_before_path, &head_before).expect("write head");
+    for (path, known, code_want, want) in [
+        (
+            &export_path,
+            &head_before_path,
+            0,
+            "this tree extends it by",
+        ),
+        (&receipt_path, &export_path, 0, "the same tree"),
+        (&receipt_path, &head_before_path, 1, "--since-size"),
+    ] {
+        let known = known.to_str().expect("utf8");
+        let bytes = std::fs::read(path).expect("read");
+        let (code, out) = verify_with(path, &bytes, &["--known-head", known]);
+        let (py_code, py_out, py_err) =
+            crate::format::python_verify(path, &["--known-head", known]);
+        assert_eq!(
+            code,
+            Some(code_want),
+            "{} against {known}: {out}",
+            path.display()
+        );
+        assert_eq!(
+            py_code,
+            code_want,
+            "{} against {known}: {py_out}{py_err}",
+            path.display()
+        );
+        assert!(
+            out.contains(want) && format!("{py_out}{py_err}").contains(want),
+            "{out}\n{py_out}{py_err}"
+        );
+    }
     let other_root = tempfile::tempdir().expect("tempdir");
     init_site_ca(other_root.path(), &CaInit::new("another hospital", "1")).expect("other ca");
     let other = other_root.path().join("root.crt");

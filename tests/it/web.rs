@@ -6,7 +6,9 @@
 //! Sign in; list and filter devices; open one (state, timeline with a correction beside its
 //! original, open alarm, receipts checked valid in the browser); record and sign an event
 //! (password asked at the first signature); see it in the timeline with its badge valid; a
-//! tampered receipt shows invalid; a wrong password locks the account after `max_failures`.
+//! tampered receipt shows invalid; the badge says which site root endorsed the keys, and NOT
+//! endorsed when a key's endorsement is missing, forged or another gateway's; a wrong password
+//! locks the account after `max_failures`.
 //! Writes a screenshot of the device page and prints the page's weight (first load and next).
 
 use std::path::{Path, PathBuf};
@@ -224,7 +226,14 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         panic!("chromium is not installed (tests/run.sh installs Debian's chromium)");
     };
     let _turn = medledger_tests::one_cluster_at_a_time().await;
-    let site = Site::new();
+    // Each gateway holds an issuing CA of its own under the site root (gateway 1 `ca init`,
+    // gateway 2 the `--issuing-only` flow), so each endorses its ledger key at start and the
+    // receipt badge can check the endorsements against the root (docs/ledger-format.md §9.5).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root_dir = tmp.path().join("node1").join("pki");
+    let ca =
+        certs::init_site_ca(&root_dir, &certs::CaInit::new("test hospital", "1")).expect("site ca");
+    let site = Site { dir: tmp, ca };
     let web_port = free_port();
     let extra = format!(
         "[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_failures = {MAX_FAILURES}\nlockout_seconds = 600\n"
@@ -232,6 +241,15 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     // Two gateways; the web page on the first. An account added on the second signs in on the
     // first's page.
     let prepared = vec![Gateway::new(&site, 1, &extra), Gateway::new(&site, 2, "")];
+    {
+        let pki = prepared[1].dir.join("pki");
+        let csr = certs::request_issuing_ca(&pki, "2").expect("issuing csr");
+        let cert = certs::RootCa::load(&root_dir)
+            .expect("root")
+            .sign_issuing_csr(&csr, 365)
+            .expect("sign issuing ca");
+        certs::install_issuing_ca(&pki, &cert, site.ca.root_pem()).expect("install issuing ca");
+    }
     let voters: Vec<(u64, String)> = prepared.iter().map(|g| (g.id, g.addr())).collect();
     let nodes = start_nodes(&site, prepared, &voters).await;
     let gw = &nodes[0];
@@ -244,6 +262,8 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     // A device's history through the API: registered, an alarm raised, a calibration and a
     // correction of it.
     let api = site.staff_client("web-biomed", StaffRole::Biomed);
+    // Both gateways endorse their keys at start: wait for the two endorsements.
+    medledger_tests::cluster::endorsed_keys(&api, &gw.addr(), 2).await;
     let post = |body: Value| {
         let api = api.clone();
         let url = format!("https://{}/v1/events", gw.addr());
@@ -559,6 +579,68 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
         .await;
         assert_eq!(state, "invalid", "a receipt with tampered {what} was not refused");
     }
+
+    // The badge names the site root the keys are endorsed by: its subject and SHA-256
+    // fingerprint, the one `medledger ca init` prints. An endorsement missing, forged (its
+    // signature altered), or another gateway's: the badge says NOT endorsed, naming the gateway.
+    let root_der = &pem_blocks(site.ca.root_pem().as_bytes())[0];
+    let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(root_der)));
+    let badge: String = js(
+        &page,
+        &format!(
+            "(async () => {{ const b = document.querySelector('#entry-{seq} button.receipt');              await MedLedgerReceipt.check(b); return b.dataset.state + '|' + b.textContent + '|' + b.title; }})()"
+        ),
+    )
+    .await;
+    assert!(
+        badge.starts_with("valid|Receipt: valid, endorsed by ")
+            && badge.contains("every key endorsed by ")
+            && badge.contains(&fingerprint),
+        "{badge} ({fingerprint})"
+    );
+    // The flipped bit is in the last byte of the certificate: its ECDSA signature's `s`.
+    let forge = "const e = r.endorsements.find(e => e.node_id === r.entry_node);         const der = MedLedgerReceipt.pemCertificate(e.certificate, 'x'); der[der.length - 1] ^= 1;         e.certificate = '-----BEGIN CERTIFICATE-----\\n' + btoa(String.fromCharCode(...der)) + '\\n-----END CERTIFICATE-----\\n'";
+    for (what, tamper, want) in [
+        (
+            "its endorsement missing",
+            "r.endorsements = r.endorsements.filter(e => e.node_id !== r.entry_node)",
+            "has no endorsement in the receipt",
+        ),
+        (
+            "its endorsement forged",
+            forge,
+            "the endorsement is not signed by \"MedLedger issuing CA",
+        ),
+        (
+            "another gateway's endorsement in its place",
+            "const other = r.endorsements.find(e => e.node_id !== r.entry_node);              r.endorsements = [other, Object.assign({}, other, {node_id: r.entry_node})]",
+            "is not endorsed by the site root",
+        ),
+    ] {
+        let got: String = js(&page, &format!(
+            "(async () => {{ const r = await (await fetch('/data/entries/{seq}/receipt')).json();              r.entry_node = r.tree_head.node_id; {tamper}; delete r.entry_node;              const b = document.querySelector('#entry-{seq} button.receipt');              const state = await MedLedgerReceipt.check(b, r); return state + '|' + b.textContent + '|' + b.title; }})()"
+        ))
+        .await;
+        assert!(
+            got.starts_with("unendorsed|Receipt: NOT endorsed by the site|gateway ")
+                && got.contains(want),
+            "a receipt with {what}: {got}"
+        );
+    }
+    // The DER walk refuses a truncated certificate with a reason, and reads the root's subject.
+    let walk: String = js(
+        &page,
+        &format!(
+            "(() => {{ const der = Uint8Array.from(atob('{}'), c => c.charCodeAt(0));              const cn = MedLedgerReceipt.parseCertificate(der).cn;              try {{ MedLedgerReceipt.parseCertificate(der.subarray(0, der.length - 9)); return cn + '|parsed'; }}              catch (e) {{ return cn + '|' + e.message; }} }})()",
+            base64::engine::general_purpose::STANDARD.encode(root_der)
+        ),
+    )
+    .await;
+    assert!(
+        walk.ends_with("|certificate: truncated DER")
+            && badge.contains(walk.split('|').next().unwrap_or("?")),
+        "{walk}"
+    );
 
     // Once a checkpoint both gateways co-signed holds the entry, its receipt is cut there (voters
     // 1 and 2, docs/ledger-format.md §9.6) and the badge checks the co-signature and the

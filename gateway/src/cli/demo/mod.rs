@@ -173,7 +173,7 @@ async fn run_site(
 
     step(
         1,
-        "site CA and gateway certificates (medledger ca init, cert issue --profile gateway)",
+        "site CA, gateway certificates and issuing CAs (medledger ca init, cert issue --profile gateway, ca sign-issuing)",
     );
     site::make_ca_and_gateways(l, GATEWAYS).await?;
 

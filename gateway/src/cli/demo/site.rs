@@ -214,7 +214,10 @@ async fn cert_issue(
 
 /// Site CA and gateway 1's issuing CA (`ca init`), then certificates for gateways 2 and 3 from
 /// it (`cert issue --profile gateway`; docs/operations.md "More gateways"), each with the site
-/// root beside it.
+/// root beside it, and an issuing CA of its own under the root (what `ca init --issuing-only`
+/// and `ca sign-issuing` make), so that each gateway endorses its ledger key at start and the
+/// web page's receipt badges find every key endorsed by the site (docs/identity.md). Their TLS
+/// certificates stay gateway 1's: the broker's CRL holds gateway 1's only.
 pub async fn make_ca_and_gateways(l: &Layout, n: u64) -> anyhow::Result<()> {
     medledger(&a(&[
         "ca",
@@ -233,6 +236,12 @@ pub async fn make_ca_and_gateways(l: &Layout, n: u64) -> anyhow::Result<()> {
         cert_issue(l, "gateway", &id.to_string(), 90, &pki.join("gateway"), &[]).await?;
         std::fs::copy(l.root_crt(), pki.join("root.crt"))
             .with_context(|| format!("cannot copy the site root to {}", pki.display()))?;
+        let csr = certs::request_issuing_ca(&pki, &id.to_string())?;
+        let issuing =
+            certs::RootCa::load(&l.gateway_dir(1).join("pki"))?.sign_issuing_csr(&csr, 365)?;
+        let root = std::fs::read_to_string(l.root_crt())
+            .with_context(|| format!("cannot read {}", l.root_crt().display()))?;
+        certs::install_issuing_ca(&pki, &issuing, &root)?;
     }
     Ok(())
 }

@@ -44,6 +44,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/devices/{id}/entries/{seq}/signatures", post(sign))
         .route("/reports/pm", get(pm_report))
         .route("/data/keys", get(keys))
+        .route("/data/site-root", get(site_root))
         .route("/data/entries/{seq}/receipt", get(receipt))
         .route("/static/{file}", get(static_file))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such page.") })
@@ -935,8 +936,8 @@ async fn pm_report(
 }
 
 // ---------------------------------------------------------------------------------------
-// What receipt.js fetches: the gateways' keys and an entry's receipt (the same documents as
-// GET /v1/keys and GET /v1/entries/{seq}/receipt, for a signed-in session).
+// What receipt.js fetches: the gateways' keys, the site root and an entry's receipt (the same
+// documents as GET /v1/keys and GET /v1/entries/{seq}/receipt, for a signed-in session).
 
 fn unauthorized() -> Response {
     (
@@ -960,6 +961,23 @@ async fn keys(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         )
         .into_response(),
         Err(e) => internal(e),
+    }
+}
+
+/// The site root the receipt badge checks the keys' endorsements against (docs/identity.md,
+/// "The receipt badge's site root"): the root this gateway trusts (`tls.ca_file`), which the
+/// browser pins and shows by subject and fingerprint for the reader to compare with the site's.
+async fn site_root(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if session(&web, &headers).is_none() {
+        return unauthorized();
+    }
+    match web.node.site_root_pem() {
+        Some(pem) => Json(serde_json::json!({ "certificate_pem": pem })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "this gateway has no site root (tls.ca_file)"})),
+        )
+            .into_response(),
     }
 }
 
