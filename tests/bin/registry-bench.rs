@@ -616,6 +616,32 @@ mod cluster {
                 rss_of(n)
             );
         }
+        // Again after a restart: what a gateway holds when no snapshot build or catch-up
+        // happened in its lifetime (the allocator keeps some of a build's memory).
+        for (g, n) in nodes.iter_mut().enumerate() {
+            n.kill();
+            n.start();
+            let a = &addrs[g];
+            poll("the gateway to serve again", Duration::from_secs(300), || async {
+                status(&biomed, a).await.filter(|s| !s["leader"].is_null())
+            })
+            .await?;
+            poll("its registry after the restart", Duration::from_secs(300), || async {
+                timed(&biomed, a, "/v1/due").await.ok()
+            })
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        for (g, n) in nodes.iter().enumerate() {
+            println!(
+                "gateway {}: resident memory idle after a restart: {:.0} MiB",
+                g + 1,
+                rss_of(n)
+            );
+        }
+        for n in &mut nodes {
+            n.kill();
+        }
         let du = std::process::Command::new("du")
             .args(["-sh"])
             .arg(&nodes[0].dir)
@@ -624,9 +650,9 @@ mod cluster {
             "gateway 1's data directory: {}",
             String::from_utf8_lossy(&du.stdout)
         );
-        for n in &mut nodes {
-            n.kill();
-        }
+        // What each part of it takes (the gateway stopped).
+        let data = nodes[0].dir.to_str().unwrap_or_default().to_owned();
+        print!("{}", medledger(&["ledger", "stats", "--data-dir", &data])?);
         Ok(())
     }
 }
