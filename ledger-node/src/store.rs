@@ -7,7 +7,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `E` seq(u64 BE) | layout 4: a pointer to the entry record in the tree's entry file (`entries/<tree>` in the store's directory; `store/entries.rs`): 0xFE, offset (u64 BE), length (u32 BE), then per opening erased since: index (u32 BE), erasure seq (u64 BE). Layouts 2 and 3: the entry record itself |
+//! | `E` seq(u64 BE) | the entry record, below |
 //! | `D` device-id 0x00 seq | empty: the per-device index |
 //! | `I` event-id | seq of the entry that carries that event id |
 //! | `C` seq(u64 BE) correction-seq(u64 BE) | empty: the corrections of an entry (same device) |
@@ -15,11 +15,9 @@
 //! | `Msize` | the size record: entry count and the caller's metadata (Raft's last applied log id and membership) |
 //! | `M` name | `layout`; `checkpoint` (the latest replicated signed tree head) |
 //!
-//! The entry record keeps everything written per entry in one place, because sled's cost per
+//! The entry record keeps everything written per entry under one key, because sled's cost per
 //! batch grows with the number of keys (layout 2; layout 1 had separate `O` keys for openings as
-//! JSON and `N` keys for every perfect subtree hash, leaves included, and is not read). Since
-//! layout 4 it is appended to the entry file instead of kept in sled, whose page table and
-//! space amplification grew with every byte it held; sled keeps the pointer and the indexes:
+//! JSON and `N` keys for every perfect subtree hash, leaves included, and is not read):
 //!
 //! | field | bytes |
 //! |---|---|
@@ -32,9 +30,7 @@
 //!
 //! An erasure entry ([`crate::entry::EventKind::Erasure`]) is the one apply that rewrites an
 //! earlier record: the opening it names becomes tag 2 with the erasure's seq; the entry bytes and
-//! the subtree hashes stay as they were, so the ledger still verifies. In the entry file the
-//! record is not moved: the salt and value are zeroed in place and the pointer lists the
-//! opening as erased; readers (and snapshots, which carry records inline) see tag 2. Its rules depend only on
+//! the subtree hashes stay as they were, so the ledger still verifies. Its rules depend only on
 //! the entries (never on whether the value is still there), so a replica that receives the
 //! erased record in a snapshot and replays the erasure from the log writes the same bytes.
 //!
@@ -61,9 +57,7 @@ use crate::error::LedgerError;
 use crate::hash::{leaf_hash, Hash};
 use crate::merkle::{self, Frontier, NodeReader};
 
-mod entries;
 mod stats;
-use entries::{EntryFile, Pointer};
 pub use stats::{file_sizes, Part, Stats};
 
 /// A state-changing command. Everything an entry's bytes depend on is inside the command, fixed by
@@ -261,11 +255,6 @@ impl StoreView {
             if seq.is_some_and(|s| s >= self.size) {
                 continue;
             }
-            // A snapshot carries records inline, as every layout reads them.
-            let v = match (k.first(), seq) {
-                (Some(b'E'), Some(seq)) => self.tree.resolve(seq, v)?,
-                _ => v,
-            };
             f(&k, &v)?;
             count += 1;
         }
@@ -306,75 +295,8 @@ fn next_tree_name(current: &[u8]) -> Vec<u8> {
 /// the last of them lets go of it (a crash before that leaves it to [`Store::open_in`]).
 struct LedgerTree {
     tree: sled::Tree,
-    /// The records of the tree's entries (layout 4; older records are inline in the tree).
-    entries: EntryFile,
     db: sled::Db,
-    /// The store's directory.
-    dir: PathBuf,
     retired: std::sync::atomic::AtomicBool,
-}
-
-impl LedgerTree {
-    /// Opens tree `name` of `db` with its entry file.
-    fn open(db: &sled::Db, dir: &Path, name: &[u8]) -> Result<Self, LedgerError> {
-        let tree = db.open_tree(name).map_err(|source| LedgerError::Storage {
-            path: dir.to_owned(),
-            source,
-        })?;
-        Ok(LedgerTree {
-            tree,
-            entries: EntryFile::open(dir, name)?,
-            db: db.clone(),
-            dir: dir.to_owned(),
-            retired: false.into(),
-        })
-    }
-
-    fn corrupt(&self, reason: String) -> LedgerError {
-        LedgerError::Corrupt {
-            path: self.dir.clone(),
-            reason,
-        }
-    }
-
-    /// The entry record an `E` value stands for, inline as layouts 2 and 3 kept it: read from
-    /// the entry file for a pointer, with the openings erased since laid over it.
-    fn resolve(&self, seq: u64, v: sled::IVec) -> Result<sled::IVec, LedgerError> {
-        let p = match Pointer::decode(&v) {
-            None => return Ok(v),
-            Some(None) => return Err(self.corrupt(format!("entry pointer {seq} is malformed"))),
-            Some(Some(p)) => p,
-        };
-        let raw = self.entries.read(&p)?;
-        if p.erased.is_empty() {
-            return Ok(raw.into());
-        }
-        let malformed = || self.corrupt(format!("record of entry {seq} is malformed"));
-        let record = Record::parse(&raw).ok_or_else(malformed)?;
-        let mut states = record.openings().ok_or_else(malformed)?;
-        for (index, by) in &p.erased {
-            let state = usize::try_from(*index)
-                .ok()
-                .and_then(|i| states.get_mut(i))
-                .ok_or_else(malformed)?;
-            *state = OpeningState::Erased { by: Some(*by) };
-        }
-        encode_record_states(record.entry, record.nodes, &states)
-            .map(Into::into)
-            .ok_or_else(malformed)
-    }
-
-    /// The record of entry `seq` (see [`LedgerTree::resolve`]), if the tree has it.
-    fn record(&self, seq: u64) -> Result<Option<sled::IVec>, LedgerError> {
-        let v = self
-            .tree
-            .get(key_entry(seq))
-            .map_err(|source| LedgerError::Storage {
-                path: self.dir.clone(),
-                source,
-            })?;
-        v.map(|v| self.resolve(seq, v)).transpose()
-    }
 }
 
 impl std::ops::Deref for LedgerTree {
@@ -390,7 +312,6 @@ impl Drop for LedgerTree {
             return;
         }
         let db = self.db.clone();
-        let dir = self.dir.clone();
         let name = self.tree.name();
         // Freeing every page of a large ledger takes a while: not on the thread of whoever
         // happened to hold the tree last (it may be an async worker).
@@ -400,10 +321,6 @@ impl Drop for LedgerTree {
                 if let Err(e) = db.drop_tree(&name) {
                     tracing::warn!(error = %e, tree = %String::from_utf8_lossy(&name),
                         "could not drop the replaced ledger tree; it is dropped at the next open");
-                }
-                if let Err(e) = EntryFile::remove(&dir, &name) {
-                    tracing::warn!(error = %e, tree = %String::from_utf8_lossy(&name),
-                        "could not remove the replaced ledger tree's entry file; it is removed at the next open");
                 }
             });
         if let Err(e) = spawned {
@@ -495,12 +412,10 @@ impl SizeRecord {
 const META_SIZE: &[u8] = b"Msize";
 const META_LAYOUT: &[u8] = b"Mlayout";
 /// Version of the key layout and entry record above, stored once per store. Layout 3 is layout 2
-/// with metadata in the size record ([`SizeRecord`]); layout 4 keeps new entry records in the
-/// tree's entry file and a pointer under their `E` key (`entries.rs`). Layout 2 and 3 stores are
-/// read and upgraded: their inline records stay where they are, new ones go to the file.
-const LAYOUT: u8 = 4;
+/// with metadata in the size record ([`SizeRecord`]); a layout-2 store is read and upgraded.
+const LAYOUT: u8 = 3;
 /// Layouts this version reads.
-const LAYOUTS_READ: [u8; 3] = [2, 3, 4];
+const LAYOUTS_READ: [u8; 2] = [2, 3];
 const META_CHECKPOINT: &str = "checkpoint";
 /// The latest co-signed checkpoint ([`crate::sth::Cosigned`] as JSON): kept when a plain
 /// checkpoint follows it, so that exports and receipts can still be cut at it.
@@ -643,47 +558,31 @@ impl<'a> Record<'a> {
     }
 
     fn openings(&self) -> Option<Vec<OpeningState>> {
-        Some(self.opening_parts()?.into_iter().map(|(s, _)| s).collect())
-    }
-
-    /// Each opening's state and, for a value and salt, where the salt and the value are in the
-    /// record (byte ranges from the record's start): what an erasure zeroes in an entry file.
-    fn opening_parts(&self) -> Option<Vec<(OpeningState, Vec<std::ops::Range<usize>>)>> {
-        let start = 4 + self.entry.len() + 1 + self.nodes.len();
         let (n, mut rest) = self.openings.split_first_chunk::<4>()?;
         let n = u32::from_be_bytes(*n) as usize;
         // Each opening takes at least one byte: refuse counts the record cannot hold.
         let mut out = Vec::with_capacity(n.min(rest.len()));
-        let at = |rest: &[u8]| start + self.openings.len() - rest.len();
         for _ in 0..n {
             let (tag, r) = rest.split_first()?;
             rest = r;
             match tag {
-                0 => out.push((OpeningState::Erased { by: None }, Vec::new())),
+                0 => out.push(OpeningState::Erased { by: None }),
                 1 => {
-                    let salt_at = at(rest);
                     let (salt, r) = rest.split_first_chunk::<32>()?;
                     let (len, r) = r.split_first_chunk::<4>()?;
-                    let value_at = at(r);
                     let (value, r) = r.split_at_checked(u32::from_be_bytes(*len) as usize)?;
                     rest = r;
-                    out.push((
-                        OpeningState::Open(Opening {
-                            value: std::str::from_utf8(value).ok()?.to_owned(),
-                            salt: *salt,
-                        }),
-                        vec![salt_at..salt_at + 32, value_at..value_at + value.len()],
-                    ));
+                    out.push(OpeningState::Open(Opening {
+                        value: std::str::from_utf8(value).ok()?.to_owned(),
+                        salt: *salt,
+                    }));
                 }
                 2 => {
                     let (by, r) = rest.split_first_chunk::<8>()?;
                     rest = r;
-                    out.push((
-                        OpeningState::Erased {
-                            by: Some(u64::from_be_bytes(*by)),
-                        },
-                        Vec::new(),
-                    ));
+                    out.push(OpeningState::Erased {
+                        by: Some(u64::from_be_bytes(*by)),
+                    });
                 }
                 _ => return None,
             }
@@ -961,17 +860,15 @@ impl Store {
                 db.drop_tree(&name).map_err(storage)?;
             }
         }
-        for name in EntryFile::names(dir)? {
-            if name != current {
-                tracing::info!(tree = %String::from_utf8_lossy(&name), "removing the entry file of a ledger tree left by a snapshot install");
-                EntryFile::remove(dir, &name)?;
-            }
-        }
-        let tree = LedgerTree::open(db, dir, &current)?;
+        let tree = db.open_tree(&current).map_err(storage)?;
         let store = Store {
             path: dir.to_owned(),
             db: db.clone(),
-            tree: std::sync::RwLock::new(Arc::new(tree)),
+            tree: std::sync::RwLock::new(Arc::new(LedgerTree {
+                tree,
+                db: db.clone(),
+                retired: false.into(),
+            })),
             writer: Mutex::new(WriterState {
                 frontier: Frontier::new(),
                 metas: Default::default(),
@@ -998,7 +895,7 @@ impl Store {
     ///
     /// Entries beyond the recorded size are what a crash left of an apply that did not count
     /// (its size record was never written): they are removed here, see [`Store::apply`].
-    fn load_frontier(&self, tree: &LedgerTree) -> Result<(Frontier, SizeRecord), LedgerError> {
+    fn load_frontier(&self, tree: &sled::Tree) -> Result<(Frontier, SizeRecord), LedgerError> {
         let get = |key: &[u8]| tree.get(key).map_err(|e| self.storage(e));
         let record = match get(META_SIZE)? {
             None => SizeRecord::default(),
@@ -1019,47 +916,21 @@ impl Store {
                 )));
             }
         }
-        let last = match size.checked_sub(1) {
-            None => None,
-            Some(last) => Some(get(&key_entry(last))?.ok_or_else(|| {
-                self.corrupt(&format!("size is {size} but entry {last} is missing"))
-            })?),
-        };
+        if size > 0 && get(&key_entry(size - 1))?.is_none() {
+            return Err(self.corrupt(&format!("size is {size} but entry {} is missing", size - 1)));
+        }
         self.remove_uncounted(tree, size)?;
-        // The entry file ends with the last counted record: what lies beyond was written by an
-        // apply that did not count (layout 4 records are synced before their pointers go in).
-        let end = match last.as_deref().map(Pointer::decode) {
-            Some(Some(Some(p))) => p.offset + u64::from(p.len),
-            Some(Some(None)) => return Err(self.corrupt("the last entry's pointer is malformed")),
-            // Inline records only (layouts 2 and 3), or no entries.
-            Some(None) | None => 0,
-        };
-        if end > tree.entries.len() {
-            return Err(self.corrupt(&format!(
-                "the entry file {} holds {} bytes but the counted entries end at byte {end}",
-                tree.entries.path().display(),
-                tree.entries.len()
-            )));
-        }
-        if end < tree.entries.len() {
-            tracing::warn!(
-                bytes = tree.entries.len() - end,
-                "cutting off entry records an interrupted apply left beyond the recorded size"
-            );
-            tree.entries.truncate(end)?;
-        }
         let reader = TreeReader { store: self, tree };
         Ok((Frontier::from_reader(&reader, size)?, record))
     }
 
     /// Removes the entries at `size` and beyond with their index keys. Index keys are removed
     /// before their entry, so that a crash in here leaves an entry to find them by next time.
-    fn remove_uncounted(&self, tree: &LedgerTree, size: u64) -> Result<(), LedgerError> {
+    fn remove_uncounted(&self, tree: &sled::Tree, size: u64) -> Result<(), LedgerError> {
         let (mut removed, mut last) = (0u64, 0u64);
         for kv in tree.range(key_entry(size)..=key_entry(u64::MAX)) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
-            let v = tree.resolve(seq, v)?;
             let record = self.parse_record(seq, &v)?;
             let entry =
                 Entry::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
@@ -1196,10 +1067,6 @@ impl Store {
         let mut format = stored_format;
         let mut frontier = w.frontier.clone();
         let mut batch = Writes::default();
-        // First, so that a layout-3 binary never reads this apply's entry pointers as records.
-        if !w.layout_written {
-            batch.insert(META_LAYOUT, [LAYOUT]);
-        }
         let mut pending = Pending {
             base: frontier.size(),
             entries: Vec::new(),
@@ -1278,6 +1145,9 @@ impl Store {
             };
             outcomes.push(outcome);
         }
+        if !w.layout_written {
+            batch.insert(META_LAYOUT, [LAYOUT]);
+        }
         let mut metas = w.metas.clone();
         if format > stored_format {
             metas.insert(META_FORMAT.to_owned(), vec![format]);
@@ -1290,8 +1160,7 @@ impl Store {
         // The size record goes last: it is what makes the apply count (see the doc above).
         batch.insert(META_SIZE, record);
         let tree = self.tree();
-        let writes = self.place_records(&tree, batch.0, w.frontier.size())?;
-        for (k, v) in writes {
+        for (k, v) in batch.0 {
             tree.insert(k, v).map_err(|e| self.storage(e))?;
         }
         self.applied_size.store(frontier.size(), Ordering::SeqCst);
@@ -1688,100 +1557,6 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Puts the entry records among an apply's `writes` into the tree's entry file and returns
-    /// the writes with pointers in their place, the file synced first (see `entries.rs`): a new
-    /// record is appended in the order of sequence numbers (with the last value written under
-    /// its key: an erasure later in the same apply may have rewritten it, and the erased value
-    /// never reaches the disk), so the file ends with the last entry's record; an erasure's
-    /// rewrite of an earlier record in the
-    /// file zeroes the erased salts and values in place and lists them in the pointer. Records
-    /// inline in the tree (layouts 2 and 3) are rewritten inline, as before.
-    fn place_records(
-        &self,
-        tree: &LedgerTree,
-        writes: Vec<(sled::IVec, sled::IVec)>,
-        batch_start: u64,
-    ) -> Result<Vec<(sled::IVec, sled::IVec)>, LedgerError> {
-        // The last value of each entry key, taken when the key is first met.
-        let mut last: HashMap<sled::IVec, Option<sled::IVec>> = HashMap::new();
-        for (k, v) in &writes {
-            if k.first() == Some(&b'E') {
-                last.insert(k.clone(), Some(v.clone()));
-            }
-        }
-        if last.is_empty() {
-            return Ok(writes);
-        }
-        let mut out = Vec::with_capacity(writes.len());
-        let mut written = false;
-        for (k, v) in writes {
-            if k.first() != Some(&b'E') {
-                out.push((k, v));
-                continue;
-            }
-            let Some(v) = last.get_mut(&k).and_then(Option::take) else {
-                continue;
-            };
-            let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
-            if seq >= batch_start {
-                let p = tree.entries.append(&v)?;
-                written = true;
-                out.push((k, p.encode().into()));
-                continue;
-            }
-            let stored = tree
-                .get(&k)
-                .map_err(|e| self.storage(e))?
-                .ok_or_else(|| self.corrupt(&format!("entry {seq} is missing")))?;
-            let mut p = match Pointer::decode(&stored) {
-                None => {
-                    out.push((k, v));
-                    continue;
-                }
-                Some(None) => {
-                    return Err(self.corrupt(&format!("entry pointer {seq} is malformed")))
-                }
-                Some(Some(p)) => p,
-            };
-            let raw = tree.entries.read(&p)?;
-            let malformed = || self.corrupt(&format!("openings of entry {seq} are malformed"));
-            let parts = self
-                .parse_record(seq, &raw)?
-                .opening_parts()
-                .ok_or_else(malformed)?;
-            let states = self
-                .parse_record(seq, &v)?
-                .openings()
-                .ok_or_else(malformed)?;
-            if states.len() != parts.len() {
-                return Err(malformed());
-            }
-            p.erased.clear();
-            for (index, ((was, spans), now)) in parts.into_iter().zip(states).enumerate() {
-                if was == now {
-                    continue;
-                }
-                let OpeningState::Erased { by: Some(by) } = now else {
-                    return Err(self.corrupt(&format!(
-                        "a rewrite of entry {seq} changes opening {index} other than by an erasure"
-                    )));
-                };
-                let index = u32::try_from(index).map_err(|_| malformed())?;
-                p.erased.push((index, by));
-                for span in spans {
-                    tree.entries
-                        .zero(p.offset + span.start as u64, span.len())?;
-                    written = true;
-                }
-            }
-            out.push((k, p.encode().into()));
-        }
-        if written {
-            tree.entries.sync()?;
-        }
-        Ok(out)
-    }
-
     /// The record of entry `seq`, which the apply in progress may itself have added or (an
     /// erasure, `rewritten`) rewritten: its writes reach the tree only at its end.
     fn record_in_apply(
@@ -1938,25 +1713,12 @@ impl Store {
         let storage = |e| self.storage(e);
         // Left by an install that failed in this process (none survives an open).
         self.db.drop_tree(&name).map_err(storage)?;
-        EntryFile::remove(&self.path, &name)?;
-        let tree = LedgerTree::open(&self.db, &self.path, &name)?;
+        let tree = self.db.open_tree(&name).map_err(storage)?;
         let filled = (|| {
             for pair in pairs {
                 let (k, v) = pair?;
-                // Entry records go to the new tree's entry file, synced before the database.
-                let v = if k.first() == Some(&b'E') && k.len() == 9 {
-                    if entries::is_pointer(&v) {
-                        return Err(
-                            self.corrupt("a snapshot pair holds an entry pointer, not a record")
-                        );
-                    }
-                    tree.entries.append(&v)?.encode()
-                } else {
-                    v
-                };
                 tree.insert(k, v).map_err(storage)?;
             }
-            tree.entries.sync()?;
             self.db.flush().map_err(storage)?;
             sync_files(&self.path)?;
             let loaded = self.load_frontier(&tree)?;
@@ -1970,16 +1732,17 @@ impl Store {
                 if let Err(d) = self.db.drop_tree(&name) {
                     tracing::warn!(error = %d, "could not drop the tree of a failed snapshot install");
                 }
-                if let Err(d) = EntryFile::remove(&self.path, &name) {
-                    tracing::warn!(error = %d, "could not remove the entry file of a failed snapshot install");
-                }
                 return Err(e);
             }
         };
         self.db.insert(CURRENT_TREE_KEY, name).map_err(storage)?;
         self.db.flush().map_err(storage)?;
         sync_files(&self.path)?;
-        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tree);
+        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LedgerTree {
+            tree,
+            db: self.db.clone(),
+            retired: false.into(),
+        });
         // Nobody can get hold of the old tree any more. Dropped here if this is its last user;
         // otherwise by the last snapshot view that still reads it.
         match Arc::try_unwrap(old) {
@@ -1987,7 +1750,6 @@ impl Store {
                 let name = old.tree.name();
                 drop(old);
                 self.db.drop_tree(&name).map_err(storage)?;
-                EntryFile::remove(&self.path, &name)?;
             }
             Err(old) => old.retired.store(true, Ordering::SeqCst),
         }
@@ -2018,8 +1780,7 @@ impl Store {
 
     /// The stored record of entry `seq` (see the module doc), which must exist.
     fn record(&self, seq: u64) -> Result<sled::IVec, LedgerError> {
-        self.tree()
-            .record(seq)?
+        self.get(&key_entry(seq))?
             .ok_or_else(|| self.corrupt(&format!("entry {seq} is missing")))
     }
 
@@ -2044,7 +1805,7 @@ impl Store {
 
     /// The state of each of entry `seq`'s openings: value and salt, or erased by which entry.
     pub fn opening_states(&self, seq: u64) -> Result<Vec<OpeningState>, LedgerError> {
-        match self.tree().record(seq)? {
+        match self.get(&key_entry(seq))? {
             None => Ok(Vec::new()),
             Some(v) => self
                 .parse_record(seq, &v)?
@@ -2319,7 +2080,7 @@ impl NodeReader for PendingReader<'_> {
 /// Reads the Merkle tree of one ledger tree (the current one, or one being installed).
 struct TreeReader<'a> {
     store: &'a Store,
-    tree: &'a LedgerTree,
+    tree: &'a sled::Tree,
 }
 
 impl NodeReader for TreeReader<'_> {
@@ -2335,7 +2096,8 @@ impl NodeReader for TreeReader<'_> {
             .ok_or_else(|| store.corrupt(&format!("tree node {level}/{index} is out of range")))?;
         let v = self
             .tree
-            .record(last)?
+            .get(key_entry(last))
+            .map_err(|e| store.storage(e))?
             .ok_or_else(|| store.corrupt(&format!("entry {last} is missing")))?;
         let record = store.parse_record(last, &v)?;
         if level == 0 {
@@ -2776,12 +2538,12 @@ mod tests {
             .expect("apply");
         assert_eq!(again, vec![ApplyOutcome::Duplicate { seq: 2 }]);
         let root = store.root(3).expect("root");
-        let store = reopened_with_entry_0_erased(store, dir.path());
-        // Erased in the apply that wrote it: the value never reached the entry file.
-        let (_, raw, _) = stored_record(&store, dir.path(), 0);
-        assert!(
-            !raw.windows(4).any(|w| w == b"MRN1"),
-            "the erased value is on disk"
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.root(3).expect("root"), root);
+        assert_eq!(
+            store.opening_states(0).expect("states")[1],
+            OpeningState::Erased { by: Some(2) }
         );
         let head = crate::sth::SignedTreeHead::sign(3, root, 9, 1, &key);
         let mut text = Vec::new();
@@ -3033,117 +2795,6 @@ mod tests {
         for cut in 1..commands.len() {
             assert_eq!(run(&[cut]), (want.clone(), latest), "cut at {cut}");
         }
-    }
-
-    /// Drops `store`, opens it again and checks that its root of 3 entries is the same and that
-    /// entry 0's second opening reads as erased by entry 2.
-    fn reopened_with_entry_0_erased(store: Store, dir: &Path) -> Store {
-        let root = store.root(3).expect("root");
-        drop(store);
-        let store = Store::open(dir).expect("reopen");
-        assert_eq!(store.root(3).expect("root"), root);
-        assert_eq!(
-            store.opening_states(0).expect("states")[1],
-            OpeningState::Erased { by: Some(2) }
-        );
-        store
-    }
-
-    /// Entry `seq`'s pointer, its record's bytes in the entry file, and the whole file.
-    fn stored_record(store: &Store, dir: &Path, seq: u64) -> (Pointer, Vec<u8>, Vec<u8>) {
-        let stored = store.get(&key_entry(seq)).expect("get").expect("pointer");
-        let p = Pointer::decode(&stored).flatten().expect("a pointer");
-        let file = std::fs::read(dir.join("entries/ledger")).expect("entry file");
-        let raw = file[p.offset as usize..(p.offset + u64::from(p.len)) as usize].to_vec();
-        (p, raw, file)
-    }
-
-    /// An erasure of an entry written by an earlier apply zeroes its salt and value in the
-    /// entry file in place (nothing else of the record moves) and lists the opening in the
-    /// entry's pointer; after a reopen it still reads as erased, the root is the same, and a
-    /// snapshot carries the record inline with the opening erased.
-    #[test]
-    fn an_erasure_zeroes_the_value_in_the_entry_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::from_bytes(&[5; 32]);
-        let cmd = |e: EventInput| Command::Append(prepare(e, "t", 1, &key, 1).expect("prepare"));
-        let store = Store::open(dir.path()).expect("open");
-        let register = Command::RegisterNode {
-            node_id: 1,
-            public_key: key.verifying_key().to_bytes(),
-        };
-        store
-            .apply(&[register, cmd(event("vent-icu-07", "a", None))], &[])
-            .expect("apply");
-        store
-            .apply(&[cmd(event("vent-icu-07", "b", None))], &[])
-            .expect("apply");
-        let before = std::fs::read(dir.path().join("entries/ledger")).expect("entry file");
-        let out = store
-            .apply(&[cmd(erasure("vent-icu-07", 0, "patient_mrn"))], &[])
-            .expect("apply");
-        assert!(
-            matches!(out[0], ApplyOutcome::Appended { seq: 2, .. }),
-            "{out:?}"
-        );
-        store.publish();
-        let root = store.root(3).expect("root");
-        let store = reopened_with_entry_0_erased(store, dir.path());
-        assert!(matches!(
-            &store.opening_states(1).expect("states")[1],
-            OpeningState::Open(o) if o.value == "\"MRN1\""
-        ));
-        let (p, raw, after) = stored_record(&store, dir.path(), 0);
-        assert_eq!(p.erased, vec![(1, 2)]);
-        let range = p.offset as usize..(p.offset + u64::from(p.len)) as usize;
-        let raw = raw.as_slice();
-        assert!(
-            !raw.windows(4).any(|w| w == b"MRN1"),
-            "the erased value is on disk"
-        );
-        assert!(
-            raw.windows(4).any(|w| w == b"pass"),
-            "the other value is gone"
-        );
-        let parts = Record::parse(raw)
-            .and_then(|r| r.opening_parts())
-            .expect("record");
-        let zeroed: Vec<_> = parts[1].1.clone();
-        assert_eq!(zeroed.iter().map(|r| r.len()).sum::<usize>(), 32 + 6);
-        // Only the salt and the value changed; entry 1's record and entry 2's are untouched.
-        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-            let inside =
-                range.contains(&i) && zeroed.iter().any(|r| r.contains(&(i - range.start)));
-            assert!(b == a || inside, "byte {i} changed");
-        }
-        let pairs = view_pairs(&store.view().expect("view"));
-        let (_, e0) = pairs
-            .iter()
-            .find(|(k, _)| k.as_slice() == key_entry(0).as_slice())
-            .expect("entry 0 in the view");
-        let states = Record::parse(e0)
-            .and_then(|r| r.openings())
-            .expect("inline record");
-        assert_eq!(states[1], OpeningState::Erased { by: Some(2) });
-        // Installed elsewhere, the record lands in that store's entry file and reads the same.
-        let other = tempfile::tempdir().expect("tempdir");
-        let b = Store::open(other.path()).expect("open");
-        b.install(pairs.into_iter().map(Ok)).expect("install");
-        assert_eq!(b.root(3).expect("root"), root);
-        assert_eq!(
-            b.opening_states(0).expect("states")[1],
-            OpeningState::Erased { by: Some(2) }
-        );
-        assert!(other.path().join("entries/ledger.1").is_file());
-        // An entry file cut short is refused at open, naming it.
-        drop(b);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(other.path().join("entries/ledger.1"))
-            .expect("open");
-        f.set_len(10).expect("cut");
-        let err = Store::open(other.path()).err().expect("refused");
-        assert!(err.to_string().contains("entries/ledger.1"), "{err}");
     }
 
     #[test]

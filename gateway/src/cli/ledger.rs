@@ -450,7 +450,6 @@ pub fn stats(data_dir: &Path) -> anyhow::Result<String> {
     }
     row("all of the above", None, s.logical_total());
     row("sled's files (its own count)", None, s.sled_on_disk);
-    row("entry file (in sled's directory)", None, s.entry_file);
     for (name, bytes) in &files {
         row(&format!("file {name}"), None, *bytes);
     }

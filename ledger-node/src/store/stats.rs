@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::{be_u64, entries, Record, Store};
+use super::{Record, Store};
 use crate::error::LedgerError;
 
 /// Bytes and count of one part.
@@ -37,10 +37,8 @@ pub struct Stats {
     pub opening_bytes: u64,
     /// Perfect-subtree hashes kept in the entry records.
     pub merkle_bytes: u64,
-    /// Keys, pointers and length fields of the entry records.
+    /// Keys and length fields of the entry records.
     pub record_overhead_bytes: u64,
-    /// Bytes of the ledger tree's entry file (records of layout 4; part of sled's directory).
-    pub entry_file: u64,
     /// Per-device index (`D` keys).
     pub device_index: Part,
     /// Event-id index (`I` keys).
@@ -95,19 +93,9 @@ impl Store {
         let tree = self.tree();
         for kv in tree.iter() {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
-            let mut n = k.len() + v.len();
+            let n = k.len() + v.len();
             match k.first() {
                 Some(b'E') => {
-                    // A pointer's record is in the entry file: its bytes count with the key's.
-                    let v = if entries::is_pointer(&v) {
-                        let seq = be_u64(&k[1..])
-                            .ok_or_else(|| corrupt(format!("entry key {}", hex::encode(&k))))?;
-                        let record = tree.resolve(seq, v)?;
-                        n += record.len();
-                        record
-                    } else {
-                        v
-                    };
                     let r = Record::parse(&v).ok_or_else(|| {
                         corrupt(format!("entry record {} is malformed", hex::encode(&k)))
                     })?;
@@ -143,7 +131,6 @@ impl Store {
             s.trees.push((label, part));
         }
         s.sled_on_disk = self.db.size_on_disk().map_err(|e| self.storage(e))?;
-        s.entry_file = tree.entries.len();
         Ok(s)
     }
 }
@@ -228,14 +215,8 @@ mod tests {
         assert_eq!(s.device_index.count, 100);
         assert_eq!(s.event_id_index.count, 100);
         assert_eq!(s.other, Part::default());
-        // Key (9), pointer (13: tag, offset, length) and the record's length fields (4 + 1 +
-        // 4) per entry.
-        assert_eq!(s.record_overhead_bytes, 100 * (9 + 13 + 9));
-        // The entry file holds the records: entry, hashes, openings and their length fields.
-        assert_eq!(
-            s.entry_file,
-            s.entry_bytes + s.merkle_bytes + s.opening_bytes + 100 * 9
-        );
+        // Key (9) and the record's length fields (4 + 1 + 4) per entry.
+        assert_eq!(s.record_overhead_bytes, 100 * (9 + 9));
         assert!(s.sled_on_disk > 0);
         let files = file_sizes(dir.path()).expect("files");
         assert!(
