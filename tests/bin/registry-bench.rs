@@ -622,13 +622,17 @@ mod cluster {
             n.kill();
             n.start();
             let a = &addrs[g];
-            poll("the gateway to serve again", Duration::from_secs(300), || async {
-                status(&biomed, a).await.filter(|s| !s["leader"].is_null())
-            })
+            poll(
+                "the gateway to serve again",
+                Duration::from_secs(300),
+                || async { status(&biomed, a).await.filter(|s| !s["leader"].is_null()) },
+            )
             .await?;
-            poll("its registry after the restart", Duration::from_secs(300), || async {
-                timed(&biomed, a, "/v1/due").await.ok()
-            })
+            poll(
+                "its registry after the restart",
+                Duration::from_secs(300),
+                || async { timed(&biomed, a, "/v1/due").await.ok() },
+            )
             .await?;
         }
         tokio::time::sleep(Duration::from_secs(20)).await;
