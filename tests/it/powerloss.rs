@@ -1313,9 +1313,14 @@ async fn snapshot_rounds(test: &str, found: &[u64], cut_sender: bool) {
 /// Round seeds of `power_cut_during_snapshot_send` that found a defect (none yet).
 const FOUND_SNAPSHOT_SEND: &[u64] = &[];
 
-/// Round seeds of `power_cut_while_the_telemetry_outbox_fills_and_drains` that found a defect
-/// (none yet).
-const FOUND_TELEMETRY: &[u64] = &[];
+/// Round seeds of `power_cut_while_the_telemetry_outbox_fills_and_drains` that found a defect.
+/// 9976454004442202441 (round 7 of run seed 6989156408600135779): a message's rule event never
+/// reached the ledger. Near the outbox's bound a batch wrote its earlier events first and saved
+/// the rules' state, which already held the next message's transition; cut before that
+/// message's event was written, the gateway came back with a state that had seen it, and the
+/// broker's redelivery raised nothing. The state is now saved only with the whole batch
+/// (`service::telemetry`, `Pipeline::flush`). The replay repeats the cut, not the timing.
+const FOUND_TELEMETRY: &[u64] = &[9_976_454_004_442_202_441];
 
 /// Kind 7: one gateway with an MQTT device behind the real Mosquitto (TLS, the device's own
 /// certificate) loses power while its outbox fills and drains: the device publishes a burst in
@@ -1372,7 +1377,7 @@ async fn power_cut_while_the_telemetry_outbox_fills_and_drains() {
         publisher.join().expect("publisher");
         nodes[0].gw.start();
         until_serving(&admin, &nodes).await;
-        let events = poll(
+        let events = match poll(
             "every message's rule event in the ledger",
             Duration::from_secs(120),
             || {
@@ -1386,7 +1391,19 @@ async fn power_cut_while_the_telemetry_outbox_fills_and_drains() {
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", nodes[0].log_tail()));
+        {
+            Ok(events) => events,
+            Err(e) => {
+                let got = history(&admin, &addr, device)
+                    .await
+                    .map(|h| h.iter().filter(|(k, _, _)| k == "alarm").count());
+                panic!(
+                    "{e}: {got:?} rule events in the ledger for {sent} messages sent, {waiting} \
+                     files in the outbox at the cut, round {round} (seed {seed})\n{}",
+                    nodes[0].log_tail()
+                )
+            }
+        };
         assert_eq!(events.len() as u64, sent, "more rule events than messages");
         let mut ids = HashSet::new();
         for (i, (_, state, id)) in events.iter().enumerate() {
