@@ -590,8 +590,12 @@ async fn check_site(
     converge("the checkpoint to reach every gateway").await;
     let mut exports = Vec::new();
     for a in &addrs {
+        // A long run's ledger grows to tens of thousands of entries, which a debug build
+        // exports in more than the client's usual timeout when the machine is busy (200-round
+        // runs of the snapshot kinds stopped on it with nothing lost).
         let r = admin
             .get(format!("https://{a}/v1/export"))
+            .timeout(Duration::from_secs(300))
             .send()
             .await
             .expect("export");
