@@ -332,6 +332,18 @@ mod cluster {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// After 20 s without requests, each gateway's resident memory.
+    async fn print_idle_rss(nodes: &[Gateway], when: &str) {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        for (g, n) in nodes.iter().enumerate() {
+            println!(
+                "gateway {}: resident memory idle{when}: {:.0} MiB",
+                g + 1,
+                rss_of(n)
+            );
+        }
+    }
+
     async fn size_of(http: &reqwest::Client, addr: &str) -> Option<u64> {
         status(http, addr).await?["ledger_size"].as_u64()
     }
@@ -608,14 +620,7 @@ mod cluster {
                 percentile(&mut lat, 1.0)
             );
         }
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        for (g, n) in nodes.iter().enumerate() {
-            println!(
-                "gateway {}: resident memory idle: {:.0} MiB",
-                g + 1,
-                rss_of(n)
-            );
-        }
+        print_idle_rss(&nodes, "").await;
         // Again after a restart: what a gateway holds when no snapshot build or catch-up
         // happened in its lifetime (the allocator keeps some of a build's memory).
         for (g, n) in nodes.iter_mut().enumerate() {
@@ -635,14 +640,7 @@ mod cluster {
             )
             .await?;
         }
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        for (g, n) in nodes.iter().enumerate() {
-            println!(
-                "gateway {}: resident memory idle after a restart: {:.0} MiB",
-                g + 1,
-                rss_of(n)
-            );
-        }
+        print_idle_rss(&nodes, " after a restart").await;
         for n in &mut nodes {
             n.kill();
         }
