@@ -17,7 +17,8 @@
 //! it and are promoted; then, over HTTPS with a staff client certificate, on every gateway: one
 //! device's history, the due list of every device (the current minute, then a distinct `now`
 //! each call, which no cache answers), the PM-completion report for a year, and each gateway's
-//! resident memory idle. `--cache-mib N` sets `[ledger] cache_mib`.
+//! resident memory idle. `--cache-mib N` sets `[ledger] cache_mib`; `--keep` leaves the site's
+//! directory (CA, configs, data of the three gateways) in place and prints where it is.
 
 use std::time::Instant;
 
@@ -372,6 +373,12 @@ mod cluster {
     ) -> anyhow::Result<()> {
         let site = Site::new();
         let r = run_on(&site, entries, devices, runs, cache_mib, start_ms).await;
+        if r.is_ok() && std::env::args().any(|a| a == "--keep") {
+            // For measuring a gateway again without writing the ledger again: each
+            // `node{i}/gateway.toml` starts it (`medledger run --config`).
+            println!("site kept in {}", site.dir.keep().display());
+            return r;
+        }
         if r.is_err() {
             // The site's directory goes with `site`: keep what explains the failure.
             let keep = std::env::temp_dir().join(format!("registry-bench-{}", std::process::id()));
