@@ -131,6 +131,12 @@ pub struct Registry {
 /// How many answers [`Registry::answer`] keeps.
 const ANSWERS: usize = 16;
 
+/// How many bytes of answers [`Registry::answer`] keeps at most: the due list of 10,000 devices
+/// is 3.1 MB, and 16 of them (a `now` of its own each) held about 50 MB of an idle gateway at
+/// 1,000,000 entries (docs/benchmarks.md, "Where an idle gateway's memory goes"). An answer
+/// larger than this is not kept.
+const ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Default)]
 pub struct Indexed {
     pub index: Index,
@@ -166,9 +172,16 @@ impl Registry {
             return Ok(a.clone());
         }
         let a: Arc<[u8]> = make()?.into();
+        if a.len() > ANSWER_BYTES {
+            return Ok(a);
+        }
         let mut answers = lock();
-        if answers.len() >= ANSWERS {
-            answers.pop_front();
+        let mut held: usize = answers.iter().map(|(_, a)| a.len()).sum();
+        while answers.len() >= ANSWERS || held + a.len() > ANSWER_BYTES {
+            match answers.pop_front() {
+                Some((_, old)) => held -= old.len(),
+                None => break,
+            }
         }
         answers.push_back((key, a.clone()));
         Ok(a)

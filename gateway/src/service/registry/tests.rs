@@ -386,3 +386,33 @@ fn an_erasure_refreshes_the_index() {
         s.index
     );
 }
+
+/// Kept answers are bounded by bytes as well as by count: three answers of 3 MiB do not all
+/// stay (at most 8 MiB), the newest does, and one larger than the bound is never kept.
+#[test]
+fn kept_answers_are_bounded_by_bytes() {
+    let r = Registry::default();
+    let made = std::cell::Cell::new(0);
+    let ask = |key: &str, len: usize| {
+        r.answer::<()>(key.to_owned(), || {
+            made.set(made.get() + 1);
+            Ok(vec![0; len])
+        })
+        .expect("answer")
+        .len()
+    };
+    for k in ["a", "b", "c"] {
+        assert_eq!(ask(k, 3 << 20), 3 << 20);
+    }
+    assert_eq!(made.get(), 3);
+    ask("c", 3 << 20);
+    ask("b", 3 << 20);
+    assert_eq!(made.get(), 3, "the two newest answers are kept");
+    ask("a", 3 << 20);
+    assert_eq!(made.get(), 4, "the oldest answer was let go");
+    ask("big", 9 << 20);
+    ask("big", 9 << 20);
+    assert_eq!(made.get(), 6, "an answer over the bound is not kept");
+    ask("a", 3 << 20);
+    assert_eq!(made.get(), 6, "nor did it push out the ones kept");
+}
