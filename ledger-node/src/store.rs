@@ -8,12 +8,16 @@
 //! | key | value |
 //! |---|---|
 //! | `E` seq(u64 BE) | the entry record, below |
-//! | `D` device-id 0x00 seq | empty: the per-device index |
-//! | `I` event-id | seq of the entry that carries that event id |
+//! | `H` device-id 0x00 first-seq(u64 BE) | a chunk of the per-device index: up to 128 seqs (u64 BE) of the device's entries, from first-seq up |
+//! | `J` SHA-256(event-id)[0..2] | a bucket of the event-id index: (seq u64 BE, id length u16 BE, event id) records |
 //! | `C` seq(u64 BE) correction-seq(u64 BE) | empty: the corrections of an entry (same device) |
 //! | `K` node-id(u64 BE) | the node's ed25519 public key |
 //! | `Msize` | the size record: entry count and the caller's metadata (Raft's last applied log id and membership) |
 //! | `M` name | `layout`; `checkpoint` (the latest replicated signed tree head) |
+//!
+//! Layouts 2 and 3 had one index key per entry instead of the `H` and `J` keys (`D` device-id
+//! 0x00 seq → empty, `I` event-id → seq); a store of those layouts gets its indexes rebuilt from
+//! its entries when it is opened or installed from a snapshot ([`index`]).
 //!
 //! The entry record keeps everything written per entry under one key, because sled's cost per
 //! batch grows with the number of keys (layout 2; layout 1 had separate `O` keys for openings as
@@ -57,6 +61,7 @@ use crate::error::LedgerError;
 use crate::hash::{leaf_hash, Hash};
 use crate::merkle::{self, Frontier, NodeReader};
 
+mod index;
 mod stats;
 pub use stats::{file_sizes, Part, Stats};
 
@@ -219,6 +224,11 @@ impl StoreView {
 
     /// Calls `f` with every key/value pair of the view, in key order, and returns how many there
     /// were. Reads the tree as it goes: memory stays small whatever the size of the ledger.
+    ///
+    /// While the ledger's command format is 1 (a cluster that may still hold a gateway of release
+    /// 0.1.0, which reads store layouts 2 and 3 only), the indexes go out as layout 3 wrote them
+    /// (one `D` and one `I` key per entry, `Mlayout` 3), so that such a gateway can install the
+    /// snapshot; this release rebuilds them as layout 4 when it installs one.
     pub fn for_each_pair(
         &self,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<(), LedgerError>,
@@ -231,11 +241,60 @@ impl StoreView {
             path: self.path.clone(),
             source,
         };
+        let legacy = stored_format(&self.metas) < 2;
         let mut count = 0u64;
+        let mut emit = |k: &[u8], v: &[u8]| {
+            count += 1;
+            f(k, v)
+        };
         for kv in self.tree.range(..&b"K"[..]) {
             let (k, v) = kv.map_err(storage)?;
+            // Index chunks and buckets grow in place: what the view had is what lies below its
+            // size (a chunk started after the view was taken is left out whole).
             let seq = match k.first() {
+                Some(b'H') => {
+                    let Some(v) = index::chunk_below(&v, self.size)
+                        .ok_or_else(|| corrupt("device history chunk"))?
+                    else {
+                        continue;
+                    };
+                    if !legacy {
+                        emit(&k, &v)?;
+                        continue;
+                    }
+                    let seqs = index::decode_seqs(&v).unwrap_or_default();
+                    // `D` device 0x00 seq, from `H` device 0x00 first-seq.
+                    let mut dk = k[..k.len().saturating_sub(8)].to_vec();
+                    if let Some(letter) = dk.first_mut() {
+                        *letter = b'D';
+                    }
+                    let at = dk.len();
+                    for seq in seqs {
+                        dk.truncate(at);
+                        dk.extend_from_slice(&seq.to_be_bytes());
+                        emit(&dk, &[])?;
+                    }
+                    continue;
+                }
+                Some(b'J') => {
+                    let Some(v) = index::bucket_below(&v, self.size)
+                        .ok_or_else(|| corrupt("event id bucket"))?
+                    else {
+                        continue;
+                    };
+                    if !legacy {
+                        emit(&k, &v)?;
+                        continue;
+                    }
+                    for (seq, id) in index::decode_bucket(&v).unwrap_or_default() {
+                        let mut ik = vec![b'I'];
+                        ik.extend_from_slice(id.as_bytes());
+                        emit(&ik, &seq.to_be_bytes())?;
+                    }
+                    continue;
+                }
                 Some(b'E') => Some(be_u64(&k[1..]).ok_or_else(|| corrupt("entry key"))?),
+                // Layout 3 (a view of a tree not yet rebuilt).
                 Some(b'D') => Some(
                     k.len()
                         .checked_sub(8)
@@ -255,17 +314,18 @@ impl StoreView {
             if seq.is_some_and(|s| s >= self.size) {
                 continue;
             }
-            f(&k, &v)?;
-            count += 1;
+            emit(&k, &v)?;
         }
         for (k, v) in &self.small {
-            f(k, v)?;
-            count += 1;
+            if legacy && k.as_ref() == META_LAYOUT {
+                emit(k, &[3])?;
+            } else {
+                emit(k, v)?;
+            }
         }
         for kv in self.tree.range(&b"N"[..]..) {
             let (k, v) = kv.map_err(storage)?;
-            f(&k, &v)?;
-            count += 1;
+            emit(&k, &v)?;
         }
         Ok(count)
     }
@@ -344,13 +404,17 @@ pub struct Store {
     durable_size: AtomicU64,
 }
 
-/// The key/value writes of one apply, in order.
+/// The key/value writes of one apply, in order, and removals of keys an apply that did not
+/// count left (done first).
 #[derive(Default)]
-struct Writes(Vec<(sled::IVec, sled::IVec)>);
+struct Writes(Vec<(sled::IVec, sled::IVec)>, Vec<sled::IVec>);
 
 impl Writes {
     fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.0.push((key.as_ref().into(), value.as_ref().into()));
+    }
+    fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.1.push(key.as_ref().into());
     }
 }
 
@@ -411,11 +475,14 @@ impl SizeRecord {
 
 const META_SIZE: &[u8] = b"Msize";
 const META_LAYOUT: &[u8] = b"Mlayout";
-/// Version of the key layout and entry record above, stored once per store. Layout 3 is layout 2
+/// Version of the key layout and entry record above, stored once per store. Layout 4 is layout 3
+/// with the `H` and `J` index keys in place of one `D` and one `I` key per entry. Layout 3 is layout 2
 /// with metadata in the size record ([`SizeRecord`]); a layout-2 store is read and upgraded.
-const LAYOUT: u8 = 3;
+const LAYOUT: u8 = 4;
 /// Layouts this version reads.
-const LAYOUTS_READ: [u8; 2] = [2, 3];
+const LAYOUTS_READ: [u8; 3] = [2, 3, 4];
+/// Entries indexed per write of a layout conversion ([`Store::convert_indexes`]).
+const CONVERT_STEP: u64 = 8192;
 const META_CHECKPOINT: &str = "checkpoint";
 /// The latest co-signed checkpoint ([`crate::sth::Cosigned`] as JSON): kept when a plain
 /// checkpoint follows it, so that exports and receipts can still be cut at it.
@@ -443,19 +510,6 @@ fn stored_format(metas: &std::collections::BTreeMap<String, Vec<u8>>) -> u8 {
 fn key_entry(seq: u64) -> [u8; 9] {
     let mut k = [b'E'; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-fn key_device_prefix(device: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(device.len() + 10);
-    k.push(b'D');
-    k.extend_from_slice(device.as_bytes());
-    k.push(0);
-    k
-}
-fn key_event_id(id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 1);
-    k.push(b'I');
-    k.extend_from_slice(id.as_bytes());
     k
 }
 fn key_correction(target: u64, correction: u64) -> [u8; 17] {
@@ -879,6 +933,7 @@ impl Store {
         };
         let (frontier, record) = store.load_frontier(&store.tree())?;
         let size = frontier.size();
+        store.convert_indexes(&store.tree(), size)?;
         {
             let mut w = store.lock_writer();
             w.frontier = frontier;
@@ -928,26 +983,22 @@ impl Store {
     /// before their entry, so that a crash in here leaves an entry to find them by next time.
     fn remove_uncounted(&self, tree: &sled::Tree, size: u64) -> Result<(), LedgerError> {
         let (mut removed, mut last) = (0u64, 0u64);
+        let layout_4 = self.layout_is_current(tree)?;
         for kv in tree.range(key_entry(size)..=key_entry(u64::MAX)) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
             let record = self.parse_record(seq, &v)?;
             let entry =
                 Entry::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
-            let mut dk = key_device_prefix(&entry.body.device_id);
-            dk.extend_from_slice(&seq.to_be_bytes());
-            tree.remove(dk).map_err(|e| self.storage(e))?;
             if let Some(c) = entry.body.corrects {
                 tree.remove(key_correction(c, seq))
                     .map_err(|e| self.storage(e))?;
             }
-            if let Some(id) = &entry.body.event_id {
-                let ik = key_event_id(id);
-                if tree.get(&ik).map_err(|e| self.storage(e))?.as_deref()
-                    == Some(&seq.to_be_bytes()[..])
-                {
-                    tree.remove(ik).map_err(|e| self.storage(e))?;
-                }
+            // A store of an older layout has its indexes rebuilt from the entries next
+            // (`convert_indexes`).
+            if layout_4 {
+                let (device, id) = (&entry.body.device_id, entry.body.event_id.as_deref());
+                index::remove(self, tree, device, id, seq)?;
             }
             tree.remove(k).map_err(|e| self.storage(e))?;
             removed += 1;
@@ -968,6 +1019,65 @@ impl Store {
     fn layout_is_current(&self, tree: &sled::Tree) -> Result<bool, LedgerError> {
         let layout = tree.get(META_LAYOUT).map_err(|e| self.storage(e))?;
         Ok(layout.as_deref() == Some(&[LAYOUT][..]))
+    }
+
+    /// Rebuilds the device and event-id indexes of a store of layout 2 or 3 (one key per entry
+    /// in each) as layout 4's chunks and buckets ([`index`]), from the entries themselves, and
+    /// marks the store layout 4; removes what an interrupted run left. Durable in steps: the new
+    /// indexes are synced before the layout says 4, so a crash before that starts over (the old
+    /// keys are still there, the new ones are removed first) and one after it only leaves old
+    /// keys, removed by the next open.
+    fn convert_indexes(&self, tree: &sled::Tree, size: u64) -> Result<(), LedgerError> {
+        let storage = |e| self.storage(e);
+        let layout = tree.get(META_LAYOUT).map_err(storage)?;
+        if layout.as_deref() == Some(&[LAYOUT][..]) || (layout.is_none() && size == 0) {
+            let old =
+                index::remove_prefix(self, tree, b"D")? + index::remove_prefix(self, tree, b"I")?;
+            if old > 0 {
+                tracing::info!(keys = old, "removed the index keys of store layout 3");
+            }
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        index::remove_prefix(self, tree, b"H")?;
+        index::remove_prefix(self, tree, b"J")?;
+        let mut writes = index::IndexWrites::new(size);
+        let mut step = 0u64;
+        for kv in tree.range(key_entry(0)..key_entry(size)) {
+            let (k, v) = kv.map_err(storage)?;
+            let seq = be_u64(&k[1..]).ok_or_else(|| self.corrupt("entry key"))?;
+            let record = self.parse_record(seq, &v)?;
+            let entry =
+                EntryRef::decode(record.entry).map_err(|e| LedgerError::corrupt(&self.path, e))?;
+            writes.add(self, tree, entry.device_id, entry.event_id, seq)?;
+            step += 1;
+            if step.is_multiple_of(CONVERT_STEP) {
+                let mut batch = Writes::default();
+                std::mem::replace(&mut writes, index::IndexWrites::new(size))
+                    .write(self, &mut batch)?;
+                for (k, v) in batch.0 {
+                    tree.insert(k, v).map_err(storage)?;
+                }
+            }
+        }
+        let mut batch = Writes::default();
+        writes.write(self, &mut batch)?;
+        for (k, v) in batch.0 {
+            tree.insert(k, v).map_err(storage)?;
+        }
+        self.db.flush().map_err(storage)?;
+        sync_files(&self.path)?;
+        tree.insert(META_LAYOUT, &[LAYOUT]).map_err(storage)?;
+        self.db.flush().map_err(storage)?;
+        sync_files(&self.path)?;
+        let old = index::remove_prefix(self, tree, b"D")? + index::remove_prefix(self, tree, b"I")?;
+        tracing::info!(
+            entries = step,
+            old_keys = old,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the device and event-id indexes as store layout {LAYOUT}"
+        );
+        Ok(())
     }
 
     /// The tree holding the ledger now.
@@ -1076,6 +1186,8 @@ impl Store {
         // Sized up front: growing it batch after batch cost a measurable share of the writer.
         let mut new_ids: HashMap<String, u64> = HashMap::with_capacity(commands.len());
         let mut new_keys: HashMap<u64, [u8; 32]> = HashMap::new();
+        let tree = self.tree();
+        let mut index = index::IndexWrites::new(w.frontier.size());
         for (i, cmd) in commands.iter().enumerate() {
             format = format.max(format_of(i));
             let outcome = match cmd {
@@ -1112,6 +1224,7 @@ impl Store {
                     w.frontier.size(),
                     &mut frontier,
                     &mut batch,
+                    (&tree.tree, &mut index),
                     &mut new_ids,
                     &mut pending,
                 )?,
@@ -1145,6 +1258,7 @@ impl Store {
             };
             outcomes.push(outcome);
         }
+        index.write(self, &mut batch)?;
         if !w.layout_written {
             batch.insert(META_LAYOUT, [LAYOUT]);
         }
@@ -1159,7 +1273,9 @@ impl Store {
             .ok_or_else(|| self.corrupt("metadata too large for the size record"))?;
         // The size record goes last: it is what makes the apply count (see the doc above).
         batch.insert(META_SIZE, record);
-        let tree = self.tree();
+        for k in batch.1 {
+            tree.remove(k).map_err(|e| self.storage(e))?;
+        }
         for (k, v) in batch.0 {
             tree.insert(k, v).map_err(|e| self.storage(e))?;
         }
@@ -1343,6 +1459,7 @@ impl Store {
         batch_start: u64,
         frontier: &mut Frontier,
         batch: &mut Writes,
+        (tree, index): (&sled::Tree, &mut index::IndexWrites),
         new_ids: &mut HashMap<String, u64>,
         pending: &mut Pending,
     ) -> Result<ApplyOutcome, LedgerError> {
@@ -1385,14 +1502,12 @@ impl Store {
             if let Some(seq) = new_ids.get(id) {
                 return Ok(ApplyOutcome::Duplicate { seq: *seq });
             }
-            if let Some(v) = self.get(&key_event_id(id))? {
-                let dup = be_u64(&v).ok_or_else(|| self.corrupt("event id index value"))?;
-                // An index key at or beyond the frontier belongs to no counted entry: a power cut
-                // kept it while losing its entry (sled kept a later write of an apply that did
-                // not count). It is not a duplicate; this apply overwrites it.
-                if dup < seq {
-                    return Ok(ApplyOutcome::Duplicate { seq: dup });
-                }
+            // An index record at or beyond the batch's start belongs to no counted entry: a
+            // power cut kept it while losing its entry (sled kept a later write of an apply that
+            // did not count). It is not a duplicate (`find` leaves it out); this apply's own
+            // records are in `new_ids` already.
+            if let Some(dup) = index.find(self, tree, id)? {
+                return Ok(ApplyOutcome::Duplicate { seq: dup });
             }
         }
         if let Some(c) = body.corrects {
@@ -1470,11 +1585,8 @@ impl Store {
         if let Some(c) = body.corrects {
             batch.insert(key_correction(c, seq), &[][..]);
         }
-        let mut dk = key_device_prefix(&body.device_id);
-        dk.extend_from_slice(&seq.to_be_bytes());
-        batch.insert(dk, &[][..]);
+        index.add(self, tree, &body.device_id, body.event_id.as_deref(), seq)?;
         if let Some(id) = &body.event_id {
-            batch.insert(key_event_id(id), seq.to_be_bytes());
             new_ids.insert(id.clone(), seq);
         }
         Ok(ApplyOutcome::Appended { seq, leaf })
@@ -1722,6 +1834,8 @@ impl Store {
             self.db.flush().map_err(storage)?;
             sync_files(&self.path)?;
             let loaded = self.load_frontier(&tree)?;
+            // A snapshot of an older release's gateway carries the indexes of its layout.
+            self.convert_indexes(&tree, loaded.0.size())?;
             let layout = self.layout_is_current(&tree)?;
             Ok::<_, LedgerError>((loaded, layout))
         })();
@@ -1842,21 +1956,31 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<u64>, LedgerError> {
-        let prefix = key_device_prefix(device_id);
+        let prefix = index::key_history_prefix(device_id);
         let size = self.size();
-        let mut start = prefix.clone();
-        start.extend_from_slice(&after.map_or(0, |a| a.saturating_add(1)).to_be_bytes());
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut at = prefix.clone();
+        at.extend_from_slice(&from.to_be_bytes());
+        let tree = self.tree();
+        // The chunk that may hold `from` is the last one starting at or before it.
+        let begin = match tree.range(prefix.as_slice()..=at.as_slice()).next_back() {
+            Some(kv) => kv.map_err(|e| self.storage(e))?.0.to_vec(),
+            None => at,
+        };
         let mut out = Vec::new();
-        for kv in self.tree().range(start..) {
-            let (k, _) = kv.map_err(|e| self.storage(e))?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+        for kv in tree.range(begin..) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            if !k.starts_with(&prefix) {
                 break;
             }
-            let seq = be_u64(&k[prefix.len()..]).ok_or_else(|| self.corrupt("device index key"))?;
-            if seq >= size {
-                break;
+            let seqs =
+                index::decode_seqs(&v).ok_or_else(|| self.corrupt("device history chunk"))?;
+            for seq in seqs.into_iter().filter(|s| *s >= from) {
+                if seq >= size || out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(seq);
             }
-            out.push(seq);
         }
         Ok(out)
     }
@@ -1866,13 +1990,13 @@ impl Store {
     pub fn device_ids(&self, limit: usize) -> Result<Vec<String>, LedgerError> {
         let size = self.size();
         let mut out = Vec::new();
-        let mut start = vec![b'D'];
+        let mut start = vec![b'H'];
         while out.len() < limit {
             let Some(kv) = self.tree().range(start.clone()..).next() else {
                 break;
             };
             let (k, _) = kv.map_err(|e| self.storage(e))?;
-            if k.first() != Some(&b'D') {
+            if k.first() != Some(&b'H') {
                 break;
             }
             let rest = &k[1..];
@@ -1888,7 +2012,7 @@ impl Store {
                 out.push(id.to_owned());
             }
             // Past every key of this device: its prefix followed by 0x01.
-            start = key_device_prefix(id);
+            start = index::key_history_prefix(id);
             if let Some(last) = start.last_mut() {
                 *last = 1;
             }
@@ -1945,13 +2069,15 @@ impl Store {
 
     /// Sequence number of the entry that carries `event_id`, if any.
     pub fn find_event_id(&self, event_id: &str) -> Result<Option<u64>, LedgerError> {
-        match self.get(&key_event_id(event_id))? {
-            None => Ok(None),
-            Some(v) => {
-                let seq = be_u64(&v).ok_or_else(|| self.corrupt("event id index value"))?;
-                Ok((seq < self.size()).then_some(seq))
-            }
-        }
+        let Some(v) = self.get(&index::key_bucket(event_id))? else {
+            return Ok(None);
+        };
+        let size = self.size();
+        Ok(index::decode_bucket(&v)
+            .ok_or_else(|| self.corrupt("event id bucket"))?
+            .into_iter()
+            .find(|(seq, id)| *seq < size && id == event_id)
+            .map(|(seq, _)| seq))
     }
 
     fn node_key_bytes(&self, node_id: u64) -> Result<Option<[u8; 32]>, LedgerError> {
@@ -2165,10 +2291,13 @@ mod tests {
             .apply(&[Command::Append(append(0, &key))], &[])
             .expect("apply");
         assert!(matches!(first[0], ApplyOutcome::Appended { seq: 0, .. }));
-        // What a cut left: the index key of event 1 at seq 1, without its entry or size record.
+        // What a cut left: the index record of event 1 at seq 1, without its entry or size record.
+        let mut bucket = 1u64.to_be_bytes().to_vec();
+        bucket.extend_from_slice(&5u16.to_be_bytes());
+        bucket.extend_from_slice(b"evt-1");
         store
             .tree()
-            .insert(key_event_id("evt-1"), &1u64.to_be_bytes())
+            .insert(index::key_bucket("evt-1"), bucket)
             .expect("insert");
         assert_eq!(store.find_event_id("evt-1").expect("find"), None);
         let replay = store
@@ -2845,7 +2974,14 @@ mod tests {
         assert!(store.get(&key_entry(4)).expect("get").is_none());
         assert!(store.get(&key_entry(5)).expect("get").is_none());
         assert_eq!(store.find_event_id("evt-4").expect("find"), None);
-        assert!(store.get(&key_event_id("evt-5")).expect("get").is_none());
+        let bucket = store.get(&index::key_bucket("evt-5")).expect("get");
+        assert!(
+            bucket.is_none_or(|b| index::decode_bucket(&b)
+                .expect("bucket")
+                .iter()
+                .all(|(seq, _)| *seq != 5)),
+            "the removed entry's event id record is gone"
+        );
         assert_eq!(
             store.device_history("pump-1", None, 10).expect("history"),
             vec![1]
@@ -2977,5 +3113,167 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("a store without a layout marker was opened"),
         }
+    }
+
+    /// Layout 4's indexes: a device's history runs across several chunks and pages through
+    /// them with `after`; index records an apply that did not count left (a chunk and a bucket
+    /// record beyond the ledger's end) are neither duplicates nor history, and go when the
+    /// device is written again.
+    #[test]
+    fn history_chunks_page_and_stale_records_never_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[6; 32]);
+        let store = Store::open(dir.path()).expect("open");
+        let n = 7 * index::HISTORY_CHUNK as u64 + 10;
+        store
+            .apply(
+                &(0..4)
+                    .map(|i| Command::Append(append(i, &key)))
+                    .collect::<Vec<_>>(),
+                &[],
+            )
+            .expect("apply");
+        // Left by a cut: a chunk of pump-1 starting at 9 (entry 9 is pump-0's) and a record of
+        // event 9 at seq 9.
+        let mut chunk = b"Hpump-1\0".to_vec();
+        chunk.extend_from_slice(&9u64.to_be_bytes());
+        store
+            .tree()
+            .insert(chunk.clone(), &9u64.to_be_bytes())
+            .expect("insert");
+        let mut bucket = 9u64.to_be_bytes().to_vec();
+        bucket.extend_from_slice(&5u16.to_be_bytes());
+        bucket.extend_from_slice(b"evt-9");
+        store
+            .tree()
+            .insert(index::key_bucket("evt-9"), bucket)
+            .expect("insert");
+        for start in (4..n).step_by(50) {
+            let cmds: Vec<Command> = (start..(start + 50).min(n))
+                .map(|i| Command::Append(append(i, &key)))
+                .collect();
+            let out = store.apply(&cmds, &[]).expect("apply");
+            assert!(
+                out.iter()
+                    .all(|o| matches!(o, ApplyOutcome::Appended { .. })),
+                "{out:?}"
+            );
+        }
+        store.publish();
+        assert!(
+            store.get(&chunk).expect("get").is_none(),
+            "stale chunk removed"
+        );
+        assert_eq!(store.find_event_id("evt-9").expect("find"), Some(9));
+        let want: Vec<u64> = (0..n).filter(|i| i % 3 == 1).collect();
+        assert!(want.len() > 2 * index::HISTORY_CHUNK);
+        assert_eq!(
+            store.device_history("pump-1", None, 10_000).expect("all"),
+            want
+        );
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.device_history("pump-1", after, 7).expect("page");
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().copied();
+            paged.extend(page);
+        }
+        assert_eq!(paged, want);
+        assert_eq!(
+            store
+                .device_history("pump-1", Some(want[200]), 3)
+                .expect("mid"),
+            want[201..204]
+        );
+        assert_eq!(
+            store.device_ids(10).expect("ids"),
+            ["pump-0", "pump-1", "pump-2"]
+        );
+        let again = store
+            .apply(&[Command::Append(append(n - 1, &key))], &[])
+            .expect("apply");
+        assert!(matches!(again[0], ApplyOutcome::Duplicate { seq } if seq == n - 1));
+    }
+
+    /// What layout 3 wrote (one `D` and one `I` key per entry), turned into layout 4 at the next
+    /// open and when installed from a snapshot of such a store: the same histories, device list
+    /// and event ids, no old key left, and the store says layout 4.
+    #[test]
+    fn a_layout_3_store_gets_its_indexes_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let n = index::HISTORY_CHUNK as u64 * 2 + 5;
+        let cmds: Vec<Command> = (0..n).map(|i| Command::Append(append(i, &key))).collect();
+        let answers = |s: &Store| {
+            (
+                ["pump-0", "pump-1", "pump-2"].map(|d| s.device_history(d, None, 1000).expect("h")),
+                (0..n + 1)
+                    .map(|i| s.find_event_id(&format!("evt-{i}")).expect("find"))
+                    .collect::<Vec<_>>(),
+                s.device_ids(10).expect("ids"),
+            )
+        };
+        let (want, pairs) = {
+            let store = Store::open(dir.path()).expect("open");
+            store.apply(&cmds, &[]).expect("apply");
+            store.publish();
+            let want = answers(&store);
+            // Back to layout 3.
+            let tree = store.tree();
+            index::remove_prefix(&store, &tree, b"H").expect("H");
+            index::remove_prefix(&store, &tree, b"J").expect("J");
+            for seq in 0..n {
+                let e = store.entry(seq).expect("entry");
+                let mut dk = b"D".to_vec();
+                dk.extend_from_slice(e.body.device_id.as_bytes());
+                dk.push(0);
+                dk.extend_from_slice(&seq.to_be_bytes());
+                tree.insert(dk, &[][..]).expect("D");
+                let id = e.body.event_id.expect("id");
+                tree.insert(format!("I{id}").as_bytes(), &seq.to_be_bytes())
+                    .expect("I");
+            }
+            tree.insert(META_LAYOUT, &[3u8]).expect("layout");
+            runtime().block_on(store.flush()).expect("flush");
+            let pairs = view_pairs(&store.view().expect("view"));
+            assert!(pairs.iter().any(|(k, _)| k[0] == b'D'));
+            (want, pairs)
+        };
+        let check = |s: &Store| {
+            assert_eq!(answers(s), want);
+            assert_eq!(
+                s.get(META_LAYOUT).expect("get").as_deref(),
+                Some(&[LAYOUT][..])
+            );
+            let tree = s.tree();
+            assert!(tree.scan_prefix(b"D").next().is_none());
+            assert!(tree.scan_prefix(b"I").next().is_none());
+        };
+        let store = Store::open(dir.path()).expect("reopen a layout-3 store");
+        check(&store);
+        let other = tempfile::tempdir().expect("tempdir");
+        let b = Store::open(other.path()).expect("open b");
+        assert_eq!(b.install(pairs.into_iter().map(Ok)).expect("install"), n);
+        check(&b);
+        // A ledger still at command format 1 (a cluster that may hold a 0.1.0 gateway) sends
+        // its indexes as layout 3 in snapshots; installed here, they are layout 4 again.
+        let one = tempfile::tempdir().expect("tempdir");
+        let c = Store::open(one.path()).expect("open c");
+        c.apply_at(&cmds, |_| 1, &[]).expect("apply at format 1");
+        c.publish();
+        assert_eq!(c.format(), 1);
+        let pairs = view_pairs(&c.view().expect("view"));
+        assert!(pairs.iter().any(|(k, _)| k[0] == b'D'));
+        assert!(pairs.iter().any(|(k, _)| k[0] == b'I'));
+        assert!(!pairs.iter().any(|(k, _)| k[0] == b'H' || k[0] == b'J'));
+        assert!(pairs.contains(&(META_LAYOUT.to_vec(), vec![3])));
+        assert_eq!(pairs.iter().filter(|(k, _)| k[0] == b'D').count() as u64, n);
+        let later = tempfile::tempdir().expect("tempdir");
+        let d = Store::open(later.path()).expect("open d");
+        assert_eq!(d.install(pairs.into_iter().map(Ok)).expect("install"), n);
+        check(&d);
     }
 }

@@ -39,9 +39,9 @@ pub struct Stats {
     pub merkle_bytes: u64,
     /// Keys and length fields of the entry records.
     pub record_overhead_bytes: u64,
-    /// Per-device index (`D` keys).
+    /// Per-device index (`H` chunks; `D` keys in a store of layout 3).
     pub device_index: Part,
-    /// Event-id index (`I` keys).
+    /// Event-id index (`J` buckets; `I` keys in a store of layout 3).
     pub event_id_index: Part,
     /// Node keys and metadata (`K`, `M`).
     pub metadata: Part,
@@ -107,8 +107,8 @@ impl Store {
                     s.record_overhead_bytes +=
                         (n - r.entry.len() - openings - r.nodes.len()) as u64;
                 }
-                Some(b'D') => s.device_index.add(n),
-                Some(b'I') => s.event_id_index.add(n),
+                Some(b'H' | b'D') => s.device_index.add(n),
+                Some(b'J' | b'I') => s.event_id_index.add(n),
                 Some(b'K' | b'M') => s.metadata.add(n),
                 _ => s.other.add(n),
             }
@@ -212,8 +212,19 @@ mod tests {
         // One hash per trailing one bit of each sequence number.
         let hashes: u64 = (0..100u64).map(|i| u64::from(i.trailing_ones())).sum();
         assert_eq!(s.merkle_bytes, 32 * hashes);
-        assert_eq!(s.device_index.count, 100);
-        assert_eq!(s.event_id_index.count, 100);
+        // One history chunk per device: key ("H", id, 0, first seq) and 8 bytes per entry.
+        assert_eq!(s.device_index.count, 7);
+        assert_eq!(s.device_index.bytes, 7 * (1 + 6 + 1 + 8) + 100 * 8);
+        // One bucket per distinct hash prefix: key (3) and seq, length and id per entry.
+        let buckets: std::collections::HashSet<_> = (0..100)
+            .map(|i| super::super::index::key_bucket(&format!("e{i}")))
+            .collect();
+        assert_eq!(s.event_id_index.count, buckets.len() as u64);
+        let ids: u64 = (0..100).map(|i| format!("e{i}").len() as u64).sum();
+        assert_eq!(
+            s.event_id_index.bytes,
+            3 * buckets.len() as u64 + 100 * 10 + ids
+        );
         assert_eq!(s.other, Part::default());
         // Key (9) and the record's length fields (4 + 1 + 4) per entry.
         assert_eq!(s.record_overhead_bytes, 100 * (9 + 9));
