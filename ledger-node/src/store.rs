@@ -286,7 +286,10 @@ impl StoreView {
                         emit(&k, &v)?;
                         continue;
                     }
-                    for (seq, id) in index::decode_bucket(&v).unwrap_or_default() {
+                    for (seq, _) in index::decode_bucket(&v).unwrap_or_default() {
+                        let Some(id) = event_id_at(&self.tree, &self.path, seq)? else {
+                            return Err(corrupt("event id bucket (a record without its entry)"));
+                        };
                         let mut ik = vec![b'I'];
                         ik.extend_from_slice(id.as_bytes());
                         emit(&ik, &seq.to_be_bytes())?;
@@ -527,6 +530,26 @@ fn key_meta(name: &str) -> Vec<u8> {
     let mut k = vec![b'M'];
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// The event id of entry `seq` of `tree`, a store in `path` (for errors).
+fn event_id_at(tree: &sled::Tree, path: &Path, seq: u64) -> Result<Option<String>, LedgerError> {
+    let Some(v) = tree
+        .get(key_entry(seq))
+        .map_err(|source| LedgerError::Storage {
+            path: path.to_owned(),
+            source,
+        })?
+    else {
+        return Ok(None);
+    };
+    let corrupt = || LedgerError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("record of entry {seq} is malformed"),
+    };
+    let record = Record::parse(&v).ok_or_else(corrupt)?;
+    let entry = EntryRef::decode(record.entry).map_err(|e| LedgerError::corrupt(path, e))?;
+    Ok(entry.event_id.map(str::to_owned))
 }
 
 fn be_u64(v: &[u8]) -> Option<u64> {
@@ -1053,15 +1076,14 @@ impl Store {
             step += 1;
             if step.is_multiple_of(CONVERT_STEP) {
                 let mut batch = Writes::default();
-                std::mem::replace(&mut writes, index::IndexWrites::new(size))
-                    .write(self, &mut batch)?;
+                std::mem::replace(&mut writes, index::IndexWrites::new(size)).write(&mut batch);
                 for (k, v) in batch.0 {
                     tree.insert(k, v).map_err(storage)?;
                 }
             }
         }
         let mut batch = Writes::default();
-        writes.write(self, &mut batch)?;
+        writes.write(&mut batch);
         for (k, v) in batch.0 {
             tree.insert(k, v).map_err(storage)?;
         }
@@ -1258,7 +1280,7 @@ impl Store {
             };
             outcomes.push(outcome);
         }
-        index.write(self, &mut batch)?;
+        index.write(&mut batch);
         if !w.layout_written {
             batch.insert(META_LAYOUT, [LAYOUT]);
         }
@@ -2069,15 +2091,24 @@ impl Store {
 
     /// Sequence number of the entry that carries `event_id`, if any.
     pub fn find_event_id(&self, event_id: &str) -> Result<Option<u64>, LedgerError> {
-        let Some(v) = self.get(&index::key_bucket(event_id))? else {
+        let (key, tag) = index::key_bucket(event_id);
+        let tree = self.tree();
+        let Some(v) = tree.get(key).map_err(|e| self.storage(e))? else {
             return Ok(None);
         };
         let size = self.size();
-        Ok(index::decode_bucket(&v)
-            .ok_or_else(|| self.corrupt("event id bucket"))?
-            .into_iter()
-            .find(|(seq, id)| *seq < size && id == event_id)
-            .map(|(seq, _)| seq))
+        let records = index::decode_bucket(&v).ok_or_else(|| self.corrupt("event id bucket"))?;
+        for (seq, _) in records.into_iter().filter(|(s, t)| *s < size && *t == tag) {
+            if self.event_id_in(&tree, seq)?.as_deref() == Some(event_id) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The event id of entry `seq` of `tree` (`None`: no such entry, or it has none).
+    fn event_id_in(&self, tree: &sled::Tree, seq: u64) -> Result<Option<String>, LedgerError> {
+        event_id_at(tree, &self.path, seq)
     }
 
     fn node_key_bytes(&self, node_id: u64) -> Result<Option<[u8; 32]>, LedgerError> {
@@ -2292,12 +2323,10 @@ mod tests {
             .expect("apply");
         assert!(matches!(first[0], ApplyOutcome::Appended { seq: 0, .. }));
         // What a cut left: the index record of event 1 at seq 1, without its entry or size record.
-        let mut bucket = 1u64.to_be_bytes().to_vec();
-        bucket.extend_from_slice(&5u16.to_be_bytes());
-        bucket.extend_from_slice(b"evt-1");
+        let (bucket, tag) = index::key_bucket("evt-1");
         store
             .tree()
-            .insert(index::key_bucket("evt-1"), bucket)
+            .insert(bucket, index::encode_bucket(&[(1, tag)]))
             .expect("insert");
         assert_eq!(store.find_event_id("evt-1").expect("find"), None);
         let replay = store
@@ -2974,7 +3003,7 @@ mod tests {
         assert!(store.get(&key_entry(4)).expect("get").is_none());
         assert!(store.get(&key_entry(5)).expect("get").is_none());
         assert_eq!(store.find_event_id("evt-4").expect("find"), None);
-        let bucket = store.get(&index::key_bucket("evt-5")).expect("get");
+        let bucket = store.get(&index::key_bucket("evt-5").0).expect("get");
         assert!(
             bucket.is_none_or(|b| index::decode_bucket(&b)
                 .expect("bucket")
@@ -3139,14 +3168,12 @@ mod tests {
         chunk.extend_from_slice(&9u64.to_be_bytes());
         store
             .tree()
-            .insert(chunk.clone(), &9u64.to_be_bytes())
+            .insert(chunk.clone(), index::encode_seqs(&[9]))
             .expect("insert");
-        let mut bucket = 9u64.to_be_bytes().to_vec();
-        bucket.extend_from_slice(&5u16.to_be_bytes());
-        bucket.extend_from_slice(b"evt-9");
+        let (bucket, tag) = index::key_bucket("evt-9");
         store
             .tree()
-            .insert(index::key_bucket("evt-9"), bucket)
+            .insert(bucket, index::encode_bucket(&[(9, tag)]))
             .expect("insert");
         for start in (4..n).step_by(50) {
             let cmds: Vec<Command> = (start..(start + 50).min(n))

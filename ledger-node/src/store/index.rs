@@ -3,14 +3,21 @@
 //! Layouts 2 and 3 kept one sled key per entry in each index (`D` device `\0` seq, `I` event
 //! id → seq): at 1,000,000 entries that is two million small keys, and sled keeps a page-table
 //! entry and bookkeeping for every leaf page of them in memory whatever its cache size (about 80
-//! MiB more at open than without them, `store-layout-bench`), and every write touches two random
+//! MiB more at open than without them, `sled-layout-bench`), and every write touches two random
 //! leaf pages of large trees. Layout 4 keeps a few keys instead:
 //!
-//! - `H` device `\0` first-seq (u64 BE) → the sequence numbers (u64 BE each, ascending) of up to
-//!   [`HISTORY_CHUNK`] of the device's entries, the first being first-seq. A device's history is
-//!   its chunks in key order; a write appends to the device's last chunk or starts the next.
-//! - `J` + the first two bytes of SHA-256(event id) → the bucket's (seq u64 BE, id length u16
-//!   BE, id) records, in the order they were added: 65,536 buckets of a few records each.
+//! - `H` device `\0` first-seq (u64 BE) → the sequence numbers of up to [`HISTORY_CHUNK`] of the
+//!   device's entries, ascending, the first being first-seq: first-seq, then the difference to
+//!   the one before, each an unsigned LEB128 varint (one to three bytes each at a hospital's
+//!   sizes). A device's history is its chunks in key order; a write appends to the device's last
+//!   chunk or starts the next.
+//! - `J` + bytes 0..2 of SHA-256(event id) → the bucket's records, in the order they were added:
+//!   bytes 2..10 of that hash (the tag), then the entry's seq as a LEB128 varint. 65,536 buckets
+//!   of a few records each; a record whose tag matches is confirmed by reading the entry's own
+//!   event id (two ids share a tag once in 2^64).
+//!
+//! Both values are rewritten whole when an entry is added (sled writes the new value to its
+//! log), so they are kept small: a few hundred bytes at a million entries.
 //!
 //! Readers leave out sequence numbers at or beyond the ledger's size (an apply after a snapshot
 //! view was taken, or one a crash did not let count); a writer drops those it finds at or beyond
@@ -41,49 +48,87 @@ fn key_history(device: &str, first: u64) -> Vec<u8> {
     k
 }
 
-/// `J` + the first two bytes of SHA-256(`id`).
-pub(super) fn key_bucket(id: &str) -> [u8; 3] {
+/// The tag of an event id in its bucket.
+pub(super) type Tag = [u8; 8];
+
+/// The bucket key (`J` + bytes 0..2 of SHA-256(`id`)) and the tag (bytes 2..10) of `id`.
+pub(super) fn key_bucket(id: &str) -> ([u8; 3], Tag) {
     let h = Sha256::digest(id.as_bytes());
-    [b'J', h[0], h[1]]
+    let mut tag = [0; 8];
+    tag.copy_from_slice(&h[2..10]);
+    ([b'J', h[0], h[1]], tag)
 }
 
-/// The sequence numbers of a history chunk; `None` if the value is not a whole number of them.
-pub(super) fn decode_seqs(v: &[u8]) -> Option<Vec<u64>> {
-    if !v.len().is_multiple_of(8) {
-        return None;
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
     }
-    v.chunks_exact(8).map(be_u64).collect()
+    out.push(n as u8);
 }
 
-fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
-    seqs.iter().flat_map(|s| s.to_be_bytes()).collect()
+fn take_varint(v: &mut &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (b, rest) = v.split_first()?;
+        *v = rest;
+        let bits = u64::from(b & 0x7f);
+        if shift == 63 && bits > 1 {
+            return None;
+        }
+        n |= bits << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
 }
 
-/// The (seq, event id) records of a bucket; `None` if malformed.
-pub(super) fn decode_bucket(mut v: &[u8]) -> Option<Vec<(u64, String)>> {
+/// The sequence numbers of a history chunk; `None` if malformed (a truncated varint, or not
+/// strictly ascending).
+pub(super) fn decode_seqs(mut v: &[u8]) -> Option<Vec<u64>> {
+    let mut out: Vec<u64> = Vec::new();
+    while !v.is_empty() {
+        let n = take_varint(&mut v)?;
+        let seq = match out.last() {
+            None => n,
+            Some(_) if n == 0 => return None,
+            Some(last) => last.checked_add(n)?,
+        };
+        out.push(seq);
+    }
+    Some(out)
+}
+
+/// `seqs` must be strictly ascending.
+pub(super) fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(seqs.len() * 2 + 8);
+    let mut last = None;
+    for &s in seqs {
+        put_varint(&mut out, last.map_or(s, |l| s - l));
+        last = Some(s);
+    }
+    out
+}
+
+/// The (seq, tag) records of a bucket; `None` if malformed.
+pub(super) fn decode_bucket(mut v: &[u8]) -> Option<Vec<(u64, Tag)>> {
     let mut out = Vec::new();
     while !v.is_empty() {
-        let (seq, rest) = v.split_first_chunk::<8>()?;
-        let (len, rest) = rest.split_first_chunk::<2>()?;
-        let (id, rest) = rest.split_at_checked(u16::from_be_bytes(*len) as usize)?;
-        out.push((
-            u64::from_be_bytes(*seq),
-            std::str::from_utf8(id).ok()?.to_owned(),
-        ));
+        let (tag, rest) = v.split_first_chunk::<8>()?;
         v = rest;
+        out.push((take_varint(&mut v)?, *tag));
     }
     Some(out)
 }
 
-/// `None` if an event id is longer than 65,535 bytes (the API refuses far shorter ones).
-fn encode_bucket(records: &[(u64, String)]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(records.iter().map(|(_, id)| 10 + id.len()).sum());
-    for (seq, id) in records {
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.extend_from_slice(&u16::try_from(id.len()).ok()?.to_be_bytes());
-        out.extend_from_slice(id.as_bytes());
+pub(super) fn encode_bucket(records: &[(u64, Tag)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * 12);
+    for (seq, tag) in records {
+        out.extend_from_slice(tag);
+        put_varint(&mut out, *seq);
     }
-    Some(out)
+    out
 }
 
 /// A bucket's value with only the records below `size` (what a reader at that size sees);
@@ -93,11 +138,7 @@ pub(super) fn bucket_below(v: &[u8], size: u64) -> Option<Option<Vec<u8>>> {
         .into_iter()
         .filter(|(s, _)| *s < size)
         .collect();
-    Some(if records.is_empty() {
-        None
-    } else {
-        encode_bucket(&records)
-    })
+    Some((!records.is_empty()).then(|| encode_bucket(&records)))
 }
 
 /// A chunk's value with only the sequence numbers below `size`; `None` when none is left.
@@ -116,7 +157,7 @@ pub(super) struct IndexWrites {
     /// The key of the last chunk of each device touched.
     last: HashMap<String, Vec<u8>>,
     chunks: HashMap<Vec<u8>, Vec<u64>>,
-    buckets: HashMap<[u8; 3], Vec<(u64, String)>>,
+    buckets: HashMap<[u8; 3], Vec<(u64, Tag)>>,
     /// Chunk keys found starting at or beyond `stale_from`.
     stale: Vec<Vec<u8>>,
 }
@@ -136,9 +177,8 @@ impl IndexWrites {
         &mut self,
         store: &Store,
         tree: &sled::Tree,
-        id: &str,
-    ) -> Result<&mut Vec<(u64, String)>, LedgerError> {
-        let key = key_bucket(id);
+        key: [u8; 3],
+    ) -> Result<&mut Vec<(u64, Tag)>, LedgerError> {
         if !self.buckets.contains_key(&key) {
             let mut records = match tree.get(key).map_err(|e| store.storage(e))? {
                 None => Vec::new(),
@@ -150,18 +190,28 @@ impl IndexWrites {
         Ok(self.buckets.entry(key).or_default())
     }
 
-    /// The entry that carries event id `id`, among those counted and those this batch added.
+    /// The counted entry (below `stale_from`) that carries event id `id`; the caller knows
+    /// those of its own batch.
     pub(super) fn find(
         &mut self,
         store: &Store,
         tree: &sled::Tree,
         id: &str,
     ) -> Result<Option<u64>, LedgerError> {
-        Ok(self
-            .bucket(store, tree, id)?
+        let (key, tag) = key_bucket(id);
+        let stale_from = self.stale_from;
+        let candidates: Vec<u64> = self
+            .bucket(store, tree, key)?
             .iter()
-            .find(|(_, i)| i == id)
-            .map(|(s, _)| *s))
+            .filter(|(s, t)| *t == tag && *s < stale_from)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in candidates {
+            if store.event_id_in(tree, seq)?.as_deref() == Some(id) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
     }
 
     /// The key of the device's last chunk that holds anything below `stale_from` (its sequence
@@ -220,13 +270,14 @@ impl IndexWrites {
         };
         self.chunks.entry(key).or_default().push(seq);
         if let Some(id) = id {
-            self.bucket(store, tree, id)?.push((seq, id.to_owned()));
+            let (key, tag) = key_bucket(id);
+            self.bucket(store, tree, key)?.push((seq, tag));
         }
         Ok(())
     }
 
     /// Puts every chunk and bucket changed into `batch`.
-    pub(super) fn write(self, store: &Store, batch: &mut Writes) -> Result<(), LedgerError> {
+    pub(super) fn write(self, batch: &mut Writes) {
         for k in self.stale {
             if !self.chunks.contains_key(&k) {
                 batch.remove(k);
@@ -239,12 +290,9 @@ impl IndexWrites {
         }
         for (k, records) in self.buckets {
             if !records.is_empty() {
-                let v = encode_bucket(&records)
-                    .ok_or_else(|| store.corrupt("event id longer than 65535 bytes"))?;
-                batch.insert(k, v);
+                batch.insert(k, encode_bucket(&records));
             }
         }
-        Ok(())
     }
 }
 
@@ -270,15 +318,15 @@ pub(super) fn remove(
         }
     }
     if let Some(id) = id {
-        let key = key_bucket(id);
+        let (key, tag) = key_bucket(id);
         if let Some(v) = tree.get(key).map_err(storage)? {
             let mut records = decode_bucket(&v).ok_or_else(|| store.corrupt("event id bucket"))?;
-            records.retain(|(s, i)| !(*s == seq && i == id));
-            match encode_bucket(&records) {
-                Some(v) if !v.is_empty() => tree.insert(key, v).map(drop),
-                _ => tree.remove(key).map(drop),
+            records.retain(|(s, t)| !(*s == seq && *t == tag));
+            if records.is_empty() {
+                tree.remove(key).map_err(storage)?;
+            } else {
+                tree.insert(key, encode_bucket(&records)).map_err(storage)?;
             }
-            .map_err(storage)?;
         }
     }
     Ok(())
@@ -305,20 +353,29 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_malformed_ones_are_refused() {
-        let seqs = vec![3, 9, u64::MAX];
-        assert_eq!(decode_seqs(&encode_seqs(&seqs)), Some(seqs));
-        assert_eq!(decode_seqs(&[0; 7]), None);
-        let records = vec![(1, "evt-1".to_owned()), (7, String::new())];
-        let v = encode_bucket(&records).expect("encode");
+        let seqs = vec![3, 9, 200, 70_000, u64::MAX];
+        let v = encode_seqs(&seqs);
+        assert_eq!(v.len(), 1 + 1 + 2 + 3 + 10);
+        assert_eq!(decode_seqs(&v), Some(seqs));
+        assert_eq!(decode_seqs(&[0x80]), None, "a truncated varint");
+        assert_eq!(decode_seqs(&[5, 0]), None, "not ascending");
+        assert_eq!(decode_seqs(&[0xff; 11]), None, "more than 64 bits");
+        let mut past = vec![1];
+        past.extend_from_slice(&[0xff; 9]);
+        past.push(0x01);
+        assert_eq!(decode_seqs(&past), None, "past u64::MAX");
+        let records = vec![(1, key_bucket("evt-1").1), (300, [7; 8])];
+        let v = encode_bucket(&records);
+        assert_eq!(v.len(), 8 + 1 + 8 + 2);
         assert_eq!(decode_bucket(&v), Some(records));
         assert_eq!(decode_bucket(&v[..v.len() - 1]), None);
-        assert_eq!(decode_bucket(&[0; 9]), None);
-        assert!(encode_bucket(&[(0, "x".repeat(70_000))]).is_none());
+        assert_eq!(decode_bucket(&[0; 7]), None);
         assert_eq!(
             chunk_below(&encode_seqs(&[1, 5, 8]), 6),
             Some(Some(encode_seqs(&[1, 5])))
         );
         assert_eq!(chunk_below(&encode_seqs(&[8]), 6), Some(None));
         assert_eq!(bucket_below(&v, 1), Some(None));
+        assert_eq!(bucket_below(&v, 2), Some(Some(v[..9].to_vec())));
     }
 }

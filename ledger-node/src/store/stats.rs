@@ -212,19 +212,17 @@ mod tests {
         // One hash per trailing one bit of each sequence number.
         let hashes: u64 = (0..100u64).map(|i| u64::from(i.trailing_ones())).sum();
         assert_eq!(s.merkle_bytes, 32 * hashes);
-        // One history chunk per device: key ("H", id, 0, first seq) and 8 bytes per entry.
+        // One history chunk per device: key ("H", id, 0, first seq) and a one-byte varint per
+        // entry (the first seq, then steps of 7).
         assert_eq!(s.device_index.count, 7);
-        assert_eq!(s.device_index.bytes, 7 * (1 + 6 + 1 + 8) + 100 * 8);
-        // One bucket per distinct hash prefix: key (3) and seq, length and id per entry.
+        assert_eq!(s.device_index.bytes, 7 * (1 + 6 + 1 + 8) + 100);
+        // One bucket per distinct hash prefix: key (3), and a tag (8) and a one-byte varint per
+        // entry.
         let buckets: std::collections::HashSet<_> = (0..100)
-            .map(|i| super::super::index::key_bucket(&format!("e{i}")))
+            .map(|i| super::super::index::key_bucket(&format!("e{i}")).0)
             .collect();
         assert_eq!(s.event_id_index.count, buckets.len() as u64);
-        let ids: u64 = (0..100).map(|i| format!("e{i}").len() as u64).sum();
-        assert_eq!(
-            s.event_id_index.bytes,
-            3 * buckets.len() as u64 + 100 * 10 + ids
-        );
+        assert_eq!(s.event_id_index.bytes, 3 * buckets.len() as u64 + 100 * 9);
         assert_eq!(s.other, Part::default());
         // Key (9) and the record's length fields (4 + 1 + 4) per entry.
         assert_eq!(s.record_overhead_bytes, 100 * (9 + 9));
