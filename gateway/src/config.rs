@@ -625,7 +625,7 @@ mod tests {
 
     #[test]
     fn a_file_for_this_release_or_an_older_one_loads() {
-        for v in ["0.1.0", "0.2.0"] {
+        for v in ["0.1.0", "0.2.0", "0.3.0"] {
             let c = Config::parse(
                 Path::new("t.toml"),
                 &format!("version = \"{v}\"\n[node]\nid = 3\n"),

@@ -137,7 +137,7 @@ async fn unknown_versions_are_refused_naming_both() {
     let text = r.text().await.expect("body");
     for want in [
         "log entry 1: raft command of format 9",
-        &format!("newer than this gateway's release {RELEASE}, which applies formats 1 to 2"),
+        &format!("newer than this gateway's release {RELEASE}, which applies formats 1 to 3"),
     ] {
         assert!(text.contains(want), "missing {want:?} in {text}");
     }
