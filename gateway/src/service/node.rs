@@ -1119,10 +1119,15 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
 /// since the last one: every replica then holds the same signed head, exports are cut at it, and
 /// a shorter or different history on any node is caught against it.
 async fn checkpointer(node: Arc<Node>, every: Duration, shutdown: CancellationToken) {
+    // A tick every `every` from the start of the previous checkpoint (not from its end), so that
+    // an entry waits at most about one interval for a co-signed head that covers it.
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tick.tick() => {}
         }
         if node.raft.metrics().borrow().current_leader != Some(node.id) {
             continue;
