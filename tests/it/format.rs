@@ -661,9 +661,14 @@ async fn mixed_version_exports_verify_and_version_2_tampering_is_refused() {
         let (code, stdout, stderr) = python_verify(&write(name, &text), &[]);
         assert_eq!(code, 0, "{name}: {stdout}{stderr}");
     }
-    // The CLI says the same of the mixed export.
+    // The CLI says the same of the mixed export, and which entries rest on the tree head.
     let (code, stdout, stderr) = medledger(&["verify", &write("m.jsonl", &full).to_string_lossy()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("2 of version 1 (each with its own signature, checked), 2 of version 2"),
+        "{stdout}"
+    );
+    assert_eq!(rust_verify(&full).expect("verifies").signed_entries, 2);
 
     let entry_hex = |text: &str, line: usize| -> String {
         let v: serde_json::Value =

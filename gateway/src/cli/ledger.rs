@@ -820,6 +820,14 @@ pub fn describe(report: &export::VerifyReport) -> String {
         head.node_id,
         crate::event::format_ms(head.time_ms),
     );
+    let unsigned = report.entries - report.signed_entries.min(report.entries);
+    if unsigned > 0 {
+        s += &format!(
+            "{} of version 1 (each with its own signature, checked), {unsigned} of version 2 \
+             (no signature of their own: authenticated by the tree head)\n",
+            report.signed_entries
+        );
+    }
     if !report.voters.is_empty() {
         s += &format!(
             "tree head {}\n",
