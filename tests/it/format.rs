@@ -308,6 +308,14 @@ fn hexes(v: &[Hash]) -> Vec<String> {
     v.iter().map(hex::encode).collect()
 }
 
+/// Fails unless docs/ledger-format.md (`doc`) contains the hex string or line `v`.
+fn assert_in_doc(doc: &str, name: &str, v: &str) {
+    assert!(
+        doc.contains(v),
+        "docs/ledger-format.md does not contain {name} = {v}"
+    );
+}
+
 fn doc_text() -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ledger-format.md");
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
@@ -316,12 +324,7 @@ fn doc_text() -> String {
 #[test]
 fn test_vectors_match_code_and_document() {
     let doc = doc_text();
-    let in_doc = |name: &str, v: &str| {
-        assert!(
-            doc.contains(v),
-            "docs/ledger-format.md does not contain {name} = {v}"
-        );
-    };
+    let in_doc = |name: &str, v: &str| assert_in_doc(&doc, name, v);
 
     let pk = hex::encode(key().verifying_key().to_bytes());
     assert_eq!(pk, PUBLIC_KEY);
@@ -505,12 +508,7 @@ fn example_export_verifies(mut lines: Vec<String>, tree_head: SignedTreeHead, do
 #[test]
 fn version_2_vectors_match_code_and_document() {
     let doc = doc_text();
-    let in_doc = |name: &str, v: &str| {
-        assert!(
-            doc.contains(v),
-            "docs/ledger-format.md does not contain {name} = {v}"
-        );
-    };
+    let in_doc = |name: &str, v: &str| assert_in_doc(&doc, name, v);
     let specs = specs();
     let mut leaves = Vec::new();
     let mut lines = vec![serde_json::to_string(&export::ExportHeader {
