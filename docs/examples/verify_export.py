@@ -156,7 +156,8 @@ EXPORT_FORMAT = "medledger-export/1"
 RECEIPT_FORMAT = "medledger-receipt/1"
 RECEIPT_FIELDS = ("format", "node_keys", "entry", "inclusion_proof", "tree_head", "consistency",
                   "voters", "cosignatures", "endorsements")
-ENTRY_VERSION = 1
+ENTRY_VERSION = 1       # entry with its own Ed25519 signature (section 4.2)
+ENTRY_VERSION_2 = 2     # entry without one, authenticated by the signed tree head (section 4.5)
 ENTRY_DOMAIN = b"medledger/entry/v1\x00"
 COMPONENT_DOMAIN = b"medledger/component/v1\x00"
 TREE_HEAD_DOMAIN = b"medledger/tree-head/v1\x00"
@@ -327,9 +328,9 @@ def decode_entry(buf):
     """Parses entry bytes (docs/ledger-format.md, "Entry") into a dict."""
     r = Reader(buf)
     version = r.u8()
-    if version != ENTRY_VERSION:
+    if version not in (ENTRY_VERSION, ENTRY_VERSION_2):
         raise Invalid("unknown entry version %d" % version)
-    e = {"seq": r.u64()}
+    e = {"version": version, "seq": r.u64()}
     e["recorded_at_ms"] = r.i64()
     e["node_id"] = r.u64()
     e["author"] = r.string()
@@ -351,7 +352,7 @@ def decode_entry(buf):
             raise Invalid("unknown disclosure class %r" % cls)
         comps.append({"name": name, "class": cls, "commitment": r.take(32)})
     e["components"] = comps
-    e["signature"] = r.take(64)
+    e["signature"] = r.take(64) if version == ENTRY_VERSION else None
     if r.pos != len(buf):
         raise Invalid("%d trailing bytes after the entry" % (len(buf) - r.pos))
     return e
@@ -546,14 +547,18 @@ def check_record(value, expected_seq, keys, opts, disclosed_classes=None, claims
     entry = decode_entry(raw)
     if entry["seq"] != expected_seq:
         raise Invalid("entry bytes carry sequence number %d" % entry["seq"])
-    pk = keys.get(entry["node_id"])
-    if pk is None:
-        raise Invalid("signed by node %d, whose key is not in the document" % entry["node_id"])
-    # The signed message: domain separator, then the body, which lies between the 9-byte prefix
-    # (version, seq) and the 64-byte signature.
-    msg = ENTRY_DOMAIN + raw[9:len(raw) - 64]
-    if not opts["skip_signatures"] and not ed25519_verify(pk, msg, entry["signature"]):
-        raise Invalid("entry signature does not verify")
+    # A version 2 entry has no signature of its own: the signed tree head whose root covers its
+    # leaf hash authenticates it (checked by the caller).
+    if entry["version"] == ENTRY_VERSION:
+        pk = keys.get(entry["node_id"])
+        if pk is None:
+            raise Invalid("signed by node %d, whose key is not in the document"
+                          % entry["node_id"])
+        # The signed message: domain separator, then the body, which lies between the 9-byte
+        # prefix (version, seq) and the 64-byte signature.
+        msg = ENTRY_DOMAIN + raw[9:len(raw) - 64]
+        if not opts["skip_signatures"] and not ed25519_verify(pk, msg, entry["signature"]):
+            raise Invalid("entry signature does not verify")
     if entry["corrects"] is not None and entry["corrects"] >= expected_seq:
         raise Invalid("corrects entry %d, which is not earlier" % entry["corrects"])
     if not isinstance(openings, list):
@@ -1222,6 +1227,24 @@ def self_test():
         '"time_ms":1767603600000,"node_id":1,"signature":"71e76716c194fb51ac7b541bf4f538d5f9d58b1c'
         'a607c53eed460058b90ff2634858246dce4523bd2853cd071e885bf0f3a0fd707925c103687a9120d79f8108"}'))
     check_head(head, {1: pk}, {"skip_signatures": False})
+    # Section 11.6: the same entries as version 2 (no signature: byte 0 is 2, the last 64 go).
+    v2 = [bytes([2]) + raw[1:-64] for raw in entries]
+    leaves2 = []
+    for seq, raw in enumerate(v2):
+        e = decode_entry(raw)
+        assert e["version"] == 2 and e["seq"] == seq and e["signature"] is None
+        leaves2.append(leaf_hash(raw))
+    assert leaves2[0].hex() == "5064dc82138c6e45cb62fea417bfb3e0bae188c421d468de7bc2b9cd1ead4f5b"
+    root2 = mth(leaves2)
+    assert root2.hex() == "fec54fc93d1dbd786e511db339d984b5740a4bb3a7865f44ee9bb82c2079aadc"
+    head2 = parse_head(parse_json('{"size":3,"root":"fec54fc93d1dbd786e511db339d984b5740a4bb3a7865f44ee9bb82c2079aadc","time_ms":1767603600000,"node_id":1,"signature":"e97245a17ef0c01dc42faa44047bfed04427353f9d258bbd75e5f919758cc643784349a7d04b1bd650006623ba07bb2e865ec9d3d085603bf3ce78f28aed3509"}'))
+    check_head(head2, {1: pk}, {"skip_signatures": False})
+    for bad in (bytes([2]) + entries[0][1:], bytes([1]) + v2[0][1:]):
+        try:
+            decode_entry(bad)
+            raise AssertionError("a changed version byte decoded")
+        except Invalid:
+            pass
     # ECDSA P-256 / SHA-256 (the site's CA keys): a signature OpenSSL made over "medledger".
     point = h("040352ce81cb897d08faef21ccf71c69160adb6fd2be56541c579e567afade19b88413d87450b4e315"
               "34b548693370880ef91d3eff1a1555f811b5c0c0f63f6024")

@@ -3,7 +3,8 @@
 //
 // Each button.receipt[data-seq] on the page gets its entry's receipt (docs/ledger-format.md §8)
 // from /data/entries/{seq}/receipt and checks it here as §9.2 says: the entry bytes decode
-// strictly, the entry's Ed25519 signature, every disclosed component's commitment (SHA-256),
+// strictly, the entry's Ed25519 signature (version 1 entries; a version 2 entry has none and
+// rests on the tree head), every disclosed component's commitment (SHA-256),
 // the RFC 9162 inclusion proof of its leaf up to the tree head's root, and the tree head's
 // Ed25519 signature, each against the gateways' keys (/data/keys). The keys are pinned in this
 // browser (localStorage) the first time it sees them, so a server that later shows other keys,
@@ -105,7 +106,10 @@
 
   function decodeEntry(bytes) {
     const r = new Reader(bytes);
-    if (r.u8() !== 1) fail('unknown entry version');
+    // Version 1 carries the entry's Ed25519 signature; version 2 none (the signed tree head
+    // covering its leaf authenticates it, §4.5).
+    const version = r.u8();
+    if (version !== 1 && version !== 2) fail('unknown entry version ' + version);
     const seq = r.u64();
     r.take(8); // recorded_at_ms
     const nodeId = r.u64();
@@ -120,9 +124,9 @@
       components.push({ name: r.str(), cls: r.str(), commitment: r.take(32) });
     }
     const bodyEnd = r.i;
-    const signature = r.take(64);
-    if (r.i !== bytes.length) fail('trailing bytes after the entry signature');
-    return { seq, nodeId, corrects, components, body: bytes.subarray(9, bodyEnd), signature };
+    const signature = version === 1 ? r.take(64) : null;
+    if (r.i !== bytes.length) fail('trailing bytes after the entry');
+    return { version, seq, nodeId, corrects, components, body: bytes.subarray(9, bodyEnd), signature };
   }
 
   async function ed25519(publicKey, signature, message) {
@@ -402,9 +406,11 @@
     const bytes = fromHex(line.entry, undefined, 'entry');
     const e = decodeEntry(bytes);
     if (e.seq !== BigInt(line.seq)) fail('the entry\'s bytes name seq ' + e.seq + ', not ' + line.seq);
-    const entryKey = carried.get(String(e.nodeId));
-    if (!entryKey) fail('no key for gateway ' + e.nodeId);
-    if (!(await ed25519(entryKey, e.signature, cat(ENTRY_DS, e.body)))) fail('the entry\'s signature does not verify');
+    if (e.signature !== null) {
+      const entryKey = carried.get(String(e.nodeId));
+      if (!entryKey) fail('no key for gateway ' + e.nodeId);
+      if (!(await ed25519(entryKey, e.signature, cat(ENTRY_DS, e.body)))) fail('the entry\'s signature does not verify');
+    }
     if (e.corrects !== null && e.corrects >= e.seq) fail('corrects is not an earlier entry');
     const openings = line.openings || [];
     if (openings.length !== e.components.length) fail('openings do not match the components');

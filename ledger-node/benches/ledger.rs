@@ -735,7 +735,11 @@ async fn bench_verify(base: &Path) -> BoxResult<()> {
         items.push(RawItem {
             bytes,
             msg,
-            signature: Signature::from_bytes(&entry.signature),
+            signature: Signature::from_bytes(
+                &entry
+                    .signature
+                    .ok_or_else(|| format!("entry {seq}: a version 2 entry has no signature"))?,
+            ),
             components,
         });
     }

@@ -7,8 +7,11 @@ use sha2::{Digest, Sha256};
 
 use crate::hash::Hash;
 
-/// Version byte that starts every entry.
+/// Version byte of an entry that carries its own Ed25519 signature (docs/ledger-format.md §4).
 pub const ENTRY_VERSION: u8 = 1;
+/// Version byte of an entry without a signature of its own (docs/ledger-format.md §4.5): the
+/// signed tree head whose root covers it authenticates it. Written only at command format 3.
+pub const ENTRY_VERSION_2: u8 = 2;
 /// Domain separator for an entry signature.
 pub const ENTRY_SIGNING_DOMAIN: &[u8] = b"medledger/entry/v1\0";
 /// Domain separator for a component commitment.
@@ -328,7 +331,25 @@ pub struct EntryBody {
 pub struct Entry {
     pub seq: u64,
     pub body: EntryBody,
-    pub signature: [u8; 64],
+    /// The node's signature of the body: a version 1 entry. `None`: a version 2 entry, which
+    /// only the signed tree heads covering it authenticate.
+    pub signature: Option<[u8; 64]>,
+}
+
+/// The entry bytes of entry `seq` from its body bytes: version 1 with the signature after the
+/// body, version 2 (no signature) when there is none.
+pub fn entry_bytes(seq: u64, body: &[u8], signature: Option<&[u8; 64]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 73);
+    out.push(match signature {
+        Some(_) => ENTRY_VERSION,
+        None => ENTRY_VERSION_2,
+    });
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(body);
+    if let Some(s) = signature {
+        out.extend_from_slice(s);
+    }
+    out
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -392,7 +413,8 @@ pub enum DecodeError {
     #[error("entry bytes end early at offset {0}")]
     Truncated(usize),
     #[error(
-        "unknown entry version {0}: this release ({release}) reads entry version {ENTRY_VERSION}",
+        "unknown entry version {0}: this release ({release}) reads entry versions \
+         {ENTRY_VERSION} and {ENTRY_VERSION_2}",
         release = crate::version::RELEASE
     )]
     Version(u8),
@@ -461,14 +483,19 @@ impl<'a> Reader<'a> {
 }
 
 impl Entry {
-    /// The entry bytes: version, sequence number, body, signature.
+    /// The entry bytes: version, sequence number, body, and (version 1) signature.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(320);
-        out.push(ENTRY_VERSION);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        self.body.encode(&mut out);
-        out.extend_from_slice(&self.signature);
-        out
+        let mut body = Vec::with_capacity(256);
+        self.body.encode(&mut body);
+        entry_bytes(self.seq, &body, self.signature.as_ref())
+    }
+
+    /// The entry's version byte: 1 when it carries a signature, 2 when it does not.
+    pub fn version(&self) -> u8 {
+        match self.signature {
+            Some(_) => ENTRY_VERSION,
+            None => ENTRY_VERSION_2,
+        }
     }
 
     /// Parses entry bytes; never panics on any input.
@@ -476,9 +503,13 @@ impl Entry {
         Ok(EntryRef::decode(buf)?.to_entry())
     }
 
-    /// Checks the entry signature with the node's public key.
+    /// Checks the entry signature with the node's public key; `false` for a version 2 entry,
+    /// which has none.
     pub fn verify_signature(&self, key: &VerifyingKey) -> bool {
-        let sig = Signature::from_bytes(&self.signature);
+        let Some(sig) = &self.signature else {
+            return false;
+        };
+        let sig = Signature::from_bytes(sig);
         key.verify_strict(&self.body.signing_message(), &sig)
             .is_ok()
     }
@@ -509,7 +540,8 @@ pub struct EntryRef<'a> {
     pub components: Vec<ComponentRef<'a>>,
     /// The body bytes (the signed part without its domain separator).
     pub body: &'a [u8],
-    pub signature: [u8; 64],
+    /// `None` for a version 2 entry.
+    pub signature: Option<[u8; 64]>,
 }
 
 impl<'a> EntryRef<'a> {
@@ -517,7 +549,7 @@ impl<'a> EntryRef<'a> {
     pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { buf, pos: 0 };
         let v = r.u8()?;
-        if v != ENTRY_VERSION {
+        if v != ENTRY_VERSION && v != ENTRY_VERSION_2 {
             return Err(DecodeError::Version(v));
         }
         let seq = r.u64()?;
@@ -549,7 +581,11 @@ impl<'a> EntryRef<'a> {
             });
         }
         let body_end = r.pos;
-        let signature = r.array()?;
+        let signature = if v == ENTRY_VERSION {
+            Some(r.array()?)
+        } else {
+            None
+        };
         if r.pos != buf.len() {
             return Err(DecodeError::Trailing(buf.len() - r.pos));
         }
@@ -687,12 +723,40 @@ mod tests {
                 commitment: commitment(&salt, "result", DisclosureClass::Maintenance, "\"pass\""),
             }],
         };
-        let signature = body.sign(&key);
+        let signature = Some(body.sign(&key));
         Entry {
             seq: 42,
             body,
             signature,
         }
+    }
+
+    #[test]
+    fn version_2_has_no_signature_and_versions_do_not_mix() {
+        let mut e = sample();
+        let v1 = e.encode();
+        e.signature = None;
+        let v2 = e.encode();
+        assert_eq!((v1[0], v2[0]), (1, 2));
+        assert_eq!(v2.len() + 64, v1.len());
+        assert_eq!(&v1[..v1.len() - 64][1..], &v2[1..]);
+        assert_eq!(Entry::decode(&v2).expect("v2 decodes"), e);
+        assert_eq!(e.version(), 2);
+        assert!(!e.verify_signature(&SigningKey::from_bytes(&[7u8; 32]).verifying_key()));
+        // The version byte changed, the rest kept: never another valid entry.
+        let mut b = v1.clone();
+        b[0] = 2;
+        assert_eq!(Entry::decode(&b), Err(DecodeError::Trailing(64)));
+        let mut b = v2.clone();
+        b[0] = 1;
+        assert!(matches!(Entry::decode(&b), Err(DecodeError::Truncated(_))));
+        for n in 0..v2.len() {
+            assert!(Entry::decode(&v2[..n]).is_err(), "prefix {n}");
+        }
+        let mut b = v2;
+        b[0] = 3;
+        let err = Entry::decode(&b).expect_err("version 3").to_string();
+        assert!(err.contains("unknown entry version 3"), "{err}");
     }
 
     #[test]

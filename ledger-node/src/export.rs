@@ -380,6 +380,9 @@ pub struct VerifyReport {
     pub node_keys: Vec<NodeKey>,
     /// Entries whose hash, signature and commitments were checked.
     pub entries: u64,
+    /// Of those, the entries of version 1, each with its own signature checked; the others are
+    /// of version 2 and rest on the tree head's signature(s) alone (docs/ledger-format.md §4.5).
+    pub signed_entries: u64,
     /// Components whose values were present and matched their commitments.
     pub disclosed_components: u64,
     /// Components present only as a commitment.
@@ -661,6 +664,8 @@ struct ErasureFacts {
 /// Counts and erasure facts of one checked entry.
 struct EntryCheck {
     leaf: Hash,
+    /// Whether the entry carried a signature of its own (version 1), which was checked.
+    signed: bool,
     disclosed: u64,
     withheld: u64,
     facts: ErasureFacts,
@@ -738,18 +743,22 @@ fn check_entry(
             format!("entry bytes carry sequence number {}", entry.seq),
         ));
     }
-    let key = keys.map.get(&entry.node_id).ok_or_else(|| {
-        fail(
-            seq,
-            line,
-            format!(
-                "signed by node {}, whose key is not in the document",
-                entry.node_id
-            ),
-        )
-    })?;
-    if !key.verify_parts(&[ENTRY_SIGNING_DOMAIN, entry.body], &entry.signature) {
-        return Err(fail(seq, line, "entry signature does not verify"));
+    // A version 1 entry carries its node's signature; a version 2 entry none: the signed tree
+    // head whose root covers its leaf hash (checked by the caller) authenticates it.
+    if let Some(signature) = &entry.signature {
+        let key = keys.map.get(&entry.node_id).ok_or_else(|| {
+            fail(
+                seq,
+                line,
+                format!(
+                    "signed by node {}, whose key is not in the document",
+                    entry.node_id
+                ),
+            )
+        })?;
+        if !key.verify_parts(&[ENTRY_SIGNING_DOMAIN, entry.body], signature) {
+            return Err(fail(seq, line, "entry signature does not verify"));
+        }
     }
     if let Some(c) = entry.corrects {
         if c >= expected_seq {
@@ -860,6 +869,7 @@ fn check_entry(
     }
     Ok(EntryCheck {
         leaf: leaf_hash(bytes),
+        signed: entry.signature.is_some(),
         disclosed,
         withheld,
         facts,
@@ -924,6 +934,8 @@ struct Chunk {
 
 struct Checked {
     leaves: Vec<Hash>,
+    /// Entries of version 1 among them.
+    signed: u64,
     disclosed: u64,
     withheld: u64,
     /// (seq, component, erasure seq) of each opening marked as erased.
@@ -940,6 +952,7 @@ fn check_chunk(
 ) -> Result<Checked, VerifyFailure> {
     let mut out = Checked {
         leaves: Vec::with_capacity(c.ends.len()),
+        signed: 0,
         disclosed: 0,
         withheld: 0,
         claims: Vec::new(),
@@ -970,6 +983,7 @@ fn check_chunk(
             scratch,
         )?;
         out.leaves.push(checked.leaf);
+        out.signed += u64::from(checked.signed);
         out.disclosed += checked.disclosed;
         out.withheld += checked.withheld;
         let facts = checked.facts;
@@ -1035,7 +1049,7 @@ fn verify_export(
         Some(k) if k.size == 0 => Some(frontier.root()),
         _ => None,
     };
-    let (mut disclosed, mut withheld) = (0u64, 0u64);
+    let (mut disclosed, mut withheld, mut signed) = (0u64, 0u64, 0u64);
     // Erasure markers and erasure entries: as many as there were erasures, never per entry.
     let mut claims: Vec<(u64, String, u64)> = Vec::new();
     let mut erasures: std::collections::HashSet<(u64, u64, String)> = Default::default();
@@ -1135,6 +1149,7 @@ fn verify_export(
                 }
                 disclosed += checked.disclosed;
                 withheld += checked.withheld;
+                signed += checked.signed;
                 claims.extend(checked.claims);
                 erasures.extend(checked.erasures);
                 progress(frontier.size(), size);
@@ -1222,6 +1237,7 @@ fn verify_export(
         tree_head: head,
         node_keys: header.node_keys,
         entries: size,
+        signed_entries: signed,
         disclosed_components: disclosed,
         withheld_components: withheld,
         erased_components: claims.len() as u64,
@@ -1423,6 +1439,7 @@ fn verify_receipt(text: &[u8], opts: &VerifyOptions) -> Result<VerifyReport, Ver
         tree_head: r.tree_head,
         node_keys: r.node_keys,
         entries: 1,
+        signed_entries: u64::from(checked.signed),
         disclosed_components: checked.disclosed,
         withheld_components: checked.withheld,
         erased_components: checked.facts.claims.len() as u64,

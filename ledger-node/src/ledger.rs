@@ -57,9 +57,33 @@ impl Drop for Ledger {
     }
 }
 
-/// Builds the signed command for an event: the node's clock, salts and signature are fixed here,
-/// before apply.
+/// Builds the signed command for an event (an entry of version 1, which every release reads):
+/// the node's clock, salts and signature are fixed here, before apply.
 pub fn prepare(
+    event: EventInput,
+    author: &str,
+    node_id: u64,
+    key: &impl Signer<Signature>,
+    recorded_at_ms: i64,
+) -> Result<AppendCommand, LedgerError> {
+    prepare_at(
+        crate::version::FORMAT_V1,
+        event,
+        author,
+        node_id,
+        key,
+        recorded_at_ms,
+    )
+}
+
+/// The command format from which appends carry no signature of their own (entry version 2).
+pub const UNSIGNED_FORMAT: u8 = 3;
+
+/// [`prepare`] for a cluster that applies command format `format`: from format 3 on the body is
+/// not signed (an entry of version 2, authenticated by the signed tree heads that cover it),
+/// which saves the Ed25519 signature per event; below it the body is signed as before.
+pub fn prepare_at(
+    format: u8,
     event: EventInput,
     author: &str,
     node_id: u64,
@@ -105,7 +129,7 @@ pub fn prepare(
         event_id: event.event_id,
         components,
     };
-    let signature = body.sign(key);
+    let signature = (format < UNSIGNED_FORMAT).then(|| body.sign(key));
     let mut bytes = Vec::with_capacity(256);
     body.encode(&mut bytes);
     Ok(AppendCommand {
@@ -185,8 +209,29 @@ impl Ledger {
         event: EventInput,
         author: &str,
     ) -> Result<ApplyOutcome, LedgerError> {
-        let cmd = prepare(event, author, self.node_id, &self.key, now_ms())?;
+        let cmd = self.prepare(event, author)?;
         self.submit(Command::Append(cmd)).await
+    }
+
+    /// The command for an event, as this ledger writes it: an entry of version 2 (no signature
+    /// of its own). A single-node ledger applies the newest command format, and every export or
+    /// receipt of it is cut at a head signed by this node's key ([`Ledger::tree_head`], or the
+    /// checkpoint [`Ledger::checkpoint`] recorded), the key that would have signed each entry.
+    pub fn prepare(&self, event: EventInput, author: &str) -> Result<AppendCommand, LedgerError> {
+        prepare_at(
+            crate::version::FORMAT,
+            event,
+            author,
+            self.node_id,
+            &self.key,
+            now_ms(),
+        )
+    }
+
+    /// Records a checkpoint: a head over everything on disk now, signed by this node, so that
+    /// what was written is covered by a recorded signed head.
+    pub async fn checkpoint(&self) -> Result<ApplyOutcome, LedgerError> {
+        self.submit(Command::Checkpoint(self.tree_head()?)).await
     }
 
     /// Sends a prepared command to the writer and waits for its durable outcome.

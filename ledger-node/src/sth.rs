@@ -123,3 +123,20 @@ pub mod hex64 {
         crate::entry::fixed_bytes::deserialize(d)
     }
 }
+
+/// An optional 64-byte signature: absent (skip it when serialising) or as [`hex64`].
+pub mod opt_hex64 {
+    use serde::{Deserializer, Serializer};
+    /// Writes the signature as [`super::hex64`] does; call with `skip_serializing_if =
+    /// "Option::is_none"` so that `None` is never written.
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 64]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::hex64::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+    /// Reads a present signature (with `default` for an absent one).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 64]>, D::Error> {
+        super::hex64::deserialize(d).map(Some)
+    }
+}

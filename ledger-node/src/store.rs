@@ -97,14 +97,21 @@ pub enum Command {
     },
 }
 
-/// One event ready for apply: the signed body, the signature and the openings of its components.
+/// One event ready for apply: the body, its signature if any and the openings of its components.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendCommand {
-    /// Signed body bytes (as `EntryBody::encode` writes them).
+    /// Body bytes (as `EntryBody::encode` writes them).
     #[serde(with = "b64")]
     pub body: Vec<u8>,
-    #[serde(with = "crate::sth::hex64")]
-    pub signature: [u8; 64],
+    /// The proposing node's signature of the body: the entry is written as version 1. Absent:
+    /// version 2, which needs command format 3 (every member reads it), and is left out of the
+    /// command's bytes so that release 0.2.0's commands (always signed) read as before.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::sth::opt_hex64"
+    )]
+    pub signature: Option<[u8; 64]>,
     pub openings: Vec<Opening>,
 }
 
@@ -405,6 +412,9 @@ pub struct Store {
     applied_size: AtomicU64,
     /// Entries known to be on disk: what readers see.
     durable_size: AtomicU64,
+    /// The command format the store applies by (as its metadata says), readable without the
+    /// writer lock: every event a gateway prepares asks it ([`Store::format`]).
+    format: std::sync::atomic::AtomicU8,
 }
 
 /// The key/value writes of one apply, in order, and removals of keys an apply that did not
@@ -953,6 +963,7 @@ impl Store {
             }),
             applied_size: AtomicU64::new(0),
             durable_size: AtomicU64::new(0),
+            format: std::sync::atomic::AtomicU8::new(crate::version::FORMAT_V1),
         };
         let (frontier, record) = store.load_frontier(&store.tree())?;
         let size = frontier.size();
@@ -961,6 +972,9 @@ impl Store {
             let mut w = store.lock_writer();
             w.frontier = frontier;
             w.metas = record.metas;
+            store
+                .format
+                .store(stored_format(&w.metas), Ordering::SeqCst);
             w.layout_written = store.layout_is_current(&store.tree())?;
         }
         store.applied_size.store(size, Ordering::SeqCst);
@@ -1304,6 +1318,8 @@ impl Store {
         self.applied_size.store(frontier.size(), Ordering::SeqCst);
         w.frontier = frontier;
         w.metas = metas;
+        self.format
+            .store(crate::store::stored_format(&w.metas), Ordering::SeqCst);
         w.layout_written = true;
         Ok(outcomes)
     }
@@ -1488,11 +1504,18 @@ impl Store {
         let seq = frontier.size();
         // The body was produced by the proposing node; parse it as an entry with a placeholder
         // sequence number to reuse the one decoder.
-        let mut bytes = Vec::with_capacity(a.body.len() + 73);
-        bytes.push(crate::entry::ENTRY_VERSION);
-        bytes.extend_from_slice(&seq.to_be_bytes());
-        bytes.extend_from_slice(&a.body);
-        bytes.extend_from_slice(&a.signature);
+        let bytes = crate::entry::entry_bytes(seq, &a.body, a.signature.as_ref());
+        // A version 2 entry is readable only by releases that apply format 3: every replica
+        // refuses it alike while the cluster applies an older format.
+        if a.signature.is_none() && format < 3 {
+            return Ok(ApplyOutcome::Refused {
+                reason: format!(
+                    "an entry without its own signature (entry version 2) needs command format 3 \
+                     (release {}); the cluster applies format {format}",
+                    crate::version::format_release(3),
+                ),
+            });
+        }
         let entry = match Entry::decode(&bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -1892,6 +1915,7 @@ impl Store {
         let size = frontier.size();
         w.frontier = frontier;
         w.metas = record.metas;
+        self.format.store(stored_format(&w.metas), Ordering::SeqCst);
         w.layout_written = layout_written;
         self.applied_size.store(size, Ordering::SeqCst);
         self.durable_size.store(size, Ordering::SeqCst);
@@ -2045,7 +2069,7 @@ impl Store {
     /// The command format this store applies by: the highest a command of it was applied at
     /// (see [`Store::apply_at`]).
     pub fn format(&self) -> u8 {
-        stored_format(&self.lock_writer().metas)
+        self.format.load(Ordering::SeqCst)
     }
 
     /// The command format `cmd` needs: a command that format 1 (release 0.1.0) would apply
@@ -2057,11 +2081,10 @@ impl Store {
             Command::CosignedCheckpoint { .. } => return Ok(2),
             _ => return Ok(crate::version::FORMAT_V1),
         };
-        let mut bytes = Vec::with_capacity(a.body.len() + 73);
-        bytes.push(crate::entry::ENTRY_VERSION);
-        bytes.extend_from_slice(&0u64.to_be_bytes());
-        bytes.extend_from_slice(&a.body);
-        bytes.extend_from_slice(&a.signature);
+        if a.signature.is_none() {
+            return Ok(3);
+        }
+        let bytes = crate::entry::entry_bytes(0, &a.body, a.signature.as_ref());
         let Ok(body) = EntryRef::decode(&bytes) else {
             // Refused alike by every format.
             return Ok(crate::version::FORMAT_V1);
@@ -2632,6 +2655,55 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.format(), 2);
+    }
+
+    /// Entries of version 2 (no signature) need command format 3: refused alike by every
+    /// replica below it, held back by the leader (`required_format`), written as version 2 from
+    /// format 3 on, after which signed appends are still read as version 1. Such commands keep
+    /// release 0.2.0's bytes: a signed one serialises as before, an unsigned one without the field.
+    #[test]
+    fn unsigned_appends_need_format_three_and_become_version_two_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[6; 32]);
+        let store = Store::open(dir.path()).expect("open");
+        let signed = prepare(event("vent-icu-07", "a", None), "t", 1, &key, 1).expect("prepare");
+        let unsigned =
+            crate::ledger::prepare_at(3, event("vent-icu-07", "b", None), "t", 1, &key, 1)
+                .expect("prepare");
+        assert!(signed.signature.is_some() && unsigned.signature.is_none());
+        let bytes = rmp_serde::to_vec_named(&unsigned).expect("encode");
+        assert!(!bytes.windows(9).any(|w| w == b"signature"));
+        let back: AppendCommand = rmp_serde::from_slice(&bytes).expect("decode");
+        assert_eq!(back, unsigned);
+        let back: AppendCommand =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&signed).expect("encode"))
+                .expect("decode");
+        assert_eq!(back, signed);
+
+        let (signed, unsigned) = (Command::Append(signed), Command::Append(unsigned));
+        assert_eq!(store.required_format(&unsigned).expect("required"), 3);
+        assert_eq!(store.required_format(&signed).expect("required"), 1);
+        let out = store
+            .apply_at(&[signed.clone(), unsigned.clone()], |_| 2, &[])
+            .expect("apply");
+        assert!(matches!(out[0], ApplyOutcome::Appended { seq: 0, .. }));
+        assert!(
+            matches!(&out[1], ApplyOutcome::Refused { reason } if reason.contains("needs command format 3")),
+            "{out:?}"
+        );
+        assert_eq!(store.format(), 2);
+        let out = store
+            .apply_at(&[unsigned, signed], |_| 3, &[])
+            .expect("apply");
+        assert!(matches!(out[0], ApplyOutcome::Appended { seq: 1, .. }));
+        store.publish();
+        assert_eq!(store.format(), 3);
+        let versions: Vec<u8> = (0..2)
+            .map(|s| store.entry_bytes(s).expect("entry")[0])
+            .collect();
+        assert_eq!(versions, [1, 2]);
+        drop(store);
+        assert_eq!(Store::open(dir.path()).expect("reopen").format(), 3);
     }
 
     /// A correction of another device's entry and an erasure that does not match its target are

@@ -3,7 +3,7 @@
 //!
 //! Three numbers, each checked where bytes from another gateway (or another release) arrive:
 //!
-//! - the **release** (`0.2.0`, the workspace version): named in every message, carried on every
+//! - the **release** (`0.3.0`, the workspace version): named in every message, carried on every
 //!   Raft RPC between gateways;
 //! - the **peer protocol** ([`PROTOCOL`]): the shape of the Raft RPCs themselves (openraft's
 //!   append, vote and snapshot messages in MessagePack). A gateway refuses an RPC of a protocol
@@ -14,7 +14,7 @@
 //!   member reads (the cluster format), so a gateway of an older release never receives a
 //!   command it cannot apply the way the others do.
 //!
-//! Entries carry their own version byte ([`crate::entry::ENTRY_VERSION`]) and snapshots their
+//! Entries carry their own version byte ([`crate::entry::ENTRY_VERSION`], [`crate::entry::ENTRY_VERSION_2`]) and snapshots their
 //! magic (`MLSNAP02`); both are checked by their decoders.
 
 /// This release, as in `Cargo.toml` (`medledger --version`).
@@ -35,7 +35,12 @@ pub const PROTOCOLS_READ: [u32; 1] = [1];
 /// - format 2 (release 0.2.0): the kinds `review`, `approval` and `erasure` (an erasure drops a
 ///   component's value and salt from an earlier entry); a correction concerns the same device
 ///   as the entry it corrects; only an erasure has an event id starting with `erasure:`.
-pub const FORMAT: u8 = 2;
+/// - format 3 (release 0.3.0): an append may carry no signature of its own; it is then written
+///   as an entry of version 2 ([`crate::entry::ENTRY_VERSION_2`]), which release 0.2.0 cannot
+///   decode, authenticated by the signed tree heads (checkpoints) that cover it. The leader
+///   writes such entries only at format 3 and strips the signatures of the appends it proposes
+///   then; below it every append is signed (version 1), as before.
+pub const FORMAT: u8 = 3;
 
 /// The format of a Raft entry that says none: what release 0.1.0 wrote.
 pub const FORMAT_V1: u8 = 1;
@@ -45,6 +50,7 @@ pub fn format_release(format: u8) -> String {
     match format {
         0 | 1 => "0.1.0".to_owned(),
         2 => "0.2.0".to_owned(),
+        3 => "0.3.0".to_owned(),
         _ => format!("newer than {RELEASE}"),
     }
 }

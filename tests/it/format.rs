@@ -67,6 +67,23 @@ const TREE_HEAD_JSON: &str =
 
 const DEVICE: &str = "(01)00884838035249(21)PMP985617";
 
+// Version 2 (docs/ledger-format.md §11.6): the same three entries without signatures, computed
+// independently of ledger-node (Python's hashlib and the `cryptography` package's Ed25519).
+const ENTRY_V2: [&str; 3] = [
+    "0200000000000000000000019b8d2b8c0000000000000000010000000c6c6f63616c3a696d706f72740000000b63616c6962726174696f6e0000001f28303129303038383438333830333532343928323129504d503938353631370100000014323032362d30312d30345431343a33303a30305a000100000007574f2d323030310000000200000006726573756c740000000b6d61696e74656e616e6365158b6191a5298eef070abd1b93ddc02f11203994ee91f961269af69bc880957c00000004636f73740000000966696e616e6369616c5ed366ca4172b1efb42819d946867e19455f4460c22c7730ccadbe3a6426b851",
+    "0200000000000000010000019b8d301fe000000000000000010000000c6c6f63616c3a696d706f727400000005616c61726d0000001f28303129303038383438333830333532343928323129504d503938353631370100000014323032362d30312d30355430373a35383a30305a00000000000200000005616c61726d0000000b6d61696e74656e616e636561bf5b8fa090453c654b5a2324e383b86e9da828631a6b14792406e2a14475fa0000000b70617469656e745f6d726e0000000770617469656e748261a0a04264b66d6e12b07a28c24628d9a1cfc41e71c2255734875fee8f8bbf",
+    "0200000000000000020000019b8d34b3c000000000000000010000000c6c6f63616c3a696d706f72740000000b63616c6962726174696f6e0000001f28303129303038383438333830333532343928323129504d5039383536313700010000000000000000010000000a574f2d323030312d43310000000100000006726573756c740000000b6d61696e74656e616e6365fc63301df08fb4e2d08227c56f9d2caa3e017483cb724c43926fb4c5cb1a6aff",
+];
+const LEAF_V2: [&str; 3] = [
+    "5064dc82138c6e45cb62fea417bfb3e0bae188c421d468de7bc2b9cd1ead4f5b",
+    "879a1d606fa029a17a6fc36169a7c6402ffa366486ce3967336b247ee70845c3",
+    "9cc11ef26a5f9c1cb8dd535673cf8045c3a6dcee5f08ff636f6c99f03567b36a",
+];
+const NODE_V2_01: &str = "5f793c343fd537ec74e03bd6766feb6c368e76b6bbcabbe14794578f5c44a6d9";
+const ROOT_V2_3: &str = "fec54fc93d1dbd786e511db339d984b5740a4bb3a7865f44ee9bb82c2079aadc";
+const TREE_HEAD_V2_MESSAGE: &str = "6d65646c65646765722f747265652d686561642f7631000000000000000003fec54fc93d1dbd786e511db339d984b5740a4bb3a7865f44ee9bb82c2079aadc0000019b8d627a800000000000000001";
+const TREE_HEAD_V2_JSON: &str = r#"{"size":3,"root":"fec54fc93d1dbd786e511db339d984b5740a4bb3a7865f44ee9bb82c2079aadc","time_ms":1767603600000,"node_id":1,"signature":"e97245a17ef0c01dc42faa44047bfed04427353f9d258bbd75e5f919758cc643784349a7d04b1bd650006623ba07bb2e865ec9d3d085603bf3ce78f28aed3509"}"#;
+
 fn key() -> SigningKey {
     SigningKey::from_bytes(&SEED)
 }
@@ -152,7 +169,7 @@ fn entry_with_ledger_node(s: &Spec) -> Entry {
             })
             .collect(),
     };
-    let signature = body.sign(&key());
+    let signature = Some(body.sign(&key()));
     Entry {
         seq: s.seq,
         body,
@@ -291,6 +308,14 @@ fn hexes(v: &[Hash]) -> Vec<String> {
     v.iter().map(hex::encode).collect()
 }
 
+/// Fails unless docs/ledger-format.md (`doc`) contains the hex string or line `v`.
+fn assert_in_doc(doc: &str, name: &str, v: &str) {
+    assert!(
+        doc.contains(v),
+        "docs/ledger-format.md does not contain {name} = {v}"
+    );
+}
+
 fn doc_text() -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ledger-format.md");
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
@@ -299,12 +324,7 @@ fn doc_text() -> String {
 #[test]
 fn test_vectors_match_code_and_document() {
     let doc = doc_text();
-    let in_doc = |name: &str, v: &str| {
-        assert!(
-            doc.contains(v),
-            "docs/ledger-format.md does not contain {name} = {v}"
-        );
-    };
+    let in_doc = |name: &str, v: &str| assert_in_doc(&doc, name, v);
 
     let pk = hex::encode(key().verifying_key().to_bytes());
     assert_eq!(pk, PUBLIC_KEY);
@@ -326,7 +346,10 @@ fn test_vectors_match_code_and_document() {
     );
     in_doc("commitment of result", COMMITMENT_0_RESULT);
     in_doc("commitment of cost", COMMITMENT_0_COST);
-    assert_eq!(hex::encode(entries[0].signature), SIGNATURE_0);
+    assert_eq!(
+        hex::encode(entries[0].signature.expect("version 1")),
+        SIGNATURE_0
+    );
     in_doc("signature of entry 0", SIGNATURE_0);
 
     // Entries: ledger-node's encoder, the document's encoder and the decoder agree.
@@ -447,14 +470,24 @@ fn test_vectors_match_code_and_document() {
         };
         lines.push(serde_json::to_string(&record).expect("record json"));
     }
+    example_export_verifies(lines, sth, &doc);
+}
+
+/// Ends an example export of the document (`lines`: header and entry lines) with the line of
+/// `tree_head`, checks that every line is in the document and that both verifiers accept it
+/// (the example discloses 3 values and withholds 2).
+fn example_export_verifies(mut lines: Vec<String>, tree_head: SignedTreeHead, doc: &str) {
     let tail = export::ExportTail {
-        tree_head: sth,
+        tree_head,
         voters: vec![],
         cosignatures: vec![],
     };
     lines.push(serde_json::to_string(&tail).expect("tail json"));
     for l in &lines {
-        in_doc("example export line", l);
+        assert!(
+            doc.contains(l.as_str()),
+            "docs/ledger-format.md does not contain the example export line {l}"
+        );
     }
     let text = lines.join("\n") + "\n";
     let report = rust_verify(&text).expect("the example export verifies");
@@ -467,6 +500,269 @@ fn test_vectors_match_code_and_document() {
     std::fs::write(&path, &text).expect("write example");
     let (code, stdout, stderr) = python_verify(&path, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// §11.6: entries of version 2 (no signature), their leaves, tree and signed head, from
+/// ledger-node's encoder and from one written from the document's tables; both verifiers accept
+/// the version 2 example export.
+#[test]
+fn version_2_vectors_match_code_and_document() {
+    let doc = doc_text();
+    let in_doc = |name: &str, v: &str| assert_in_doc(&doc, name, v);
+    let specs = specs();
+    let mut leaves = Vec::new();
+    let mut lines = vec![serde_json::to_string(&export::ExportHeader {
+        format: export::EXPORT_FORMAT.into(),
+        size: 3,
+        node_keys: vec![export::NodeKey {
+            node_id: 1,
+            public_key: key().verifying_key().to_bytes(),
+        }],
+        disclosed_classes: vec![DisclosureClass::Device, DisclosureClass::Maintenance],
+    })
+    .expect("header json")];
+    for (i, s) in specs.iter().enumerate() {
+        let mut e = entry_with_ledger_node(s);
+        e.signature = None;
+        let bytes = e.encode();
+        assert_eq!(hex::encode(&bytes), ENTRY_V2[i], "entry {i}");
+        // The document's encoder: version byte 2, seq, body; nothing after the body.
+        let mut doc_bytes = vec![0x02];
+        doc_bytes.extend_from_slice(&s.seq.to_be_bytes());
+        doc_bytes.extend_from_slice(&doc_body(s));
+        assert_eq!(doc_bytes, bytes, "entry {i}, doc encoder");
+        assert_eq!(Entry::decode(&bytes).as_ref(), Ok(&e), "entry {i} decodes");
+        in_doc("version 2 entry bytes", ENTRY_V2[i]);
+        let leaf = leaf_hash(&bytes);
+        assert_eq!(leaf, doc_leaf(&bytes));
+        assert_eq!(hex::encode(leaf), LEAF_V2[i], "leaf {i}");
+        in_doc("version 2 leaf hash", LEAF_V2[i]);
+        leaves.push(leaf);
+        let openings = s
+            .components
+            .iter()
+            .map(|(_, class, value)| {
+                matches!(
+                    class,
+                    DisclosureClass::Device | DisclosureClass::Maintenance
+                )
+                .then(|| {
+                    export::ExportOpening::Open(Opening {
+                        value: (*value).into(),
+                        salt: SALT,
+                    })
+                })
+            })
+            .collect();
+        lines.push(
+            serde_json::to_string(&export::EntryRecord {
+                seq: e.seq,
+                entry: hex::encode(&bytes).into(),
+                openings,
+            })
+            .expect("record json"),
+        );
+    }
+    let n01 = doc_node(&leaves[0], &leaves[1]);
+    assert_eq!(hex::encode(n01), NODE_V2_01);
+    in_doc("version 2 interior node", NODE_V2_01);
+    let root = doc_node(&n01, &leaves[2]);
+    assert_eq!(hex::encode(root), ROOT_V2_3);
+    in_doc("version 2 root of 3", ROOT_V2_3);
+    let msg = SignedTreeHead::message(3, &root, 1_767_603_600_000, 1);
+    assert_eq!(hex::encode(&msg), TREE_HEAD_V2_MESSAGE);
+    in_doc("version 2 tree head message", TREE_HEAD_V2_MESSAGE);
+    let sth = SignedTreeHead::sign(3, root, 1_767_603_600_000, 1, &key());
+    let json = serde_json::to_string(&sth).expect("tree head serialises");
+    assert_eq!(json, TREE_HEAD_V2_JSON);
+    in_doc("version 2 tree head JSON", TREE_HEAD_V2_JSON);
+    example_export_verifies(lines, sth, &doc);
+}
+
+/// A single-node ledger in `dir` with the key of the test vectors (node 1), so that its exports
+/// carry that key.
+async fn vector_key_ledger(dir: &Path) -> Ledger {
+    std::fs::write(dir.join("node.key"), hex::encode(SEED)).expect("write key");
+    Ledger::open(
+        dir,
+        LedgerOptions {
+            node_id: 1,
+            ..LedgerOptions::default()
+        },
+    )
+    .await
+    .expect("ledger opens")
+}
+
+/// A ledger of version 1 entries followed by version 2 entries (a cluster that moved to command
+/// format 3): exports and receipts of both kinds verify with both verifiers, and every tamper
+/// the version 2 entries open is refused by both, naming what is wrong.
+#[tokio::test]
+async fn mixed_version_exports_verify_and_version_2_tampering_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = vector_key_ledger(dir.path()).await;
+    let ev = |i: u64| {
+        event(
+            EventKind::Calibration,
+            vec![
+                comp("result", DisclosureClass::Maintenance, &format!("\"r{i}\"")),
+                comp("cost", DisclosureClass::Financial, &format!("{i}")),
+            ],
+            None,
+        )
+    };
+    // Entries 0 and 1 signed (version 1, as a cluster below format 3 writes them), 2 and 3 not.
+    for i in 0..4u64 {
+        let cmd = if i < 2 {
+            ledger_node::ledger::prepare(ev(i), "local:test", 1, &key(), 1_767_600_000_000)
+        } else {
+            ledger.prepare(ev(i), "local:test")
+        }
+        .expect("prepare");
+        let outcome = ledger
+            .submit(ledger_node::Command::Append(cmd))
+            .await
+            .expect("append");
+        assert!(
+            matches!(outcome, ledger_node::ApplyOutcome::Appended { .. }),
+            "{outcome:?}"
+        );
+    }
+    let head = ledger.tree_head().expect("tree head");
+    let versions: Vec<u8> = (0..4)
+        .map(|s| ledger.store().entry_bytes(s).expect("entry")[0])
+        .collect();
+    assert_eq!(versions, [1, 1, 2, 2]);
+    let mut buf = Vec::new();
+    export::write_export(ledger.store(), &head, &None, &mut buf).expect("export");
+    let full = String::from_utf8(buf).expect("utf-8");
+    let receipt = |seq: u64| {
+        serde_json::to_string_pretty(
+            &export::make_receipt(ledger.store(), seq, &head, &None).expect("receipt"),
+        )
+        .expect("receipt json")
+            + "\n"
+    };
+    let files = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| -> PathBuf {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).expect("write document");
+        p
+    };
+    for (name, text) in [
+        ("mixed.jsonl", full.clone()),
+        ("receipt-v1.json", receipt(1)),
+        ("receipt-v2.json", receipt(3)),
+    ] {
+        let report = rust_verify(&text).unwrap_or_else(|e| panic!("{name}: rust verifier: {e}"));
+        assert_eq!(report.tree_head.size, 4, "{name}");
+        let (code, stdout, stderr) = python_verify(&write(name, &text), &[]);
+        assert_eq!(code, 0, "{name}: {stdout}{stderr}");
+    }
+    // The CLI says the same of the mixed export, and which entries rest on the tree head.
+    let (code, stdout, stderr) = medledger(&["verify", &write("m.jsonl", &full).to_string_lossy()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("2 of version 1 (each with its own signature, checked), 2 of version 2"),
+        "{stdout}"
+    );
+    assert_eq!(rust_verify(&full).expect("verifies").signed_entries, 2);
+
+    let entry_hex = |text: &str, line: usize| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(text.lines().nth(line).expect("line")).expect("json");
+        v["entry"].as_str().expect("entry").to_owned()
+    };
+    let set_entry =
+        |text: &str, line: usize, hex: String| edit_line(text, line, |v| v["entry"] = hex.into());
+    // Line 3 holds entry 2 (version 2), line 2 entry 1 (version 1); line 5 the tree head.
+    let v2 = entry_hex(&full, 3);
+    let v1 = entry_hex(&full, 2);
+    let tamper: Vec<(&str, String, &str)> = vec![
+        (
+            "a byte of a version 2 entry changed",
+            {
+                // A byte of the author field: still decodes, its leaf is no longer the signed one.
+                let mut e = v2.clone();
+                let at = 2 * 35;
+                let flipped = if &e[at..at + 1] == "6" { "7" } else { "6" };
+                e.replace_range(at..at + 1, flipped);
+                set_entry(&full, 3, e)
+            },
+            "root of the entries does not match the signed tree head",
+        ),
+        (
+            "a version 2 entry beyond the signed head",
+            {
+                let mut lines: Vec<String> = full.lines().map(str::to_owned).collect();
+                let mut extra: serde_json::Value =
+                    serde_json::from_str(&lines[4]).expect("entry line");
+                let mut e = v2.clone();
+                // Entry 2's body again, as entry 4.
+                e.replace_range(2..18, "0000000000000004");
+                extra["seq"] = 4.into();
+                extra["entry"] = e.into();
+                extra["openings"] = serde_json::from_str(&lines[3])
+                    .map(|v: serde_json::Value| v["openings"].clone())
+                    .expect("openings");
+                lines.insert(5, extra.to_string());
+                let text = lines.join("\n") + "\n";
+                edit_line(&text, 0, |v| v["size"] = 5.into())
+            },
+            "tree head is for 4 entries, the export has 5",
+        ),
+        (
+            "a version 1 entry's version byte changed to 2",
+            set_entry(&full, 2, format!("02{}", &v1[2..])),
+            "64 trailing bytes after the entry",
+        ),
+        (
+            "a version 2 entry's version byte changed to 1",
+            set_entry(&full, 3, format!("01{}", &v2[2..])),
+            "entry bytes end early",
+        ),
+        (
+            "a version 2 entry given a signature",
+            set_entry(&full, 3, format!("01{}{}", &v2[2..], "00".repeat(64))),
+            "entry signature does not verify",
+        ),
+        (
+            "the signature of the tree head changed",
+            edit_line(&full, 5, |v| {
+                let s = v["tree_head"]["signature"]
+                    .as_str()
+                    .expect("sig")
+                    .to_owned();
+                let flipped = if s.starts_with('0') { "1" } else { "0" };
+                v["tree_head"]["signature"] = format!("{flipped}{}", &s[1..]).into();
+            }),
+            "tree head signature does not verify",
+        ),
+    ];
+    for (what, text, why) in &tamper {
+        assert_ne!(text, &full, "{what}: the tamper changed nothing");
+        let err = rust_verify(text).expect_err(what).to_string();
+        assert!(err.contains(why), "{what}: rust verifier said {err}");
+        let (code, stdout, stderr) = python_verify(&write("tampered", text), &[]);
+        assert_eq!(code, 1, "{what}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(why),
+            "{what}: python verifier said {stderr}"
+        );
+    }
+    // A receipt of a version 2 entry whose byte changed: its leaf no longer leads to the root.
+    let mut r: serde_json::Value = serde_json::from_str(&receipt(3)).expect("receipt");
+    let mut e = r["entry"]["entry"].as_str().expect("entry").to_owned();
+    e.replace_range(70..71, if &e[70..71] == "6" { "7" } else { "6" });
+    r["entry"]["entry"] = e.into();
+    let text = serde_json::to_string_pretty(&r).expect("json");
+    let err = rust_verify(&text)
+        .expect_err("tampered receipt")
+        .to_string();
+    assert!(err.contains("inclusion proof"), "{err}");
+    let (code, _, stderr) = python_verify(&write("r.json", &text), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("inclusion proof"), "{stderr}");
 }
 
 // ---- The independent Python verifier against real exports and receipts. ----
@@ -529,17 +825,7 @@ fn edit_line(text: &str, i: usize, f: impl FnOnce(&mut serde_json::Value)) -> St
 #[tokio::test]
 async fn python_verifier_accepts_real_exports_and_refuses_tampered_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // A fixed node key, so that the export carries the key of the test vectors.
-    std::fs::write(dir.path().join("node.key"), hex::encode(SEED)).expect("write key");
-    let ledger = Ledger::open(
-        dir.path(),
-        LedgerOptions {
-            node_id: 1,
-            ..LedgerOptions::default()
-        },
-    )
-    .await
-    .expect("ledger opens");
+    let ledger = vector_key_ledger(dir.path()).await;
     let events = [
         event(
             EventKind::DeviceRegistered,

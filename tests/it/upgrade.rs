@@ -101,7 +101,7 @@ async fn unknown_versions_are_refused_naming_both() {
         &[
             ("x-medledger-release", RELEASE),
             ("x-medledger-protocol", "1"),
-            ("x-medledger-format", "2"),
+            ("x-medledger-format", "3"),
         ][..],
     ] {
         let r = raft_rpc(&peer, &addr, "/raft/vote", headers, &vote).await;
@@ -116,7 +116,7 @@ async fn unknown_versions_are_refused_naming_both() {
             r.headers()
                 .get("x-medledger-format")
                 .and_then(|v| v.to_str().ok()),
-            Some("2")
+            Some("3")
         );
     }
     // A Raft entry of command format 9 from a leader of a later term: refused before it is
@@ -137,7 +137,7 @@ async fn unknown_versions_are_refused_naming_both() {
     let text = r.text().await.expect("body");
     for want in [
         "log entry 1: raft command of format 9",
-        &format!("newer than this gateway's release {RELEASE}, which applies formats 1 to 2"),
+        &format!("newer than this gateway's release {RELEASE}, which applies formats 1 to 3"),
     ] {
         assert!(text.contains(want), "missing {want:?} in {text}");
     }
@@ -590,12 +590,18 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
     );
     let text = String::from_utf8(exports[0].clone()).expect("utf8");
     let mut seen: HashMap<String, u64> = HashMap::new();
+    // Entry versions in ledger order: version 1 (signed) while a 0.1.0 gateway was a member,
+    // version 2 (command format 3) once all three ran this release, never the other way round.
+    let mut versions: Vec<u8> = Vec::new();
     for line in text.lines().skip(1) {
         let v: Value = serde_json::from_str(line).expect("line");
         let Some(hexbytes) = v["entry"].as_str() else {
             continue;
         };
         let e = ledger_node::Entry::decode(&hex::decode(hexbytes).expect("hex")).expect("entry");
+        if versions.last() != Some(&e.version()) {
+            versions.push(e.version());
+        }
         if let Some(id) = e.body.event_id {
             assert!(
                 seen.insert(id.clone(), e.seq).is_none(),
@@ -603,6 +609,7 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
             );
         }
     }
+    assert_eq!(versions, [1, 2], "entry versions in ledger order");
     let acks = acks.lock().expect("lock");
     let mut lost = 0;
     for (id, seq) in &acks.seq {

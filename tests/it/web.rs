@@ -565,9 +565,19 @@ async fn staff_sign_in_record_sign_and_check_receipts_in_chromium() {
     let approve: bool = js(&page, "!!document.querySelector('button.approve')").await;
     assert!(!approve, "a biomed is offered approval");
 
-    // A tampered receipt shows invalid: one bit of the entry, or of the head's signature.
+    // The gateway writes entries of version 2 (command format 3, no signature of their own):
+    // the badge checked this one by its leaf, inclusion proof and the signed head alone.
+    let version: String = js(
+        &page,
+        &format!("(async () => (await (await fetch('/data/entries/{seq}/receipt')).json()).entry.entry.slice(0, 2))()"),
+    )
+    .await;
+    assert_eq!(version, "02", "entry {seq} is not of version 2");
+    // A tampered receipt shows invalid: one bit of the entry, its version byte, or of the
+    // head's signature.
     for (what, tamper) in [
         ("entry bytes", "r.entry.entry = r.entry.entry.slice(0, 40) + (r.entry.entry[40] === '0' ? '1' : '0') + r.entry.entry.slice(41)"),
+        ("the version byte", "r.entry.entry = (r.entry.entry.slice(0, 2) === '02' ? '01' : '02') + r.entry.entry.slice(2)"),
         ("head signature", "r.tree_head.signature = (r.tree_head.signature[0] === '0' ? '1' : '0') + r.tree_head.signature.slice(1)"),
         ("a disclosed value", "r.entry.openings.find(o => o).value = '\"forged\"'"),
     ] {

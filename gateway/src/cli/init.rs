@@ -227,11 +227,9 @@ async fn init_cluster(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Authored by this gateway's certificate, as the running gateway records enrollments.
-        let cmd = ledger_node::ledger::prepare(
+        let cmd = node.prepare(
             crate::service::revocation::issued_event(identity, ca),
             &format!("sha256:{}", identity.fingerprint),
-            node.id,
-            &node.key,
             ledger_node::ledger::now_ms(),
         )?;
         match node.submit(ledger_node::Command::Append(cmd)).await? {

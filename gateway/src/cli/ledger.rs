@@ -309,7 +309,6 @@ async fn append_events(
 ) -> anyhow::Result<ImportSummary> {
     let mut summary = ImportSummary::default();
     let mut pending: VecDeque<(usize, _)> = VecDeque::new();
-    let node = ledger.node_id();
     for ev in events {
         let mut ev = ev?;
         if let Some(target) = ev.corrects_event_id.take() {
@@ -322,14 +321,10 @@ async fn append_events(
             })?;
             ev.event.corrects = Some(seq);
         }
-        let cmd = ledger_node::ledger::prepare(
-            ev.event,
-            author,
-            node,
-            ledger.signing_key(),
-            ledger_node::ledger::now_ms(),
-        )
-        .with_context(|| format!("{source}: line {}", ev.line))?;
+        // Entries of version 2, covered by the checkpoint recorded below.
+        let cmd = ledger
+            .prepare(ev.event, author)
+            .with_context(|| format!("{source}: line {}", ev.line))?;
         pending.push_back((ev.line, ledger.enqueue(Command::Append(cmd)).await?));
         if pending.len() >= 4096 {
             if let Some((line, fut)) = pending.pop_front() {
@@ -339,6 +334,12 @@ async fn append_events(
     }
     while let Some((line, fut)) = pending.pop_front() {
         settle(line, fut, &mut summary, source).await?;
+    }
+    if summary.appended > 0 {
+        match ledger.checkpoint().await? {
+            ApplyOutcome::Checkpointed { .. } => {}
+            other => bail!("{source}: recording a checkpoint of the import: {other:?}"),
+        }
     }
     summary.size = ledger.store().size();
     Ok(summary)
@@ -819,6 +820,14 @@ pub fn describe(report: &export::VerifyReport) -> String {
         head.node_id,
         crate::event::format_ms(head.time_ms),
     );
+    let unsigned = report.entries - report.signed_entries.min(report.entries);
+    if unsigned > 0 {
+        s += &format!(
+            "{} of version 1 (each with its own signature, checked), {unsigned} of version 2 \
+             (no signature of their own: authenticated by the tree head)\n",
+            report.signed_entries
+        );
+    }
     if !report.voters.is_empty() {
         s += &format!(
             "tree head {}\n",

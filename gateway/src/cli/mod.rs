@@ -47,7 +47,8 @@ enum Cmd {
     #[command(subcommand)]
     Ledger(LedgerCmd),
     /// Verify an export or a receipt offline: every hash, signature, commitment and the Merkle
-    /// root against the signed tree head. Exit 0 when valid, 1 otherwise.
+    /// root against the signed tree head (entries of version 1 carry a signature each, entries
+    /// of version 2 none: the signed head covers them). Exit 0 when valid, 1 otherwise.
     Verify(VerifyArgs),
     /// Make a new site from this gateway's configuration file: the site root CA, this gateway's
     /// issuing CA and certificate, and the ledger initialised as a cluster of this gateway.
@@ -111,7 +112,8 @@ struct ImportArgs {
     #[arg(long, requires = "gateway")]
     ca: Option<PathBuf>,
     /// Write a stand-alone ledger in this directory (DIR/ledger) instead, which no gateway serves:
-    /// for a ledger of its own (to export and verify an old history). Refused for a gateway's
+    /// for a ledger of its own (to export and verify an old history). Its entries are of
+    /// version 2, covered by a checkpoint this node signs at the end. Refused for a gateway's
     /// data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,

@@ -272,13 +272,7 @@ async fn record(s: &EnrollState, event: EventInput, author: String) {
 }
 
 async fn submit(node: &Node, event: EventInput, author: &str) -> anyhow::Result<()> {
-    let cmd = ledger_node::ledger::prepare(
-        event,
-        author,
-        node.id,
-        &node.key,
-        ledger_node::ledger::now_ms(),
-    )?;
+    let cmd = node.prepare(event, author, ledger_node::ledger::now_ms())?;
     match node.submit(Command::Append(cmd)).await? {
         ApplyOutcome::Appended { .. } | ApplyOutcome::Duplicate { .. } => Ok(()),
         ApplyOutcome::Refused { reason } => anyhow::bail!("refused by the ledger: {reason}"),

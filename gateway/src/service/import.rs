@@ -134,13 +134,7 @@ pub async fn import_batch(
                 continue;
             }
         }
-        let cmd = ledger_node::ledger::prepare(
-            event,
-            &author,
-            node.id,
-            &node.key,
-            ledger_node::ledger::now_ms(),
-        );
+        let cmd = node.prepare(event, &author, ledger_node::ledger::now_ms());
         match cmd {
             Ok(cmd) => ready.push(Ready {
                 index,

@@ -312,6 +312,26 @@ impl Node {
         }
     }
 
+    /// The command for an event recorded through this gateway: its clock, salts and, while the
+    /// cluster applies a command format below 3, its signature (an entry of version 1). Once the
+    /// cluster applied format 3 (the store's format only goes up) the entry is of version 2,
+    /// unsigned, authenticated by the checkpoints that cover it: no Ed25519 signature per event.
+    pub fn prepare(
+        &self,
+        event: ledger_node::EventInput,
+        author: &str,
+        recorded_at_ms: i64,
+    ) -> Result<ledger_node::store::AppendCommand, ledger_node::LedgerError> {
+        ledger_node::ledger::prepare_at(
+            self.store.format(),
+            event,
+            author,
+            self.id,
+            &self.key,
+            recorded_at_ms,
+        )
+    }
+
     /// The command format this gateway proposes at when it leads: the highest format every
     /// member of the cluster applies (as their answers said, see `raft_net::PeerVersions`),
     /// or the store's own once the cluster has moved to it (it never goes back).
@@ -385,7 +405,17 @@ impl Node {
                     ),
                 });
             } else {
-                commands.push(c.clone());
+                let mut c = c.clone();
+                // At format 3 every member reads entries of version 2: the leader drops the
+                // signatures of appends prepared before the cluster moved (or by a gateway that
+                // did not know yet), so that a ledger holds no signed entry after its first
+                // unsigned one.
+                if let (Command::Append(a), true) =
+                    (&mut c, format >= ledger_node::ledger::UNSIGNED_FORMAT)
+                {
+                    a.signature = None;
+                }
+                commands.push(c);
             }
         }
         let mut outcomes = if commands.is_empty() {
@@ -1089,10 +1119,15 @@ async fn register_key(node: Arc<Node>, shutdown: CancellationToken) {
 /// since the last one: every replica then holds the same signed head, exports are cut at it, and
 /// a shorter or different history on any node is caught against it.
 async fn checkpointer(node: Arc<Node>, every: Duration, shutdown: CancellationToken) {
+    // A tick every `every` from the start of the previous checkpoint (not from its end), so that
+    // an entry waits at most about one interval for a co-signed head that covers it.
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tick.tick() => {}
         }
         if node.raft.metrics().borrow().current_leader != Some(node.id) {
             continue;

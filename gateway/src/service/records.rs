@@ -519,17 +519,12 @@ async fn submit(
 ) -> Result<Recorded, RecordError> {
     let readers = audience(&event.components);
     let recorded_at_ms = ledger_node::ledger::now_ms();
-    let cmd = ledger_node::ledger::prepare(
-        event,
-        &author_of(caller),
-        node.id,
-        &node.key,
-        recorded_at_ms,
-    )
-    .map_err(|e| RecordError::Invalid {
-        field: None,
-        reason: e.to_string(),
-    })?;
+    let cmd = node
+        .prepare(event, &author_of(caller), recorded_at_ms)
+        .map_err(|e| RecordError::Invalid {
+            field: None,
+            reason: e.to_string(),
+        })?;
     let (seq, leaf, duplicate) = match node.submit(Command::Append(cmd)).await? {
         ApplyOutcome::Appended { seq, leaf } => (seq, leaf, false),
         ApplyOutcome::Duplicate { seq } => {

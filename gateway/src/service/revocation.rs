@@ -244,13 +244,7 @@ pub async fn record_events(
             if node.store.find_event_id(&id).ok().flatten().is_some() {
                 break;
             }
-            let cmd = ledger_node::ledger::prepare(
-                event.clone(),
-                &author,
-                node.id,
-                &node.key,
-                ledger_node::ledger::now_ms(),
-            );
+            let cmd = node.prepare(event.clone(), &author, ledger_node::ledger::now_ms());
             let done = match cmd {
                 Ok(cmd) => node.submit(ledger_node::Command::Append(cmd)).await.is_ok(),
                 Err(e) => {

@@ -896,11 +896,9 @@ async fn drain(
         let mut cmds = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
         for (seq, ev) in batch {
-            match ledger_node::ledger::prepare(
+            match node.prepare(
                 outbox::event_input(&ev),
                 &author,
-                node.id,
-                &node.key,
                 ledger_node::ledger::now_ms(),
             ) {
                 Ok(c) => {

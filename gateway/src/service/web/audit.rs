@@ -83,14 +83,9 @@ pub async fn run(
 async fn write(node: &Node, author: &str, a: &Audit) {
     let result = async {
         let ev = event(a, node.id).validate().map_err(|e| e.to_string())?;
-        let cmd = ledger_node::ledger::prepare(
-            ev,
-            author,
-            node.id,
-            &node.key,
-            ledger_node::ledger::now_ms(),
-        )
-        .map_err(|e| e.to_string())?;
+        let cmd = node
+            .prepare(ev, author, ledger_node::ledger::now_ms())
+            .map_err(|e| e.to_string())?;
         match node.submit(Command::Append(cmd)).await {
             Ok(ApplyOutcome::Appended { seq, .. }) => Ok(seq),
             Ok(other) => Err(format!("unexpected ledger outcome {other:?}")),
