@@ -707,8 +707,27 @@ pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerEr
     // writes a store and then starts a gateway on it) waits for that rather than failing.
     // Another process holding the lock (a running gateway) is still refused after the wait.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
+    // sled's recovery fails on some logs a power cut left, with a corruption error or a panic
+    // ("tried to serialize Uninitialized" from its page-table snapshot; docs/operations.md
+    // "Power loss"): said as a store this version cannot open, with what to do.
+    let damaged = |what: String| LedgerError::Corrupt {
+        path: dir.to_owned(),
+        reason: format!(
+            "sled could not recover its log ({what}); the store has to be rebuilt from the \
+             other gateways (docs/operations.md \"A gateway whose store cannot be opened\")"
+        ),
+    };
     let db = loop {
-        match open() {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).map_err(|p| {
+            damaged(
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic".to_owned()),
+            )
+        })?;
+        match opened {
+            Err(e @ sled::Error::Corruption { .. }) => return Err(damaged(e.to_string())),
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

@@ -1230,6 +1230,8 @@ async fn snapshot_rounds(test: &str, found: &[u64], cut_sender: bool) {
     let mut tally = Tally::default();
     let mut caught = 0;
     for (round, seed) in seeds.into_iter().enumerate() {
+        // Printed first: a round that fails says nothing else of its seed.
+        eprintln!("{test} round {round}: seed {seed}");
         let mut rng = Rng::new(seed);
         let t = Instant::now();
         let leader = leader_of(&admin, &addrs[0]).await;
