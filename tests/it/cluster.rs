@@ -787,3 +787,113 @@ async fn a_revoked_gateway_is_cut_off_from_the_cluster() {
     let s1 = status(&admin, &addrs[0]).await.expect("status");
     assert!(matches!(s1["leader"].as_u64(), Some(1 | 2)), "{s1}");
 }
+
+/// docs/operations.md "A gateway whose store cannot be opened": a gateway whose database is
+/// gone (set aside, as after sled failed to recover it) is taken out of the cluster, started
+/// on an empty store with its own key and certificates, joins again, catches up from a
+/// snapshot, is promoted, and then holds the same ledger as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_store_is_lost_is_rebuilt_from_its_peers() {
+    let _turn = medledger_tests::one_cluster_at_a_time().await;
+    let site = Site::new();
+    let small_logs = "[raft]\nsnapshot_after_logs = 50\nkeep_logs_after_snapshot = 5\n";
+    let mut nodes = start_cluster(&site, 3, small_logs).await;
+    let admin = site.staff_client("it-admin", StaffRole::Admin);
+    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let leader_addr = nodes[0].addr();
+    let write = |range| {
+        write_events(
+            writer.clone(),
+            Arc::new(vec![leader_addr.clone()]),
+            range,
+            16,
+            acked.clone(),
+        )
+    };
+    write(0..300).await;
+    // Gateway 3 stops; its database is set aside.
+    nodes[2].kill();
+    let dir = nodes[2].dir.clone();
+    std::fs::rename(dir.join("sled"), dir.join("sled.damaged")).expect("set sled aside");
+    let _ = std::fs::remove_file(dir.join("raft-snapshot.bin"));
+    let config = |n: &Gateway| n.config.to_str().expect("utf8").to_owned();
+    medledger_ok(
+        "cluster remove",
+        &[
+            "cluster",
+            "remove",
+            "--config",
+            &config(&nodes[0]),
+            "--node",
+            "3",
+        ],
+    );
+    // The other two go on.
+    write(300..400).await;
+    nodes[2].start();
+    let addr3 = nodes[2].addr();
+    eventually("gateway 3 to listen", Duration::from_secs(30), || {
+        status(&admin, &addr3)
+    })
+    .await;
+    medledger_ok(
+        "cluster join",
+        &[
+            "cluster",
+            "join",
+            "--config",
+            &config(&nodes[2]),
+            "--via",
+            &leader_addr,
+        ],
+    );
+    medledger_ok(
+        "cluster promote",
+        &[
+            "cluster",
+            "promote",
+            "--config",
+            &config(&nodes[0]),
+            "--node",
+            "3",
+        ],
+    );
+    write(400..450).await;
+    let size = status(&admin, &leader_addr).await.expect("status")["ledger_size"]
+        .as_u64()
+        .expect("size");
+    eventually("gateway 3 to catch up", Duration::from_secs(60), || {
+        let (admin, addr3) = (admin.clone(), addr3.clone());
+        async move {
+            let s = status(&admin, &addr3).await?;
+            (s["ledger_size"].as_u64() >= Some(size)).then_some(())
+        }
+    })
+    .await;
+    let s = status(&admin, &leader_addr).await.expect("status");
+    assert_eq!(s["nodes"]["3"]["voter"], true, "{s}");
+    let s3 = status(&admin, &addr3).await.expect("status of gateway 3");
+    assert!(
+        s3["snapshot_index"].as_u64().is_some(),
+        "gateway 3 did not catch up from a snapshot: {s3}"
+    );
+    // The same history on the rebuilt gateway as on the leader.
+    let history = |addr: String| {
+        let admin = admin.clone();
+        async move {
+            let h: Value = admin
+                .get(format!("https://{addr}/v1/devices/pump-7/history"))
+                .send()
+                .await
+                .expect("history")
+                .json()
+                .await
+                .expect("json");
+            h["entries"].clone()
+        }
+    };
+    let rebuilt = history(addr3.clone()).await;
+    assert_eq!(rebuilt, history(leader_addr.clone()).await);
+    assert_eq!(rebuilt.as_array().map(Vec::len), Some(9), "{rebuilt}");
+}
