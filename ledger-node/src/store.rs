@@ -429,6 +429,16 @@ impl Writes {
     fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.1.push(key.as_ref().into());
     }
+    /// Makes the writes to `tree`: the removals, then the inserts in order.
+    fn write_to(self, tree: &sled::Tree) -> sled::Result<()> {
+        for k in self.1 {
+            tree.remove(k)?;
+        }
+        for (k, v) in self.0 {
+            tree.insert(k, v)?;
+        }
+        Ok(())
+    }
 }
 
 struct WriterState {
@@ -1110,16 +1120,12 @@ impl Store {
             if step.is_multiple_of(CONVERT_STEP) {
                 let mut batch = Writes::default();
                 std::mem::replace(&mut writes, index::IndexWrites::new(size)).write(&mut batch);
-                for (k, v) in batch.0 {
-                    tree.insert(k, v).map_err(storage)?;
-                }
+                batch.write_to(tree).map_err(storage)?;
             }
         }
         let mut batch = Writes::default();
         writes.write(&mut batch);
-        for (k, v) in batch.0 {
-            tree.insert(k, v).map_err(storage)?;
-        }
+        batch.write_to(tree).map_err(storage)?;
         self.db.flush().map_err(storage)?;
         sync_files(&self.path)?;
         tree.insert(META_LAYOUT, &[LAYOUT]).map_err(storage)?;
@@ -1328,12 +1334,7 @@ impl Store {
             .ok_or_else(|| self.corrupt("metadata too large for the size record"))?;
         // The size record goes last: it is what makes the apply count (see the doc above).
         batch.insert(META_SIZE, record);
-        for k in batch.1 {
-            tree.remove(k).map_err(|e| self.storage(e))?;
-        }
-        for (k, v) in batch.0 {
-            tree.insert(k, v).map_err(|e| self.storage(e))?;
-        }
+        batch.write_to(&tree).map_err(|e| self.storage(e))?;
         self.applied_size.store(frontier.size(), Ordering::SeqCst);
         w.frontier = frontier;
         w.metas = metas;
