@@ -327,7 +327,7 @@ fn refuse(replies: Vec<Reply>, e: LedgerError) {
 /// Group commit, pipelined: the commands queued while the writer was busy (at most `max_batch`)
 /// are applied as one batch, then flushed on a blocking thread while the writer applies the next
 /// batch. Each batch is answered only after a flush that started after its apply completed, so
-/// every acknowledgement still follows a sled flush + `fdatasync` covering it, and one flush
+/// every acknowledgement still follows a sled flush (ending in `fdatasync`) covering it, and one flush
 /// covers at most `max_batch` commands' acknowledgements (`max_batch = 1`: one flush per entry).
 async fn writer_loop(
     store: Arc<Store>,

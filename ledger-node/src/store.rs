@@ -41,9 +41,9 @@
 //! So `perfect(0, i)` is the leaf hash of entry i's bytes and `perfect(l, j)` for `l >= 1` is a
 //! read of entry `((j + 1) << l) - 1`: still one sled read per perfect subtree.
 //!
-//! A batch is acknowledged only after `flush`, which is sled's own flush followed by an
-//! `fdatasync` of sled's data file (sled's flush alone uses `sync_file_range`, which does not
-//! empty the drive's write cache).
+//! A batch is acknowledged only after `flush`, sled's own flush, which in our patched sled ends
+//! with an `fdatasync` of its data file (ledger-node/vendor/sled/PATCHED.md; stock sled's
+//! `sync_file_range` does not empty the drive's write cache).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -762,12 +762,9 @@ pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerEr
         }
         _ => {}
     }
-    // The names sled created (`db`, `conf`, `blobs`, the snapshot it may write on open).
+    // The names sled created (`db`, `conf`, `blobs`); sled syncs the directory only for the
+    // snapshots and blobs it writes later (patched, PATCHED.md).
     sync_dir(dir)?;
-    synced_names()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(dir.to_owned(), dir_names(dir)?);
     Ok(db)
 }
 
@@ -806,32 +803,13 @@ pub fn create_dir_durable(dir: &Path) -> Result<(), LedgerError> {
     }
 }
 
-fn dir_names(dir: &Path) -> Result<std::collections::BTreeSet<std::ffi::OsString>, LedgerError> {
-    let io = |source| LedgerError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    let mut names = std::collections::BTreeSet::new();
-    for item in std::fs::read_dir(dir).map_err(io)? {
-        names.insert(item.map_err(io)?.file_name());
-    }
-    Ok(names)
-}
-
-type SyncedNames =
-    std::sync::Mutex<HashMap<PathBuf, std::collections::BTreeSet<std::ffi::OsString>>>;
-
-/// The names of each sled directory as last synced: sled writes a snapshot file now and then
-/// (`snap.*`, renamed into place and the old one removed) without syncing the directory.
-fn synced_names() -> &'static SyncedNames {
-    static NAMES: std::sync::OnceLock<SyncedNames> = std::sync::OnceLock::new();
-    NAMES.get_or_init(Default::default)
-}
-
-/// Makes everything written to the sled database in `dir` so far durable: sled's flush, then
-/// `fdatasync` of its data file (sled's flush alone uses `sync_file_range`, which does not empty
-/// the drive's write cache), and `fsync` of the blob files sled writes for pages too big for its
-/// log (it never syncs them itself; a Raft entry with many events can be one).
+/// Makes everything written to the sled database in `dir` so far durable: sled's flush, which in
+/// our patched sled ends each log write with `fdatasync` and syncs the blob files and snapshot
+/// names it writes (ledger-node/vendor/sled/PATCHED.md). Stock sled's flush used
+/// `sync_file_range`, which does not empty the drive's write cache, and never synced blobs; the
+/// store followed every flush with syncs of its own, which covered what was acknowledged but not
+/// what sled itself counted on between flushes (a power cut could leave a log its recovery fails
+/// on).
 pub(crate) async fn sync_db(db: &sled::Db, dir: &Path) -> Result<(), LedgerError> {
     // sled's own `flush_async` flushes on a sled thread that keeps the database (and its file
     // lock) alive for a moment after the flush is reported; flushing on our blocking thread
@@ -840,107 +818,15 @@ pub(crate) async fn sync_db(db: &sled::Db, dir: &Path) -> Result<(), LedgerError
     let dir = dir.to_owned();
     let err_path = dir.join("db");
     tokio::task::spawn_blocking(move || {
-        db.flush().map_err(|source| LedgerError::Storage {
-            path: dir.clone(),
-            source,
-        })?;
-        drop(db);
-        sync_files(&dir)
+        db.flush()
+            .map(drop)
+            .map_err(|source| LedgerError::Storage { path: dir, source })
     })
     .await
     .map_err(|e| LedgerError::Io {
         path: err_path,
         source: std::io::Error::other(e),
     })?
-}
-
-fn sync_files(dir: &Path) -> Result<(), LedgerError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| LedgerError::Io { path, source }
-    };
-    let data = dir.join("db");
-    std::fs::OpenOptions::new()
-        .read(true)
-        .open(&data)
-        .and_then(|f| f.sync_data())
-        .map_err(io(&data))?;
-    // A snapshot sled renamed into place since the last sync (rare: sled takes one every million
-    // operations) becomes durable with its directory.
-    let names = dir_names(dir)?;
-    let changed = synced_names()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(dir)
-        != Some(&names);
-    if changed {
-        sync_dir(dir)?;
-        synced_names()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir.to_owned(), names);
-    }
-    let blobs = dir.join("blobs");
-    let listing = match std::fs::read_dir(&blobs) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(&blobs)(e)),
-    };
-    // sled writes a blob file once and never changes it; syncing every blob on every flush made
-    // each flush cost one device flush per stored blob. Only blobs not yet synced at their
-    // current length are synced (a blob caught while sled was still writing it is synced again
-    // once its length has changed).
-    let mut present = HashMap::new();
-    let mut to_sync = Vec::new();
-    {
-        let synced = synced_blobs();
-        let synced = synced.lock().unwrap_or_else(|p| p.into_inner());
-        let known = synced.get(&blobs);
-        for item in listing {
-            let item = item.map_err(io(&blobs))?;
-            let len = match item.metadata() {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&item.path())(e)),
-            };
-            let name = item.file_name();
-            if known.and_then(|k| k.get(&name)) != Some(&len) {
-                to_sync.push((item.path(), name.clone(), len));
-            }
-            present.insert(name, len);
-        }
-    }
-    let mut newly = Vec::new();
-    for (path, name, len) in to_sync {
-        match std::fs::File::open(&path).and_then(|f| f.sync_data()) {
-            Ok(()) => newly.push((name, len)),
-            // sled removes blobs of rewritten pages at any time; a vanished blob needs no sync.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                present.remove(&name);
-            }
-            Err(e) => return Err(io(&path)(e)),
-        }
-    }
-    if !newly.is_empty() {
-        std::fs::File::open(&blobs)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&blobs))?;
-    }
-    let synced = synced_blobs();
-    let mut synced = synced.lock().unwrap_or_else(|p| p.into_inner());
-    let entry = synced.entry(blobs).or_default();
-    // Forget blobs sled has deleted; remember the ones synced now.
-    entry.retain(|name, len| present.get(name) == Some(len));
-    entry.extend(newly);
-    Ok(())
-}
-
-type SyncedBlobs = std::sync::Mutex<HashMap<PathBuf, HashMap<std::ffi::OsString, u64>>>;
-
-/// Blob files already synced, by blobs directory, with the length they had then.
-fn synced_blobs() -> &'static SyncedBlobs {
-    static SYNCED: std::sync::OnceLock<SyncedBlobs> = std::sync::OnceLock::new();
-    SYNCED.get_or_init(Default::default)
 }
 
 impl Store {
@@ -1127,10 +1013,8 @@ impl Store {
         writes.write(&mut batch);
         batch.write_to(tree).map_err(storage)?;
         self.db.flush().map_err(storage)?;
-        sync_files(&self.path)?;
         tree.insert(META_LAYOUT, &[LAYOUT]).map_err(storage)?;
         self.db.flush().map_err(storage)?;
-        sync_files(&self.path)?;
         let old = index::remove_prefix(self, tree, b"D")? + index::remove_prefix(self, tree, b"I")?;
         tracing::info!(
             entries = step,
@@ -1812,7 +1696,7 @@ impl Store {
         Ok(Ok((key_entry(target), rewritten)))
     }
 
-    /// Makes everything applied so far durable: sled's flush, then `fdatasync` of its data file.
+    /// Makes everything applied so far durable: sled's flush (an `fdatasync` of its data file).
     ///
     /// May run while another thread applies the next batch: it covers (and makes visible to
     /// readers) the batches whose apply completed before it started; sled makes a batch that is
@@ -1831,7 +1715,6 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), LedgerError> {
         let target = self.applied_size.load(Ordering::SeqCst);
         self.db.flush().map_err(|e| self.storage(e))?;
-        sync_files(&self.path)?;
         self.durable_size.fetch_max(target, Ordering::SeqCst);
         Ok(())
     }
@@ -1897,7 +1780,6 @@ impl Store {
                 tree.insert(k, v).map_err(storage)?;
             }
             self.db.flush().map_err(storage)?;
-            sync_files(&self.path)?;
             let loaded = self.load_frontier(&tree)?;
             // A snapshot of an older release's gateway carries the indexes of its layout.
             self.convert_indexes(&tree, loaded.0.size())?;
@@ -1916,7 +1798,6 @@ impl Store {
         };
         self.db.insert(CURRENT_TREE_KEY, name).map_err(storage)?;
         self.db.flush().map_err(storage)?;
-        sync_files(&self.path)?;
         *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LedgerTree {
             tree,
             db: self.db.clone(),

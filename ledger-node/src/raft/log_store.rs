@@ -9,8 +9,8 @@
 //! | `raft_meta` | `committed` | the committed log id as JSON |
 //! | `raft_meta` | `last_purged` | the last purged log id as JSON |
 //!
-//! Appended entries and votes are acknowledged only once they are on disk (sled flush and
-//! `fdatasync`, shared between concurrent callers): acknowledging before the flush loses
+//! Appended entries and votes are acknowledged only once they are on disk (sled's flush, which
+//! ends in `fdatasync` in our patched sled, shared between concurrent callers): acknowledging before the flush loses
 //! acknowledged writes on power loss (openraft #618).
 //!
 //! # The purge that follows a snapshot install
@@ -415,7 +415,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // Plain inserts, not a sled batch: a sled batch seals its log buffer twice, and every
-        // seal is a synchronous device write (`sync_file_range` with WAIT_AFTER) on the path of
+        // seal is a synchronous device write (`fdatasync`, patched sled) on the path of
         // the flush below. Atomicity is not needed: sled recovers a prefix of its writes, and a
         // prefix of appended entries is a valid log that was never acknowledged past its end.
         let mut count = 0usize;

@@ -561,6 +561,10 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
 
+    // MedLedger: the new name is durable before the old snapshots go
+    // (PATCHED.md).
+    sync_dir(parent)?;
+
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
     // clean up any old snapshots
@@ -581,5 +585,12 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// MedLedger: `fsync` of a directory, which makes the names created,
+/// renamed or removed in it durable (PATCHED.md).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
