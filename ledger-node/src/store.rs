@@ -717,9 +717,10 @@ pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerEr
     // writes a store and then starts a gateway on it) waits for that rather than failing.
     // Another process holding the lock (a running gateway) is still refused after the wait.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
-    // sled's recovery fails on some logs a power cut left, with a corruption error or a panic
-    // ("tried to serialize Uninitialized" from its page-table snapshot; docs/operations.md
-    // "Power loss"): said as a store this version cannot open, with what to do.
+    // sled's recovery fails on a damaged log with a corruption error or a panic ("tried to
+    // serialize Uninitialized" from its page-table snapshot, which stock sled also left after
+    // some power cuts; docs/operations.md "Power loss"): said as a store this version cannot
+    // open, with what to do.
     let damaged = |what: String| LedgerError::Corrupt {
         path: dir.to_owned(),
         reason: format!(

@@ -16,6 +16,8 @@
 //! ```
 //!
 //! `--keep` leaves the state directory (data, logs, certificates) in place for inspection.
+//! All clients share one staff certificate, so the gateways' `max_connections_per_identity` is
+//! set to the largest client count plus 8 (at least 64) unless `--gateway-config` sets it.
 //!
 //! `--receipts N` (with our cluster) then writes N events one at a time and, after each
 //! acknowledgement, polls `GET /v1/entries/{seq}/receipt` until the receipt is cut at a
@@ -623,8 +625,17 @@ async fn main() -> anyhow::Result<()> {
     let admin = site.client("bench-admin", StaffRole::Admin, 2)?;
     let mut ours = None;
     if want(System::Ours) {
-        let (children, pids, leader) =
-            start_ours(&site, &args.medledger, &args.gateway_config).await?;
+        // All the bench's clients share one staff certificate: the gateway's per-identity limit
+        // (64 by default, against one client opening hundreds of connections) is raised to fit
+        // them, as a site would for a known integration, unless --gateway-config sets it.
+        let mut config = args.gateway_config.clone();
+        if !config.contains("max_connections_per_identity") {
+            config = format!(
+                "max_connections_per_identity = {}\n{config}",
+                (max_clients + 8).max(64)
+            );
+        }
+        let (children, pids, leader) = start_ours(&site, &args.medledger, &config).await?;
         eprintln!("medledger leader at {leader}");
         ours = Some((
             children,
