@@ -145,7 +145,8 @@ fn fs_writes_each_unsynced_page_whole_or_not_at_all() {
 /// release-build rounds of `power_cut_during_snapshot_install` (docs/operations.md). The
 /// patched sled (ledger-node/vendor/sled/PATCHED.md) flushes with `fdatasync`: everything its
 /// flush returned for survives any cut, with no other sync from us, and it opens again. Several
-/// rounds of overwrites, so that segments are cleaned and reused and snapshots written.
+/// rounds of overwrites, so that segments are cleaned and reused (sled writes a page-table
+/// snapshot at each open).
 #[test]
 fn sled_flush_alone_survives_a_cut_while_segments_are_reused() {
     if let Ok(dir) = std::env::var("MEDLEDGER_SLED_CHILD") {
@@ -224,7 +225,6 @@ fn sled_child(dir: &Path) {
     let opened = sled::Config::new()
         .path(dir)
         .segment_size(64 * 1024)
-        .snapshot_after_ops(500)
         .flush_every_ms(None)
         .open();
     let db = match opened {
