@@ -1359,83 +1359,89 @@ async fn snapshot_rounds(test: &str, found: &[u64], cut_sender: bool) {
     let _turn = medledger_tests::one_cluster_at_a_time().await;
     let started = Instant::now();
     let seeds = round_seeds(test, found, 2);
-    let site = Site::new();
-    let mut nodes = start_site(&site, 3, SMALL_SNAPSHOTS).await;
-    let admin = site.staff_client("it-admin", StaffRole::Admin);
-    let writer = site.staff_client("it-biomed", StaffRole::Biomed);
-    let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
-    let acked: Acked = Arc::default();
     let mut tally = Tally::default();
     let mut caught = 0;
-    for (round, seed) in seeds.into_iter().enumerate() {
-        // Printed first: a round that fails says nothing else of its seed.
-        eprintln!("{test} round {round}: seed {seed}");
-        let mut rng = Rng::new(seed);
-        let t = Instant::now();
-        let leader = leader_of(&admin, &addrs[0]).await;
-        let l = (leader - 1) as usize;
-        let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
-        let behind = followers[rng.range(0, 2) as usize];
-        let applied = applied_of(&admin, &addrs[behind]).await;
-        if cut_sender {
-            // Down, not cut: what is cut in this round is the sender.
-            nodes[behind].gw.kill();
-        } else {
-            tally.add(&nodes[behind].cut(&mut rng));
-        }
-        let writers = write_until_purged(
-            &admin, &writer, &nodes, behind, applied, leader, round, &acked,
-        )
-        .await;
-        // The sender goes on taking writes (and building snapshots) while it sends.
-        let writers = if cut_sender {
-            Some(writers)
-        } else {
-            writers.stop().await;
-            None
-        };
-        let recv = nodes[behind].data().join("raft-snapshot.recv");
-        nodes[behind].gw.start();
-        let during = if !cut_sender || rng.coin() {
-            let behind_addr = addrs[behind].clone();
-            poll("the snapshot to arrive", Duration::from_secs(60), || {
-                let (admin, a, recv) = (admin.clone(), behind_addr.clone(), recv.clone());
-                async move {
-                    if recv.exists() {
-                        return Some(true);
+    let mut acked_total = 0;
+    // A fresh site every few dozen rounds: the volumes keep every byte the gateways wrote in the
+    // test's memory, and a site under writes for 200 rounds outgrew the machine (the sender
+    // kind's test process was killed for memory at round 86, with 10 GB).
+    for (part, seeds) in seeds.chunks(ROUNDS_PER_SITE).enumerate() {
+        let site = Site::new();
+        let mut nodes = start_site(&site, 3, SMALL_SNAPSHOTS).await;
+        let admin = site.staff_client("it-admin", StaffRole::Admin);
+        let writer = site.staff_client("it-biomed", StaffRole::Biomed);
+        let addrs: Vec<String> = nodes.iter().map(|n| n.gw.addr()).collect();
+        let acked: Acked = Arc::default();
+        for (i, seed) in seeds.iter().copied().enumerate() {
+            let round = part * ROUNDS_PER_SITE + i;
+            // Printed first: a round that fails says nothing else of its seed.
+            eprintln!("{test} round {round}: seed {seed}");
+            let mut rng = Rng::new(seed);
+            let t = Instant::now();
+            let leader = leader_of(&admin, &addrs[0]).await;
+            let l = (leader - 1) as usize;
+            let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+            let behind = followers[rng.range(0, 2) as usize];
+            let applied = applied_of(&admin, &addrs[behind]).await;
+            if cut_sender {
+                // Down, not cut: what is cut in this round is the sender.
+                nodes[behind].gw.kill();
+            } else {
+                tally.add(&nodes[behind].cut(&mut rng));
+            }
+            let writers = write_until_purged(
+                &admin, &writer, &nodes, behind, applied, leader, round, &acked,
+            )
+            .await;
+            // The sender goes on taking writes (and building snapshots) while it sends.
+            let writers = if cut_sender {
+                Some(writers)
+            } else {
+                writers.stop().await;
+                None
+            };
+            let recv = nodes[behind].data().join("raft-snapshot.recv");
+            nodes[behind].gw.start();
+            let during = if !cut_sender || rng.coin() {
+                let behind_addr = addrs[behind].clone();
+                poll("the snapshot to arrive", Duration::from_secs(60), || {
+                    let (admin, a, recv) = (admin.clone(), behind_addr.clone(), recv.clone());
+                    async move {
+                        if recv.exists() {
+                            return Some(true);
+                        }
+                        let s = status(&admin, &a).await?;
+                        (s["snapshot_index"].as_u64()? > applied).then_some(false)
                     }
-                    let s = status(&admin, &a).await?;
-                    (s["snapshot_index"].as_u64()? > applied).then_some(false)
-                }
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", nodes[behind].log_tail()))
-        } else {
-            tokio::time::sleep(Duration::from_millis(rng.range(0, 1500))).await;
-            recv.exists()
-        };
-        caught += u32::from(during);
-        let cut = if cut_sender { l } else { behind };
-        tally.add(&nodes[cut].cut(&mut rng));
-        if cut_sender {
-            // The other two elect a leader and go on; the follower gets its snapshot from it.
-            let target = acked_count(&acked) + 20;
-            until_acked(&acked, target, "writes after the cut").await;
-        }
-        nodes[cut].gw.start();
-        until_serving(&admin, &nodes).await;
-        if let Some(w) = writers {
-            w.stop().await;
-        }
-        let acked = acked.lock().expect("lock").clone();
-        check_site(
-            &admin,
-            &nodes,
-            &acked,
-            &site.dir.path().join("export.jsonl"),
-        )
-        .await;
-        eprintln!(
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", nodes[behind].log_tail()))
+            } else {
+                tokio::time::sleep(Duration::from_millis(rng.range(0, 1500))).await;
+                recv.exists()
+            };
+            caught += u32::from(during);
+            let cut = if cut_sender { l } else { behind };
+            tally.add(&nodes[cut].cut(&mut rng));
+            if cut_sender {
+                // The other two elect a leader and go on; the follower gets its snapshot from it.
+                let target = acked_count(&acked) + 20;
+                until_acked(&acked, target, "writes after the cut").await;
+            }
+            nodes[cut].gw.start();
+            until_serving(&admin, &nodes).await;
+            if let Some(w) = writers {
+                w.stop().await;
+            }
+            let acked = acked.lock().expect("lock").clone();
+            check_site(
+                &admin,
+                &nodes,
+                &acked,
+                &site.dir.path().join("export.jsonl"),
+            )
+            .await;
+            eprintln!(
             "{test} round {round} (seed {seed}, gateway {} cut {} the snapshot {} gateway {}): \
              {:?}",
             cut + 1,
@@ -1448,11 +1454,16 @@ async fn snapshot_rounds(test: &str, found: &[u64], cut_sender: bool) {
             if cut_sender { behind + 1 } else { l + 1 },
             t.elapsed()
         );
-        tally.rounds += 1;
+            tally.rounds += 1;
+        }
+        acked_total += acked_count(&acked);
     }
     eprintln!("{test}: {caught} cuts caught a snapshot being received");
-    tally.print(test, acked_count(&acked), started);
+    tally.print(test, acked_total, started);
 }
+
+/// Rounds of a snapshot kind on one site before the next starts afresh.
+const ROUNDS_PER_SITE: usize = 40;
 
 /// Round seeds of `power_cut_during_snapshot_send` that found a defect (none yet).
 const FOUND_SNAPSHOT_SEND: &[u64] = &[];
