@@ -725,28 +725,66 @@ async fn check_site(
     })
     .await
     .expect("checkpoint");
-    converge("the checkpoint to reach every gateway").await;
-    let mut exports = Vec::new();
-    for a in &addrs {
-        // A long run's ledger grows to tens of thousands of entries, which a debug build
-        // exports in more than the client's usual timeout when the machine is busy (200-round
-        // runs of the snapshot kinds stopped on it with nothing lost).
-        let r = admin
-            .get(format!("https://{a}/v1/export"))
-            .timeout(Duration::from_secs(300))
-            .send()
-            .await
-            .expect("export");
-        assert!(r.status().is_success(), "export from {a}: {}", r.status());
-        exports.push(r.bytes().await.expect("body").to_vec());
-    }
-    if exports.iter().any(|e| e != &exports[0]) {
-        let keep = diverged(admin, nodes).await;
-        for (i, e) in exports.iter().enumerate() {
-            let _ = fs::write(keep.join(format!("node{}.export", i + 1)), e);
+    // The exports are compared at one applied log index: a checkpoint request that failed for
+    // its client (a gateway restarting, a leader changing under the poll above) may still be
+    // committed afterwards, and a follower applies it a heartbeat after the leader. A round of
+    // 200 stopped on exactly that (the leader's export had the late checkpoint, the followers'
+    // not yet). Exports taken while every gateway reports the same last applied index, before
+    // and after, must be byte-identical; otherwise the site is let settle and asked again.
+    let applied = |admin: reqwest::Client, addrs: Vec<String>| async move {
+        let mut seen = HashSet::new();
+        for a in &addrs {
+            seen.insert(
+                status(&admin, a)
+                    .await
+                    .and_then(|s| s["last_applied"].as_u64()),
+            );
         }
-        panic!("the gateways' exports differ (kept in {})", keep.display());
-    }
+        (seen.len() == 1)
+            .then(|| seen.into_iter().next().flatten())
+            .flatten()
+    };
+    let mut attempt = 0;
+    let exports = loop {
+        attempt += 1;
+        converge("the checkpoint to reach every gateway").await;
+        let before = applied(admin.clone(), addrs.clone()).await;
+        let mut exports = Vec::new();
+        for a in &addrs {
+            // A long run's ledger grows to tens of thousands of entries, which a debug build
+            // exports in more than the client's usual timeout when the machine is busy
+            // (200-round runs of the snapshot kinds stopped on it with nothing lost).
+            let r = admin
+                .get(format!("https://{a}/v1/export"))
+                .timeout(Duration::from_secs(300))
+                .send()
+                .await
+                .expect("export");
+            assert!(r.status().is_success(), "export from {a}: {}", r.status());
+            exports.push(r.bytes().await.expect("body").to_vec());
+        }
+        let after = applied(admin.clone(), addrs.clone()).await;
+        let same = exports.iter().all(|e| e == &exports[0]);
+        let steady = before.is_some() && before == after;
+        if same || steady || attempt >= 10 {
+            if !same {
+                let keep = diverged(admin, nodes).await;
+                for (i, e) in exports.iter().enumerate() {
+                    let _ = fs::write(keep.join(format!("node{}.export", i + 1)), e);
+                }
+                panic!(
+                    "the gateways' exports differ at applied log index {before:?} / {after:?} \
+                     (attempt {attempt}; kept in {})",
+                    keep.display()
+                );
+            }
+            break exports;
+        }
+        eprintln!(
+            "exports differ while the gateways applied {before:?} then {after:?}: asking again"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     fs::write(out, &exports[0]).expect("write export");
     let v = Command::new(bin("medledger"))
         .arg("verify")
