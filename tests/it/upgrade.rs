@@ -5,7 +5,7 @@
 //! protocol, a Raft entry of an unknown command format, and malformed version headers are
 //! refused with a message naming both releases, logged once and counted in `/metrics`.
 //! The rolling upgrade is a long test (`MEDLEDGER_LONG_TESTS=1`): it builds the previous release
-//! from its tag under `target/prev-release/` (once; a rerun reuses the build).
+//! from its commit under `target/prev-release/` (once; a rerun reuses the build).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -187,15 +187,20 @@ async fn unknown_versions_are_refused_naming_both() {
     );
 }
 
+/// The release the rolling upgrade starts from, and its commit: a clone does not always carry
+/// the release tags (CI's checkout and the sessions' clones have none), the commit it always
+/// has. `v0.1.0` is the annotated tag on this commit where tags are kept.
+const PREVIOUS_RELEASE: (&str, &str) = ("v0.1.0", "6c53875e7c74662704af4dd15e8dc378888feb6f");
+
 /// The directory of the previous release's source and build under `target/`.
 fn previous_release_dir(tag: &str) -> PathBuf {
     medledger_tests::target_dir().join("prev-release").join(tag)
 }
 
-/// Builds release `tag` from its git tag (`git archive`, no worktree) with its own target
+/// Builds release `tag` from its commit (`git archive`, no worktree) with its own target
 /// directory under `target/`, once: a rerun finds the build and cargo has nothing to do.
 /// Returns its `medledger` binary.
-fn build_previous_release(tag: &str) -> PathBuf {
+fn build_previous_release((tag, commit): (&str, &str)) -> PathBuf {
     let base = previous_release_dir(tag);
     let src = base.join("src");
     if !src.join("Cargo.toml").exists() {
@@ -203,7 +208,7 @@ fn build_previous_release(tag: &str) -> PathBuf {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).expect("mkdir");
         let mut archive = Command::new("git")
-            .args(["archive", tag])
+            .args(["archive", commit])
             .current_dir(medledger_tests::workspace_root())
             .stdout(Stdio::piped())
             .spawn()
@@ -217,7 +222,7 @@ fn build_previous_release(tag: &str) -> PathBuf {
             .expect("tar");
         assert!(
             archive.wait().expect("git archive").success() && tar.success(),
-            "git archive {tag} | tar -x failed"
+            "git archive {commit} ({tag}) | tar -x failed"
         );
         std::fs::rename(&tmp, &src).expect("rename");
     }
@@ -442,7 +447,7 @@ async fn rolling_upgrade_from_the_previous_release_loses_nothing() {
         );
         return;
     }
-    let old = build_previous_release("v0.1.0");
+    let old = build_previous_release(PREVIOUS_RELEASE);
     let new = bin("medledger");
     let _turn = medledger_tests::one_cluster_at_a_time().await;
     let site = Site::new();
