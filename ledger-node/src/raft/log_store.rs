@@ -263,7 +263,7 @@ impl LogStore {
         Ok(())
     }
 
-    fn last_purged(&self) -> Result<Option<LogId>, LedgerError> {
+    pub(crate) fn last_purged(&self) -> Result<Option<LogId>, LedgerError> {
         self.read_meta(KEY_LAST_PURGED)
     }
 

@@ -985,10 +985,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
     }
 
+    /// The snapshot file, or, if there is none while the log is purged, one built now from the
+    /// current state. openraft asks for the snapshot when a follower needs entries the log no
+    /// longer has, and stops its core (so the gateway exits) if there is none: a leader that
+    /// came back from a power cut without its snapshot file then exited again at every start
+    /// while a follower lagged (200-round power-loss run of the sender kind, round 129, seed
+    /// 4350587644674368704; docs/operations.md "Power loss"). The state it builds from is at
+    /// least what was purged: the log is only purged up to a snapshot that was applied.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        self.read_snapshot()
+        let read_err = |e: &LedgerError| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        if let Some(snapshot) = self.read_snapshot().await.map_err(|e| read_err(&e))? {
+            return Ok(Some(snapshot));
+        }
+        let Some(purged) = self.log.last_purged().map_err(|e| read_err(&e))? else {
+            return Ok(None);
+        };
+        tracing::warn!(
+            purged = %purged,
+            snapshot = %self.snapshot_path.display(),
+            "no snapshot file although the raft log is purged: building one from the current state"
+        );
+        let builder = self.get_snapshot_builder().await;
+        builder
+            .build()
             .await
-            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))
+            .map(Some)
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))
     }
 }
 
@@ -1162,6 +1184,78 @@ mod tests {
 
     /// The erasure check reads the kind from the signed body alone, and never panics on bytes
     /// that are not a body.
+    /// A node whose log is purged and whose snapshot file is gone (round 129 of a release
+    /// power-loss run of the sender kind: a leader back from a cut without it) builds the
+    /// snapshot when openraft asks for it, instead of answering none (which stops openraft's
+    /// core); with nothing purged, no snapshot is still none.
+    #[tokio::test]
+    async fn a_purged_log_without_a_snapshot_file_gets_one_built_when_asked() {
+        use openraft::storage::RaftLogStorage;
+        use openraft::{BasicNode, Membership};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, mut sm, store) = crate::raft::open_storage(dir.path()).expect("storage");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let event = crate::entry::EventInput {
+            kind: crate::entry::EventKind::Repair,
+            device_id: "pump-1".into(),
+            occurred_at: None,
+            components: Vec::new(),
+            corrects: None,
+            event_id: None,
+        };
+        let cmds = vec![
+            Command::RegisterNode {
+                node_id: 1,
+                public_key: key.verifying_key().to_bytes(),
+            },
+            Command::Append(
+                crate::ledger::prepare(event, "local:test", 1, &key, 1).expect("prepare"),
+            ),
+        ];
+        let entries = vec![
+            Entry {
+                log_id: openraft::testing::log_id(1, 1, 1),
+                payload: EntryPayload::Membership(Membership::new(
+                    vec![[1u64].into_iter().collect()],
+                    [(1u64, BasicNode::new("n1"))]
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )),
+            },
+            Entry {
+                log_id: openraft::testing::log_id(1, 1, 2),
+                payload: EntryPayload::Normal(crate::raft::types::RaftRequest {
+                    commands: cmds,
+                    format: 2,
+                }),
+            },
+        ];
+        sm.apply(entries).await.expect("apply");
+        store.flush_blocking().expect("flush");
+        let path = dir.path().join(crate::raft::SNAPSHOT_FILE);
+        assert!(sm.get_current_snapshot().await.expect("read").is_none());
+        assert!(!path.exists(), "nothing purged: no snapshot is built");
+        log.purge(openraft::testing::log_id(1, 1, 2))
+            .await
+            .expect("purge");
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .expect("built")
+            .expect("a snapshot");
+        assert_eq!(
+            snapshot.meta.last_log_id,
+            Some(openraft::testing::log_id(1, 1, 2))
+        );
+        assert!(path.exists(), "the built snapshot is the node's file now");
+        let again = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("file");
+        assert_eq!(again.meta, snapshot.meta, "read back, not built again");
+    }
+
     #[test]
     fn erasures_are_told_from_the_body_alone() {
         use crate::entry::{EventInput, EventKind};
