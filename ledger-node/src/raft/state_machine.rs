@@ -87,6 +87,9 @@ pub struct StateMachine {
     /// Held while `raft-snapshot.bin` is replaced, by a build or an install (see
     /// [`replace_snapshot_file`]).
     snapshot_file: Arc<std::sync::Mutex<()>>,
+    /// Held while a build writes `raft-snapshot.tmp`: openraft runs one build at a time, but
+    /// [`RaftStateMachine::get_current_snapshot`] may build one beside it.
+    building: Arc<std::sync::Mutex<()>>,
     /// The log id of the last entry applied with an erasure in it ([`META_LAST_ERASURE`]).
     erasures: tokio::sync::watch::Sender<Option<LogId>>,
 }
@@ -112,6 +115,7 @@ pub struct SnapshotBuilder {
     durability: Arc<Durability>,
     snapshot_path: PathBuf,
     snapshot_file: Arc<std::sync::Mutex<()>>,
+    building: Arc<std::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -563,6 +567,7 @@ impl StateMachine {
             snapshot_path,
             log,
             snapshot_file: Arc::default(),
+            building: Arc::default(),
             erasures: tokio::sync::watch::Sender::new(last_erasure),
         };
         // Fail at open, not in the middle of Raft's start-up, if the metadata does not parse.
@@ -787,11 +792,13 @@ impl SnapshotBuilder {
         };
         let m = meta.clone();
         let path = self.snapshot_path.clone();
-        let lock = self.snapshot_file.clone();
-        let (file, bytes) =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m, &view, &lock))
-                .await
-                .map_err(|e| join_err(&self.snapshot_path, e))??;
+        let (lock, building) = (self.snapshot_file.clone(), self.building.clone());
+        let (file, bytes) = tokio::task::spawn_blocking(move || {
+            let _one_writer = building.lock().unwrap_or_else(|p| p.into_inner());
+            write_snapshot_file(&path, &m, &view, &lock)
+        })
+        .await
+        .map_err(|e| join_err(&self.snapshot_path, e))??;
         tracing::info!(snapshot = %meta, bytes, "built snapshot");
         Ok(Snapshot {
             meta,
@@ -947,6 +954,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             durability: self.durability.clone(),
             snapshot_path: self.snapshot_path.clone(),
             snapshot_file: self.snapshot_file.clone(),
+            building: self.building.clone(),
         }
     }
 
