@@ -993,25 +993,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
     }
 
-    /// The snapshot file, or, if there is none while the log is purged, one built now from the
-    /// current state. openraft asks for the snapshot when a follower needs entries the log no
-    /// longer has, and stops its core (so the gateway exits) if there is none: a leader that
-    /// came back from a power cut without its snapshot file then exited again at every start
-    /// while a follower lagged (200-round power-loss run of the sender kind, round 129, seed
-    /// 4350587644674368704; docs/operations.md "Power loss"). The state it builds from is at
-    /// least what was purged: the log is only purged up to a snapshot that was applied.
+    /// The snapshot file, or, if there is none and anything is applied, one built now from the
+    /// current state. openraft asks for the snapshot when a follower needs entries its log no
+    /// longer has (purged, or only scheduled for purging, which openraft decides in memory), and
+    /// stops its core, so the gateway exits, if there is none: a leader that came back from a
+    /// power cut without its snapshot file stopped so a second after its start (200-round
+    /// power-loss run of the sender kind, round 129, seed 4350587644674368704;
+    /// docs/operations.md "Power loss"). openraft's own start-up builds one only when the log is
+    /// purged; this answers every later ask too. A node that applied nothing has no snapshot.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let read_err = |e: &LedgerError| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
         if let Some(snapshot) = self.read_snapshot().await.map_err(|e| read_err(&e))? {
             return Ok(Some(snapshot));
         }
-        let Some(purged) = self.log.last_purged().map_err(|e| read_err(&e))? else {
+        let (applied, _) = self.read_applied().map_err(|e| read_err(&e))?;
+        let Some(applied) = applied else {
             return Ok(None);
         };
+        let purged = self.log.last_purged().map_err(|e| read_err(&e))?;
         tracing::warn!(
-            purged = %purged,
+            applied = %applied,
+            purged = ?purged,
             snapshot = %self.snapshot_path.display(),
-            "no snapshot file although the raft log is purged: building one from the current state"
+            "no snapshot file: building one from the current state"
         );
         let builder = self.get_snapshot_builder().await;
         builder
@@ -1192,16 +1196,19 @@ mod tests {
 
     /// The erasure check reads the kind from the signed body alone, and never panics on bytes
     /// that are not a body.
-    /// A node whose log is purged and whose snapshot file is gone (round 129 of a release
-    /// power-loss run of the sender kind: a leader back from a cut without it) builds the
-    /// snapshot when openraft asks for it, instead of answering none (which stops openraft's
-    /// core); with nothing purged, no snapshot is still none.
+    /// A node whose snapshot file is gone (round 129 of a release power-loss run of the sender
+    /// kind: a leader back from a cut without it) builds the snapshot when openraft asks for it,
+    /// instead of answering none (which stops openraft's core); a node that applied nothing
+    /// still has none.
     #[tokio::test]
-    async fn a_purged_log_without_a_snapshot_file_gets_one_built_when_asked() {
+    async fn a_missing_snapshot_file_is_built_when_asked() {
         use openraft::storage::RaftLogStorage;
         use openraft::{BasicNode, Membership};
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, mut sm, store) = crate::raft::open_storage(dir.path()).expect("storage");
+        let path = dir.path().join(crate::raft::SNAPSHOT_FILE);
+        assert!(sm.get_current_snapshot().await.expect("read").is_none());
+        assert!(!path.exists(), "nothing applied: no snapshot is built");
         let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let event = crate::entry::EventInput {
             kind: crate::entry::EventKind::Repair,
@@ -1240,9 +1247,6 @@ mod tests {
         ];
         sm.apply(entries).await.expect("apply");
         store.flush_blocking().expect("flush");
-        let path = dir.path().join(crate::raft::SNAPSHOT_FILE);
-        assert!(sm.get_current_snapshot().await.expect("read").is_none());
-        assert!(!path.exists(), "nothing purged: no snapshot is built");
         log.purge(openraft::testing::log_id(1, 1, 2))
             .await
             .expect("purge");
