@@ -661,7 +661,8 @@ async fn until_acked(acked: &Acked, n: usize, what: &str) {
     .await;
 }
 
-/// Every gateway answers with the same leader, last applied log index and ledger size.
+/// Every gateway answers with the same leader, last applied log index and ledger size: the
+/// last applied log index.
 async fn converged(admin: &reqwest::Client, addrs: &[String]) -> Option<u64> {
     let mut applied = HashSet::new();
     let mut sizes = HashSet::new();
@@ -673,7 +674,7 @@ async fn converged(admin: &reqwest::Client, addrs: &[String]) -> Option<u64> {
         leaders.insert(s["leader"].as_u64()?);
     }
     (applied.len() == 1 && sizes.len() == 1 && leaders.len() == 1)
-        .then(|| sizes.into_iter().next())
+        .then(|| applied.into_iter().next())
         .flatten()
 }
 
@@ -806,26 +807,13 @@ async fn check_site(
     // its client (a gateway restarting, a leader changing under the poll above) may still be
     // committed afterwards, and a follower applies it a heartbeat after the leader. A round of
     // 200 stopped on exactly that (the leader's export had the late checkpoint, the followers'
-    // not yet). Exports taken while every gateway reports the same last applied index, before
-    // and after, must be byte-identical; otherwise the site is let settle and asked again.
-    let applied = |admin: reqwest::Client, addrs: Vec<String>| async move {
-        let mut seen = HashSet::new();
-        for a in &addrs {
-            seen.insert(
-                status(&admin, a)
-                    .await
-                    .and_then(|s| s["last_applied"].as_u64()),
-            );
-        }
-        (seen.len() == 1)
-            .then(|| seen.into_iter().next().flatten())
-            .flatten()
-    };
+    // not yet). Exports taken while the gateways agree on one last applied index, before and
+    // after, must be byte-identical; otherwise the site is let settle and asked again.
     let mut attempt = 0;
     let exports = loop {
         attempt += 1;
         converge("the checkpoint to reach every gateway").await;
-        let before = applied(admin.clone(), addrs.clone()).await;
+        let before = converged(admin, &addrs).await;
         let mut exports = Vec::new();
         for a in &addrs {
             // A long run's ledger grows to tens of thousands of entries, which a debug build
@@ -840,7 +828,7 @@ async fn check_site(
             assert!(r.status().is_success(), "export from {a}: {}", r.status());
             exports.push(r.bytes().await.expect("body").to_vec());
         }
-        let after = applied(admin.clone(), addrs.clone()).await;
+        let after = converged(admin, &addrs).await;
         let same = exports.iter().all(|e| e == &exports[0]);
         let steady = before.is_some() && before == after;
         if same || steady || attempt >= 10 {

@@ -1207,8 +1207,6 @@ mod tests {
         );
     }
 
-    /// The erasure check reads the kind from the signed body alone, and never panics on bytes
-    /// that are not a body.
     /// A node whose snapshot file is gone (round 129 of a release power-loss run of the sender
     /// kind: a leader back from a cut without it) builds the snapshot when openraft asks for it,
     /// instead of answering none (which stops openraft's core); a node that applied nothing
@@ -1281,6 +1279,8 @@ mod tests {
         assert_eq!(again.meta, snapshot.meta, "read back, not built again");
     }
 
+    /// The erasure check reads the kind from the signed body alone, and never panics on bytes
+    /// that are not a body.
     #[test]
     fn erasures_are_told_from_the_body_alone() {
         use crate::entry::{EventInput, EventKind};
