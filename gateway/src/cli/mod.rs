@@ -217,6 +217,13 @@ struct VerifyArgs {
 }
 
 /// Runs one command to its end.
+impl Cli {
+    /// Whether this command runs the long-lived gateway service (`medledger run`).
+    pub fn runs_the_service(&self) -> bool {
+        matches!(self.command, Cmd::Run { .. })
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Demo(args) => demo::run(args).await,
