@@ -454,15 +454,32 @@ async fn a_follower_with_a_full_disk_stops_appending_and_catches_up() {
     let filler = fs.mount.join("filler.bin");
     fill(&fs, &filler, RESERVE_MB * 1024 * 1024 / 2);
     let log3 = g3.dir.join("gateway.log");
-    eventually(
-        "node 3 to log that it refuses for want of space",
-        Duration::from_secs(30),
-        || {
+    let since = std::time::Instant::now();
+    while !std::fs::read_to_string(&log3)
+        .unwrap_or_default()
+        .contains("insufficient storage")
+    {
+        if since.elapsed() > Duration::from_secs(30) {
             let log = std::fs::read_to_string(&log3).unwrap_or_default();
-            async move { log.contains("insufficient storage").then_some(()) }
-        },
-    )
-    .await;
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let others: Vec<String> = gws
+                .iter()
+                .map(|g| {
+                    let l = std::fs::read_to_string(g.dir.join("gateway.log")).unwrap_or_default();
+                    let t: Vec<&str> = l.lines().rev().take(30).collect();
+                    t.into_iter().rev().collect::<Vec<_>>().join("\n")
+                })
+                .collect();
+            panic!(
+                "node 3 did not log that it refuses for want of space within 30 s ({} MiB free); \
+                 the end of its log:\n{}\nthe others:\n{}",
+                fs2::available_space(&fs.mount).unwrap_or(0) >> 20,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                others.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, body) = get(&health3, "/healthz").await.expect("healthz of node 3");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("below the write reserve"), "{body}");
