@@ -146,6 +146,16 @@ impl Gateway {
     }
 
     /// The address the gateway listens on.
+    /// The last `n` lines of the gateway's log, after its first panic lines (the line that
+    /// explains the rest, even when it scrolled away): for a failing test's message.
+    pub fn log_tail(&self, n: usize) -> String {
+        let t = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        let panics = lines.iter().filter(|l| l.contains("panicked")).take(3);
+        let tail = lines[lines.len().saturating_sub(n)..].iter();
+        panics.chain(tail).copied().collect::<Vec<_>>().join("\n")
+    }
+
     pub fn addr(&self) -> String {
         format!("{}:{}", self.ip, self.port)
     }

@@ -460,21 +460,12 @@ async fn a_follower_with_a_full_disk_stops_appending_and_catches_up() {
         .contains("insufficient storage")
     {
         if since.elapsed() > Duration::from_secs(30) {
-            let log = std::fs::read_to_string(&log3).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let others: Vec<String> = gws
-                .iter()
-                .map(|g| {
-                    let l = std::fs::read_to_string(g.dir.join("gateway.log")).unwrap_or_default();
-                    let t: Vec<&str> = l.lines().rev().take(30).collect();
-                    t.into_iter().rev().collect::<Vec<_>>().join("\n")
-                })
-                .collect();
+            let others: Vec<String> = gws.iter().map(|g| g.log_tail(30)).collect();
             panic!(
                 "node 3 did not log that it refuses for want of space within 30 s ({} MiB free); \
                  the end of its log:\n{}\nthe others:\n{}",
                 fs2::available_space(&fs.mount).unwrap_or(0) >> 20,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                g3.log_tail(40),
                 others.join("\n----\n")
             );
         }

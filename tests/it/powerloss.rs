@@ -470,12 +470,7 @@ impl PNode {
     }
 
     fn log_tail(&self) -> String {
-        let t = fs::read_to_string(self.gw.dir.join("gateway.log")).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        // A panic is the line that explains the rest: show it even when it scrolled away.
-        let panics = lines.iter().filter(|l| l.contains("panicked")).take(3);
-        let tail = lines[lines.len().saturating_sub(30)..].iter();
-        panics.chain(tail).copied().collect::<Vec<_>>().join("\n")
+        self.gw.log_tail(30)
     }
 }
 

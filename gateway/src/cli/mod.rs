@@ -216,7 +216,6 @@ struct VerifyArgs {
     quiet: bool,
 }
 
-/// Runs one command to its end.
 impl Cli {
     /// Whether this command runs the long-lived gateway service (`medledger run`).
     pub fn runs_the_service(&self) -> bool {
@@ -224,6 +223,7 @@ impl Cli {
     }
 }
 
+/// Runs one command to its end.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Demo(args) => demo::run(args).await,
