@@ -40,6 +40,12 @@ pub fn client_tls(ca: &IssuingCa, spec: &CertSpec) -> anyhow::Result<rustls::Cli
     Ok((*cfg).clone())
 }
 
+/// `[node] warn_free_mb` of the test gateways: just above the default write reserve (256 MiB), so
+/// that a test machine with less than the production 2 GiB free does not make every healthy
+/// gateway `degraded`; the host's free space is not what these tests check (tests/it/disk.rs
+/// fills a file system of its own).
+pub const TEST_WARN_FREE_MB: u64 = 300;
+
 /// Prepares a gateway directory `dir`: `pki/gateway.{crt,key}` (gateway profile for `ip`),
 /// `pki/root.crt`, and `gateway.toml` listening on `ip` and a free port, followed by
 /// `extra_config`. Returns the port and the config path.
@@ -66,7 +72,7 @@ pub fn write_gateway_files(
     std::fs::write(
         &config,
         format!(
-            "[node]\nid = {id}\ndata_dir = \"{}\"\n[api]\nlisten = \"{ip}:{port}\"\n{extra_config}\n",
+            "[node]\nid = {id}\ndata_dir = \"{}\"\nwarn_free_mb = {TEST_WARN_FREE_MB}\n[api]\nlisten = \"{ip}:{port}\"\n{extra_config}\n",
             dir.display()
         ),
     )

@@ -60,6 +60,20 @@ pub struct NodeConfig {
     /// by themselves once space is freed.
     #[serde(default = "default_reserve_mb")]
     pub reserve_mb: u64,
+    /// Free space (MiB) under `data_dir` below which health says `degraded` (the disk check
+    /// warns) while writes go on. Unset: 2048 MiB, or twice `reserve_mb` when that is more.
+    /// Must be above `reserve_mb`.
+    #[serde(default)]
+    pub warn_free_mb: Option<u64>,
+}
+
+impl NodeConfig {
+    /// Free space in bytes under which the disk check warns (`warn_free_mb` or its default).
+    pub fn warn_free_bytes(&self) -> u64 {
+        self.warn_free_mb
+            .unwrap_or_else(|| 2048.max(self.reserve_mb.saturating_mul(2)))
+            .saturating_mul(1024 * 1024)
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -495,6 +509,18 @@ impl Config {
                     .into(),
             ));
         }
+        if let Some(warn) = c.node.warn_free_mb {
+            if warn <= c.node.reserve_mb {
+                return Err(invalid(
+                    "node.warn_free_mb",
+                    format!(
+                        "{warn} must be above node.reserve_mb ({}): the warning comes before \
+                         writes are refused",
+                        c.node.reserve_mb
+                    ),
+                ));
+            }
+        }
         if let Some(h) = c.api.health_listen {
             if !h.ip().is_loopback() {
                 return Err(invalid(
@@ -614,6 +640,15 @@ mod tests {
         assert_eq!(c.tls.ca_file, PathBuf::from("/srv/ml/pki/root.crt"));
         assert_eq!(c.api.listen.port(), 8443);
         assert_eq!(c.advertise(), "0.0.0.0:8443");
+        // The disk warning: 2 GiB, or twice a larger reserve, unless set.
+        let mib = 1024 * 1024;
+        assert_eq!(c.node.warn_free_bytes(), 2048 * mib);
+        let big = Config::parse(Path::new("t.toml"), "[node]\nid = 3\nreserve_mb = 4000\n")
+            .expect("valid");
+        assert_eq!(big.node.warn_free_bytes(), 8000 * mib);
+        let set = Config::parse(Path::new("t.toml"), "[node]\nid = 3\nwarn_free_mb = 500\n")
+            .expect("valid");
+        assert_eq!(set.node.warn_free_bytes(), 500 * mib);
     }
 
     /// The commented example in systemd/ writes every default: keep it true.
@@ -641,6 +676,10 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             ("[node]\nid = 0\n", "node.id"),
+            (
+                "[node]\nid = 1\nreserve_mb = 300\nwarn_free_mb = 300\n",
+                "node.warn_free_mb: 300 must be above node.reserve_mb (300)",
+            ),
             (
                 "[node]\nid = 1\n[api]\nhealth_listen = \"0.0.0.0:9\"\n",
                 "api.health_listen",

@@ -1,6 +1,7 @@
 //! A full disk, for real: a gateway whose data directory is a small file system of its own (a
 //! loop-mounted ext4 image, or a tmpfs with `size=` where loop devices are not available), which
-//! a filler file then fills while writers go on. Writes must be refused with a 507 problem naming
+//! a filler file then fills while writers go on. Below `[node] warn_free_mb` health must say
+//! `degraded` while writes go on; below the reserve writes must be refused with a 507 problem naming
 //! the directory and the free space, reads served, health failing with the reason; once the
 //! filler is removed writes resume without a restart, and every acknowledged event is in an
 //! export that `medledger verify` accepts. Needs root (mount), as the suite runs.
@@ -22,6 +23,8 @@ use crate::ops::{gateway_with_health, get, status_cmd};
 
 /// The write reserve of the test gateway (`[node] reserve_mb`).
 pub(crate) const RESERVE_MB: u64 = 8;
+/// Free space below which the test gateway's health warns (`[node] warn_free_mb`).
+pub(crate) const WARN_MB: u64 = 24;
 /// The small file system's size.
 const FS_MB: u64 = 64;
 
@@ -230,8 +233,37 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
     })
     .await;
 
-    // The disk fills under the writers: first to below the reserve...
+    // With room to spare the gateway is healthy.
+    let (code, out) = status_cmd(gw).await;
+    assert_eq!(
+        code,
+        0,
+        "medledger status with {} MiB free: {out}",
+        fs.free() >> 20
+    );
+
+    // The disk fills under the writers: first to below the warning (`[node] warn_free_mb`),
+    // where health is degraded and writes go on...
     let filler = fs.mount.join("filler.bin");
+    fill(&fs, &filler, (WARN_MB + RESERVE_MB) / 2 * 1024 * 1024);
+    let (code, out) = status_cmd(gw).await;
+    assert_eq!(code, 1, "medledger status below warn_free_mb: {out}");
+    assert!(
+        out.contains("DEGRADED") && out.contains("warn_free_mb"),
+        "{out}"
+    );
+    let acked = seen.lock().expect("lock").acked.len();
+    eventually(
+        "writes acknowledged below warn_free_mb",
+        Duration::from_secs(30),
+        || {
+            let n = seen.lock().expect("lock").acked.len();
+            async move { (n > acked).then_some(()) }
+        },
+    )
+    .await;
+
+    // ...then to below the reserve...
     let reserve = RESERVE_MB * 1024 * 1024;
     fill(&fs, &filler, reserve / 2);
     let (ctype, problem) = eventually("a write refused with 507", Duration::from_secs(60), || {
@@ -361,15 +393,20 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
     drop(fs);
 }
 
-/// Writes `[node] reserve_mb` into a test gateway's config (the harness appends its extra lines
-/// under `[api]`).
+/// Writes `[node] reserve_mb` and `warn_free_mb` for the small file system into a test gateway's
+/// config (the harness appends its extra lines under `[api]`).
 pub(crate) fn set_reserve(gw: &medledger_tests::cluster::Gateway) {
     let config = std::fs::read_to_string(&gw.config).expect("config");
+    let harness = format!(
+        "warn_free_mb = {}\n",
+        medledger_tests::cluster::TEST_WARN_FREE_MB
+    );
+    assert!(config.contains(&harness), "the harness's disk warning");
     std::fs::write(
         &gw.config,
         config.replacen(
-            "[node]\n",
-            &format!("[node]\nreserve_mb = {RESERVE_MB}\n"),
+            &harness,
+            &format!("reserve_mb = {RESERVE_MB}\nwarn_free_mb = {WARN_MB}\n"),
             1,
         ),
     )

@@ -436,8 +436,9 @@ async fn init_makes_a_site_that_runs_and_refuses_to_overwrite_it() {
     std::fs::write(
         &config,
         format!(
-            "[node]\nid = 1\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{}\"\nhealth_listen = \"{health}\"\n",
+            "[node]\nid = 1\ndata_dir = \"{}\"\nwarn_free_mb = {}\n[api]\nlisten = \"127.0.0.1:{}\"\nhealth_listen = \"{health}\"\n",
             data.display(),
+            medledger_tests::cluster::TEST_WARN_FREE_MB,
             free_port()
         ),
     )

@@ -6,7 +6,8 @@
 //! - each gateway is a machine with a root directory of its own: `/etc/medledger`,
 //!   `/var/lib/medledger` and `/tmp` are mapped under it, commands run in its `root` (the home
 //!   directory), and the package's installation is a copy of `systemd/gateway.toml` with its
-//!   paths mapped and `listen`'s host and port made `127.0.0.1:<free port>`;
+//!   paths mapped, `listen`'s host and port made `127.0.0.1:<free port>`, and `warn_free_mb`
+//!   set just above the write reserve (a test machine may have less than 2 GiB free);
 //! - `gwN.hospital.example:8443` becomes `127.0.0.1:<gateway N's port>`, a bare
 //!   `gwN.hospital.example` (a certificate's `--dns`) `localhost`, and `scp` a copy between the
 //!   machines' directories (`root@gwN...:PATH`: PATH on machine N, relative to its home);
@@ -134,6 +135,18 @@ impl Machine {
             child: None,
         };
         let mut config = example.replace(listen, &format!("listen = \"127.0.0.1:{port}\""));
+        // The one change besides paths and port: the disk warning just above the write reserve,
+        // so that `medledger status` (which the document runs) does not say `degraded` on a test
+        // machine with less than 2 GiB free.
+        let warn = "# warn_free_mb = 2048";
+        assert!(config.contains(warn), "the example config's disk warning");
+        config = config.replace(
+            warn,
+            &format!(
+                "warn_free_mb = {}",
+                medledger_tests::cluster::TEST_WARN_FREE_MB
+            ),
+        );
         for p in SYSTEM_PATHS {
             config = config.replace(&format!("\"{p}"), &format!("\"{}{p}", m.root.display()));
         }

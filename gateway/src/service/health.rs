@@ -59,6 +59,8 @@ pub struct Inputs {
     pub data_dir: PathBuf,
     /// `[node] reserve_mb` in bytes: below it writes are refused (critical).
     pub disk_reserve: u64,
+    /// `[node] warn_free_mb` in bytes: below it the disk check warns (degraded).
+    pub disk_warn: u64,
     /// This gateway's CRL file, rewritten by the revocation watcher; `None` for a gateway without
     /// an issuing CA, which signs no CRL.
     pub crl_path: Option<PathBuf>,
@@ -72,9 +74,6 @@ pub struct Inputs {
 pub const MAX_APPLY_LAG: u64 = 10_000;
 /// Certificates expiring within this many days are a warning.
 pub const CERT_WARN_DAYS: i64 = 30;
-/// Free space under which the data directory's disk is a warning (also always under twice the
-/// reserve); under the reserve (`[node] reserve_mb`) it is critical: writes are refused.
-pub const DISK_WARN_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// A CRL not rewritten for this long means the watcher is stuck (it rewrites it daily).
 pub const CRL_MAX_AGE: Duration = Duration::from_secs(2 * 24 * 3600);
 
@@ -199,13 +198,15 @@ pub fn evaluate(
                         mib(reserve)
                     ),
                 )
-            } else if free < DISK_WARN_BYTES.max(reserve.saturating_mul(2)) {
+            } else if free < inputs.disk_warn {
                 (
                     Warning,
                     format!(
-                        "{} MiB free under {} (writes are refused below {} MiB)",
+                        "{} MiB free under {}, below {} MiB ([node] warn_free_mb); writes are \
+                         refused below {} MiB",
                         mib(free),
                         inputs.data_dir.display(),
+                        mib(inputs.disk_warn),
                         mib(reserve)
                     ),
                 )

@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let _ = node.health.set(crate::service::health::Inputs {
         data_dir: config.node.data_dir.clone(),
         disk_reserve: node.disk.reserve(),
+        disk_warn: config.node.warn_free_bytes(),
         crl_path: crate::service::revocation::load_ca(&config.tls.pki_dir)
             .ok()
             .flatten()
