@@ -267,6 +267,9 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
     let reserve = RESERVE_MB * 1024 * 1024;
     fill(&fs, &filler, reserve / 2);
     let (ctype, problem) = eventually("a write refused with 507", Duration::from_secs(60), || {
+        // Kept below the reserve: the gateway may free space meanwhile (its Raft log purged
+        // after a snapshot).
+        fill(&fs, &filler, reserve / 2);
         let r = seen.lock().expect("lock").refused.clone();
         async move { r }
     })
@@ -496,12 +499,16 @@ async fn a_follower_with_a_full_disk_stops_appending_and_catches_up() {
         .unwrap_or_default()
         .contains("insufficient storage")
     {
+        // Kept below the reserve: node 3 may free space meanwhile (its Raft log purged after a
+        // snapshot), which would let it take entries again.
+        fill(&fs, &filler, RESERVE_MB * 1024 * 1024 / 2);
         if since.elapsed() > Duration::from_secs(30) {
             let others: Vec<String> = gws.iter().map(|g| g.log_tail(30)).collect();
             panic!(
-                "node 3 did not log that it refuses for want of space within 30 s ({} MiB free); \
-                 the end of its log:\n{}\nthe others:\n{}",
+                "node 3 did not log that it refuses for want of space within 30 s ({} MiB free, \
+                 {} writes acknowledged); the end of its log:\n{}\nthe others:\n{}",
                 fs2::available_space(&fs.mount).unwrap_or(0) >> 20,
+                acked(),
                 g3.log_tail(40),
                 others.join("\n----\n")
             );
