@@ -151,7 +151,6 @@ impl Gateway {
         }
     }
 
-    /// The address the gateway listens on.
     /// The last `n` lines of the gateway's log, after its first panic lines (the line that
     /// explains the rest, even when it scrolled away): for a failing test's message.
     pub fn log_tail(&self, n: usize) -> String {
@@ -162,6 +161,7 @@ impl Gateway {
         panics.chain(tail).copied().collect::<Vec<_>>().join("\n")
     }
 
+    /// The address the gateway listens on.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.ip, self.port)
     }
