@@ -700,7 +700,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Opens sled in `dir` the way the ledger needs it: no background flusher, because every
-/// acknowledgement is preceded by an explicit [`sync_db`]; a page cache of `cache_bytes`.
+/// acknowledgement is preceded by an explicit [`sync_db`]; a page cache of `cache_bytes`; log
+/// records compressed with zstd (level [`COMPRESSION_LEVEL`]) in a new database, while one made
+/// before keeps what it was made with (sled cannot change it; [`stored_compression`]).
 ///
 /// Creates `dir` if needed and makes sled's files and their names durable before returning:
 /// sled never syncs the directories it writes to (nor its `conf` file), so after a power cut
@@ -708,11 +710,14 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// power-loss tests, `tests/it/powerloss.rs`).
 pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerError> {
     create_dir_durable(dir)?;
+    let compress = stored_compression(dir)?.unwrap_or(true);
     let open = || {
         sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(None)
+            .use_compression(compress)
+            .compression_factor(COMPRESSION_LEVEL)
             .open()
     };
     // sled lets go of its file lock only when its last IO task ends, which can be a moment
@@ -770,6 +775,30 @@ pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, LedgerEr
     // snapshots and blobs it writes later (patched, PATCHED.md).
     sync_dir(dir)?;
     Ok(db)
+}
+
+/// zstd level of sled's log records in stores made by this version. Level 1, the cheapest:
+/// sled compresses each record alone (an entry's insert, a page rewritten, a Raft log entry),
+/// so the ratio is the same at higher levels and only the CPU grows (docs/benchmarks.md,
+/// "sled's records compressed").
+pub const COMPRESSION_LEVEL: i32 = 1;
+
+/// Whether the sled database in `dir` was made with its log records compressed (`None`: no
+/// database there yet). sled refuses to open a database with another setting than it was made
+/// with, so a store made before compression keeps its uncompressed records.
+fn stored_compression(dir: &Path) -> Result<Option<bool>, LedgerError> {
+    let conf = dir.join("conf");
+    // sled's `conf`: `key: value` lines, then a checksum of four binary bytes.
+    let bytes = match std::fs::read(&conf) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LedgerError::Io { path: conf, source }),
+    };
+    Ok(Some(
+        bytes
+            .split(|b| *b == b'\n')
+            .any(|l| l.trim_ascii() == b"use_compression: true"),
+    ))
 }
 
 /// `fsync` of a directory: makes the names created, renamed or removed in it durable.
@@ -2236,6 +2265,60 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime")
+    }
+
+    /// A new store's sled records are compressed; a store made without compression (every
+    /// store before it) opens, takes appends and reads back without it, also after a reopen.
+    #[test]
+    fn new_stores_compress_and_older_ones_keep_their_records() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let cmds = |from: u64| {
+            (from..from + 40)
+                .map(|i| Command::Append(append(i, &key)))
+                .collect::<Vec<_>>()
+        };
+        let new = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(new.path()).expect("open");
+            store.apply(&cmds(0), &[]).expect("apply");
+            store.flush_blocking().expect("flush");
+        }
+        let store = Store::open(new.path()).expect("reopen");
+        assert_eq!(store.size(), 40);
+        assert_eq!(store.entry(39).expect("read").body.device_id, "pump-0");
+        drop(store);
+        assert_eq!(stored_compression(new.path()).expect("conf"), Some(true));
+
+        let old = tempfile::tempdir().expect("tempdir");
+        {
+            // What a binary before compression made: sled's defaults, records as they are.
+            let db = sled::Config::new()
+                .path(old.path())
+                .flush_every_ms(None)
+                .open()
+                .expect("sled");
+            db.flush().expect("flush");
+        }
+        assert_eq!(stored_compression(old.path()).expect("conf"), Some(false));
+        for round in 0..2 {
+            let store = Store::open(old.path()).expect("open an uncompressed store");
+            store.apply(&cmds(round * 40), &[]).expect("apply");
+            store.flush_blocking().expect("flush");
+            assert_eq!(store.size(), (round + 1) * 40);
+            let e = store.entry(round * 40 + 7).expect("read");
+            assert_eq!(e.body.device_id, format!("pump-{}", (round * 40 + 7) % 3));
+            assert_eq!(
+                store
+                    .find_event_id(&format!("evt-{}", round * 40 + 39))
+                    .expect("find"),
+                Some(round * 40 + 39)
+            );
+        }
+        assert_eq!(stored_compression(old.path()).expect("conf"), Some(false));
+        assert_eq!(
+            stored_compression(&old.path().join("none")).expect("no conf"),
+            None
+        );
     }
 
     /// An event-id index key left by an apply that did not count, whose entry a power cut lost
